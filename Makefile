@@ -1,0 +1,53 @@
+# kirt — see README.md. `make demo` and `make test` are all a new machine needs.
+SHELL := /bin/bash
+CARGO ?= cargo
+LAB := tests/lab/lab.sh
+export KIRT_LAB_CACHE ?= $(HOME)/.cache/kirt-lab
+
+.PHONY: all build release deps lab-deps lab-up lab-down lab-status test test-unit demo bench lint fmt clean install
+
+all: build
+
+build:
+	$(CARGO) build --workspace --all-targets
+
+release:
+	$(CARGO) build --release --workspace
+
+deps lab-deps:
+	bash tests/lab/deps.sh
+
+lab-up: build
+	bash $(LAB) up
+
+lab-down:
+	bash $(LAB) down
+
+lab-status:
+	bash $(LAB) status
+
+## Everything: lab dependencies, build, lab up, unit + integration tests, lab down (also on failure).
+test: lab-deps
+	bash tests/lab/run-tests.sh
+
+## Unit tests only (no lab).
+test-unit:
+	KIRT_SKIP_LAB=1 $(CARGO) test --workspace
+
+demo: lab-deps
+	bash tests/lab/demo.sh
+
+bench: lab-deps
+	bash benches/run.sh
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	bash -n tests/lab/*.sh .ci/run
+
+fmt:
+	$(CARGO) fmt --all
+
+clean:
+	-bash $(LAB) down
+	$(CARGO) clean

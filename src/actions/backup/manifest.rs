@@ -1,0 +1,145 @@
+//! The backup manifest: written last, it is the commit marker (a backup exists iff its manifest
+//! exists) and records everything verify/restore/drill compare against. Never holds a key.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+pub const FORMAT: &str = "kirt.dev/etcd-backup/v1";
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Manifest {
+    pub format: String,
+    /// `YYYYMMDDTHHMMSSZ-rREVISION`
+    pub id: String,
+    pub cluster_name: String,
+    /// Object key relative to the store root.
+    pub object: String,
+    pub object_size: u64,
+    pub object_sha256: String,
+    pub snapshot: SnapshotInfo,
+    pub etcd: EtcdInfo,
+    pub compression: CompressionInfo,
+    pub encryption: Option<EncryptionInfo>,
+    pub kirt_version: String,
+    pub started_at: jiff::Timestamp,
+    pub finished_at: jiff::Timestamp,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct SnapshotInfo {
+    /// Size of the plaintext stream (db + 32-byte sha256 trailer): the file `etcdutl` restores.
+    pub size: u64,
+    /// sha256 of that file.
+    pub sha256: String,
+    /// sha256 of the db alone, as etcd's trailer states it.
+    pub db_sha256: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct EtcdInfo {
+    /// The member the snapshot was streamed from.
+    pub endpoint: String,
+    pub version: String,
+    pub cluster_id: String,
+    pub member_id: String,
+    /// Revision read before the snapshot started; the snapshot contains at least this revision,
+    /// so key count and HashKV at it are reproducible from a restore.
+    pub revision: i64,
+    pub key_count: i64,
+    pub hash_kv: u32,
+    pub compact_revision: i64,
+    pub db_size: i64,
+    /// Key counts under Kubernetes resource prefixes at `revision` (for drills).
+    pub prefix_counts: BTreeMap<String, i64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct CompressionInfo {
+    pub algorithm: String,
+    pub level: i32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct EncryptionInfo {
+    pub algorithm: String,
+    /// "recipients" or "passphrase"
+    pub mode: String,
+    pub recipients: Vec<RecipientInfo>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct RecipientInfo {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub fingerprint: String,
+}
+
+/// Kubernetes resource prefixes counted at backup time.
+pub const PREFIXES: &[(&str, &str)] = &[
+    ("namespaces", "/registry/namespaces/"),
+    ("deployments", "/registry/deployments/"),
+    ("replicasets", "/registry/replicasets/"),
+    ("statefulsets", "/registry/statefulsets/"),
+    ("daemonsets", "/registry/daemonsets/"),
+    ("pods", "/registry/pods/"),
+    ("secrets", "/registry/secrets/"),
+    ("configmaps", "/registry/configmaps/"),
+    ("services", "/registry/services/specs/"),
+    ("serviceaccounts", "/registry/serviceaccounts/"),
+    ("networkpolicies", "/registry/networkpolicies/"),
+    (
+        "customresourcedefinitions",
+        "/registry/apiextensions.k8s.io/customresourcedefinitions/",
+    ),
+];
+
+pub const MANIFEST_SUFFIX: &str = ".manifest.json";
+
+/// `CLUSTER/ID.manifest.json`
+pub fn manifest_key(cluster: &str, id: &str) -> String {
+    format!("{cluster}/{id}{MANIFEST_SUFFIX}")
+}
+
+/// `CLUSTER/ID.etcd.zst[.age]`
+pub fn object_key(cluster: &str, id: &str, encrypted: bool) -> String {
+    format!(
+        "{cluster}/{id}.etcd.zst{}",
+        if encrypted { ".age" } else { "" }
+    )
+}
+
+/// `YYYYMMDDTHHMMSSZ-rREVISION`
+pub fn backup_id(at: jiff::Timestamp, revision: i64) -> String {
+    format!("{}-r{revision}", at.strftime("%Y%m%dT%H%M%SZ"))
+}
+
+/// Parses the time out of a backup id.
+pub fn id_time(id: &str) -> Option<jiff::Timestamp> {
+    let stamp = id.split('-').next()?;
+    let dt = jiff::civil::DateTime::strptime("%Y%m%dT%H%M%SZ", stamp).ok()?;
+    dt.to_zoned(jiff::tz::TimeZone::UTC)
+        .ok()
+        .map(|z| z.timestamp())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_round_trip() {
+        let t: jiff::Timestamp = "2026-11-23T13:04:05Z".parse().unwrap();
+        let id = backup_id(t, 42);
+        assert_eq!(id, "20261123T130405Z-r42");
+        assert_eq!(id_time(&id), Some(t));
+        assert_eq!(
+            manifest_key("c", &id),
+            "c/20261123T130405Z-r42.manifest.json"
+        );
+        assert_eq!(
+            object_key("c", &id, true),
+            "c/20261123T130405Z-r42.etcd.zst.age"
+        );
+    }
+}

@@ -1,0 +1,7 @@
+//! One module per action family. Each action is a spec struct (serde + clap, kebab-case,
+//! deny_unknown_fields) shared by its subcommand and by playbook steps, and one
+//! `run(&Ctx, Spec) -> Result<Output>` whose output renders as a table, JSON or YAML.
+
+pub mod backup;
+pub mod doctor;
+pub mod version;

@@ -1,0 +1,154 @@
+//! Command-line surface (clap derive): global options and subcommands. Each subcommand fills an
+//! action spec and hands it to the action; no logic lives here.
+
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
+
+use crate::actions;
+use crate::context::Ctx;
+use crate::error::{Exit, IoContext, Result};
+use crate::k8s::KubeOptions;
+use crate::output::{self, Format, Render};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "kirt",
+    version = concat!(env!("CARGO_PKG_VERSION"), " (", env!("KIRT_GIT_COMMIT"), ")"),
+    about = "Kubernetes Incident Response Toolkit: quarantine, evidence, rollback and verified etcd backups",
+    long_about = None,
+    after_help = "Exit codes: 0 ok, 1 failure, 2 usage, 3 verification failed, 4 refused, 5 partial, \
+                  6 not found, 7 forbidden, 8 unreachable (docs/exit-codes.md)"
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct GlobalArgs {
+    #[command(flatten)]
+    pub kube: KubeOptions,
+    /// Output format for results (stdout)
+    #[arg(short = 'o', long, global = true, value_enum, default_value_t = Format::Table)]
+    pub output: Format,
+    /// Preview: server-side dry run for every API change, no uploads, no deletes
+    #[arg(long, global = true)]
+    pub dry_run: bool,
+    /// Do not ask for confirmation before changing things
+    #[arg(short = 'y', long, global = true)]
+    pub yes: bool,
+    /// More log output (-v debug, -vv trace)
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// Only errors on stderr
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    pub quiet: bool,
+    /// Log format on stderr
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    /// Directory for run journals (default: $XDG_STATE_HOME/kirt/runs)
+    #[arg(long, global = true, value_name = "DIR")]
+    pub journal: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Check what kirt needs: apiserver, permissions, CNI, etcd, store, tools, keys
+    Doctor(actions::doctor::DoctorSpec),
+    /// etcd backups: create (stream, compress, encrypt, upload), list, prune
+    #[command(subcommand)]
+    Backup(BackupCmd),
+    /// Print kirt's version and git commit
+    Version,
+    /// Print shell completions
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff)
+    Man,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BackupCmd {
+    /// Stream an etcd snapshot through zstd and age into a store; the manifest is written last
+    Create(actions::backup::create::BackupCreateSpec),
+    /// List backups (from their manifests), newest first; incomplete objects are flagged
+    List(actions::backup::list::BackupListSpec),
+    /// Remove backups that no keep rule selects (restic-style), manifest first
+    Prune(actions::backup::prune::BackupPruneSpec),
+}
+
+/// Builds the context from the global options. Only the binary calls this.
+pub fn context(g: &GlobalArgs) -> Ctx {
+    let mut ctx = Ctx::new(g.kube.clone());
+    ctx.format = g.output;
+    ctx.dry_run = g.dry_run;
+    ctx.yes = g.yes;
+    ctx.journal_dir = g.journal.clone();
+    ctx.confirm = Arc::new(crate::ui::TtyConfirm);
+    ctx.progress = if g.quiet {
+        crate::progress::none()
+    } else if std::io::stderr().is_terminal() {
+        Arc::new(crate::ui::BarProgress)
+    } else {
+        Arc::new(crate::ui::LogProgress)
+    };
+    ctx
+}
+
+pub async fn run(cli: Cli) -> Result<Exit> {
+    let ctx = context(&cli.global);
+    match cli.command {
+        Command::Doctor(spec) => show(&ctx, &actions::doctor::run(&ctx, spec).await?),
+        Command::Backup(BackupCmd::Create(spec)) => {
+            show(&ctx, &actions::backup::create::run(&ctx, spec).await?)
+        }
+        Command::Backup(BackupCmd::List(spec)) => {
+            show(&ctx, &actions::backup::list::run(&ctx, spec).await?)
+        }
+        Command::Backup(BackupCmd::Prune(spec)) => {
+            show(&ctx, &actions::backup::prune::run(&ctx, spec).await?)
+        }
+        Command::Version => show(&ctx, &actions::version::run()),
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "kirt", &mut std::io::stdout());
+            Ok(Exit::Ok)
+        }
+        Command::Man => {
+            let mut out = Vec::new();
+            clap_mangen::Man::new(Cli::command())
+                .render(&mut out)
+                .ctx(|| "rendering the man page".into())?;
+            print(&out)
+        }
+    }
+}
+
+/// Prints a result and returns the exit code it implies.
+fn show<T: Render>(ctx: &Ctx, value: &T) -> Result<Exit> {
+    let text = output::render(value, ctx.format)?;
+    print(text.as_bytes())?;
+    Ok(value.exit())
+}
+
+/// Writes to stdout; a closed pipe (`kirt … | head`) is not an error.
+fn print(bytes: &[u8]) -> Result<Exit> {
+    let mut out = std::io::stdout().lock();
+    match out.write_all(bytes).and_then(|_| out.flush()) {
+        Ok(()) => Ok(Exit::Ok),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(Exit::Ok),
+        Err(e) => Err(crate::Error::io("writing to stdout", e)),
+    }
+}

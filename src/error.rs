@@ -1,0 +1,213 @@
+//! One error type for the whole library, with stable exit codes.
+//!
+//! Rules:
+//! - Every variant says what went wrong *and* what to do next; context (namespace/pod, endpoint,
+//!   bucket/key) is part of the message, never only in a log line.
+//! - Exit codes are part of kirt's interface (docs/exit-codes.md) and never change meaning.
+//! - Secrets (tokens, keys, passphrases) never appear in a message.
+//! - The library never exits the process: `main` maps `Error::exit_code` once.
+
+use std::process::ExitCode;
+
+/// Stable exit codes, documented in docs/exit-codes.md.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Exit {
+    Ok = 0,
+    /// The operation failed (server error, I/O error, timeout).
+    Failure = 1,
+    /// Bad flags, bad input or configuration: nothing was done.
+    Usage = 2,
+    /// A verification found a mismatch (backup digest, isolation breach, tampered evidence).
+    VerifyFailed = 3,
+    /// Refused: needs confirmation (`--yes`), or kirt will not do it in this state.
+    Refused = 4,
+    /// Some targets succeeded and some failed.
+    Partial = 5,
+    /// The named object (pod, namespace, backup, revision) does not exist.
+    NotFound = 6,
+    /// The identity kirt acts as lacks a permission.
+    Forbidden = 7,
+    /// A server (apiserver, etcd, S3) could not be reached.
+    Unreachable = 8,
+}
+
+impl From<Exit> for ExitCode {
+    fn from(e: Exit) -> Self {
+        ExitCode::from(e as u8)
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{0}")]
+    Usage(String),
+
+    #[error("not found: {what}{}", hint_suffix(.hint))]
+    NotFound { what: String, hint: String },
+
+    #[error(
+        "forbidden: {identity} cannot {verb} {resource}{} — grant it with a Role/ClusterRole rule \
+         (verbs: [{verb}], resources: [{resource}]){}",
+        ns_suffix(.namespace), hint_suffix(.detail)
+    )]
+    Forbidden {
+        identity: String,
+        verb: String,
+        resource: String,
+        namespace: Option<String>,
+        detail: String,
+    },
+
+    #[error("cannot reach {what} at {endpoint}: {reason} — {hint}")]
+    Unreachable {
+        what: &'static str,
+        endpoint: String,
+        reason: String,
+        hint: String,
+    },
+
+    #[error("refused: {0}")]
+    Refused(String),
+
+    #[error("verification failed: {0}")]
+    VerifyFailed(String),
+
+    #[error("{done} succeeded, {failed} failed")]
+    Partial { done: usize, failed: usize },
+
+    #[error("kubernetes API: {context}: {source}")]
+    Kube {
+        context: String,
+        #[source]
+        source: kube::Error,
+    },
+
+    #[error("etcd {endpoint}: {context}: {source}")]
+    Etcd {
+        endpoint: String,
+        context: String,
+        #[source]
+        source: etcd_client::Error,
+    },
+
+    #[error("storage {location}: {message}")]
+    Store { location: String, message: String },
+
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("{0}")]
+    Failed(String),
+}
+
+fn hint_suffix(s: &str) -> String {
+    if s.is_empty() {
+        String::new()
+    } else {
+        format!(" ({s})")
+    }
+}
+
+fn ns_suffix(ns: &Option<String>) -> String {
+    match ns {
+        Some(ns) => format!(" in namespace {ns}"),
+        None => String::new(),
+    }
+}
+
+impl Error {
+    pub fn exit(&self) -> Exit {
+        match self {
+            Error::Usage(_) => Exit::Usage,
+            Error::NotFound { .. } => Exit::NotFound,
+            Error::Forbidden { .. } => Exit::Forbidden,
+            Error::Unreachable { .. } => Exit::Unreachable,
+            Error::Refused(_) => Exit::Refused,
+            Error::VerifyFailed(_) => Exit::VerifyFailed,
+            Error::Partial { .. } => Exit::Partial,
+            Error::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
+                Exit::Failure
+            }
+            _ => Exit::Failure,
+        }
+    }
+
+    pub fn usage(msg: impl Into<String>) -> Self {
+        Error::Usage(msg.into())
+    }
+
+    pub fn failed(msg: impl Into<String>) -> Self {
+        Error::Failed(msg.into())
+    }
+
+    pub fn not_found(what: impl Into<String>, hint: impl Into<String>) -> Self {
+        Error::NotFound {
+            what: what.into(),
+            hint: hint.into(),
+        }
+    }
+
+    pub fn store(location: impl Into<String>, message: impl Into<String>) -> Self {
+        Error::Store {
+            location: location.into(),
+            message: message.into(),
+        }
+    }
+
+    pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        Error::Io {
+            context: context.into(),
+            source,
+        }
+    }
+}
+
+/// Adds context to `std::io::Result`s.
+pub trait IoContext<T> {
+    fn ctx(self, context: impl FnOnce() -> String) -> Result<T>;
+}
+
+impl<T> IoContext<T> for std::io::Result<T> {
+    fn ctx(self, context: impl FnOnce() -> String) -> Result<T> {
+        self.map_err(|source| Error::Io {
+            context: context(),
+            source,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exit_codes_are_stable() {
+        assert_eq!(Exit::Usage as u8, 2);
+        assert_eq!(Exit::VerifyFailed as u8, 3);
+        assert_eq!(Exit::Refused as u8, 4);
+        assert_eq!(Exit::Partial as u8, 5);
+        assert_eq!(Error::usage("x").exit(), Exit::Usage);
+        assert_eq!(Error::not_found("pod a/b", "").exit(), Exit::NotFound);
+    }
+
+    #[test]
+    fn forbidden_names_verb_and_resource() {
+        let e = Error::Forbidden {
+            identity: "user alice".into(),
+            verb: "patch".into(),
+            resource: "pods".into(),
+            namespace: Some("prod".into()),
+            detail: String::new(),
+        };
+        let msg = e.to_string();
+        assert!(msg.contains("cannot patch pods in namespace prod"), "{msg}");
+        assert_eq!(e.exit(), Exit::Forbidden);
+    }
+}

@@ -1,0 +1,185 @@
+//! Reaching etcd: endpoints and TLS options shared by doctor, backup and restore, connecting to one
+//! member at a time (a snapshot must come from one member, and the manifest says which).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use etcd_client::{Certificate, Client, ConnectOptions, Identity, TlsOptions};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, IoContext, Result};
+
+#[derive(Debug, Clone, Default, clap::Args, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(default, rename_all = "kebab-case", deny_unknown_fields)]
+pub struct EtcdOptions {
+    /// etcd client URLs, comma-separated (http:// or https://)
+    #[arg(long, value_delimiter = ',', value_name = "URL")]
+    pub etcd_endpoints: Vec<String>,
+    /// CA certificate (PEM) that signed the etcd server certificates
+    #[arg(long, value_name = "FILE")]
+    pub cacert: Option<PathBuf>,
+    /// Client certificate (PEM) for etcd client-cert auth
+    #[arg(long, value_name = "FILE", requires = "key")]
+    pub cert: Option<PathBuf>,
+    /// Client key (PEM) for etcd client-cert auth
+    #[arg(long, value_name = "FILE", requires = "cert")]
+    pub key: Option<PathBuf>,
+}
+
+/// What a member says about itself.
+#[derive(Debug, Clone, Serialize)]
+pub struct MemberStatus {
+    pub endpoint: String,
+    pub version: String,
+    pub member_id: String,
+    pub cluster_id: String,
+    pub leader: String,
+    pub revision: i64,
+    pub db_size: i64,
+    pub raft_term: u64,
+}
+
+impl EtcdOptions {
+    pub fn validate(&self) -> Result<()> {
+        if self.etcd_endpoints.is_empty() {
+            return Err(Error::usage(
+                "no etcd endpoint given: pass --etcd-endpoints https://HOST:2379",
+            ));
+        }
+        for ep in &self.etcd_endpoints {
+            let url = url::Url::parse(ep).map_err(|e| {
+                Error::usage(format!(
+                    "bad etcd endpoint {ep:?}: {e} (expected http(s)://HOST:PORT)"
+                ))
+            })?;
+            match url.scheme() {
+                "http" | "https" => {}
+                s => {
+                    return Err(Error::usage(format!(
+                        "bad etcd endpoint {ep:?}: scheme {s:?} (expected http or https)"
+                    )))
+                }
+            }
+            if url.scheme() == "http" && (self.cacert.is_some() || self.cert.is_some()) {
+                return Err(Error::usage(format!(
+                    "etcd endpoint {ep} is http:// but TLS options were given: use https://"
+                )));
+            }
+        }
+        if self.cert.is_some() != self.key.is_some() {
+            return Err(Error::usage("--cert and --key must be given together"));
+        }
+        Ok(())
+    }
+
+    fn connect_options(&self) -> Result<ConnectOptions> {
+        let mut opts = ConnectOptions::new()
+            .with_connect_timeout(Duration::from_secs(5))
+            .with_keep_alive(Duration::from_secs(10), Duration::from_secs(10));
+        let uses_tls = self
+            .etcd_endpoints
+            .iter()
+            .any(|e| e.starts_with("https://"));
+        if uses_tls {
+            let mut tls = TlsOptions::new();
+            if let Some(ca) = &self.cacert {
+                let pem = std::fs::read(ca).ctx(|| format!("reading --cacert {}", ca.display()))?;
+                tls = tls.ca_certificate(Certificate::from_pem(pem));
+            } else {
+                tls = tls.with_native_roots();
+            }
+            if let (Some(cert), Some(key)) = (&self.cert, &self.key) {
+                let c = std::fs::read(cert).ctx(|| format!("reading --cert {}", cert.display()))?;
+                let k = std::fs::read(key).ctx(|| format!("reading --key {}", key.display()))?;
+                tls = tls.identity(Identity::from_pem(c, k));
+            }
+            opts = opts.with_tls(tls);
+        }
+        Ok(opts)
+    }
+
+    /// Connects to one endpoint and asks for its status (proves reachability, TLS and auth).
+    pub async fn connect_one(&self, endpoint: &str) -> Result<(Client, MemberStatus)> {
+        let mut client = tokio::time::timeout(
+            Duration::from_secs(10),
+            Client::connect([endpoint], Some(self.connect_options()?)),
+        )
+        .await
+        .map_err(|_| unreachable(endpoint, "connection timed out after 10s".into()))?
+        .map_err(|e| unreachable(endpoint, crate::k8s::error_chain(&e)))?;
+        let st = tokio::time::timeout(Duration::from_secs(10), client.status())
+            .await
+            .map_err(|_| unreachable(endpoint, "status request timed out after 10s".into()))?
+            .map_err(|e| unreachable(endpoint, crate::k8s::error_chain(&e)))?;
+        let header = st.header();
+        let status = MemberStatus {
+            endpoint: endpoint.to_string(),
+            version: st.version().to_string(),
+            member_id: header
+                .map(|h| format!("{:x}", h.member_id()))
+                .unwrap_or_default(),
+            cluster_id: header
+                .map(|h| format!("{:x}", h.cluster_id()))
+                .unwrap_or_default(),
+            leader: format!("{:x}", st.leader()),
+            revision: header.map(|h| h.revision()).unwrap_or_default(),
+            db_size: st.db_size(),
+            raft_term: st.raft_term(),
+        };
+        Ok((client, status))
+    }
+
+    /// The first endpoint that answers, in the order given (say which in the manifest).
+    pub async fn connect_healthy(&self) -> Result<(Client, MemberStatus)> {
+        self.validate()?;
+        let mut errors = Vec::new();
+        for ep in &self.etcd_endpoints {
+            match self.connect_one(ep).await {
+                Ok(c) => return Ok(c),
+                Err(e) => {
+                    tracing::warn!(endpoint = %ep, error = %e, "etcd member not usable, trying the next");
+                    errors.push(e.to_string());
+                }
+            }
+        }
+        if errors.len() == 1 {
+            return Err(unreachable_all(&self.etcd_endpoints, errors.remove(0)));
+        }
+        Err(unreachable_all(&self.etcd_endpoints, errors.join("; ")))
+    }
+}
+
+fn unreachable(endpoint: &str, reason: String) -> Error {
+    let hint = if reason.contains("certificate")
+        || reason.contains("tls")
+        || reason.contains("handshake")
+    {
+        "TLS failed: check --cacert (the CA that signed etcd's server cert) and --cert/--key (a client cert etcd trusts)"
+    } else {
+        "check the endpoint URL and that etcd listens there (etcdctl endpoint health)"
+    };
+    Error::Unreachable {
+        what: "etcd",
+        endpoint: endpoint.to_string(),
+        reason,
+        hint: hint.into(),
+    }
+}
+
+fn unreachable_all(endpoints: &[String], reason: String) -> Error {
+    // Keep the single-endpoint error readable; several endpoints are listed.
+    if let [one] = endpoints {
+        if let Some(stripped) = reason.strip_prefix(&format!("cannot reach etcd at {one}: ")) {
+            return unreachable(
+                one,
+                stripped.split(" — ").next().unwrap_or(stripped).to_string(),
+            );
+        }
+    }
+    Error::Unreachable {
+        what: "etcd",
+        endpoint: endpoints.join(","),
+        reason,
+        hint: "no member answered; check the endpoints, TLS options and that etcd is up".into(),
+    }
+}

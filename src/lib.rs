@@ -1,0 +1,21 @@
+//! kirt — Kubernetes Incident Response Toolkit.
+//!
+//! The library holds all logic; the `kirt` binary parses arguments, sets up logging and maps
+//! errors to exit codes. Actions (`actions::*`) are shared by subcommands and playbook steps.
+
+pub mod actions;
+pub mod cli;
+pub mod context;
+pub mod crypto;
+pub mod error;
+pub mod etcd;
+pub mod k8s;
+pub mod output;
+pub mod pipeline;
+pub mod progress;
+pub mod store;
+pub mod ui;
+pub mod util;
+
+pub use context::Ctx;
+pub use error::{Error, Exit, Result};

@@ -1,0 +1,50 @@
+//! The `kirt` binary: parse arguments, set up logging, run, map errors to exit codes.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use kirt::cli::{Cli, LogFormat};
+use tracing_subscriber::EnvFilter;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(&cli.global);
+    // kube's and the AWS SDK's rustls would both register a crypto provider; pick one, once.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(kirt::Exit::Failure as u8);
+        }
+    };
+    match runtime.block_on(kirt::cli::run(cli)) {
+        Ok(exit) => exit.into(),
+        Err(e) => {
+            tracing::debug!(error = ?e, "command failed");
+            eprintln!("error: {e}");
+            e.exit().into()
+        }
+    }
+}
+
+fn init_logging(g: &kirt::cli::GlobalArgs) {
+    let default = match (g.quiet, g.verbose) {
+        (true, _) => "error",
+        (false, 0) => "kirt=info,warn",
+        (false, 1) => "kirt=debug,info",
+        (false, _) => "trace",
+    };
+    let filter = EnvFilter::try_from_env("KIRT_LOG").unwrap_or_else(|_| EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match g.log_format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.with_target(false).init(),
+    }
+}

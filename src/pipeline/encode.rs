@@ -1,0 +1,139 @@
+//! Encoding side: zstd (multi-threaded, with frame checksum) then optionally age, then a sha256
+//! of exactly the stored bytes. The output format is what `age -d | zstd -d` reads.
+
+use std::io::Write;
+
+use age::secrecy::SecretString;
+use serde::Serialize;
+
+use super::{ChannelWriter, HashCount};
+use crate::crypto::Recipient;
+use crate::error::{Error, Result};
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Compression {
+    pub algorithm: &'static str,
+    pub level: i32,
+    pub threads: u32,
+}
+
+impl Compression {
+    pub fn zstd(level: i32, threads: u32) -> Result<Self> {
+        let range = zstd::compression_level_range();
+        if !range.contains(&level) {
+            return Err(Error::usage(format!(
+                "--compression-level {level} is outside zstd's range {range:?}"
+            )));
+        }
+        Ok(Compression {
+            algorithm: "zstd",
+            level,
+            threads,
+        })
+    }
+}
+
+pub enum Encryption {
+    None,
+    Recipients(Vec<Recipient>),
+    Passphrase(SecretString),
+}
+
+enum Inner {
+    Plain(HashCount<ChannelWriter>),
+    Age(age::stream::StreamWriter<HashCount<ChannelWriter>>),
+}
+
+impl Write for Inner {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Inner::Plain(w) => w.write(buf),
+            Inner::Age(w) => w.write(buf),
+        }
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            Inner::Plain(w) => w.flush(),
+            Inner::Age(w) => w.flush(),
+        }
+    }
+}
+
+/// sha256 and size of the stored (compressed, encrypted) bytes.
+#[derive(Debug, Clone)]
+pub struct EncodeStats {
+    pub stored_sha256: String,
+    pub stored_size: u64,
+}
+
+/// A blocking writer: plaintext in, stored bytes out to a channel.
+pub struct Encoder {
+    zstd: zstd::stream::write::Encoder<'static, Inner>,
+}
+
+impl Encoder {
+    pub fn new(
+        out: ChannelWriter,
+        compression: &Compression,
+        encryption: &Encryption,
+    ) -> Result<Self> {
+        let sink = HashCount::new(out);
+        let inner = match encryption {
+            Encryption::None => Inner::Plain(sink),
+            Encryption::Recipients(rs) => {
+                let enc = age::Encryptor::with_recipients(
+                    rs.iter().map(|r| r.inner.as_ref() as &dyn age::Recipient),
+                )
+                .map_err(|e| Error::usage(format!("cannot encrypt to these recipients: {e}")))?;
+                Inner::Age(
+                    enc.wrap_output(sink)
+                        .map_err(|e| Error::io("starting age encryption", e))?,
+                )
+            }
+            Encryption::Passphrase(p) => {
+                let enc = age::Encryptor::with_user_passphrase(p.clone());
+                Inner::Age(
+                    enc.wrap_output(sink)
+                        .map_err(|e| Error::io("starting age encryption", e))?,
+                )
+            }
+        };
+        let mut zstd = zstd::stream::write::Encoder::new(inner, compression.level)
+            .map_err(|e| Error::io("starting zstd", e))?;
+        zstd.include_checksum(true)
+            .map_err(|e| Error::io("zstd checksum", e))?;
+        if compression.threads > 1 {
+            zstd.multithread(compression.threads)
+                .map_err(|e| Error::io("zstd threads", e))?;
+        }
+        Ok(Encoder { zstd })
+    }
+
+    pub fn write_all(&mut self, data: &[u8]) -> std::io::Result<()> {
+        self.zstd.write_all(data)
+    }
+
+    /// Flushes every stage, closes the age stream and returns what was stored.
+    pub fn finish(self) -> std::io::Result<EncodeStats> {
+        let inner = self.zstd.finish()?;
+        let sink = match inner {
+            Inner::Plain(s) => s,
+            Inner::Age(w) => w.finish()?,
+        };
+        let (mut out, sha, size) = sink.finish()?;
+        out.flush()?;
+        Ok(EncodeStats {
+            stored_sha256: sha,
+            stored_size: size,
+        })
+    }
+}
+
+impl Write for Encoder {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.zstd.write(buf)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.zstd.flush()
+    }
+}

@@ -1,0 +1,247 @@
+//! Local-directory store: writes `.NAME.part`, fsyncs, renames, fsyncs the directory — the way
+//! `etcdutl snapshot save` does — so a crash never leaves a half-written object under its name.
+
+use std::path::{Path, PathBuf};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use tokio::io::{AsyncRead, AsyncWriteExt, BufWriter};
+
+use super::{ObjectInfo, Store, Upload};
+use crate::error::{Error, Result};
+
+pub struct LocalStore {
+    root: PathBuf,
+}
+
+impl LocalStore {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        LocalStore { root: root.into() }
+    }
+
+    fn path(&self, key: &str) -> Result<PathBuf> {
+        if key.split('/').any(|c| c == ".." || c.is_empty()) {
+            return Err(Error::usage(format!("invalid object key {key:?}")));
+        }
+        Ok(self.root.join(key))
+    }
+
+    fn err(&self, key: &str, what: &str, e: std::io::Error) -> Error {
+        let hint = match e.kind() {
+            std::io::ErrorKind::PermissionDenied => " (check the directory's permissions)",
+            std::io::ErrorKind::StorageFull => " (the disk is full)",
+            _ => "",
+        };
+        Error::store(
+            self.root.join(key).display().to_string(),
+            format!("{what}: {e}{hint}"),
+        )
+    }
+}
+
+fn part_path(path: &Path) -> PathBuf {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    path.with_file_name(format!(".{name}.part"))
+}
+
+#[async_trait]
+impl Store for LocalStore {
+    fn url(&self) -> String {
+        self.root.display().to_string()
+    }
+
+    async fn create(&self, key: &str) -> Result<Box<dyn Upload>> {
+        let path = self.path(key)?;
+        let dir = path
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| self.root.clone());
+        tokio::fs::create_dir_all(&dir)
+            .await
+            .map_err(|e| self.err(key, "cannot create directory", e))?;
+        let part = part_path(&path);
+        let file = tokio::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&part)
+            .await
+            .map_err(|e| self.err(key, "cannot create file", e))?;
+        Ok(Box::new(LocalUpload {
+            file: Some(BufWriter::with_capacity(1 << 20, file)),
+            part,
+            path,
+            dir,
+            size: 0,
+        }))
+    }
+
+    async fn get(&self, key: &str) -> Result<Box<dyn AsyncRead + Send + Unpin>> {
+        let path = self.path(key)?;
+        match tokio::fs::File::open(&path).await {
+            Ok(f) => Ok(Box::new(f)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(Error::not_found(
+                format!("object {}", path.display()),
+                "check the store location and backup id (kirt backup list)",
+            )),
+            Err(e) => Err(self.err(key, "cannot open", e)),
+        }
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>> {
+        let root = self.root.clone();
+        let prefix = prefix.to_string();
+        tokio::task::spawn_blocking(move || list_dir(&root, &prefix))
+            .await
+            .map_err(|e| Error::failed(format!("listing task failed: {e}")))?
+    }
+
+    async fn delete(&self, key: &str) -> Result<()> {
+        let path = self.path(key)?;
+        match tokio::fs::remove_file(&path).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(self.err(key, "cannot delete", e)),
+        }
+    }
+
+    async fn check(&self) -> Result<String> {
+        tokio::fs::create_dir_all(&self.root)
+            .await
+            .map_err(|e| self.err("", "cannot create directory", e))?;
+        let probe = self
+            .root
+            .join(format!(".kirt-probe-{}", std::process::id()));
+        tokio::fs::write(&probe, b"probe")
+            .await
+            .map_err(|e| self.err("", "directory not writable", e))?;
+        let _ = tokio::fs::remove_file(&probe).await;
+        Ok(format!("directory {} is writable", self.root.display()))
+    }
+}
+
+fn list_dir(root: &Path, prefix: &str) -> Result<Vec<ObjectInfo>> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => {
+                return Err(Error::store(
+                    dir.display().to_string(),
+                    format!("cannot list: {e}"),
+                ))
+            }
+        };
+        for entry in entries {
+            let entry = entry.map_err(|e| {
+                Error::store(dir.display().to_string(), format!("cannot list: {e}"))
+            })?;
+            let meta = entry
+                .metadata()
+                .map_err(|e| Error::store(entry.path().display().to_string(), e.to_string()))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if meta.is_dir() {
+                stack.push(entry.path());
+                continue;
+            }
+            if name.starts_with('.') {
+                continue; // in-progress .part files and probes are not objects
+            }
+            let rel = entry
+                .path()
+                .strip_prefix(root)
+                .map(|p| p.to_string_lossy().into_owned())
+                .unwrap_or(name);
+            if rel.starts_with(prefix) {
+                let modified = meta
+                    .modified()
+                    .ok()
+                    .and_then(|t| jiff::Timestamp::try_from(t).ok());
+                out.push(ObjectInfo {
+                    key: rel,
+                    size: meta.len(),
+                    modified,
+                });
+            }
+        }
+    }
+    Ok(out)
+}
+
+struct LocalUpload {
+    file: Option<BufWriter<tokio::fs::File>>,
+    part: PathBuf,
+    path: PathBuf,
+    dir: PathBuf,
+    size: u64,
+}
+
+impl LocalUpload {
+    fn err(&self, what: &str, e: std::io::Error) -> Error {
+        let hint = if e.kind() == std::io::ErrorKind::StorageFull {
+            " (the disk is full)"
+        } else {
+            ""
+        };
+        Error::store(
+            self.path.display().to_string(),
+            format!("{what}: {e}{hint}; nothing was published"),
+        )
+    }
+}
+
+#[async_trait]
+impl Upload for LocalUpload {
+    async fn write(&mut self, data: Bytes) -> Result<()> {
+        let file = self
+            .file
+            .as_mut()
+            .ok_or_else(|| Error::failed("write after commit"))?;
+        if let Err(e) = file.write_all(&data).await {
+            return Err(self.err("write failed", e));
+        }
+        self.size += data.len() as u64;
+        Ok(())
+    }
+
+    async fn commit(mut self: Box<Self>) -> Result<u64> {
+        let mut file = self
+            .file
+            .take()
+            .ok_or_else(|| Error::failed("commit twice"))?;
+        if let Err(e) = file.flush().await {
+            return Err(self.err("write failed", e));
+        }
+        if let Err(e) = file.get_mut().sync_all().await {
+            return Err(self.err("fsync failed", e));
+        }
+        drop(file);
+        if let Err(e) = tokio::fs::rename(&self.part, &self.path).await {
+            return Err(self.err("rename failed", e));
+        }
+        // The rename is durable only once the directory is synced.
+        if let Ok(d) = tokio::fs::File::open(&self.dir).await {
+            let _ = d.sync_all().await;
+        }
+        Ok(self.size)
+    }
+
+    async fn abort(mut self: Box<Self>) {
+        self.file.take();
+        let _ = tokio::fs::remove_file(&self.part).await;
+    }
+}
+
+impl Drop for LocalUpload {
+    fn drop(&mut self) {
+        // Not committed: never leave the partial file behind.
+        if self.file.is_some() {
+            let _ = std::fs::remove_file(&self.part);
+        }
+    }
+}

@@ -1,0 +1,146 @@
+//! Where bytes go: a small async trait with a local-directory and an S3 implementation.
+//! Objects become visible only when an upload commits; an aborted or dropped upload leaves nothing.
+
+mod local;
+mod s3;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use serde::Serialize;
+use tokio::io::AsyncRead;
+
+pub use local::LocalStore;
+pub use s3::{S3Options, S3Store};
+
+use crate::error::{Error, Result};
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ObjectInfo {
+    /// Key relative to the store's root/prefix.
+    pub key: String,
+    pub size: u64,
+    pub modified: Option<jiff::Timestamp>,
+}
+
+#[async_trait]
+pub trait Store: Send + Sync {
+    /// The location as the user would write it (for messages and manifests).
+    fn url(&self) -> String;
+
+    /// Starts writing `key`; nothing is visible until `commit`.
+    async fn create(&self, key: &str) -> Result<Box<dyn Upload>>;
+
+    /// Reads `key` as a stream.
+    async fn get(&self, key: &str) -> Result<Box<dyn AsyncRead + Send + Unpin>>;
+
+    /// Every object under `prefix` (relative keys), in no particular order.
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>>;
+
+    async fn delete(&self, key: &str) -> Result<()>;
+
+    /// Proves the store is usable (directory writable, bucket reachable with the credentials
+    /// found); returns a one-line description for `kirt doctor`.
+    async fn check(&self) -> Result<String>;
+
+    /// Writes a small object in one go (manifests, signatures).
+    async fn put(&self, key: &str, data: Bytes) -> Result<()> {
+        let mut up = self.create(key).await?;
+        if let Err(e) = up.write(data).await {
+            up.abort().await;
+            return Err(e);
+        }
+        up.commit().await.map(|_| ())
+    }
+
+    /// Reads a small object whole (manifests).
+    async fn get_bytes(&self, key: &str) -> Result<Vec<u8>> {
+        use tokio::io::AsyncReadExt;
+        let mut r = self.get(key).await?;
+        let mut buf = Vec::new();
+        r.read_to_end(&mut buf).await.map_err(|e| {
+            Error::store(format!("{}/{key}", self.url()), format!("read failed: {e}"))
+        })?;
+        Ok(buf)
+    }
+}
+
+/// An object being written. Dropping it without `commit` discards it.
+#[async_trait]
+pub trait Upload: Send {
+    async fn write(&mut self, data: Bytes) -> Result<()>;
+    /// Makes the object visible; returns its size.
+    async fn commit(self: Box<Self>) -> Result<u64>;
+    /// Discards everything written (best effort; failures are logged).
+    async fn abort(self: Box<Self>);
+}
+
+/// Opens `url`: `s3://bucket/prefix`, `file:///dir` or a plain directory path.
+pub async fn open(url: &str, s3: &S3Options) -> Result<Arc<dyn Store>> {
+    if let Some(rest) = url.strip_prefix("s3://") {
+        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        if bucket.is_empty() {
+            return Err(Error::usage(format!(
+                "bad store URL {url:?}: no bucket (expected s3://BUCKET/PREFIX)"
+            )));
+        }
+        return Ok(Arc::new(S3Store::new(bucket, prefix, s3).await?));
+    }
+    if let Some(path) = url.strip_prefix("file://") {
+        if path.is_empty() {
+            return Err(Error::usage(format!(
+                "bad store URL {url:?}: no path (expected file:///DIR)"
+            )));
+        }
+        return Ok(Arc::new(LocalStore::new(path)));
+    }
+    if let Some((scheme, _)) = url.split_once("://") {
+        return Err(Error::usage(format!(
+            "unsupported store URL scheme {scheme:?} in {url:?}: use s3://BUCKET/PREFIX, file:///DIR or a directory path"
+        )));
+    }
+    if url.is_empty() {
+        return Err(Error::usage(
+            "empty store location: give a directory, file:///DIR or s3://BUCKET/PREFIX",
+        ));
+    }
+    Ok(Arc::new(LocalStore::new(url)))
+}
+
+/// Joins a prefix and a key with exactly one slash.
+pub(crate) fn join_key(prefix: &str, key: &str) -> String {
+    let p = prefix.trim_matches('/');
+    let k = key.trim_start_matches('/');
+    if p.is_empty() {
+        k.to_string()
+    } else {
+        format!("{p}/{k}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn rejects_unknown_schemes_and_empty_buckets() {
+        let o = S3Options::default();
+        let e = open("ftp://x/y", &o).await.err().unwrap();
+        assert!(
+            e.to_string()
+                .contains("unsupported store URL scheme \"ftp\""),
+            "{e}"
+        );
+        assert_eq!(e.exit(), crate::Exit::Usage);
+        let e = open("s3:///x", &o).await.err().unwrap();
+        assert!(e.to_string().contains("no bucket"), "{e}");
+    }
+
+    #[test]
+    fn joins_keys() {
+        assert_eq!(join_key("", "a/b"), "a/b");
+        assert_eq!(join_key("p/", "/a"), "p/a");
+        assert_eq!(join_key("/p/q", "a"), "p/q/a");
+    }
+}
