@@ -166,6 +166,8 @@ async fn create(
         }
     }
     let store = store::open(&spec.to, &spec.s3).await?;
+    // Fail on a missing bucket, bad credentials or an unreachable store before etcd is touched.
+    store.check().await?;
 
     let (client, status) = spec.etcd.connect_healthy().await?;
     let endpoint = status.endpoint.clone();
