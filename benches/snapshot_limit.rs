@@ -8,9 +8,17 @@ use std::time::Instant;
 
 #[tokio::main]
 async fn main() {
-    let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
-    let (mode, endpoint) = (args.first().map(String::as_str), args.get(1).cloned().unwrap_or_default());
-    let mut c = etcd_client::Client::connect([endpoint.as_str()], None).await.expect("connect");
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| a != "--bench")
+        .collect();
+    let (mode, endpoint) = (
+        args.first().map(String::as_str),
+        args.get(1).cloned().unwrap_or_default(),
+    );
+    let mut c = etcd_client::Client::connect([endpoint.as_str()], None)
+        .await
+        .expect("connect");
     match mode {
         Some("read") => {
             let t = Instant::now();
@@ -31,7 +39,7 @@ async fn main() {
                 for _ in 0..64 {
                     i += 1;
                     // mostly JSON-like objects (Kubernetes-ish), every 10th a random blob
-                    let v: Vec<u8> = if i % 10 == 0 {
+                    let v: Vec<u8> = if i.is_multiple_of(10) {
                         (0..2048)
                             .map(|_| {
                                 x ^= x << 13;
@@ -52,9 +60,15 @@ async fn main() {
                         .into_bytes()
                     };
                     written += v.len();
-                    ops.push(etcd_client::TxnOp::put(format!("/registry/configmaps/bench/{i:010}"), v, None));
+                    ops.push(etcd_client::TxnOp::put(
+                        format!("/registry/configmaps/bench/{i:010}"),
+                        v,
+                        None,
+                    ));
                 }
-                c.txn(etcd_client::Txn::new().and_then(ops)).await.expect("txn");
+                c.txn(etcd_client::Txn::new().and_then(ops))
+                    .await
+                    .expect("txn");
             }
             println!("{i} keys");
         }

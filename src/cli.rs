@@ -69,6 +69,10 @@ pub enum Command {
     /// etcd backups: create (stream, compress, encrypt, upload), list, prune
     #[command(subcommand)]
     Backup(BackupCmd),
+    /// Disaster-recovery drill: verify, restore into scratch etcd + kube-apiserver, count objects, report RPO/RTO
+    Drill(actions::drill::DrillSpec),
+    /// Restore a verified backup into a new etcd data dir (for a new member or cluster)
+    Restore(actions::restore::RestoreSpec),
     /// Print kirt's version and git commit
     Version,
     /// Print shell completions
@@ -88,6 +92,8 @@ pub enum BackupCmd {
     List(actions::backup::list::BackupListSpec),
     /// Remove backups that no keep rule selects (restic-style), manifest first
     Prune(actions::backup::prune::BackupPruneSpec),
+    /// Check a backup: every digest against its manifest; --restore proves it restores
+    Verify(actions::backup::verify::BackupVerifySpec),
 }
 
 /// Builds the context from the global options. Only the binary calls this.
@@ -118,9 +124,14 @@ pub async fn run(cli: Cli) -> Result<Exit> {
         Command::Backup(BackupCmd::List(spec)) => {
             show(&ctx, &actions::backup::list::run(&ctx, spec).await?)
         }
+        Command::Backup(BackupCmd::Verify(spec)) => {
+            show(&ctx, &actions::backup::verify::run(&ctx, spec).await?)
+        }
         Command::Backup(BackupCmd::Prune(spec)) => {
             show(&ctx, &actions::backup::prune::run(&ctx, spec).await?)
         }
+        Command::Drill(spec) => show(&ctx, &actions::drill::run(&ctx, spec).await?),
+        Command::Restore(spec) => show(&ctx, &actions::restore::run(&ctx, spec).await?),
         Command::Version => show(&ctx, &actions::version::run()),
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "kirt", &mut std::io::stdout());

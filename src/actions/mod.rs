@@ -4,4 +4,6 @@
 
 pub mod backup;
 pub mod doctor;
+pub mod drill;
+pub mod restore;
 pub mod version;
