@@ -69,6 +69,11 @@ pub enum Command {
     /// etcd backups: create (stream, compress, encrypt, upload), list, prune
     #[command(subcommand)]
     Backup(BackupCmd),
+    /// Roll a Deployment, StatefulSet or DaemonSet back to an earlier revision, as `kubectl rollout undo` does
+    Rollback(RollbackCmd),
+    /// Follow rollouts
+    #[command(subcommand)]
+    Rollout(RolloutCmd),
     /// Print kirt's version and git commit
     Version,
     /// Print shell completions
@@ -88,6 +93,29 @@ pub enum BackupCmd {
     List(actions::backup::list::BackupListSpec),
     /// Remove backups that no keep rule selects (restic-style), manifest first
     Prune(actions::backup::prune::BackupPruneSpec),
+}
+
+/// `kirt rollback KIND/NAME` or `kirt rollback history KIND/NAME`.
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+pub struct RollbackCmd {
+    #[command(subcommand)]
+    pub sub: Option<RollbackSub>,
+    #[command(flatten)]
+    pub spec: actions::rollback::undo::RollbackSpec,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RollbackSub {
+    /// List revisions: change-cause, images, creation time, which one runs now
+    History(actions::rollback::history::HistorySpec),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RolloutCmd {
+    /// Wait until a rollout is complete, as `kubectl rollout status` judges it; fails on
+    /// ProgressDeadlineExceeded or the timeout, naming the pods that are not ready
+    Wait(actions::rollback::wait::WaitSpec),
 }
 
 /// Builds the context from the global options. Only the binary calls this.
@@ -120,6 +148,16 @@ pub async fn run(cli: Cli) -> Result<Exit> {
         }
         Command::Backup(BackupCmd::Prune(spec)) => {
             show(&ctx, &actions::backup::prune::run(&ctx, spec).await?)
+        }
+        Command::Rollback(RollbackCmd {
+            sub: Some(RollbackSub::History(spec)),
+            ..
+        }) => show(&ctx, &actions::rollback::history::run(&ctx, spec).await?),
+        Command::Rollback(RollbackCmd { sub: None, spec }) => {
+            show(&ctx, &actions::rollback::undo::run(&ctx, spec).await?)
+        }
+        Command::Rollout(RolloutCmd::Wait(spec)) => {
+            show(&ctx, &actions::rollback::wait::run(&ctx, spec).await?)
         }
         Command::Version => show(&ctx, &actions::version::run()),
         Command::Completions { shell } => {
