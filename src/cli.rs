@@ -70,6 +70,7 @@ pub enum Command {
     #[command(subcommand)]
     Backup(BackupCmd),
     /// Roll a Deployment, StatefulSet or DaemonSet back to an earlier revision, as `kubectl rollout undo` does
+    #[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
     Rollback(RollbackCmd),
     /// Follow rollouts
     #[command(subcommand)]
@@ -97,12 +98,11 @@ pub enum BackupCmd {
 
 /// `kirt rollback KIND/NAME` or `kirt rollback history KIND/NAME`.
 #[derive(Debug, Args)]
-#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
 pub struct RollbackCmd {
     #[command(subcommand)]
     pub sub: Option<RollbackSub>,
     #[command(flatten)]
-    pub spec: actions::rollback::undo::RollbackSpec,
+    pub spec: Option<actions::rollback::undo::RollbackSpec>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -153,9 +153,16 @@ pub async fn run(cli: Cli) -> Result<Exit> {
             sub: Some(RollbackSub::History(spec)),
             ..
         }) => show(&ctx, &actions::rollback::history::run(&ctx, spec).await?),
-        Command::Rollback(RollbackCmd { sub: None, spec }) => {
-            show(&ctx, &actions::rollback::undo::run(&ctx, spec).await?)
-        }
+        Command::Rollback(RollbackCmd {
+            sub: None,
+            spec: Some(spec),
+        }) => show(&ctx, &actions::rollback::undo::run(&ctx, spec).await?),
+        Command::Rollback(RollbackCmd {
+            sub: None,
+            spec: None,
+        }) => Err(crate::Error::usage(
+            "kirt rollback needs KIND/NAME (e.g. deployment/web) or a subcommand (history)",
+        )),
         Command::Rollout(RolloutCmd::Wait(spec)) => {
             show(&ctx, &actions::rollback::wait::run(&ctx, spec).await?)
         }
