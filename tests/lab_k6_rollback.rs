@@ -148,8 +148,8 @@ fn twin_test(kind: &str) {
         r.dump()
     );
     assert_twins_equal(&lab, &a, &b, &target);
-    let img = get_json(&lab, &b, &target)["spec"]["template"]["spec"]["containers"][0]["image"]
-        .clone();
+    let img =
+        get_json(&lab, &b, &target)["spec"]["template"]["spec"]["containers"][0]["image"].clone();
     assert_eq!(img, "nginx:1.26");
 
     // undo to an explicit revision
@@ -171,7 +171,10 @@ fn twin_test(kind: &str) {
 
     // rolling back to the revision that is current is skipped, as kubectl does, and changes nothing
     let current = get_json(&lab, &b, &target);
-    let rv = current["metadata"]["resourceVersion"].as_str().unwrap().to_string();
+    let rv = current["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let hist = lab
         .kirt(["rollback", "history", &target, "-n", &b, "-o", "json"])
         .ok()
@@ -198,8 +201,9 @@ fn twin_test(kind: &str) {
         ])
         .ok();
     assert!(
-        r.stdout()
-            .contains(&format!("skipped rollback (current template already matches revision {cur})")),
+        r.stdout().contains(&format!(
+            "skipped rollback (current template already matches revision {cur})"
+        )),
         "{}",
         r.dump()
     );
@@ -207,12 +211,19 @@ fn twin_test(kind: &str) {
 
     // history marks the current revision and shows change-causes and images
     let revs = hist["revisions"].as_array().unwrap();
-    assert_eq!(revs.iter().filter(|r| r["current"] == true).count(), 1, "{hist:#}");
+    assert_eq!(
+        revs.iter().filter(|r| r["current"] == true).count(),
+        1,
+        "{hist:#}"
+    );
     assert!(revs
         .iter()
         .all(|r| r["images"][0].as_str().unwrap().starts_with("nginx:")));
     if kind == "Deployment" {
-        assert!(revs.iter().any(|r| r["change_cause"] == "release 3"), "{hist:#}");
+        assert!(
+            revs.iter().any(|r| r["change_cause"] == "release 3"),
+            "{hist:#}"
+        );
     }
 }
 
@@ -239,7 +250,15 @@ fn paused_deployment_and_unknown_revision_are_refused() {
     let rv = resource_version(&lab, &ns, "deployment/web");
 
     let r = lab
-        .kirt(["rollback", "deploy/web", "-n", &ns, "--to-revision", "99", "--yes"])
+        .kirt([
+            "rollback",
+            "deploy/web",
+            "-n",
+            &ns,
+            "--to-revision",
+            "99",
+            "--yes",
+        ])
         .code_is(6);
     assert!(
         r.stderr()
@@ -247,7 +266,14 @@ fn paused_deployment_and_unknown_revision_are_refused() {
         "{}",
         r.dump()
     );
-    let k = lab.kubectl(["rollout", "undo", "deployment/web", "-n", &ns, "--to-revision=99"]);
+    let k = lab.kubectl([
+        "rollout",
+        "undo",
+        "deployment/web",
+        "-n",
+        &ns,
+        "--to-revision=99",
+    ]);
     assert!(
         k.stderr()
             .contains("unable to find specified revision 99 in history"),
@@ -309,7 +335,16 @@ fn dry_run_changes_nothing_and_prints_the_diff() {
     // no Event either
     let ev = kubectl_ok(
         &lab,
-        &["get", "events", "-n", &ns, "--field-selector", "reason=RolledBack", "-o", "name"],
+        &[
+            "get",
+            "events",
+            "-n",
+            &ns,
+            "--field-selector",
+            "reason=RolledBack",
+            "-o",
+            "name",
+        ],
     );
     assert!(ev.trim().is_empty(), "{ev}");
 
@@ -376,7 +411,10 @@ fn wait_succeeds_when_pods_become_ready() {
     );
     let d = get_json(&lab, &ns, "deployment/web");
     assert_eq!(d["status"]["availableReplicas"], 2);
-    assert_eq!(d["spec"]["template"]["spec"]["containers"][0]["image"], "nginx:1.25");
+    assert_eq!(
+        d["spec"]["template"]["spec"]["containers"][0]["image"],
+        "nginx:1.25"
+    );
     // kirt rollout wait on a complete rollout returns at once
     let r = lab
         .kirt(["rollout", "wait", "deploy/web", "-n", &ns, "-o", "json"])
@@ -389,15 +427,25 @@ fn wait_fails_on_progress_deadline_and_names_stuck_pods() {
     let Some(lab) = lab() else { return };
     let ns = lab.namespace("k6-stuck");
     // revision 1: pods that never become ready; revision 2: fine
-    let stuck = workload_yaml("Deployment", &REVS[0], ", lab.kirt.dev/never-ready: \"true\"")
-        .replace("progressDeadlineSeconds: 30", "progressDeadlineSeconds: 5");
+    let stuck = workload_yaml(
+        "Deployment",
+        &REVS[0],
+        ", lab.kirt.dev/never-ready: \"true\"",
+    )
+    .replace("progressDeadlineSeconds: 30", "progressDeadlineSeconds: 5");
     lab.apply(&ns, &stuck);
     let good = workload_yaml("Deployment", &REVS[1], "")
         .replace("progressDeadlineSeconds: 30", "progressDeadlineSeconds: 5");
     // wait until revision 1 has created its ReplicaSet, then go to revision 2 and let it settle
-    common::wait_until(std::time::Duration::from_secs(30), "revision 1 ReplicaSet", || {
-        !kubectl_ok(&lab, &["get", "rs", "-n", &ns, "-o", "name"]).trim().is_empty()
-    });
+    common::wait_until(
+        std::time::Duration::from_secs(30),
+        "revision 1 ReplicaSet",
+        || {
+            !kubectl_ok(&lab, &["get", "rs", "-n", &ns, "-o", "name"])
+                .trim()
+                .is_empty()
+        },
+    );
     lab.apply(&ns, &good);
     rollout_status(&lab, &ns, "deployment/web");
 
@@ -434,9 +482,21 @@ fn wait_fails_on_progress_deadline_and_names_stuck_pods() {
 
     // kirt rollout wait says the same
     let r = lab
-        .kirt(["rollout", "wait", "deployment/web", "-n", &ns, "--timeout", "30s"])
+        .kirt([
+            "rollout",
+            "wait",
+            "deployment/web",
+            "-n",
+            &ns,
+            "--timeout",
+            "30s",
+        ])
         .code_is(1);
-    assert!(r.stderr().contains("ProgressDeadlineExceeded"), "{}", r.dump());
+    assert!(
+        r.stderr().contains("ProgressDeadlineExceeded"),
+        "{}",
+        r.dump()
+    );
 }
 
 #[test]
@@ -455,7 +515,11 @@ fn wait_times_out_with_the_reason() {
         .code_is(1);
     let err = r.stderr();
     assert!(err.contains("did not complete within 4s"), "{}", r.dump());
-    assert!(err.contains("ImagePullBackOff") || err.contains("ErrImagePull"), "{}", r.dump());
+    assert!(
+        err.contains("ImagePullBackOff") || err.contains("ErrImagePull"),
+        "{}",
+        r.dump()
+    );
 }
 
 #[test]
@@ -490,10 +554,26 @@ subjects:
     let kc = lab.kubeconfig_for_token("reader", &token);
     let kc = kc.to_str().unwrap();
     // history works with read access
-    lab.kirt(["rollback", "history", "deploy/web", "-n", &ns, "--kubeconfig", kc])
-        .ok();
+    lab.kirt([
+        "rollback",
+        "history",
+        "deploy/web",
+        "-n",
+        &ns,
+        "--kubeconfig",
+        kc,
+    ])
+    .ok();
     let r = lab
-        .kirt(["rollback", "deploy/web", "-n", &ns, "--yes", "--kubeconfig", kc])
+        .kirt([
+            "rollback",
+            "deploy/web",
+            "-n",
+            &ns,
+            "--yes",
+            "--kubeconfig",
+            kc,
+        ])
         .code_is(7);
     assert!(
         r.stderr().contains("cannot patch deployments in namespace"),
@@ -516,7 +596,11 @@ subjects:
             kc2.to_str().unwrap(),
         ])
         .code_is(7);
-    assert!(r.stderr().contains("cannot get deployments"), "{}", r.dump());
+    assert!(
+        r.stderr().contains("cannot get deployments"),
+        "{}",
+        r.dump()
+    );
 
     // not found
     let r = lab
@@ -524,7 +608,12 @@ subjects:
         .code_is(6);
     assert!(r.stderr().contains("nope"), "{}", r.dump());
     let r = lab.kirt(["rollback", "pod/web", "-n", &ns]).code_is(2);
-    assert!(r.stderr().contains("only deployment, statefulset and daemonset"), "{}", r.dump());
+    assert!(
+        r.stderr()
+            .contains("only deployment, statefulset and daemonset"),
+        "{}",
+        r.dump()
+    );
 
     // unreachable apiserver
     let admin = std::fs::read_to_string(lab.kubeconfig()).unwrap();
@@ -542,6 +631,10 @@ subjects:
             path.to_str().unwrap(),
         ])
         .code_is(8);
-    assert!(r.stderr().contains("cannot reach Kubernetes API"), "{}", r.dump());
+    assert!(
+        r.stderr().contains("cannot reach Kubernetes API"),
+        "{}",
+        r.dump()
+    );
     assert_eq!(resource_version(&lab, &ns, "deployment/web"), rv);
 }

@@ -92,7 +92,12 @@ fn by_name(list: &Value) -> BTreeMap<String, Value> {
     list.as_array()
         .into_iter()
         .flatten()
-        .map(|c| (c["name"].as_str().unwrap_or_default().to_string(), c.clone()))
+        .map(|c| {
+            (
+                c["name"].as_str().unwrap_or_default().to_string(),
+                c.clone(),
+            )
+        })
         .collect()
 }
 
@@ -127,8 +132,14 @@ fn env_value(e: &Value) -> String {
 }
 
 fn diff_env(what: &str, name: &str, a: &Value, b: &Value, out: &mut Vec<String>) {
-    let a: BTreeMap<String, String> = by_name(a).iter().map(|(k, v)| (k.clone(), env_value(v))).collect();
-    let b: BTreeMap<String, String> = by_name(b).iter().map(|(k, v)| (k.clone(), env_value(v))).collect();
+    let a: BTreeMap<String, String> = by_name(a)
+        .iter()
+        .map(|(k, v)| (k.clone(), env_value(v)))
+        .collect();
+    let b: BTreeMap<String, String> = by_name(b)
+        .iter()
+        .map(|(k, v)| (k.clone(), env_value(v)))
+        .collect();
     for (k, va) in &a {
         match b.get(k) {
             None => out.push(format!("{what} {name}: env {k} removed (was {va})")),
@@ -148,7 +159,10 @@ fn diff_resources(what: &str, name: &str, a: &Value, b: &Value, out: &mut Vec<St
         let mut m = BTreeMap::new();
         for kind in ["requests", "limits"] {
             for (k, q) in v[kind].as_object().into_iter().flatten() {
-                m.insert(format!("{kind}.{k}"), q.as_str().unwrap_or_default().to_string());
+                m.insert(
+                    format!("{kind}.{k}"),
+                    q.as_str().unwrap_or_default().to_string(),
+                );
             }
         }
         m
@@ -208,7 +222,14 @@ mod tests {
         let to = json!({"spec": {"containers": [{"name": "b", "image": "y", "args": ["-v"]}]}});
         let d = template_diff(&from, &to);
         assert!(d.contains(&"container a: removed".to_string()), "{d:?}");
-        assert!(d.contains(&"container b: added (image y)".to_string()), "{d:?}");
-        assert!(d.iter().any(|l| l.starts_with("pod spec: other fields differ")), "{d:?}");
+        assert!(
+            d.contains(&"container b: added (image y)".to_string()),
+            "{d:?}"
+        );
+        assert!(
+            d.iter()
+                .any(|l| l.starts_with("pod spec: other fields differ")),
+            "{d:?}"
+        );
     }
 }

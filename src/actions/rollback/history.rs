@@ -31,7 +31,14 @@ pub struct History {
 
 impl Render for History {
     fn table(&self) -> Table {
-        let mut t = Table::new(["REVISION", "CURRENT", "CHANGE-CAUSE", "IMAGES", "CREATED", "SOURCE"]);
+        let mut t = Table::new([
+            "REVISION",
+            "CURRENT",
+            "CHANGE-CAUSE",
+            "IMAGES",
+            "CREATED",
+            "SOURCE",
+        ]);
         for r in &self.revisions {
             t.row([
                 r.revision.to_string(),

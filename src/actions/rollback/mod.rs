@@ -13,7 +13,9 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
 
-use k8s_openapi::api::apps::v1::{ControllerRevision, DaemonSet, Deployment, ReplicaSet, StatefulSet};
+use k8s_openapi::api::apps::v1::{
+    ControllerRevision, DaemonSet, Deployment, ReplicaSet, StatefulSet,
+};
 use kube::api::{Api, ApiResource, DynamicObject, ListParams};
 use serde::Serialize;
 use serde_json::Value;
@@ -163,9 +165,8 @@ impl Workload {
         let uid = obj.metadata.uid.clone().unwrap_or_default();
         let spec = &obj.data["spec"];
         let template = spec["template"].clone();
-        let selector = label_selector(&spec["selector"]).map_err(|e| {
-            Error::failed(format!("{target} in namespace {namespace}: {e}"))
-        })?;
+        let selector = label_selector(&spec["selector"])
+            .map_err(|e| Error::failed(format!("{target} in namespace {namespace}: {e}")))?;
         let lp = ListParams::default().labels(&selector);
         let mut revisions = match target.kind {
             Kind::Deployment => {
@@ -298,8 +299,14 @@ pub fn revision_patch(template: &Value) -> Value {
 }
 
 /// Whether `meta` names the object with `uid` as its controller (metav1.IsControlledBy).
-fn controlled_by(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta, uid: &str) -> bool {
-    meta.owner_references.iter().flatten().any(|o| o.controller == Some(true) && o.uid == uid)
+fn controlled_by(
+    meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+    uid: &str,
+) -> bool {
+    meta.owner_references
+        .iter()
+        .flatten()
+        .any(|o| o.controller == Some(true) && o.uid == uid)
 }
 
 fn ts(t: &Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>) -> Option<String> {
@@ -388,7 +395,9 @@ pub fn label_selector(sel: &Value) -> std::result::Result<String, String> {
         }
     }
     if parts.is_empty() {
-        return Err("the workload has an empty selector; refusing to guess which objects it owns".into());
+        return Err(
+            "the workload has an empty selector; refusing to guess which objects it owns".into(),
+        );
     }
     Ok(parts.join(","))
 }

@@ -273,8 +273,9 @@ async fn apply(client: &kube::Client, dry_run: bool, w: &Workload, rev: &Revisio
     let res = match w.target.kind {
         Kind::Deployment => {
             let patch = deployment_patch(w, rev);
-            let mut url =
-                format!("/apis/apps/v1/namespaces/{ns}/deployments/{name}?fieldManager={FIELD_MANAGER}");
+            let mut url = format!(
+                "/apis/apps/v1/namespaces/{ns}/deployments/{name}?fieldManager={FIELD_MANAGER}"
+            );
             if dry_run {
                 url.push_str("&dryRun=All");
             }
@@ -418,7 +419,9 @@ mod tests {
         assert_eq!(select_revision(&w, 1).unwrap().revision, 1);
         let e = select_revision(&w, 4).unwrap_err();
         assert_eq!(e.exit(), crate::Exit::NotFound);
-        assert!(e.to_string().contains("unable to find specified revision 4 in history"));
+        assert!(e
+            .to_string()
+            .contains("unable to find specified revision 4 in history"));
         let w1 = workload(vec![rev(1, "a", &[])]);
         assert!(select_revision(&w1, 0)
             .unwrap_err()
@@ -440,9 +443,14 @@ mod tests {
         );
         let w = workload(vec![r.clone()]);
         let p = deployment_patch(&w, &r);
-        assert_eq!(p[0], json!({"op": "test", "path": "/metadata/resourceVersion", "value": "42"}));
+        assert_eq!(
+            p[0],
+            json!({"op": "test", "path": "/metadata/resourceVersion", "value": "42"})
+        );
         assert_eq!(p[1]["path"], "/spec/template");
-        assert!(p[1]["value"]["metadata"]["labels"].get("pod-template-hash").is_none());
+        assert!(p[1]["value"]["metadata"]["labels"]
+            .get("pod-template-hash")
+            .is_none());
         assert_eq!(
             p[2]["value"],
             json!({

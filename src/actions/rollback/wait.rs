@@ -67,7 +67,10 @@ impl Render for WaitResult {
                 "replicas",
                 format!(
                     "{} desired, {} updated, {} ready, {} available",
-                    self.counts.desired, self.counts.updated, self.counts.ready, self.counts.available
+                    self.counts.desired,
+                    self.counts.updated,
+                    self.counts.ready,
+                    self.counts.available
                 ),
             ),
             ("waited", format!("{:.1}s", self.seconds)),
@@ -95,7 +98,12 @@ pub async fn run(ctx: &Ctx, spec: WaitSpec) -> Result<WaitResult> {
 
 /// Polls the workload until kubectl would call the rollout complete; fails on the progress
 /// deadline or the timeout with the not-ready pods and their reasons.
-pub async fn wait_for(ctx: &Ctx, ns: &str, target: &Target, timeout: Duration) -> Result<WaitResult> {
+pub async fn wait_for(
+    ctx: &Ctx,
+    ns: &str,
+    target: &Target,
+    timeout: Duration,
+) -> Result<WaitResult> {
     let client = ctx.cluster().await?.client.clone();
     let start = Instant::now();
     let stage = ctx.progress.stage("rollout", None);
@@ -164,8 +172,14 @@ fn pods_suffix(pods: &[String]) -> String {
 }
 
 /// Reads the workload once and judges it; also returns its pod selector.
-async fn judge(client: &kube::Client, ns: &str, target: &Target) -> Result<(Verdict, Counts, String)> {
-    let op = Op::new("get", target.kind.resource()).ns(ns).name(&target.name);
+async fn judge(
+    client: &kube::Client,
+    ns: &str,
+    target: &Target,
+) -> Result<(Verdict, Counts, String)> {
+    let op = Op::new("get", target.kind.resource())
+        .ns(ns)
+        .name(&target.name);
     match target.kind {
         Kind::Deployment => {
             let d = Api::<Deployment>::namespaced(client.clone(), ns)
@@ -225,7 +239,8 @@ pub fn deployment_verdict(d: &Deployment) -> (Verdict, Counts) {
         );
     }
     let deadline = st.conditions.iter().flatten().find(|c| {
-        c.type_.as_deref() == Some("Progressing") && c.reason.as_deref() == Some(PROGRESS_DEADLINE_EXCEEDED)
+        c.type_.as_deref() == Some("Progressing")
+            && c.reason.as_deref() == Some(PROGRESS_DEADLINE_EXCEEDED)
     });
     if let Some(cond) = deadline {
         return (
@@ -281,11 +296,16 @@ pub fn statefulset_verdict(s: &StatefulSet) -> (Verdict, Counts) {
         desired: spec.replicas.unwrap_or(1),
         updated: st.updated_replicas.unwrap_or(0),
         ready: st.ready_replicas.unwrap_or(0),
-        available: st.available_replicas.unwrap_or(st.ready_replicas.unwrap_or(0)),
+        available: st
+            .available_replicas
+            .unwrap_or(st.ready_replicas.unwrap_or(0)),
         total: st.replicas,
     };
     let strategy = spec.update_strategy.clone().unwrap_or_default();
-    let kind = strategy.type_.clone().unwrap_or_else(|| "RollingUpdate".into());
+    let kind = strategy
+        .type_
+        .clone()
+        .unwrap_or_else(|| "RollingUpdate".into());
     if kind != "RollingUpdate" {
         return (
             Verdict::Failed(format!(
@@ -302,7 +322,10 @@ pub fn statefulset_verdict(s: &StatefulSet) -> (Verdict, Counts) {
     }
     if c.ready < c.desired {
         return (
-            Verdict::Waiting(format!("waiting for {} pods to be ready", c.desired - c.ready)),
+            Verdict::Waiting(format!(
+                "waiting for {} pods to be ready",
+                c.desired - c.ready
+            )),
             c,
         );
     }
@@ -327,7 +350,10 @@ pub fn statefulset_verdict(s: &StatefulSet) -> (Verdict, Counts) {
             );
         }
     }
-    let (cur, upd) = (st.current_revision.unwrap_or_default(), st.update_revision.unwrap_or_default());
+    let (cur, upd) = (
+        st.current_revision.unwrap_or_default(),
+        st.update_revision.unwrap_or_default(),
+    );
     if cur != upd {
         return (
             Verdict::Waiting(format!(
@@ -463,7 +489,10 @@ pub fn describe_not_ready(p: &Pod) -> Option<String> {
         } else {
             "running but not ready (readiness probe failing)".into()
         };
-        parts.push(format!("container {}: {why}, restarts {}", cs.name, cs.restart_count));
+        parts.push(format!(
+            "container {}: {why}, restarts {}",
+            cs.name, cs.restart_count
+        ));
     }
     if statuses.is_empty() {
         if let Some(c) = st
@@ -474,7 +503,10 @@ pub fn describe_not_ready(p: &Pod) -> Option<String> {
         {
             parts.push(format!(
                 "not scheduled: {}",
-                c.message.as_deref().or(c.reason.as_deref()).unwrap_or("unknown")
+                c.message
+                    .as_deref()
+                    .or(c.reason.as_deref())
+                    .unwrap_or("unknown")
             ));
         }
     }
@@ -503,17 +535,26 @@ mod tests {
             json!({"observedGeneration": 2, "replicas": 3, "updatedReplicas": 1}),
             2,
         ));
-        assert_eq!(v, Verdict::Waiting("1 out of 2 new replicas have been updated".into()));
+        assert_eq!(
+            v,
+            Verdict::Waiting("1 out of 2 new replicas have been updated".into())
+        );
         let (v, _) = deployment_verdict(&base(
             json!({"observedGeneration": 2, "replicas": 3, "updatedReplicas": 2}),
             2,
         ));
-        assert_eq!(v, Verdict::Waiting("1 old replicas are pending termination".into()));
+        assert_eq!(
+            v,
+            Verdict::Waiting("1 old replicas are pending termination".into())
+        );
         let (v, _) = deployment_verdict(&base(
             json!({"observedGeneration": 2, "replicas": 2, "updatedReplicas": 2, "availableReplicas": 1}),
             2,
         ));
-        assert_eq!(v, Verdict::Waiting("1 of 2 updated replicas are available".into()));
+        assert_eq!(
+            v,
+            Verdict::Waiting("1 of 2 updated replicas are available".into())
+        );
         let (v, _) = deployment_verdict(&base(
             json!({"observedGeneration": 2, "replicas": 2, "updatedReplicas": 2, "availableReplicas": 2}),
             2,
@@ -524,7 +565,9 @@ mod tests {
                    "reason": "ProgressDeadlineExceeded", "message": "ReplicaSet \"web-1\" has timed out progressing."}]}),
             2,
         ));
-        assert!(matches!(v, Verdict::Failed(m) if m.contains("ProgressDeadlineExceeded") && m.contains("timed out")));
+        assert!(
+            matches!(v, Verdict::Failed(m) if m.contains("ProgressDeadlineExceeded") && m.contains("timed out"))
+        );
     }
 
     #[test]
