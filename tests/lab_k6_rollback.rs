@@ -638,3 +638,56 @@ subjects:
     );
     assert_eq!(resource_version(&lab, &ns, "deployment/web"), rv);
 }
+
+/// The resourceVersion guard: a change between kirt's read and its patch makes the patch fail
+/// and nothing of the rollback lands (library-level, to put the change exactly in between).
+#[test]
+fn concurrent_change_between_read_and_patch_is_not_overwritten() {
+    use kirt::actions::rollback::{undo, Target, Workload};
+    let Some(lab) = lab() else { return };
+    let ns = lab.namespace("k6-guard");
+    build_history(&lab, &ns, "Deployment");
+    lab.apply(&ns, &workload_yaml("DaemonSet", &REVS[0], ""));
+    rollout_status(&lab, &ns, "daemonset/web");
+    lab.apply(&ns, &workload_yaml("DaemonSet", &REVS[1], ""));
+    rollout_status(&lab, &ns, "daemonset/web");
+
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    common::block_on(async {
+        let ctx = kirt::Ctx::new(kirt::k8s::KubeOptions {
+            kubeconfig: Some(lab.kubeconfig().into()),
+            ..Default::default()
+        });
+        let client = ctx.cluster().await.unwrap().client.clone();
+        for (target, change) in [
+            (
+                "deployment/web",
+                vec!["scale", "deployment/web", "--replicas=3"],
+            ),
+            (
+                "daemonset/web",
+                vec!["label", "daemonset/web", "touched=yes"],
+            ),
+        ] {
+            let t: Target = target.parse().unwrap();
+            let w = Workload::load(&client, &ns, &t).await.unwrap();
+            let rev = undo::select_revision(&w, 1).unwrap().clone();
+            let mut args = change.clone();
+            args.extend(["-n", &ns]);
+            lab.kubectl(&args).ok();
+            let err = undo::apply(&client, false, &w, &rev).await.unwrap_err();
+            assert!(
+                err.to_string()
+                    .contains("changed while kirt was rolling it back"),
+                "{target}: {err}"
+            );
+            let img = get_json(&lab, &ns, target)["spec"]["template"]["spec"]["containers"][0]
+                ["image"]
+                .clone();
+            assert_ne!(
+                img, "nginx:1.25",
+                "{target} was rolled back despite the change"
+            );
+        }
+    });
+}

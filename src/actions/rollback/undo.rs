@@ -266,7 +266,13 @@ pub fn controller_revision_patch(w: &Workload, rev: &Revision) -> Value {
     p
 }
 
-async fn apply(client: &kube::Client, dry_run: bool, w: &Workload, rev: &Revision) -> Result<()> {
+/// Sends kubectl's rollback patch for `rev` (guarded by the resourceVersion `w` was read at).
+pub async fn apply(
+    client: &kube::Client,
+    dry_run: bool,
+    w: &Workload,
+    rev: &Revision,
+) -> Result<()> {
     let ns = w.namespace.as_str();
     let name = w.target.name.as_str();
     let op = Op::new("patch", w.target.kind.resource()).ns(ns).name(name);
@@ -296,18 +302,37 @@ async fn apply(client: &kube::Client, dry_run: bool, w: &Workload, rev: &Revisio
                 .map(|_| ())
         }
     };
+    let changed = |detail: &str| {
+        Error::failed(format!(
+            "{} in namespace {ns} changed while kirt was rolling it back ({detail}); nothing was changed — look at it again and re-run",
+            w.target
+        ))
+    };
     match res {
-        Err(kube::Error::Api(s)) if s.code == 409 || (s.code == 422 && s.message.contains("test")) => {
+        Err(kube::Error::Api(s)) if s.code == 409 => Err(changed(&s.message)),
+        Err(kube::Error::Api(s)) if s.code == 422 || s.code == 400 => {
+            // A failed JSON-patch `test` answers 422 without saying which operation failed: look
+            // whether the resourceVersion moved on.
+            if w.target.kind == Kind::Deployment && resource_version_moved(client, w).await {
+                return Err(changed(
+                    "its resourceVersion is no longer the one kirt read",
+                ));
+            }
             Err(Error::failed(format!(
-                "{} in namespace {ns} changed while kirt was rolling it back ({}); nothing was changed — look at it again and re-run",
-                w.target, s.message
+                "failed restoring revision {} of {} in namespace {ns}: {} (nothing was changed)",
+                rev.revision, w.target, s.message
             )))
         }
-        Err(kube::Error::Api(s)) if s.code == 422 || s.code == 400 => Err(Error::failed(format!(
-            "failed restoring revision {} of {} in namespace {ns}: {} (nothing was changed)",
-            rev.revision, w.target, s.message
-        ))),
         other => other.op(op),
+    }
+}
+
+async fn resource_version_moved(client: &kube::Client, w: &Workload) -> bool {
+    let api: Api<DynamicObject> =
+        Api::namespaced_with(client.clone(), &w.namespace, &w.target.kind.api_resource());
+    match api.get(&w.target.name).await {
+        Ok(o) => o.metadata.resource_version.as_deref() != Some(w.resource_version.as_str()),
+        Err(_) => false,
     }
 }
 
