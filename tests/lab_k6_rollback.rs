@@ -111,10 +111,16 @@ fn assert_twins_equal(lab: &Lab, a: &str, b: &str, target: &str) {
         ja["spec"]["template"], jb["spec"]["template"],
         "pod templates differ after kubectl (left) and kirt (right)"
     );
-    assert_eq!(
-        ja["metadata"]["annotations"]["kubernetes.io/change-cause"],
-        jb["metadata"]["annotations"]["kubernetes.io/change-cause"],
-    );
+    // the workload's own annotations too (kubectl's copy rules), except kubectl apply's record,
+    // which names the namespace
+    let annotations = |j: &Value| {
+        let mut a = j["metadata"]["annotations"].clone();
+        a.as_object_mut()
+            .unwrap()
+            .remove("kubectl.kubernetes.io/last-applied-configuration");
+        a
+    };
+    assert_eq!(annotations(&ja), annotations(&jb));
     // the revision history kubectl shows is the same in both namespaces
     common::wait_until(
         std::time::Duration::from_secs(30),

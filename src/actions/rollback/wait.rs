@@ -109,7 +109,22 @@ pub async fn wait_for(
     let stage = ctx.progress.stage("rollout", None);
     let mut last = String::new();
     loop {
-        let (verdict, counts, selector) = judge(&client, ns, target).await?;
+        let (verdict, counts, selector) = match judge(&client, ns, target).await {
+            Ok(j) => j,
+            // A blip (apiserver restarting, a 5xx) is not the rollout's verdict: keep polling
+            // until the timeout; missing objects and permissions end the wait at once.
+            Err(e @ (Error::Unreachable { .. } | Error::Kube { .. }))
+                if start.elapsed() < timeout =>
+            {
+                tracing::warn!("{target}: cannot read the rollout status, retrying: {e}");
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                continue;
+            }
+            Err(e) => {
+                stage.finish();
+                return Err(e);
+            }
+        };
         let msg = match &verdict {
             Verdict::Waiting(m) | Verdict::Done(m) | Verdict::Failed(m) => m.clone(),
         };
