@@ -697,3 +697,39 @@ fn concurrent_change_between_read_and_patch_is_not_overwritten() {
         }
     });
 }
+
+/// Usage errors are found before any cluster is contacted (no lab needed).
+#[test]
+fn usage_errors_need_no_cluster() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |args: &[&str]| {
+        let mut c = std::process::Command::new(common::kirt_bin());
+        c.current_dir(dir.path())
+            .env_remove("KUBECONFIG")
+            .env("HOME", dir.path())
+            .args(args);
+        common::run(c, format!("kirt {}", args.join(" ")))
+    };
+    let r = run(&["rollback", "pod/web", "--yes"]).code_is(2);
+    assert!(
+        r.stderr()
+            .contains("only deployment, statefulset and daemonset have revisions"),
+        "{}",
+        r.dump()
+    );
+    run(&["rollback", "web"]).code_is(2);
+    run(&["rollback"]).code_is(2);
+    let r = run(&["rollback", "deploy/web", "--wait", "--timeout", "soon"]).code_is(2);
+    assert!(r.stderr().contains("--timeout"), "{}", r.dump());
+    run(&["rollout", "wait", "sts/"]).code_is(2);
+    let help = run(&["--help"]).ok().stdout();
+    assert!(
+        help.contains("rollback") && help.contains("rollout"),
+        "{help}"
+    );
+    let help = run(&["rollback", "--help"]).ok().stdout();
+    assert!(
+        help.contains("history") && help.contains("--to-revision") && help.contains("--wait"),
+        "{help}"
+    );
+}
