@@ -85,6 +85,20 @@ fn build_history(lab: &Lab, ns: &str, kind: &str) {
     }
 }
 
+/// Waits until the namespace holds `n` ReplicaSets (the Deployment controller has caught up).
+fn wait_for_replicasets(lab: &Lab, ns: &str, n: usize) {
+    common::wait_until(
+        std::time::Duration::from_secs(30),
+        &format!("{n} ReplicaSets"),
+        || {
+            kubectl_ok(lab, &["get", "rs", "-n", ns, "-o", "name"])
+                .lines()
+                .count()
+                >= n
+        },
+    );
+}
+
 fn get_json(lab: &Lab, ns: &str, target: &str) -> Value {
     serde_json::from_str(&kubectl_ok(lab, &["get", target, "-n", ns, "-o", "json"])).unwrap()
 }
@@ -393,6 +407,9 @@ fn wait_succeeds_when_pods_become_ready() {
     let mut bad = workload_yaml("Deployment", &REVS[1], "");
     bad = bad.replace("nginx:1.26", "nginx:1.26-broken");
     lab.apply(&ns, &bad);
+    // the controller must have recorded the bad release as revision 2 before there is anything to
+    // go back from (kubectl rollout undo would say "no rollout history found" just the same)
+    wait_for_replicasets(&lab, &ns, 2);
     let r = lab
         .kirt([
             "rollback",
@@ -443,15 +460,7 @@ fn wait_fails_on_progress_deadline_and_names_stuck_pods() {
     let good = workload_yaml("Deployment", &REVS[1], "")
         .replace("progressDeadlineSeconds: 30", "progressDeadlineSeconds: 5");
     // wait until revision 1 has created its ReplicaSet, then go to revision 2 and let it settle
-    common::wait_until(
-        std::time::Duration::from_secs(30),
-        "revision 1 ReplicaSet",
-        || {
-            !kubectl_ok(&lab, &["get", "rs", "-n", &ns, "-o", "name"])
-                .trim()
-                .is_empty()
-        },
-    );
+    wait_for_replicasets(&lab, &ns, 1);
     lab.apply(&ns, &good);
     rollout_status(&lab, &ns, "deployment/web");
 
@@ -517,10 +526,10 @@ fn wait_times_out_with_the_reason() {
         &workload_yaml("DaemonSet", &REVS[1], "").replace("nginx:1.26", "nginx:1.26-broken"),
     );
     let r = lab
-        .kirt(["rollout", "wait", "ds/web", "-n", &ns, "--timeout", "4s"])
+        .kirt(["rollout", "wait", "ds/web", "-n", &ns, "--timeout", "8s"])
         .code_is(1);
     let err = r.stderr();
-    assert!(err.contains("did not complete within 4s"), "{}", r.dump());
+    assert!(err.contains("did not complete within 8s"), "{}", r.dump());
     assert!(
         err.contains("ImagePullBackOff") || err.contains("ErrImagePull"),
         "{}",
