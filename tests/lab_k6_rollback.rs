@@ -152,6 +152,19 @@ fn twin_test(kind: &str) {
     build_history(&lab, &b, kind);
     assert_eq!(history(&lab, &a, &target), history(&lab, &b, &target));
 
+    // a server-side dry run changes nothing
+    let rv = resource_version(&lab, &b, &target);
+    let r = lab
+        .kirt(["rollback", &target, "-n", &b, "--dry-run", "-o", "json"])
+        .ok();
+    assert_eq!(r.json()["outcome"], "dry-run", "{}", r.dump());
+    assert!(
+        r.stderr().contains("image nginx:1.27 → nginx:1.26"),
+        "{}",
+        r.dump()
+    );
+    assert_eq!(resource_version(&lab, &b, &target), rv);
+
     // undo to the previous revision
     lab.kubectl(["rollout", "undo", &target, "-n", &a]).ok();
     let r = lab
@@ -168,6 +181,20 @@ fn twin_test(kind: &str) {
         r.dump()
     );
     assert_twins_equal(&lab, &a, &b, &target);
+    let ev = kubectl_ok(
+        &lab,
+        &[
+            "get",
+            "events",
+            "-n",
+            &b,
+            "--field-selector",
+            &format!("reason=RolledBack,involvedObject.kind={kind}"),
+            "-o",
+            "jsonpath={.items[*].message}",
+        ],
+    );
+    assert!(ev.contains("from revision 3 to revision 2"), "event: {ev}");
     let img =
         get_json(&lab, &b, &target)["spec"]["template"]["spec"]["containers"][0]["image"].clone();
     assert_eq!(img, "nginx:1.26");
