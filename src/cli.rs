@@ -73,6 +73,12 @@ pub enum Command {
     Drill(actions::drill::DrillSpec),
     /// Restore a verified backup into a new etcd data dir (for a new member or cluster)
     Restore(actions::restore::RestoreSpec),
+    /// Roll a Deployment, StatefulSet or DaemonSet back to an earlier revision, as `kubectl rollout undo` does
+    #[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+    Rollback(RollbackCmd),
+    /// Follow rollouts
+    #[command(subcommand)]
+    Rollout(RolloutCmd),
     /// Print kirt's version and git commit
     Version,
     /// Print shell completions
@@ -94,6 +100,28 @@ pub enum BackupCmd {
     Prune(actions::backup::prune::BackupPruneSpec),
     /// Check a backup: every digest against its manifest; --restore proves it restores
     Verify(actions::backup::verify::BackupVerifySpec),
+}
+
+/// `kirt rollback KIND/NAME` or `kirt rollback history KIND/NAME`.
+#[derive(Debug, Args)]
+pub struct RollbackCmd {
+    #[command(subcommand)]
+    pub sub: Option<RollbackSub>,
+    #[command(flatten)]
+    pub spec: Option<actions::rollback::undo::RollbackSpec>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RollbackSub {
+    /// List revisions: change-cause, images, creation time, which one runs now
+    History(actions::rollback::history::HistorySpec),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RolloutCmd {
+    /// Wait until a rollout is complete, as `kubectl rollout status` judges it; fails on
+    /// ProgressDeadlineExceeded or the timeout, naming the pods that are not ready
+    Wait(actions::rollback::wait::WaitSpec),
 }
 
 /// Builds the context from the global options. Only the binary calls this.
@@ -132,6 +160,23 @@ pub async fn run(cli: Cli) -> Result<Exit> {
         }
         Command::Drill(spec) => show(&ctx, &actions::drill::run(&ctx, spec).await?),
         Command::Restore(spec) => show(&ctx, &actions::restore::run(&ctx, spec).await?),
+        Command::Rollback(RollbackCmd {
+            sub: Some(RollbackSub::History(spec)),
+            ..
+        }) => show(&ctx, &actions::rollback::history::run(&ctx, spec).await?),
+        Command::Rollback(RollbackCmd {
+            sub: None,
+            spec: Some(spec),
+        }) => show(&ctx, &actions::rollback::undo::run(&ctx, spec).await?),
+        Command::Rollback(RollbackCmd {
+            sub: None,
+            spec: None,
+        }) => Err(crate::Error::usage(
+            "kirt rollback needs KIND/NAME (e.g. deployment/web) or a subcommand (history)",
+        )),
+        Command::Rollout(RolloutCmd::Wait(spec)) => {
+            show(&ctx, &actions::rollback::wait::run(&ctx, spec).await?)
+        }
         Command::Version => show(&ctx, &actions::version::run()),
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "kirt", &mut std::io::stdout());

@@ -6,4 +6,5 @@ pub mod backup;
 pub mod doctor;
 pub mod drill;
 pub mod restore;
+pub mod rollback;
 pub mod version;

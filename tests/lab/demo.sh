@@ -32,4 +32,27 @@ step "verify the backup and prove it restores (throwaway etcd, revision/keys/Has
   "$KIRT" backup verify --from "$work/backups" latest --identity "$work/backup.key" --restore
 step "restore without kirt: age -d | zstd -d, then etcdutl snapshot status" \
   bash -c "age -d -i '$work/backup.key' '$obj' | zstd -dq > '$work/snap.db' && etcdutl snapshot status -w table '$work/snap.db'"
+demo_ns="kirt-demo-$$"
+kubectl create namespace "$demo_ns" >/dev/null
+trap 'kubectl delete namespace "$demo_ns" --wait=false >/dev/null 2>&1 || true; cleanup' EXIT
+kubectl apply -n "$demo_ns" -f - >/dev/null <<'YAML'
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web, annotations: {kubernetes.io/change-cause: "release 1"}}
+spec:
+  replicas: 2
+  progressDeadlineSeconds: 20
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}}
+    spec: {containers: [{name: web, image: "nginx:1.25"}]}
+YAML
+kubectl rollout status deployment/web -n "$demo_ns" --timeout=60s >/dev/null
+kubectl set image deployment/web web=nginx:1.26-broken -n "$demo_ns" >/dev/null
+kubectl annotate deployment/web kubernetes.io/change-cause="release 2 (broken image)" --overwrite -n "$demo_ns" >/dev/null
+step "a bad release: the rollout does not complete (exit 1 expected), stuck pods named" \
+  bash -c "'$KIRT' rollout wait deployment/web -n '$demo_ns' --timeout 5s || true"
+step "rollback history" "$KIRT" rollback history deployment/web -n "$demo_ns"
+step "roll back as kubectl rollout undo would, and wait until healthy" \
+  "$KIRT" rollback deployment/web -n "$demo_ns" --yes --wait --timeout 90s
 printf '\ndemo done; files in %s\n' "$work"
