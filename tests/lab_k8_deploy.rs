@@ -1,0 +1,239 @@
+//! K8: the deploy/ manifests against the lab apiserver, impersonation, the kubectl plugin, and
+//! metrics pushed to a real Prometheus Pushgateway.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::{lab, sh};
+
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+#[test]
+fn manifests_apply_and_the_responder_is_least_privilege() {
+    let Some(lab) = lab() else { return };
+    let deploy = root().join("deploy/kubernetes");
+    lab.kubectl([
+        "apply",
+        "-f",
+        deploy.join("base/namespace.yaml").to_str().unwrap(),
+    ])
+    .ok();
+    let legacy = deploy.join("k8s-1.20");
+    let r = lab
+        .kubectl(["apply", "-k", legacy.to_str().unwrap(), "--dry-run=server"])
+        .ok();
+    assert!(
+        r.stdout()
+            .contains("cronjob.batch/kirt-backup created (server dry run)")
+            || r.stdout()
+                .contains("cronjob.batch/kirt-backup configured (server dry run)")
+            || r.stdout()
+                .contains("cronjob.batch/kirt-backup unchanged (server dry run)"),
+        "{}",
+        r.dump()
+    );
+    lab.kubectl([
+        "apply",
+        "-f",
+        deploy.join("drill-job.yaml").to_str().unwrap(),
+        "--dry-run=server",
+    ])
+    .ok();
+    lab.kubectl(["apply", "-k", legacy.to_str().unwrap()]).ok();
+    let cj = lab
+        .kubectl(["get", "cronjob", "kirt-backup", "-n", "kirt", "-o", "json"])
+        .ok()
+        .json();
+    let pod = &cj["spec"]["jobTemplate"]["spec"]["template"]["spec"];
+    assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+    assert_eq!(
+        pod["securityContext"]["seccompProfile"]["type"],
+        "RuntimeDefault"
+    );
+    let c = &pod["containers"][0];
+    assert_eq!(c["securityContext"]["readOnlyRootFilesystem"], true);
+    assert_eq!(c["securityContext"]["allowPrivilegeEscalation"], false);
+    assert!(c["resources"]["limits"]["memory"].is_string());
+    // the backup account has no Kubernetes permissions at all
+    let sa = "system:serviceaccount:kirt:kirt-backup";
+    let r = lab
+        .kubectl(["auth", "can-i", "--list", "--as", sa])
+        .ok()
+        .stdout();
+    for line in r.lines().skip(1) {
+        let resource = line.split_whitespace().next().unwrap_or("");
+        assert!(
+            resource.starts_with("selfsubject")
+                || resource.is_empty()
+                || line.contains("[/")
+                || resource == "[]",
+            "kirt-backup may {line}"
+        );
+    }
+    // the responder: no wildcards, no Secrets, no ConfigMap values
+    let sa = "system:serviceaccount:kirt:kirt-responder";
+    let r = lab
+        .kubectl(["auth", "can-i", "--list", "--as", sa])
+        .ok()
+        .stdout();
+    // (non-resource URLs such as [/api/*] come from system:discovery, granted to everyone)
+    for line in r.lines().skip(1).filter(|l| !l.contains("[/")) {
+        assert!(!line.contains('*'), "wildcard for the responder: {line}");
+        let resource = line.split_whitespace().next().unwrap_or("");
+        assert!(
+            !resource.starts_with("secrets") && !resource.starts_with("configmaps"),
+            "responder may {line}"
+        );
+    }
+    assert_eq!(
+        lab.kubectl(["auth", "can-i", "patch", "pods", "--as", sa, "-n", "default"])
+            .stdout()
+            .trim(),
+        "yes"
+    );
+    assert_eq!(
+        lab.kubectl(["auth", "can-i", "get", "secrets", "--as", sa, "-n", "default"])
+            .stdout()
+            .trim(),
+        "no"
+    );
+}
+
+#[test]
+fn impersonation_acts_as_the_given_account() {
+    let Some(lab) = lab() else { return };
+    let ns = lab.namespace("k8-as");
+    lab.apply(&ns, "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web}\nspec:\n  replicas: 1\n  selector: {matchLabels: {app: web}}\n  template:\n    metadata: {labels: {app: web}}\n    spec: {containers: [{name: web, image: 'nginx:1.25'}]}\n");
+    // a user without any rights: forbidden, naming the impersonated user and the permission
+    let r = lab
+        .kirt([
+            "--as",
+            "lab-nobody",
+            "rollback",
+            "history",
+            "deployment/web",
+            "-n",
+            &ns,
+        ])
+        .code_is(7);
+    assert!(
+        r.stderr().contains("lab-nobody") && r.stderr().contains("deployments"),
+        "{}",
+        r.dump()
+    );
+    // doctor reports the impersonated identity's permissions
+    let r = lab
+        .kirt(["--as", "lab-nobody", "doctor", "-n", &ns, "-o", "json"])
+        .code_is(7);
+    let v = r.json();
+    let kc = v["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["check"] == "kubeconfig")
+        .unwrap()
+        .clone();
+    assert!(
+        kc["detail"]
+            .as_str()
+            .unwrap()
+            .contains("impersonating lab-nobody"),
+        "{kc}"
+    );
+    // --as-group needs --as
+    lab.kirt(["--as-group", "g", "version"]).code_is(2);
+}
+
+#[test]
+fn kubectl_finds_kirt_as_a_plugin() {
+    let Some(lab) = lab() else { return };
+    let prefix = lab.dir.path().join("prefix");
+    let kirt = common::kirt_bin();
+    let r = sh(&format!(
+        "make -s -C {} install PREFIX={} KIRT_BIN={}",
+        root().display(),
+        prefix.display(),
+        kirt.display()
+    ))
+    .ok();
+    let _ = r;
+    for f in [
+        "bin/kirt",
+        "bin/kubectl-kirt",
+        "share/man/man1/kirt.1",
+        "share/bash-completion/completions/kirt",
+        "share/zsh/site-functions/_kirt",
+        "share/fish/vendor_completions.d/kirt.fish",
+    ] {
+        assert!(prefix.join(f).exists(), "{f} not installed");
+    }
+    let path = format!(
+        "{}/bin:{}",
+        prefix.display(),
+        std::env::var("PATH").unwrap()
+    );
+    let list = sh(&format!("PATH={path} kubectl plugin list 2>&1")).stdout();
+    assert!(list.contains("kubectl-kirt"), "{list}");
+    let r = sh(&format!(
+        "PATH={path} KUBECONFIG={} kubectl kirt doctor -o json",
+        lab.kubeconfig()
+    ))
+    .ok();
+    let v = r.json();
+    assert_eq!(v["ok"], true, "{v:#}");
+}
+
+#[test]
+fn backup_metrics_arrive_in_the_pushgateway() {
+    let Some(lab) = lab() else { return };
+    let port = common::free_port();
+    let mut gw = Command::new("prometheus-pushgateway")
+        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("prometheus-pushgateway (make lab-deps installs it)");
+    let url = format!("http://127.0.0.1:{port}");
+    common::wait_until(Duration::from_secs(20), "pushgateway", || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    let etcd = lab.private_etcd("3.5");
+    let rev = common::populate_etcd(&etcd.endpoint, "/push", 10);
+    let dir = lab.dir.path().join("b");
+    lab.kirt([
+        "backup",
+        "create",
+        "--etcd-endpoints",
+        &etcd.endpoint,
+        "--to",
+        dir.to_str().unwrap(),
+        "--no-encrypt",
+        "--cluster-name",
+        "pushed",
+        "--pushgateway",
+        &url,
+    ])
+    .ok();
+    let body = sh(&format!("curl -sf {url}/metrics")).ok().stdout();
+    let _ = gw.kill();
+    let _ = gw.wait();
+    let scrape =
+        prometheus_parse::Scrape::parse(body.lines().map(|l| Ok(l.to_string()))).expect("parse");
+    let sample = scrape
+        .samples
+        .iter()
+        .find(|s| s.metric == "kirt_backup_revision" && s.labels.get("cluster") == Some("pushed"))
+        .unwrap_or_else(|| panic!("kirt_backup_revision not in the pushgateway:\n{body}"));
+    match sample.value {
+        prometheus_parse::Value::Gauge(v) | prometheus_parse::Value::Untyped(v) => {
+            assert_eq!(v, rev as f64)
+        }
+        ref other => panic!("unexpected {other:?}"),
+    }
+    assert_eq!(sample.labels.get("job"), Some("kirt_backup"));
+}
