@@ -82,9 +82,9 @@ pub fn render(old: &str, o: &Outcome<'_>) -> String {
         "{{cluster=\"{}\"}}",
         o.cluster.replace('\\', "\\\\").replace('"', "\\\"")
     );
-    let mut failures = previous(&old, "kirt_backup_failures_total").unwrap_or(0.0);
+    let mut failures = previous(old, "kirt_backup_failures_total").unwrap_or(0.0);
     let mut last_failure =
-        previous(&old, "kirt_backup_last_failure_timestamp_seconds").unwrap_or(0.0);
+        previous(old, "kirt_backup_last_failure_timestamp_seconds").unwrap_or(0.0);
     let now = o.now.as_millisecond() as f64 / 1000.0;
     let mut s = String::new();
     let mut gauge = |name: &str, help: &str, kind: &str, value: f64| {
@@ -136,7 +136,7 @@ pub fn render(old: &str, o: &Outcome<'_>) -> String {
                 "kirt_backup_stored_bytes",
                 "kirt_backup_revision",
             ] {
-                if let Some(v) = previous(&old, name) {
+                if let Some(v) = previous(old, name) {
                     gauge(
                         name,
                         "Carried over from the last successful backup.",
