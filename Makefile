@@ -7,7 +7,7 @@ export KIRT_LAB_CACHE ?= $(HOME)/.cache/kirt-lab
 PREFIX ?= /usr/local
 KIRT_BIN ?= target/release/kirt
 
-.PHONY: all build release deps lab-deps lab-up lab-down lab-status test test-unit demo bench lint fmt clean install
+.PHONY: image all build release deps lab-deps lab-up lab-down lab-status test test-unit demo bench lint fmt clean install
 
 all: build
 
@@ -68,3 +68,7 @@ install: $(KIRT_BIN)
 	$(KIRT_BIN) completions zsh > $(DESTDIR)$(PREFIX)/share/zsh/site-functions/_kirt
 	$(KIRT_BIN) completions fish > $(DESTDIR)$(PREFIX)/share/fish/vendor_completions.d/kirt.fish
 	$(KIRT_BIN) man > $(DESTDIR)$(PREFIX)/share/man/man1/kirt.1
+
+## Container image (offline, buildah with vfs storage and chroot isolation): kirt + etcdutl.
+image: $(KIRT_BIN)
+	KIRT_BIN=$(KIRT_BIN) bash deploy/build-image.sh

@@ -237,3 +237,30 @@ fn backup_metrics_arrive_in_the_pushgateway() {
     }
     assert_eq!(sample.labels.get("job"), Some("kirt_backup"));
 }
+
+#[test]
+fn the_image_builds_offline_and_runs_kirt() {
+    let Some(lab) = lab() else { return };
+    let image = format!("localhost/kirt-test:{}", common::unique("t"));
+    let r = sh(&format!(
+        "IMAGE={image} KIRT_BIN={} ETCDUTL={}/etcdutl bash {}/deploy/build-image.sh",
+        common::kirt_bin().display(),
+        lab.get("KIRT_LAB_ETCD35_BIN"),
+        root().display()
+    ))
+    .ok();
+    let _ = r;
+    let ctr = sh(&format!("buildah --storage-driver vfs from {image}")).ok().stdout().trim().to_string();
+    let run = |args: &str| sh(&format!("buildah --storage-driver vfs run --isolation chroot {ctr} -- {args}"));
+    let version = run("/usr/local/bin/kirt version").ok().stdout();
+    assert!(version.contains(env!("CARGO_PKG_VERSION")), "{version}");
+    let help = run("/usr/local/bin/kirt --help").ok().stdout();
+    assert!(help.contains("backup"), "{help}");
+    let etcdutl = run("/usr/local/bin/etcdutl version").ok().stdout();
+    assert!(etcdutl.contains("etcdutl version"), "{etcdutl}");
+    // non-root, and no shell in the image
+    let cfg = sh(&format!("buildah --storage-driver vfs inspect --format '{{{{.OCIv1.Config.User}}}}' {image}")).ok().stdout();
+    assert_eq!(cfg.trim(), "65532:65532");
+    assert_ne!(run("/bin/sh -c true").code(), 0, "the image has a shell");
+    sh(&format!("buildah --storage-driver vfs rm {ctr} >/dev/null; buildah --storage-driver vfs rmi -f {image} >/dev/null")).ok();
+}
