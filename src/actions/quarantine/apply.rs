@@ -461,12 +461,9 @@ async fn ensure_policy(
                     Ok(change(what, Some(created)))
                 }
                 Some(cur) if cur.spec == desired.spec => Ok(change("unchanged", None)),
-                Some(mut cur) => {
-                    cur.spec = desired.spec.clone();
-                    let updated = api
-                        .replace(name, &post_params(dry), &cur)
-                        .await
-                        .op(Op::new("update", "networkpolicies").ns(ns).name(name))?;
+                Some(cur) => {
+                    let anns = cur.metadata.annotations.clone().unwrap_or_default();
+                    let updated = patch_policy(api, ns, &cur, &desired.spec, &anns, dry).await?;
                     let what = if dry {
                         "would reset its spec"
                     } else {
@@ -516,7 +513,7 @@ async fn narrow_policies(
         let updated = retry_conflict(|n| {
             let (api, name) = (&api, &name);
             async move {
-                let mut cur = if n == 0 {
+                let cur = if n == 0 {
                     np.clone()
                 } else {
                     api.get(name)
@@ -526,16 +523,14 @@ async fn narrow_policies(
                 let Some(spec) = cur.spec.clone() else {
                     return Ok(cur);
                 };
-                let anns = cur.metadata.annotations.get_or_insert_with(BTreeMap::new);
+                let mut anns = cur.metadata.annotations.clone().unwrap_or_default();
                 if !anns.contains_key(ANN_ORIGINAL_SPEC) {
                     let original = serde_json::to_string(&spec)
                         .map_err(|e| Error::failed(format!("encoding policy {name}: {e}")))?;
                     anns.insert(ANN_ORIGINAL_SPEC.into(), original);
                 }
-                cur.spec = Some(policy_eval::narrowed(&spec, LABEL));
-                api.replace(name, &post_params(ctx.dry_run), &cur)
-                    .await
-                    .op(Op::new("update", "networkpolicies").ns(ns).name(name))
+                let new_spec = Some(policy_eval::narrowed(&spec, LABEL));
+                patch_policy(api, ns, &cur, &new_spec, &anns, ctx.dry_run).await
             }
         })
         .await?;

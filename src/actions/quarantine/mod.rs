@@ -294,3 +294,83 @@ pub(crate) async fn emit_event(
         tracing::warn!("pod {ns}/{name} changed, but its {reason} event was not recorded: {e}");
     }
 }
+
+/// The JSON merge patch (RFC 7386) that turns `from` into `to`: objects recurse, removed keys
+/// become null, anything else is replaced whole. (Specs never hold explicit nulls.)
+pub fn merge_diff(from: &serde_json::Value, to: &serde_json::Value) -> serde_json::Value {
+    use serde_json::Value;
+    match (from, to) {
+        (Value::Object(a), Value::Object(b)) => {
+            let mut out = serde_json::Map::new();
+            for k in a.keys().filter(|k| !b.contains_key(*k)) {
+                out.insert(k.clone(), Value::Null);
+            }
+            for (k, v) in b {
+                match a.get(k) {
+                    Some(old) if old == v => {}
+                    Some(old) => {
+                        out.insert(k.clone(), merge_diff(old, v));
+                    }
+                    None => {
+                        out.insert(k.clone(), v.clone());
+                    }
+                }
+            }
+            Value::Object(out)
+        }
+        _ => to.clone(),
+    }
+}
+
+/// Rewrites a policy's spec and annotations with one merge patch guarded by the resourceVersion
+/// of `cur` (so `patch networkpolicies` is the only write permission kirt needs on policies).
+pub(crate) async fn patch_policy(
+    api: &Api<k8s_openapi::api::networking::v1::NetworkPolicy>,
+    ns: &str,
+    cur: &k8s_openapi::api::networking::v1::NetworkPolicy,
+    new_spec: &Option<k8s_openapi::api::networking::v1::NetworkPolicySpec>,
+    new_annotations: &BTreeMap<String, String>,
+    dry_run: bool,
+) -> Result<k8s_openapi::api::networking::v1::NetworkPolicy> {
+    let name = cur.metadata.name.clone().unwrap_or_default();
+    let spec = merge_diff(&to_value(&cur.spec), &to_value(new_spec));
+    let anns = merge_diff(
+        &to_value(&cur.metadata.annotations.clone().unwrap_or_default()),
+        &to_value(new_annotations),
+    );
+    let patch = serde_json::json!({
+        "metadata": {"resourceVersion": cur.metadata.resource_version, "annotations": anns},
+        "spec": spec,
+    });
+    api.patch(
+        &name,
+        &crate::k8s::patch_params(dry_run),
+        &kube::api::Patch::Merge(&patch),
+    )
+    .await
+    .op(Op::new("patch", "networkpolicies").ns(ns).name(&name))
+}
+
+/// A plain API struct as JSON (Null if it cannot be serialized, which API structs always can).
+fn to_value<T: Serialize>(v: &T) -> serde_json::Value {
+    serde_json::to_value(v).unwrap_or(serde_json::Value::Null)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn merge_diff_round_trips() {
+        let narrowed = json!({"podSelector": {"matchExpressions": [{"key": LABEL, "operator": "DoesNotExist"}]}, "ingress": [{}], "policyTypes": ["Ingress"]});
+        let original = json!({"podSelector": {}, "ingress": [{}], "policyTypes": ["Ingress"]});
+        let d = merge_diff(&narrowed, &original);
+        assert_eq!(d, json!({"podSelector": {"matchExpressions": null}}));
+        assert_eq!(merge_diff(&original, &original), json!({}));
+        assert_eq!(
+            merge_diff(&original, &narrowed),
+            json!({"podSelector": {"matchExpressions": [{"key": LABEL, "operator": "DoesNotExist"}]}})
+        );
+    }
+}

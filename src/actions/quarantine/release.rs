@@ -17,7 +17,7 @@ use super::policy_eval::{self, Labels};
 use super::*;
 use crate::context::Ctx;
 use crate::error::{Error, Exit, Result};
-use crate::k8s::{delete_params, patch_params, post_params, KubeContext, Op};
+use crate::k8s::{delete_params, patch_params, KubeContext, Op};
 use crate::output::{Render, Table};
 
 #[derive(Debug, Clone, Default, clap::Args, Serialize, Deserialize, schemars::JsonSchema)]
@@ -500,14 +500,14 @@ async fn restore_policy(
     retry_conflict(|n| {
         let name = &name;
         async move {
-            let mut cur = if n == 0 {
+            let cur = if n == 0 {
                 np.clone()
             } else {
                 api.get(name)
                     .await
                     .op(Op::new("get", "networkpolicies").ns(ns).name(name))?
             };
-            let anns = cur.metadata.annotations.get_or_insert_with(BTreeMap::new);
+            let mut anns = cur.metadata.annotations.clone().unwrap_or_default();
             let Some(raw) = anns.remove(ANN_ORIGINAL_SPEC) else {
                 return Ok(());
             };
@@ -516,10 +516,7 @@ async fn restore_policy(
                     "networkpolicy {ns}/{name}: annotation {ANN_ORIGINAL_SPEC} is not a valid spec ({e}); restore it by hand"
                 ))
             })?;
-            cur.spec = Some(original);
-            api.replace(name, &post_params(dry), &cur)
-                .await
-                .op(Op::new("update", "networkpolicies").ns(ns).name(name))?;
+            patch_policy(api, ns, &cur, &Some(original), &anns, dry).await?;
             Ok(())
         }
     })
