@@ -204,7 +204,7 @@ fn deployment_pod_quarantine_then_release_exactly_and_idempotently() {
     );
     assert_eq!(
         pod_names(&lab, &ns, &format!("{QLABEL}=true")),
-        [victim.clone()]
+        std::slice::from_ref(&victim)
     );
 
     // out of the Service, replaced by its ReplicaSet, still alive
