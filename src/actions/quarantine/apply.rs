@@ -634,7 +634,7 @@ async fn quarantine_pod(
     let already = is_quarantined(pod);
     let Some((patched, patch)) = applied else {
         let detail = if changes.is_empty() {
-            "already quarantined; nothing changed".to_string()
+            "already quarantined; pod unchanged".to_string()
         } else {
             format!("already quarantined; {}", changes.join("; "))
         };

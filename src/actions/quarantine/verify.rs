@@ -123,15 +123,28 @@ pub async fn run(ctx: &Ctx, spec: VerifySpec) -> Result<VerifyReport> {
         .items;
     let labels = labels_of(&pod);
     let iso = policy_eval::assess(&policies, &labels, |np| is_allowance_of(np, &ns, &spec.pod));
+    let mut problems = iso.problems();
+    // NetworkPolicies do not apply to pods in the node's network namespace.
+    let host_network = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.host_network)
+        .unwrap_or(false);
+    if host_network {
+        problems.insert(
+            0,
+            "the pod uses hostNetwork: NetworkPolicies do not apply to it; isolate the node".into(),
+        );
+    }
     Ok(VerifyReport {
         namespace: ns.clone(),
         pod: spec.pod.clone(),
         quarantined: is_quarantined(&pod),
-        isolated: iso.isolated(),
+        isolated: iso.isolated() && !host_network,
         ingress_isolated: iso.ingress_isolated,
         egress_isolated: iso.egress_isolated,
         policies_evaluated: policies.len(),
-        problems: iso.problems(),
+        problems,
         deny_all: iso.deny_all,
         allowances: iso.allowances,
         breaches: iso.breaches,
