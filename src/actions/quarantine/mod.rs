@@ -361,6 +361,53 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    fn conflict() -> Error {
+        Op::new("patch", "pods")
+            .ns("prod")
+            .name("web")
+            .err(kube::Error::Api(
+                kube::core::Status::failure("the object has been modified", "Conflict")
+                    .with_code(409)
+                    .boxed(),
+            ))
+    }
+
+    #[tokio::test]
+    async fn conflicts_are_retried_then_reported() {
+        let calls = std::sync::atomic::AtomicUsize::new(0);
+        let r = retry_conflict(|n| {
+            calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            async move {
+                if n < 2 {
+                    Err(conflict())
+                } else {
+                    Ok(n)
+                }
+            }
+        })
+        .await
+        .unwrap();
+        assert_eq!(r, 2);
+        let e = retry_conflict(|_| async { Err::<(), _>(conflict()) })
+            .await
+            .unwrap_err();
+        let msg = e.to_string();
+        assert!(
+            msg.contains("pods prod/web") && msg.contains("kept changing"),
+            "{msg}"
+        );
+        // other errors are not retried
+        let calls = std::sync::atomic::AtomicUsize::new(0);
+        let e = retry_conflict(|_| {
+            calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            async { Err::<(), _>(Error::failed("boom")) }
+        })
+        .await
+        .unwrap_err();
+        assert_eq!(e.to_string(), "boom");
+        assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 1);
+    }
+
     #[test]
     fn merge_diff_round_trips() {
         let narrowed = json!({"podSelector": {"matchExpressions": [{"key": LABEL, "operator": "DoesNotExist"}]}, "ingress": [{}], "policyTypes": ["Ingress"]});
