@@ -221,7 +221,7 @@ const PERMS: &[Perm] = &[
         "networking.k8s.io",
         "networkpolicies",
         "",
-        "quarantine verify, evidence",
+        "quarantine verify/--exclusive, release, evidence",
         true,
     ),
     p(
@@ -237,7 +237,7 @@ const PERMS: &[Perm] = &[
         "networking.k8s.io",
         "networkpolicies",
         "",
-        "quarantine --exclusive, release",
+        "quarantine (--exclusive), release",
         true,
     ),
     p(

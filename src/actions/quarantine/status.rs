@@ -41,7 +41,11 @@ pub struct StatusReport {
 
 impl Render for StatusReport {
     fn table(&self) -> Table {
-        let mut t = Table::new(["NAMESPACE", "POD", "SINCE", "BY", "REASON", "NODE", "PHASE"]);
+        let mut t = if self.pods.is_empty() {
+            Table::default()
+        } else {
+            Table::new(["NAMESPACE", "POD", "SINCE", "BY", "REASON", "NODE", "PHASE"])
+        };
         for p in &self.pods {
             t.row([
                 &p.namespace,
