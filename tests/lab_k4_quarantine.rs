@@ -812,3 +812,36 @@ fn allowances_and_cordon_are_written_and_removed() {
         ])
     );
 }
+
+#[test]
+fn release_of_a_deleted_pod_removes_what_kirt_left() {
+    let Some(lab) = lab() else { return };
+    let ns = lab.namespace("k4-gone");
+    lab.apply(&ns, &standalone("suspect"));
+    lab.apply(&ns, ALLOW_ALL);
+    wait_running(&lab, &ns, "suspect");
+    let allow_spec = get_json(&lab, &["networkpolicy", "allow-all", "-n", &ns])["spec"].clone();
+    lab.kirt([
+        "quarantine",
+        "suspect",
+        "-n",
+        &ns,
+        "--allow-dns",
+        "--exclusive",
+        "--yes",
+    ])
+    .ok();
+    assert_eq!(netpols(&lab, &ns).len(), 3);
+    lab.kubectl(["delete", "pod", "suspect", "-n", &ns, "--wait=true"])
+        .ok();
+    let r = lab.kirt(["release", "suspect", "-n", &ns, "--yes"]).ok();
+    assert!(r.stdout().contains("no longer exists"), "{}", r.dump());
+    assert_eq!(netpols(&lab, &ns).keys().collect::<Vec<_>>(), ["allow-all"]);
+    assert_eq!(
+        get_json(&lab, &["networkpolicy", "allow-all", "-n", &ns])["spec"],
+        allow_spec
+    );
+    // nothing left: now it is simply not found
+    lab.kirt(["release", "suspect", "-n", &ns, "--yes"])
+        .code_is(6);
+}

@@ -127,7 +127,14 @@ pub async fn run(ctx: &Ctx, spec: ReleaseSpec) -> Result<ReleaseReport> {
             let ns = scope
                 .as_deref()
                 .ok_or_else(|| Error::usage("-A needs -l SELECTOR, not a pod name"))?;
-            vec![get_pod(&client, ns, pod).await?]
+            match get_pod(&client, ns, pod).await {
+                Ok(p) => vec![p],
+                // The pod was deleted after the investigation: still remove what kirt left.
+                Err(e @ Error::NotFound { .. }) => {
+                    return release_leftovers(ctx, &client, ns, pod, e, report).await
+                }
+                Err(e) => return Err(e),
+            }
         }
         (None, Some(sel)) => {
             let wanted = policy_eval::parse_selector(sel).map_err(Error::usage)?;
@@ -355,6 +362,95 @@ async fn delete_policy(api: &Api<NetworkPolicy>, ns: &str, name: &str, dry: bool
             .name(name)
             .err(e)),
     }
+}
+
+/// `kirt release POD` for a pod that no longer exists: removes its allowance policy, its share of
+/// kirt's node cordons and, if no quarantined pod remains, the namespace objects. Nothing left
+/// behind means the pod is simply unknown: `not_found` is returned.
+async fn release_leftovers(
+    ctx: &Ctx,
+    client: &Client,
+    ns: &str,
+    pod: &str,
+    not_found: Error,
+    mut report: ReleaseReport,
+) -> Result<ReleaseReport> {
+    let dry = ctx.dry_run;
+    let allowance: Api<NetworkPolicy> = Api::namespaced(client.clone(), ns);
+    let has_allowance = allowance
+        .get_opt(&pod_policy_name(pod))
+        .await
+        .op(Op::new("get", "networkpolicies").ns(ns))?
+        .is_some_and(|np| is_kirt_policy(&np));
+    let me = format!("{ns}/{pod}");
+    let nodes: Vec<String> = match Api::<Node>::all(client.clone())
+        .list(&ListParams::default())
+        .await
+    {
+        Ok(list) => list
+            .items
+            .iter()
+            .filter(|n| {
+                n.metadata
+                    .annotations
+                    .as_ref()
+                    .and_then(|a| a.get(ANN_CORDONED))
+                    .is_some_and(|v| v.contains(&format!("\"{me}\"")))
+            })
+            .filter_map(|n| n.metadata.name.clone())
+            .collect(),
+        Err(e) => {
+            tracing::warn!(
+                "cannot look for nodes kirt cordoned for {me}: {}",
+                Op::new("list", "nodes").err(e)
+            );
+            Vec::new()
+        }
+    };
+    let ns_objects = Api::<NetworkPolicy>::namespaced(client.clone(), ns)
+        .list(&ListParams::default())
+        .await
+        .op(Op::new("list", "networkpolicies").ns(ns))?
+        .items
+        .iter()
+        .any(|np| {
+            is_kirt_policy(np)
+                || np
+                    .metadata
+                    .annotations
+                    .as_ref()
+                    .is_some_and(|a| a.contains_key(ANN_ORIGINAL_SPEC))
+        });
+    if !has_allowance && nodes.is_empty() && !ns_objects {
+        return Err(not_found);
+    }
+    ctx.confirm(&format!(
+        "pod {me} is gone: remove the quarantine objects kirt left for it"
+    ))?;
+    let mut changes = Vec::new();
+    if let Some(c) = delete_allowance_policy(client, ns, pod, dry).await? {
+        changes.push(c);
+    }
+    for node in &nodes {
+        if let Some(c) = uncordon(client, node, ns, pod, dry).await? {
+            changes.push(c);
+        }
+    }
+    let (policies, note) = cleanup_namespace(ctx, client, ns, &BTreeSet::new()).await?;
+    report.policies.extend(policies);
+    report.notes.extend(note);
+    let ghost: Pod = serde_json::from_value(json!({"metadata": {"name": pod, "namespace": ns}}))
+        .map_err(|e| Error::failed(format!("pod {me}: {e}")))?;
+    let detail = if changes.is_empty() {
+        "pod no longer exists".to_string()
+    } else {
+        format!("pod no longer exists; {}", changes.join("; "))
+    };
+    let mut row = PodRow::new(&ghost, Outcome::Unchanged, detail);
+    row.changes = changes;
+    report.unchanged = 1;
+    report.pods.push(row);
+    Ok(report)
 }
 
 /// Removes this pod from the node's kirt cordon record; uncordons when nobody is left.
