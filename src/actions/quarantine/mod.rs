@@ -13,6 +13,7 @@
 //! - with `--cordon-node`: `spec.unschedulable` and `kirt.dev/cordoned-by-quarantine` on the node.
 
 pub mod apply;
+pub mod policies;
 pub mod policy_eval;
 pub mod release;
 pub mod status;

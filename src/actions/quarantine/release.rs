@@ -12,7 +12,8 @@ use kube::Client;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use super::apply::{aggregate_exit, is_kirt_policy, PodRow, PolicyChange};
+use super::apply::{aggregate_exit, PodRow};
+use super::policies::{is_kirt_policy, PolicyChange};
 use super::policy_eval::{self, Labels};
 use super::*;
 use crate::context::Ctx;

@@ -94,7 +94,7 @@ impl Render for VerifyReport {
 
 /// Whether a policy is the declared allowance policy of this pod.
 fn is_allowance_of(np: &NetworkPolicy, ns: &str, pod: &str) -> bool {
-    super::apply::is_kirt_policy(np)
+    super::policies::is_kirt_policy(np)
         && np
             .metadata
             .annotations
