@@ -206,6 +206,17 @@ fn deployment_pod_quarantine_then_release_exactly_and_idempotently() {
         pod_names(&lab, &ns, &format!("{QLABEL}=true")),
         std::slice::from_ref(&victim)
     );
+    // kirt's evaluation agrees: a sibling replica is not selected by the deny-all
+    let sibling = pod_names(&lab, &ns, "app=web")
+        .into_iter()
+        .find(|p| *p != victim)
+        .unwrap();
+    let v = lab
+        .kirt(["quarantine", "verify", &sibling, "-n", &ns, "-o", "json"])
+        .code_is(3)
+        .json();
+    assert_eq!(v["deny_all"], serde_json::json!([]), "{v:#}");
+    assert_eq!(v["quarantined"], false);
 
     // out of the Service, replaced by its ReplicaSet, still alive
     wait_until(Duration::from_secs(60), "replacement in endpoints", || {
@@ -253,10 +264,13 @@ fn deployment_pod_quarantine_then_release_exactly_and_idempotently() {
     assert_eq!(st["pods"][0]["phase"], "Running");
     assert!(!st["pods"][0]["node"].as_str().unwrap().is_empty());
 
-    // release: labels exactly as before, kirt annotations and objects gone
+    // release: labels exactly as before, kirt annotations and objects gone. The ReplicaSet then
+    // re-adopts the pod, has one too many and may delete this very pod, so the released version
+    // is taken from a watch rather than from a later read.
+    let watch = PodWatch::start(&lab, &ns, &victim);
     let r = lab.kirt(["release", &victim, "-n", &ns, "--yes"]).ok();
     assert!(r.stdout().contains("released"), "{}", r.dump());
-    let released = pod(&lab, &ns, &victim);
+    let released = watch.first(|p| !labels(p).contains_key(QLABEL));
     assert_eq!(labels(&released), labels(&before));
     assert_eq!(annotations(&released), annotations(&before));
     assert!(netpols(&lab, &ns).is_empty(), "{:?}", netpols(&lab, &ns));
@@ -266,22 +280,52 @@ fn deployment_pod_quarantine_then_release_exactly_and_idempotently() {
         .json();
     assert_eq!(st["pods"], serde_json::json!([]));
 
-    // release again: succeeds, changes nothing
-    let pod_rv = rv(&released);
-    let r = lab.kirt(["release", &victim, "-n", &ns, "--yes"]).ok();
-    assert!(r.stdout().contains("nothing to release"), "{}", r.dump());
-    if let Some(p) = lab
-        .kubectl(["get", "pod", &victim, "-n", &ns, "-o", "json"])
-        .out
-        .status
-        .success()
-        .then(|| pod(&lab, &ns, &victim))
-    {
-        // the ReplicaSet may re-adopt it (and then remove a surplus replica), which is not kirt
-        assert_eq!(labels(&p), labels(&before));
-        if p["metadata"]["ownerReferences"] == released["metadata"]["ownerReferences"] {
-            assert_eq!(rv(&p), pod_rv);
-        }
+    // release again: succeeds and changes nothing while the pod exists; once the ReplicaSet has
+    // removed it and kirt has nothing left there, it is "not found"
+    let r = lab.kirt(["release", &victim, "-n", &ns, "--yes"]);
+    match r.code() {
+        0 => assert!(r.stdout().contains("nothing to release"), "{}", r.dump()),
+        6 => assert!(!lab
+            .kubectl(["get", "pod", &victim, "-n", &ns])
+            .out
+            .status
+            .success()),
+        _ => panic!("unexpected exit:\n{}", r.dump()),
+    }
+    assert!(netpols(&lab, &ns).is_empty());
+}
+
+/// `kubectl get pod --watch -o json` in the background: every version of the pod it sees.
+struct PodWatch(std::process::Child);
+
+impl PodWatch {
+    fn start(lab: &Lab, ns: &str, name: &str) -> Self {
+        let child = std::process::Command::new("kubectl")
+            .env("KUBECONFIG", lab.kubeconfig())
+            .args(["get", "pod", name, "-n", ns, "--watch", "-o", "json"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("kubectl watch");
+        std::thread::sleep(Duration::from_millis(500));
+        PodWatch(child)
+    }
+
+    /// The first version seen that satisfies `f` (waits up to 10 s for it).
+    fn first(mut self, f: impl Fn(&Value) -> bool) -> Value {
+        std::thread::sleep(Duration::from_secs(2));
+        let _ = self.0.kill();
+        let out = self.0.wait_with_output().expect("kubectl watch output");
+        serde_json::Deserializer::from_slice(&out.stdout)
+            .into_iter::<Value>()
+            .filter_map(Result::ok)
+            .find(|p| f(p))
+            .unwrap_or_else(|| {
+                panic!(
+                    "no matching version in the watch:\n{}",
+                    String::from_utf8_lossy(&out.stdout)
+                )
+            })
     }
 }
 
@@ -357,6 +401,12 @@ spec:
     // release puts the spec back exactly and removes kirt's annotation and policy
     lab.kirt(["release", "suspect", "-n", &ns, "--yes"]).ok();
     assert_eq!(spec_of("allow-all"), allow_spec);
+    // twice: nothing changes
+    let (prv, pols) = (rv(&pod(&lab, &ns, "suspect")), netpols(&lab, &ns));
+    let r = lab.kirt(["release", "suspect", "-n", &ns, "--yes"]).ok();
+    assert!(r.stdout().contains("nothing to release"), "{}", r.dump());
+    assert_eq!(rv(&pod(&lab, &ns, "suspect")), prv);
+    assert_eq!(netpols(&lab, &ns), pols);
     let restored = get_json(&lab, &["networkpolicy", "allow-all", "-n", &ns]);
     assert!(!annotations(&restored).contains_key("kirt.dev/original-spec"));
     assert_eq!(netpols(&lab, &ns)["db-from-app"], other_rv);

@@ -289,32 +289,41 @@ pub async fn run(ctx: &Ctx, spec: QuarantineSpec) -> Result<QuarantineReport> {
         pods: Vec::new(),
     };
     let concurrency = spec.concurrency.unwrap_or(DEFAULT_CONCURRENCY);
-    for (ns, pods) in by_ns {
-        // The deny-all policy exists before any pod carries the label it selects.
-        match prepare_namespace(ctx, &client, &ns, &spec, &pods).await {
-            Ok(changes) => report.policies.extend(changes),
-            Err(e) if single => return Err(e),
-            Err(e) => {
-                report
-                    .pods
-                    .extend(pods.iter().map(|p| PodRow::failed(p, &e)));
-                continue;
-            }
+    // The deny-all policy of each namespace exists before any pod carries the label it selects.
+    let prepared = bounded(by_ns.into_iter().collect(), concurrency, |(ns, pods)| {
+        let (client, spec) = (&client, &spec);
+        async move {
+            let res = prepare_namespace(ctx, client, &ns, spec, &pods).await;
+            (pods, res)
         }
-        let results = bounded(pods, concurrency, |pod| {
-            let (client, spec, by, at) = (&client, &spec, &by, &at);
-            async move {
-                let res = quarantine_pod(ctx, client, spec, &pod, by, at).await;
-                (pod, res)
+    })
+    .await;
+    let mut ready = Vec::new();
+    for (pods, res) in prepared {
+        match res {
+            Ok(changes) => {
+                report.policies.extend(changes);
+                ready.extend(pods);
             }
-        })
-        .await;
-        for (pod, res) in results {
-            match res {
-                Ok(row) => report.pods.push(row),
-                Err(e) if single => return Err(e),
-                Err(e) => report.pods.push(PodRow::failed(&pod, &e)),
-            }
+            Err(e) if single => return Err(e),
+            Err(e) => report
+                .pods
+                .extend(pods.iter().map(|p| PodRow::failed(p, &e))),
+        }
+    }
+    let results = bounded(ready, concurrency, |pod| {
+        let (client, spec, by, at) = (&client, &spec, &by, &at);
+        async move {
+            let res = quarantine_pod(ctx, client, spec, &pod, by, at).await;
+            (pod, res)
+        }
+    })
+    .await;
+    for (pod, res) in results {
+        match res {
+            Ok(row) => report.pods.push(row),
+            Err(e) if single => return Err(e),
+            Err(e) => report.pods.push(PodRow::failed(&pod, &e)),
         }
     }
     for r in &report.pods {
@@ -621,6 +630,27 @@ mod tests {
             ..Default::default()
         };
         assert!(both.validate().is_err());
+    }
+
+    #[test]
+    fn spec_is_usable_from_playbooks() {
+        let spec: QuarantineSpec = serde_yaml_ng::from_str(
+            "{namespace: prod, pod: web-1, reason: INC-1, allow-dns: true, allow-from: [10.0.0.1/32], keep-labels: true}",
+        )
+        .unwrap();
+        assert_eq!(spec.namespace.as_deref(), Some("prod"));
+        assert!(spec.allow_dns && spec.keep_labels && !spec.exclusive);
+        assert!(spec.validate().is_ok());
+        let err =
+            serde_yaml_ng::from_str::<QuarantineSpec>("{pod: a, allowdns: true}").unwrap_err();
+        assert!(err.to_string().contains("unknown field"), "{err}");
+        let v: super::super::VerifySpec = serde_yaml_ng::from_str("{pod: a}").unwrap();
+        assert_eq!(v.pod, "a");
+        assert!(
+            serde_yaml_ng::from_str::<super::super::ReleaseSpec>("{pod: a, force: true}")
+                .unwrap()
+                .force
+        );
     }
 
     #[test]

@@ -55,6 +55,9 @@ pub struct ReleaseReport {
     pub pods: Vec<PodRow>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub notes: Vec<String>,
+    /// Namespace clean-up (deny-all policy, `--exclusive` edits) that failed: exit 5.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub cleanup_errors: Vec<String>,
 }
 
 impl Render for ReleaseReport {
@@ -77,6 +80,9 @@ impl Render for ReleaseReport {
         }
         for n in &self.notes {
             t.note(n.clone());
+        }
+        for e in &self.cleanup_errors {
+            t.note(format!("FAILED clean-up: {e}"));
         }
         if self.dry_run {
             t.note("\ndry run (server-side dryRun=All): nothing was changed. Would apply:");
@@ -104,7 +110,10 @@ impl Render for ReleaseReport {
     }
 
     fn exit(&self) -> Exit {
-        aggregate_exit(self.pods.iter().map(|r| r.exit), self.failed)
+        match aggregate_exit(self.pods.iter().map(|r| r.exit), self.failed) {
+            Exit::Ok if !self.cleanup_errors.is_empty() => Exit::Partial,
+            other => other,
+        }
     }
 }
 
@@ -121,6 +130,7 @@ pub async fn run(ctx: &Ctx, spec: ReleaseSpec) -> Result<ReleaseReport> {
         policies: Vec::new(),
         pods: Vec::new(),
         notes: Vec::new(),
+        cleanup_errors: Vec::new(),
     };
     let pods = match (&spec.pod, &spec.selector) {
         (Some(_), Some(_)) => return Err(Error::usage("give either a pod name or -l, not both")),
@@ -180,37 +190,51 @@ pub async fn run(ctx: &Ctx, spec: ReleaseSpec) -> Result<ReleaseReport> {
         by_ns.entry(name_of(&pod).0).or_default().push(pod);
     }
     let concurrency = spec.concurrency.unwrap_or(DEFAULT_CONCURRENCY);
-    for (ns, pods) in by_ns {
-        let results = bounded(pods, concurrency, |pod| {
-            let (client, spec) = (&client, &spec);
-            async move {
-                let res = release_pod(ctx, client, spec, &pod).await;
-                (pod, res)
-            }
-        })
-        .await;
-        let mut released = BTreeSet::new();
-        for (pod, res) in results {
-            match res {
-                Ok(row) => {
-                    if matches!(row.outcome, Outcome::Done | Outcome::WouldDo) {
-                        released.insert(row.pod.clone());
-                    }
-                    report.pods.push(row);
-                }
-                Err(e) if single => return Err(e),
-                Err(e) => report.pods.push(PodRow::failed(&pod, &e)),
-            }
+    let pods: Vec<Pod> = by_ns.values().flatten().cloned().collect();
+    let results = bounded(pods, concurrency, |pod| {
+        let (client, spec) = (&client, &spec);
+        async move {
+            let res = release_pod(ctx, client, spec, &pod).await;
+            (pod, res)
         }
-        match cleanup_namespace(ctx, &client, &ns, &released).await {
+    })
+    .await;
+    // namespace -> pods released in this run (still labelled in a dry run)
+    let mut released: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for (pod, res) in results {
+        match res {
+            Ok(row) => {
+                if matches!(row.outcome, Outcome::Done | Outcome::WouldDo) {
+                    released
+                        .entry(row.namespace.clone())
+                        .or_default()
+                        .insert(row.pod.clone());
+                }
+                report.pods.push(row);
+            }
+            Err(e) if single => return Err(e),
+            Err(e) => report.pods.push(PodRow::failed(&pod, &e)),
+        }
+    }
+    let namespaces: Vec<String> = by_ns.into_keys().collect();
+    let cleanups = bounded(namespaces, concurrency, |ns| {
+        let (client, released) = (&client, &released);
+        async move {
+            let empty = BTreeSet::new();
+            let res =
+                cleanup_namespace(ctx, client, &ns, released.get(&ns).unwrap_or(&empty)).await;
+            (ns, res)
+        }
+    })
+    .await;
+    for (ns, res) in cleanups {
+        match res {
             Ok((changes, note)) => {
                 report.policies.extend(changes);
                 report.notes.extend(note);
             }
             Err(e) if single => return Err(e),
-            Err(e) => report
-                .notes
-                .push(format!("namespace {ns}: cleanup failed: {e}")),
+            Err(e) => report.cleanup_errors.push(format!("namespace {ns}: {e}")),
         }
     }
     for r in &report.pods {
