@@ -774,11 +774,28 @@ spec:
     ])
     .ok();
     let owner_kind = |p: &str| pod(&lab, &ns, p)["metadata"]["ownerReferences"][0]["kind"].clone();
-    wait_until(Duration::from_secs(60), "re-adoption", || {
-        owner_kind("db-0") == "StatefulSet" && owner_kind(&agent) == "DaemonSet"
-    });
-    wait_until(Duration::from_secs(60), "one agent per node", || {
-        pod_names(&lab, &ns, "app=agent").len() == agents.len()
+    wait_until(
+        Duration::from_secs(60),
+        "StatefulSet re-adopts db-0",
+        || owner_kind("db-0") == "StatefulSet",
+    );
+    // the DaemonSet keeps one of the two pods on that node (its choice), each owned by it
+    wait_until(Duration::from_secs(60), "one owned agent per node", || {
+        let now = pod_names(&lab, &ns, "app=agent");
+        now.len() == agents.len()
+            && now.iter().all(|p| {
+                lab.kubectl([
+                    "get",
+                    "pod",
+                    p,
+                    "-n",
+                    &ns,
+                    "-o",
+                    "jsonpath={.metadata.ownerReferences[0].kind}",
+                ])
+                .stdout()
+                    == "DaemonSet"
+            })
     });
     assert_eq!(pod_names(&lab, &ns, "app=db").len(), 2);
     assert_eq!(pod_names(&lab, &ns, "app=lone"), ["lone"]);

@@ -540,7 +540,7 @@ async fn uncordon(
     .await;
     match res {
         // Reading nodes is optional for quarantine without --cordon-node; do not fail the release.
-        Err(Error::Forbidden { .. }) if !dry => {
+        Err(Error::Forbidden { .. }) => {
             tracing::warn!(
                 "cannot check node {node} for a kirt cordon (forbidden); uncordon it yourself if kirt cordoned it"
             );
