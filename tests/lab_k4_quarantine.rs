@@ -912,3 +912,110 @@ fn release_of_a_deleted_pod_removes_what_kirt_left() {
     lab.kirt(["release", "suspect", "-n", &ns, "--yes"])
         .code_is(6);
 }
+
+/// Deletes cluster-scoped test objects when dropped (namespaces clean up the rest).
+struct ClusterObjects<'a>(&'a Lab, Vec<String>);
+
+impl Drop for ClusterObjects<'_> {
+    fn drop(&mut self) {
+        for o in &self.1 {
+            let _ = self.0.kubectl(["delete", o, "--ignore-not-found"]);
+        }
+    }
+}
+
+#[test]
+fn some_pods_failing_is_partial_with_a_row_each() {
+    let Some(lab) = lab() else { return };
+    let ok_ns = lab.namespace("k4-part-ok");
+    let denied_ns = lab.namespace("k4-part-no");
+    let app = common::unique("k4p");
+    for ns in [&ok_ns, &denied_ns] {
+        for i in 0..2 {
+            lab.apply(
+                ns,
+                &format!(
+                    "apiVersion: v1\nkind: Pod\nmetadata: {{name: p{i}, labels: {{app: {app}}}}}\nspec: {{containers: [{{name: c, image: \"busybox:1.36\"}}]}}\n"
+                ),
+            );
+        }
+    }
+    // list pods everywhere; write only in ok_ns
+    let _cluster = ClusterObjects(
+        &lab,
+        vec![
+            format!("clusterrole/{app}"),
+            format!("clusterrolebinding/{app}"),
+        ],
+    );
+    lab.apply(
+        &ok_ns,
+        &r#"
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata: {name: APP}
+rules:
+- {apiGroups: [""], resources: [pods], verbs: [get, list]}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata: {name: APP}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: APP}
+subjects: [{kind: ServiceAccount, name: responder, namespace: NS}]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata: {name: responder}
+rules:
+- {apiGroups: [""], resources: [pods], verbs: [get, list, patch]}
+- {apiGroups: [""], resources: [events], verbs: [create]}
+- {apiGroups: [networking.k8s.io], resources: [networkpolicies], verbs: [get, list, create, patch, delete]}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {name: responder}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: Role, name: responder}
+subjects: [{kind: ServiceAccount, name: responder, namespace: NS}]
+"#
+        .replace("APP", &app)
+        .replace("NS", &ok_ns),
+    );
+    let token = lab.service_account_token(&ok_ns, "responder");
+    let kc = lab.kubeconfig_for_token("responder", &token);
+    let before: Vec<String> = ["p0", "p1"]
+        .iter()
+        .map(|p| rv(&pod(&lab, &denied_ns, p)))
+        .collect();
+    let sel = format!("app={app}");
+    let r = lab
+        .kirt([
+            "quarantine",
+            "-A",
+            "-l",
+            &sel,
+            "--yes",
+            "-o",
+            "json",
+            "--kubeconfig",
+            kc.to_str().unwrap(),
+        ])
+        .code_is(5);
+    let v = r.json();
+    assert_eq!(v["quarantined"], 2, "{v:#}");
+    assert_eq!(v["failed"], 2, "{v:#}");
+    for row in v["pods"].as_array().unwrap() {
+        if row["namespace"] == denied_ns.name.as_str() {
+            assert_eq!(row["outcome"], "failed");
+            let d = row["detail"].as_str().unwrap();
+            assert!(d.contains("cannot get networkpolicies"), "{d}");
+        } else {
+            assert_eq!(row["outcome"], "done", "{row:#}");
+        }
+    }
+    assert_eq!(pod_names(&lab, &ok_ns, &format!("{QLABEL}=true")).len(), 2);
+    let after: Vec<String> = ["p0", "p1"]
+        .iter()
+        .map(|p| rv(&pod(&lab, &denied_ns, p)))
+        .collect();
+    assert_eq!(before, after);
+}
