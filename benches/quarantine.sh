@@ -1,18 +1,24 @@
 #!/usr/bin/env bash
 # Quarantine benchmark (K4): one pod end-to-end including process start, and 200 pods by selector.
-# Targets: 1 pod <= 1 s, 200 pods <= 5 s. Needs a running lab (make lab-up); prints one line each
+# Targets: 1 pod <= 1 s, 200 pods <= 5 s. Prints one line each
 # and exits 1 if a target is missed. KIRT=path overrides the binary (default: release build).
+# Starts the lab (and stops it again) when it is not running.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 KIRT="${KIRT:-$PWD/target/release/kirt}"
 [[ -x "$KIRT" ]] || cargo build --release --quiet
 LAB_DIR="${KIRT_LAB_DIR:-$PWD/.lab}"
+started_here=0
+if [[ ! -f "$LAB_DIR/env" ]]; then
+  bash tests/lab/lab.sh up >&2
+  started_here=1
+fi
 set -a; source "$LAB_DIR/env"; set +a
 export KUBECONFIG="$KIRT_LAB_KUBECONFIG"
 N="${KIRT_BENCH_PODS:-200}"
 ns="kirt-bench-q-$$"
 kubectl create namespace "$ns" >/dev/null
-trap 'kubectl delete namespace "$ns" --wait=false >/dev/null 2>&1' EXIT
+trap 'kubectl delete namespace "$ns" --wait=false >/dev/null 2>&1; if ((started_here)); then bash tests/lab/lab.sh down >&2; fi' EXIT
 for d in one:1 many:"$N"; do
   kubectl apply -n "$ns" -f - >/dev/null <<YAML
 apiVersion: apps/v1

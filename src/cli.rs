@@ -73,6 +73,16 @@ pub enum Command {
     /// etcd backups: create (stream, compress, encrypt, upload), list, prune
     #[command(subcommand)]
     Backup(BackupCmd),
+    /// Disaster-recovery drill: verify, restore into scratch etcd + kube-apiserver, count objects, report RPO/RTO
+    Drill(actions::drill::DrillSpec),
+    /// Restore a verified backup into a new etcd data dir (for a new member or cluster)
+    Restore(actions::restore::RestoreSpec),
+    /// Roll a Deployment, StatefulSet or DaemonSet back to an earlier revision, as `kubectl rollout undo` does
+    #[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+    Rollback(RollbackCmd),
+    /// Follow rollouts
+    #[command(subcommand)]
+    Rollout(RolloutCmd),
     /// Print kirt's version and git commit
     Version,
     /// Print shell completions
@@ -92,6 +102,30 @@ pub enum BackupCmd {
     List(actions::backup::list::BackupListSpec),
     /// Remove backups that no keep rule selects (restic-style), manifest first
     Prune(actions::backup::prune::BackupPruneSpec),
+    /// Check a backup: every digest against its manifest; --restore proves it restores
+    Verify(actions::backup::verify::BackupVerifySpec),
+}
+
+/// `kirt rollback KIND/NAME` or `kirt rollback history KIND/NAME`.
+#[derive(Debug, Args)]
+pub struct RollbackCmd {
+    #[command(subcommand)]
+    pub sub: Option<RollbackSub>,
+    #[command(flatten)]
+    pub spec: Option<actions::rollback::undo::RollbackSpec>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RollbackSub {
+    /// List revisions: change-cause, images, creation time, which one runs now
+    History(actions::rollback::history::HistorySpec),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RolloutCmd {
+    /// Wait until a rollout is complete, as `kubectl rollout status` judges it; fails on
+    /// ProgressDeadlineExceeded or the timeout, naming the pods that are not ready
+    Wait(actions::rollback::wait::WaitSpec),
 }
 
 /// `kirt quarantine POD|-l SEL` or `kirt quarantine verify|status`.
@@ -153,8 +187,30 @@ pub async fn run(cli: Cli) -> Result<Exit> {
         Command::Backup(BackupCmd::List(spec)) => {
             show(&ctx, &actions::backup::list::run(&ctx, spec).await?)
         }
+        Command::Backup(BackupCmd::Verify(spec)) => {
+            show(&ctx, &actions::backup::verify::run(&ctx, spec).await?)
+        }
         Command::Backup(BackupCmd::Prune(spec)) => {
             show(&ctx, &actions::backup::prune::run(&ctx, spec).await?)
+        }
+        Command::Drill(spec) => show(&ctx, &actions::drill::run(&ctx, spec).await?),
+        Command::Restore(spec) => show(&ctx, &actions::restore::run(&ctx, spec).await?),
+        Command::Rollback(RollbackCmd {
+            sub: Some(RollbackSub::History(spec)),
+            ..
+        }) => show(&ctx, &actions::rollback::history::run(&ctx, spec).await?),
+        Command::Rollback(RollbackCmd {
+            sub: None,
+            spec: Some(spec),
+        }) => show(&ctx, &actions::rollback::undo::run(&ctx, spec).await?),
+        Command::Rollback(RollbackCmd {
+            sub: None,
+            spec: None,
+        }) => Err(crate::Error::usage(
+            "kirt rollback needs KIND/NAME (e.g. deployment/web) or a subcommand (history)",
+        )),
+        Command::Rollout(RolloutCmd::Wait(spec)) => {
+            show(&ctx, &actions::rollback::wait::run(&ctx, spec).await?)
         }
         Command::Version => show(&ctx, &actions::version::run()),
         Command::Completions { shell } => {

@@ -34,8 +34,9 @@ fn main() -> ExitCode {
 
 fn init_logging(g: &kirt::cli::GlobalArgs) {
     let default = match (g.quiet, g.verbose) {
-        (true, _) => "error",
-        (false, 0) => "kirt=info,warn",
+        // kube-client logs every failed request at ERROR, including expected ones (readiness polls)
+        (true, _) => "error,kube_client=off",
+        (false, 0) => "kirt=info,warn,kube_client=off",
         (false, 1) => "kirt=debug,info",
         (false, _) => "trace",
     };

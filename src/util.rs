@@ -48,6 +48,17 @@ pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
         .map_err(|e| format!("invalid duration {s:?}: {e} (e.g. 30s, 5m, 1h)"))
 }
 
+/// kirt's state directory: `$XDG_STATE_HOME/kirt` or `~/.local/state/kirt` (journals, pending
+/// upload ids).
+pub fn state_dir() -> std::path::PathBuf {
+    let base = std::env::var_os("XDG_STATE_HOME")
+        .filter(|v| !v.is_empty())
+        .map(std::path::PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| std::path::Path::new(&h).join(".local/state")))
+        .unwrap_or_else(std::env::temp_dir);
+    base.join("kirt")
+}
+
 /// Serde for byte sizes: accepts a number or a string like "16MiB" (playbooks), writes a number.
 pub mod size_serde {
     use serde::{Deserialize, Deserializer, Serializer};

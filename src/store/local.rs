@@ -195,25 +195,9 @@ impl LocalUpload {
     }
 }
 
-#[async_trait]
-impl Upload for LocalUpload {
-    async fn write(&mut self, data: Bytes) -> Result<()> {
-        let file = self
-            .file
-            .as_mut()
-            .ok_or_else(|| Error::failed("write after commit"))?;
-        if let Err(e) = file.write_all(&data).await {
-            return Err(self.err("write failed", e));
-        }
-        self.size += data.len() as u64;
-        Ok(())
-    }
-
-    async fn commit(mut self: Box<Self>) -> Result<u64> {
-        let mut file = self
-            .file
-            .take()
-            .ok_or_else(|| Error::failed("commit twice"))?;
+impl LocalUpload {
+    /// flush, fsync, rename, fsync the directory
+    async fn finish(&self, mut file: BufWriter<tokio::fs::File>) -> Result<u64> {
         if let Err(e) = file.flush().await {
             return Err(self.err("write failed", e));
         }
@@ -229,6 +213,33 @@ impl Upload for LocalUpload {
             let _ = d.sync_all().await;
         }
         Ok(self.size)
+    }
+}
+
+#[async_trait]
+impl Upload for LocalUpload {
+    async fn write(&mut self, data: Bytes) -> Result<()> {
+        let file = self
+            .file
+            .as_mut()
+            .ok_or_else(|| Error::failed("write after commit"))?;
+        if let Err(e) = file.write_all(&data).await {
+            return Err(self.err("write failed", e));
+        }
+        self.size += data.len() as u64;
+        Ok(())
+    }
+
+    async fn commit(mut self: Box<Self>) -> Result<u64> {
+        let file = self
+            .file
+            .take()
+            .ok_or_else(|| Error::failed("commit twice"))?;
+        let r = self.finish(file).await;
+        if r.is_err() {
+            let _ = tokio::fs::remove_file(&self.part).await;
+        }
+        r
     }
 
     async fn abort(mut self: Box<Self>) {

@@ -129,13 +129,15 @@ impl S3Store {
                 )))
             }
         }
-        Ok(S3Store {
+        let store = S3Store {
             client: aws_sdk_s3::Client::from_conf(b.build()),
             bucket: bucket.to_string(),
             prefix: prefix.trim_matches('/').to_string(),
             opts: opts.clone(),
             endpoint,
-        })
+        };
+        pending::cleanup(&store.client, &store.endpoint, &store.bucket).await;
+        Ok(store)
     }
 
     fn key(&self, key: &str) -> String {
@@ -148,10 +150,14 @@ impl S3Store {
 }
 
 /// Turns an SDK error into a kirt error that says what to do.
-fn s3_err<E, R>(loc: &str, endpoint: &str, what: &str, e: SdkError<E, R>) -> Error
+fn s3_err<E>(
+    loc: &str,
+    endpoint: &str,
+    what: &str,
+    e: SdkError<E, aws_sdk_s3::config::http::HttpResponse>,
+) -> Error
 where
     E: ProvideErrorMetadata + std::error::Error + 'static,
-    R: std::fmt::Debug,
 {
     match &e {
         SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) => Error::Unreachable {
@@ -163,8 +169,8 @@ where
         _ => {
             let code = e.code().unwrap_or("");
             let status = match &e {
-                SdkError::ServiceError(s) => format!("{:?}", s.raw()),
-                _ => String::new(),
+                SdkError::ServiceError(s) => s.raw().status().as_u16(),
+                _ => 0,
             };
             match code {
                 "NoSuchBucket" => Error::not_found(format!("bucket of {loc}"), "create the bucket or fix the URL"),
@@ -173,7 +179,7 @@ where
                     loc,
                     format!("{what}: access denied ({code}); check the credentials and the bucket policy"),
                 ),
-                _ if status.contains("404") && code.is_empty() => {
+                _ if status == 404 && code.is_empty() => {
                     Error::not_found(loc.to_string(), "check the bucket and key")
                 }
                 _ => Error::store(loc, format!("{what} failed: {}", DisplayErrorContext(&e))),
@@ -322,6 +328,7 @@ impl S3Upload {
             Error::store(self.loc(), "CreateMultipartUpload returned no upload id")
         })?;
         self.upload_id = Some(id.to_string());
+        pending::record(&self.endpoint, &self.bucket, &self.key, id);
         Ok(id.to_string())
     }
 
@@ -411,6 +418,9 @@ impl S3Upload {
             .send()
             .await
             .map_err(|e| s3_err(&self.loc(), &self.endpoint, "CompleteMultipartUpload", e))?;
+        if let Some(id) = self.upload_id.take() {
+            pending::forget(&self.endpoint, &self.bucket, &self.key, &id);
+        }
         Ok(self.size)
     }
 
@@ -418,18 +428,127 @@ impl S3Upload {
         self.tasks.abort_all();
         while self.tasks.join_next().await.is_some() {}
         if let Some(id) = self.upload_id.take() {
-            let r = self
-                .client
+            // The server may be restarting: retry patiently; if it stays away, the id is kept in
+            // the state dir and the next kirt run against this bucket aborts it.
+            for delay in [0u64, 1, 2, 4] {
+                tokio::time::sleep(Duration::from_secs(delay)).await;
+                match self
+                    .client
+                    .abort_multipart_upload()
+                    .bucket(&self.bucket)
+                    .key(&self.key)
+                    .upload_id(&id)
+                    .send()
+                    .await
+                {
+                    Ok(_) => {
+                        pending::forget(&self.endpoint, &self.bucket, &self.key, &id);
+                        return;
+                    }
+                    Err(e) if pending::gone(&e) => {
+                        pending::forget(&self.endpoint, &self.bucket, &self.key, &id);
+                        return;
+                    }
+                    Err(e) => {
+                        tracing::debug!(error = %DisplayErrorContext(&e), "abort of the multipart upload failed, retrying")
+                    }
+                }
+            }
+            tracing::warn!(object = %self.loc(), upload_id = %id,
+                "could not abort the multipart upload (S3 unreachable); it is invisible, and the next kirt run \
+                 against this bucket aborts it (a bucket lifecycle rule AbortIncompleteMultipartUpload also cleans it)");
+        }
+    }
+}
+
+/// Multipart upload ids kirt started and has not yet completed or aborted, one file each under
+/// the state dir, so that an upload interrupted while S3 was unreachable is aborted later
+/// (ListMultipartUploads is not available on every S3 server).
+mod pending {
+    use std::path::PathBuf;
+
+    use aws_sdk_s3::config::http::HttpResponse;
+    use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+    use serde::{Deserialize, Serialize};
+    use sha2::{Digest, Sha256};
+
+    #[derive(Serialize, Deserialize)]
+    struct Record {
+        endpoint: String,
+        bucket: String,
+        key: String,
+        upload_id: String,
+    }
+
+    fn dir() -> PathBuf {
+        crate::util::state_dir().join("pending-uploads")
+    }
+
+    fn path(endpoint: &str, bucket: &str, key: &str, id: &str) -> PathBuf {
+        let h = Sha256::digest(format!("{endpoint}\n{bucket}\n{key}\n{id}").as_bytes());
+        dir().join(format!("{}.json", &hex::encode(h)[..24]))
+    }
+
+    pub fn record(endpoint: &str, bucket: &str, key: &str, id: &str) {
+        let rec = Record {
+            endpoint: endpoint.into(),
+            bucket: bucket.into(),
+            key: key.into(),
+            upload_id: id.into(),
+        };
+        let _ = std::fs::create_dir_all(dir());
+        if let Ok(json) = serde_json::to_vec(&rec) {
+            if let Err(e) = std::fs::write(path(endpoint, bucket, key, id), json) {
+                tracing::debug!(error = %e, "cannot record the pending upload id");
+            }
+        }
+    }
+
+    pub fn forget(endpoint: &str, bucket: &str, key: &str, id: &str) {
+        let _ = std::fs::remove_file(path(endpoint, bucket, key, id));
+    }
+
+    /// The upload no longer exists (S3: 404 NoSuchUpload; s3s-fs answers 403, moto 500 for
+    /// uploads it already dropped).
+    pub fn gone<E: ProvideErrorMetadata>(e: &SdkError<E, HttpResponse>) -> bool {
+        matches!(e.code(), Some("NoSuchUpload" | "AccessDenied"))
+            || matches!(e, SdkError::ServiceError(s) if s.raw().status().as_u16() == 404)
+    }
+
+    /// Aborts recorded uploads of this bucket (best effort, quietly).
+    pub async fn cleanup(client: &aws_sdk_s3::Client, endpoint: &str, bucket: &str) {
+        let Ok(entries) = std::fs::read_dir(dir()) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let Ok(bytes) = std::fs::read(entry.path()) else {
+                continue;
+            };
+            let Ok(rec) = serde_json::from_slice::<Record>(&bytes) else {
+                continue;
+            };
+            if rec.endpoint != endpoint || rec.bucket != bucket {
+                continue;
+            }
+            match client
                 .abort_multipart_upload()
-                .bucket(&self.bucket)
-                .key(&self.key)
-                .upload_id(&id)
+                .bucket(&rec.bucket)
+                .key(&rec.key)
+                .upload_id(&rec.upload_id)
                 .send()
-                .await;
-            if let Err(e) = r {
-                tracing::warn!(object = %self.loc(), upload_id = %id, error = %DisplayErrorContext(&e),
-                    "could not abort the multipart upload; it stays invisible, and a bucket lifecycle rule \
-                     (AbortIncompleteMultipartUpload) or `kirt backup prune` will clean it up");
+                .await
+            {
+                Ok(_) => {
+                    tracing::info!(bucket = %rec.bucket, key = %rec.key, "aborted a multipart upload left by an interrupted run");
+                    let _ = std::fs::remove_file(entry.path());
+                }
+                Err(e) if gone(&e) => {
+                    tracing::debug!(key = %rec.key, error = %DisplayErrorContext(&e), "recorded multipart upload is already gone");
+                    let _ = std::fs::remove_file(entry.path());
+                }
+                Err(e) => {
+                    tracing::debug!(key = %rec.key, error = %DisplayErrorContext(&e), "cannot abort a recorded multipart upload yet")
+                }
             }
         }
     }

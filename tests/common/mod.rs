@@ -148,6 +148,8 @@ impl Lab {
             .env("AWS_ACCESS_KEY_ID", "kirt-test")
             .env("AWS_SECRET_ACCESS_KEY", "kirt-test-secret")
             .env("AWS_REGION", "us-east-1")
+            // never let the AWS credential chain reach for a cloud metadata address
+            .env("AWS_EC2_METADATA_DISABLED", "true")
             .args(args);
         c
     }
@@ -376,4 +378,182 @@ pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
         .build()
         .unwrap()
         .block_on(f)
+}
+
+/// A free TCP port on 127.0.0.1.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A server process this test started; killed (by its PID) when dropped.
+pub struct Proc {
+    pub child: std::process::Child,
+    pub endpoint: String,
+    pub dir: PathBuf,
+    pub port: u16,
+}
+
+impl Proc {
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+#[track_caller]
+fn wait_port(port: u16, what: &str) {
+    wait_until(Duration::from_secs(20), what, || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+}
+
+impl Lab {
+    /// An etcd of the given version (3.4 or 3.5) for this test alone, in its temp dir.
+    pub fn private_etcd(&self, version: &str) -> Proc {
+        let bin = if version == "3.4" {
+            PathBuf::from("/usr/bin/etcd")
+        } else {
+            Path::new(&self.get("KIRT_LAB_ETCD35_BIN")).join("etcd")
+        };
+        let (port, peer) = (free_port(), free_port());
+        let dir = self.dir.path().join(unique("etcd"));
+        let name = "private";
+        let child = Command::new(bin)
+            .args(["--name", name, "--data-dir"])
+            .arg(&dir)
+            .args([
+                "--listen-client-urls",
+                &format!("http://127.0.0.1:{port}"),
+                "--advertise-client-urls",
+                &format!("http://127.0.0.1:{port}"),
+            ])
+            .args([
+                "--listen-peer-urls",
+                &format!("http://127.0.0.1:{peer}"),
+                "--initial-advertise-peer-urls",
+                &format!("http://127.0.0.1:{peer}"),
+            ])
+            .args([
+                "--initial-cluster",
+                &format!("{name}=http://127.0.0.1:{peer}"),
+                "--quota-backend-bytes",
+                "4294967296",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start etcd");
+        let p = Proc {
+            child,
+            endpoint: format!("http://127.0.0.1:{port}"),
+            dir,
+            port,
+        };
+        wait_port(port, "private etcd");
+        p
+    }
+
+    /// An s3s-fs server for this test alone (persistent on disk: survives a restart).
+    pub fn private_s3s(&self, data: Option<(&Path, u16)>) -> Proc {
+        let bin = PathBuf::from(self.get("KIRT_LAB_S3S_BIN"));
+        let (dir, port) = match data {
+            Some((d, p)) => (d.to_path_buf(), p),
+            None => (self.dir.path().join(unique("s3s")), free_port()),
+        };
+        std::fs::create_dir_all(&dir).unwrap();
+        let child = Command::new(bin)
+            .args([
+                "--host",
+                "127.0.0.1",
+                "--port",
+                &port.to_string(),
+                "--access-key",
+                "kirt-test",
+                "--secret-key",
+                "kirt-test-secret",
+            ])
+            .arg(&dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start s3s-fs");
+        let p = Proc {
+            child,
+            endpoint: format!("http://127.0.0.1:{port}"),
+            dir,
+            port,
+        };
+        wait_port(port, "private s3s-fs");
+        p
+    }
+}
+
+/// Writes `n` keys under `prefix` into an etcd: mostly ~200-byte JSON-like values, every 500th
+/// a ~100 KiB value. Returns the revision after the last write.
+pub fn populate_etcd(endpoint: &str, prefix: &str, n: usize) -> i64 {
+    block_on(async {
+        let mut c = etcd_client::Client::connect([endpoint], None)
+            .await
+            .expect("etcd connect");
+        let mut rev = 0;
+        for batch in (0..n).collect::<Vec<_>>().chunks(100) {
+            let ops: Vec<etcd_client::TxnOp> = batch
+                .iter()
+                .map(|i| {
+                    let v = if i % 500 == 0 {
+                        (0..100 * 1024).map(|j| b"abcdefghijklmnopqrstuvwxyz0123456789"[(j * 7 + i) % 36]).collect::<Vec<u8>>()
+                    } else {
+                        format!(r#"{{"kind":"ConfigMap","metadata":{{"name":"cm-{i}","uid":"{:016x}"}},"data":{{"k":"value {i}"}}}}"#, i * 2654435761).into_bytes()
+                    };
+                    etcd_client::TxnOp::put(format!("{prefix}/{i:08}"), v, None)
+                })
+                .collect();
+            let r = c
+                .txn(etcd_client::Txn::new().and_then(ops))
+                .await
+                .expect("txn");
+            rev = r.header().map(|h| h.revision()).unwrap_or(rev);
+        }
+        rev
+    })
+}
+
+/// Writes `mib` values of 1 MiB of incompressible bytes (makes slow, large snapshots).
+pub fn populate_random(endpoint: &str, prefix: &str, mib: usize) {
+    block_on(async {
+        let mut c = etcd_client::Client::connect([endpoint], None)
+            .await
+            .expect("etcd connect");
+        let mut x: u64 = 0x9E3779B97F4A7C15;
+        for i in 0..mib {
+            let v: Vec<u8> = (0..1 << 20)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    x as u8
+                })
+                .collect();
+            c.put(format!("{prefix}/{i:06}"), v, None)
+                .await
+                .expect("put");
+        }
+    })
+}
+
+/// Runs a shell pipeline (bash -c) and returns its output.
+pub fn sh(script: &str) -> Run {
+    let mut c = Command::new("bash");
+    c.args(["-c", script]);
+    run(c, script.to_string())
 }

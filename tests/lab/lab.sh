@@ -180,6 +180,8 @@ KIRT_LAB_S3S_ENDPOINT=http://127.0.0.1:$S3S_PORT
 KIRT_LAB_S3S_ACCESS_KEY=$s3s_key
 KIRT_LAB_S3S_SECRET_KEY=$s3s_secret
 KIRT_LAB_S3S_DATA=$LAB_DIR/s3s-fs
+KIRT_LAB_S3S_BIN=$CACHE/s3s-fs/bin/s3s-fs
+KIRT_LAB_MOTO_BIN=$CACHE/moto/bin/moto_server
 KIRT_LAB_KUBELET_PORT=$KUBELET_PORT
 ENV
   for f in "$LAB_DIR"/pids/*; do echo "KIRT_LAB_PID_$(basename "$f" | tr a-z- A-Z_)=$(cat "$f")"; done >>"$LAB_DIR/env.tmp"

@@ -47,6 +47,10 @@ pub struct BackupCreateSpec {
     /// Write Prometheus textfile metrics here (atomically), on success and on failure
     #[arg(long, value_name = "FILE")]
     pub metrics_file: Option<PathBuf>,
+    /// Sign the manifest with this minisign secret key (detached ID.manifest.json.minisig;
+    /// password from $KIRT_SIGN_PASSWORD if the key is encrypted)
+    #[arg(long, value_name = "FILE")]
+    pub sign_key: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -165,7 +169,14 @@ async fn create(
             )));
         }
     }
+    let signer = spec
+        .sign_key
+        .as_deref()
+        .map(super::signing::load_secret_key)
+        .transpose()?;
     let store = store::open(&spec.to, &spec.s3).await?;
+    // Fail on a missing bucket, bad credentials or an unreachable store before etcd is touched.
+    store.check().await?;
 
     let (client, status) = spec.etcd.connect_healthy().await?;
     let endpoint = status.endpoint.clone();
@@ -372,6 +383,15 @@ async fn create(
         upload.commit().await?;
         let json =
             serde_json::to_vec_pretty(&m).map_err(|e| Error::failed(format!("manifest: {e}")))?;
+        if let Some(sk) = &signer {
+            // the signature goes first: the manifest stays the last write, the commit marker
+            let sig = super::signing::sign(sk, &json, &id)?;
+            let sig_key = format!("{manifest_key}{}", super::signing::SUFFIX);
+            if let Err(e) = store.put(&sig_key, Bytes::from(sig)).await {
+                let _ = store.delete(&object_key).await;
+                return Err(e);
+            }
+        }
         if let Err(e) = store.put(&manifest_key, Bytes::from(json)).await {
             // Without its manifest the object is not a backup; remove it rather than leave an orphan.
             let _ = store.delete(&object_key).await;

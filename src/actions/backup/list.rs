@@ -161,7 +161,11 @@ pub async fn scan(store: &dyn Store, cluster: Option<&str>) -> Result<Vec<Backup
 
 pub async fn read_manifest(store: &dyn Store, key: &str) -> Result<Manifest> {
     let bytes = store.get_bytes(key).await?;
-    let m: Manifest = serde_json::from_slice(&bytes).map_err(|e| {
+    parse_manifest(store, key, &bytes)
+}
+
+pub fn parse_manifest(store: &dyn Store, key: &str, bytes: &[u8]) -> Result<Manifest> {
+    let m: Manifest = serde_json::from_slice(bytes).map_err(|e| {
         Error::VerifyFailed(format!(
             "manifest {}/{key} is not a valid kirt manifest: {e}",
             store.url()
@@ -188,9 +192,30 @@ pub async fn find(
     };
     let all = scan(store.as_ref(), cluster).await?;
     let found = if id == "latest" {
-        all.into_iter().find(|b| b.status == "complete")
+        let mut complete = all.into_iter().filter(|b| b.status == "complete");
+        let first = complete.next();
+        if let (Some(f), None) = (&first, cluster) {
+            if complete.any(|b| b.cluster != f.cluster) {
+                return Err(Error::usage(format!(
+                    "{} holds backups of several clusters: pass --cluster-name or CLUSTER/latest",
+                    store.url()
+                )));
+            }
+        }
+        first
     } else {
-        all.into_iter().find(|b| b.id == id)
+        let matching: Vec<BackupEntry> = all.into_iter().filter(|b| b.id == id).collect();
+        if matching.len() > 1 {
+            let names: Vec<String> = matching
+                .iter()
+                .map(|b| format!("{}/{}", b.cluster, b.id))
+                .collect();
+            return Err(Error::usage(format!(
+                "backup id {id} is ambiguous: use one of {}",
+                names.join(", ")
+            )));
+        }
+        matching.into_iter().next()
     };
     found.ok_or_else(|| {
         Error::not_found(

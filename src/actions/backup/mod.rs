@@ -7,6 +7,9 @@ pub mod manifest;
 pub mod metrics;
 pub mod prune;
 pub mod retention;
+pub mod scratch;
+pub mod signing;
+pub mod verify;
 
 use std::path::PathBuf;
 

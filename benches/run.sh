@@ -1,0 +1,102 @@
+#!/usr/bin/env bash
+# `make bench`: measures kirt against baselines measured in the same run, on this machine.
+# K2: etcd dbs of ~256 MiB and ~1 GiB (mostly JSON-like values, some random):
+#   1. etcdctl snapshot save to a file (what users run today)
+#   2. etcdctl snapshot save → zstd -T0 -3 → age → aws s3 cp (the shell pipeline)
+#   3. the limit: a minimal etcd-client program reading the snapshot stream and discarding it
+#   4. kirt backup create to the same S3 server
+# K4: benches/quarantine.sh (1 pod and 200 pods against the lab apiserver), at the end.
+# Targets: kirt ≥ 2.5× faster than (2); kirt ≤ 1.25× (3); peak RSS ≤ 100 MiB and within 10 %
+# between the two sizes. Prints the figures and which targets pass. Servers run on 127.0.0.1 only.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+CACHE="${KIRT_LAB_CACHE:-$HOME/.cache/kirt-lab}"
+SIZES="${KIRT_BENCH_SIZES:-256 1024}"
+ETCD_BIN="$CACHE/etcd-3.5/usr/bin"
+work=$(mktemp -d /tmp/kirt-bench.XXXXXX)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
+trap cleanup EXIT
+port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+nice -n 5 cargo build --release --bin kirt --bench snapshot_limit --quiet
+KIRT=target/release/kirt
+LIMIT=$(ls -t target/release/deps/snapshot_limit-* | grep -v '\.d$' | head -1)
+if [[ ! -x "$CACHE/awscli/bin/aws" ]]; then
+  python3 -m venv "$CACHE/awscli" && "$CACHE/awscli/bin/pip" install -q awscli
+fi
+export AWS_ACCESS_KEY_ID=bench AWS_SECRET_ACCESS_KEY=bench-secret AWS_REGION=us-east-1 AWS_EC2_METADATA_DISABLED=true
+
+s3port=$(port)
+"$CACHE/moto/bin/moto_server" -H 127.0.0.1 -p "$s3port" >"$work/moto.log" 2>&1 & pids+=($!)
+S3="http://127.0.0.1:$s3port"
+until curl -sf "$S3/" >/dev/null; do sleep 0.2; done
+"$CACHE/awscli/bin/aws" --endpoint-url "$S3" s3 mb s3://bench >/dev/null
+age-keygen -o "$work/key" 2>/dev/null; R=$(age-keygen -y "$work/key")
+
+# run NAME CMD… → seconds and peak RSS (KiB) of the command (GNU time, children included)
+measure() {
+  local name=$1; shift
+  /usr/bin/time -f "%e %M" -o "$work/$name.time" "$@" >"$work/$name.out" 2>"$work/$name.err" || { cat "$work/$name.err"; exit 1; }
+  cat "$work/$name.time"
+}
+
+declare -A T RSS
+for mib in $SIZES; do
+  cp=$(port); pp=$(port)
+  "$ETCD_BIN/etcd" --name b --data-dir "$work/etcd-$mib" --listen-client-urls "http://127.0.0.1:$cp" \
+    --advertise-client-urls "http://127.0.0.1:$cp" --listen-peer-urls "http://127.0.0.1:$pp" \
+    --initial-advertise-peer-urls "http://127.0.0.1:$pp" --initial-cluster "b=http://127.0.0.1:$pp" \
+    --quota-backend-bytes 8589934592 >"$work/etcd-$mib.log" 2>&1 & pids+=($!)
+  EP="http://127.0.0.1:$cp"
+  until "$ETCD_BIN/etcdctl" --endpoints "$EP" endpoint health >/dev/null 2>&1; do sleep 0.2; done
+  "$LIMIT" fill "$EP" "$mib" >/dev/null
+  db=$("$ETCD_BIN/etcdctl" --endpoints "$EP" endpoint status -w json | python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["Status"]["dbSize"])')
+  # warm the page cache once so every contender reads a hot db
+  "$LIMIT" read "$EP" >/dev/null
+
+  read -r t _ < <(measure "etcdctl-$mib" "$ETCD_BIN/etcdctl" --endpoints "$EP" snapshot save "$work/snap-$mib.db")
+  T[etcdctl-$mib]=$t
+  zr=$(python3 -c "import os; print(round(os.path.getsize('$work/snap-$mib.db')/max(1,int(__import__('subprocess').check_output(['bash','-c','zstd -3 -T0 -c $work/snap-$mib.db | wc -c']))),2))")
+  rm -f "$work/snap-$mib.db"
+  read -r t _ < <(measure "pipeline-$mib" bash -c "'$ETCD_BIN/etcdctl' --endpoints '$EP' snapshot save '$work/p.db' >/dev/null && zstd -q -T0 -3 -c '$work/p.db' | age -r '$R' | '$CACHE/awscli/bin/aws' --endpoint-url '$S3' s3 cp - s3://bench/pipeline-$mib.zst.age && rm -f '$work/p.db'")
+  T[pipeline-$mib]=$t
+  read -r t _ < <(measure "limit-$mib" "$LIMIT" read "$EP")
+  T[limit-$mib]=$t
+  read -r t rss < <(measure "kirt-$mib" "$KIRT" -q backup create --etcd-endpoints "$EP" --to s3://bench/kirt \
+    --endpoint-url "$S3" --path-style --recipient "$R" --cluster-name "b$mib")
+  T[kirt-$mib]=$t; RSS[kirt-$mib]=$rss
+  printf 'db %s MiB (%s bytes, zstd -3 ratio %s): etcdctl save %ss, pipeline %ss, limit %ss, kirt %ss (peak RSS %s MiB)\n' \
+    "$mib" "$db" "$zr" "${T[etcdctl-$mib]}" "${T[pipeline-$mib]}" "${T[limit-$mib]}" "${T[kirt-$mib]}" "$((rss / 1024))"
+done
+
+echo
+echo "== K2 targets"
+fail=0
+for mib in $SIZES; do
+  python3 - "$mib" "${T[pipeline-$mib]}" "${T[limit-$mib]}" "${T[kirt-$mib]}" "${RSS[kirt-$mib]}" <<'PY' || fail=1
+import sys
+mib, pipe, limit, kirt, rss = sys.argv[1], *map(float, sys.argv[2:])
+speedup, over = pipe / kirt, kirt / limit
+ok1, ok2, ok3 = speedup >= 2.5, over <= 1.25, rss / 1024 <= 100
+print(f"{mib} MiB: pipeline/kirt = {speedup:.2f}x (target >= 2.5: {'ok' if ok1 else 'MISSED'}), "
+      f"kirt/limit = {over:.2f}x (target <= 1.25: {'ok' if ok2 else 'MISSED'}), "
+      f"peak RSS {rss/1024:.1f} MiB (target <= 100: {'ok' if ok3 else 'MISSED'})")
+sys.exit(0 if ok1 and ok2 and ok3 else 1)
+PY
+done
+set -- $SIZES
+if [[ $# -ge 2 ]]; then
+  python3 - "${RSS[kirt-$1]}" "${RSS[kirt-$2]}" <<'PY' || fail=1
+import sys
+a, b = map(float, sys.argv[1:])
+d = abs(a - b) / min(a, b)
+print(f"RSS difference between sizes: {d*100:.1f}% (target <= 10%: {'ok' if d <= 0.10 else 'MISSED'})")
+sys.exit(0 if d <= 0.10 else 1)
+PY
+fi
+
+echo
+echo "== K4 quarantine (lab apiserver)"
+KIRT="$PWD/$KIRT" bash benches/quarantine.sh || fail=1
+exit $fail

@@ -1,0 +1,166 @@
+//! `kirt restore`: the real thing, for a new member or cluster. Verifies the backup first (every
+//! digest), then runs `etcdutl snapshot restore` into an empty data dir (never a non-empty one) and
+//! prints the etcd command line that starts the restored member.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::actions::backup::scratch::etcdutl_restore;
+use crate::actions::backup::verify::{locate, stream_and_check, Check, DecryptOptions};
+use crate::context::Ctx;
+use crate::error::{Error, Result};
+use crate::output::{Render, Table};
+use crate::store::S3Options;
+
+#[derive(Debug, Clone, Default, clap::Args, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(default, rename_all = "kebab-case", deny_unknown_fields)]
+pub struct RestoreSpec {
+    /// Store: s3://BUCKET/PREFIX, file:///DIR or a directory
+    #[arg(long, value_name = "URL")]
+    pub from: String,
+    #[command(flatten)]
+    pub s3: S3Options,
+    /// Backup id, CLUSTER/ID, or "latest"
+    #[arg(value_name = "ID")]
+    pub backup: String,
+    /// Only look at this cluster
+    #[arg(long, value_name = "NAME")]
+    pub cluster_name: Option<String>,
+    #[command(flatten)]
+    pub decrypt: DecryptOptions,
+    /// New, empty data directory for the restored member
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: PathBuf,
+    /// Member name
+    #[arg(long, value_name = "NAME")]
+    pub name: String,
+    /// Initial cluster, e.g. m1=https://10.0.0.1:2380,m2=https://10.0.0.2:2380
+    #[arg(long, value_name = "NAME=URL,…")]
+    pub initial_cluster: String,
+    /// This member's peer URLs
+    #[arg(long, value_name = "URL")]
+    pub initial_advertise_peer_urls: String,
+    /// Cluster token of the new cluster
+    #[arg(long, value_name = "TOKEN", default_value = "kirt-restored")]
+    pub initial_cluster_token: String,
+    /// etcdutl binary (default: etcdutl on PATH)
+    #[arg(long, value_name = "PATH", default_value = "etcdutl")]
+    pub etcdutl_bin: PathBuf,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RestoreResult {
+    pub backup: String,
+    pub cluster: String,
+    pub revision: i64,
+    pub data_dir: String,
+    pub checks: Vec<Check>,
+    pub etcd_command: String,
+}
+
+impl Render for RestoreResult {
+    fn table(&self) -> Table {
+        let mut t = Table::fields([
+            ("backup", format!("{}/{}", self.cluster, self.backup)),
+            ("revision", self.revision.to_string()),
+            ("data dir", self.data_dir.clone()),
+            ("verified", format!("{} checks ok", self.checks.len())),
+        ]);
+        t.note(format!(
+            "\nstart the restored member with:\n  {}",
+            self.etcd_command
+        ));
+        t
+    }
+}
+
+pub async fn run(ctx: &Ctx, spec: RestoreSpec) -> Result<RestoreResult> {
+    for (flag, v) in [
+        ("--name", &spec.name),
+        ("--initial-cluster", &spec.initial_cluster),
+        (
+            "--initial-advertise-peer-urls",
+            &spec.initial_advertise_peer_urls,
+        ),
+    ] {
+        if v.is_empty() {
+            return Err(Error::usage(format!("missing {flag}")));
+        }
+    }
+    let data = &spec.data_dir;
+    if data.exists()
+        && std::fs::read_dir(data)
+            .map(|mut d| d.next().is_some())
+            .unwrap_or(true)
+    {
+        return Err(Error::Refused(format!(
+            "data dir {} is not empty: kirt restores only into an empty or new directory",
+            data.display()
+        )));
+    }
+    let loc = locate(
+        &spec.from,
+        &spec.s3,
+        &spec.backup,
+        spec.cluster_name.as_deref(),
+    )
+    .await?;
+    let decryption = spec.decrypt.resolve(&loc.manifest)?;
+    // The plaintext snapshot is spooled next to the data dir (same disk), removed afterwards.
+    let parent = data
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."));
+    std::fs::create_dir_all(&parent)
+        .map_err(|e| Error::io(format!("creating {}", parent.display()), e))?;
+    let tmp = tempfile::Builder::new()
+        .prefix(".kirt-restore-")
+        .tempdir_in(&parent)
+        .map_err(|e| Error::io("creating a temp dir", e))?;
+    let snap = tmp.path().join("snapshot.db");
+    let streamed = stream_and_check(ctx, &loc, decryption, Some(snap.clone())).await?;
+    if !streamed.ok {
+        let bad: Vec<String> = streamed
+            .checks
+            .iter()
+            .filter(|c| !c.ok)
+            .map(|c| c.check.clone())
+            .collect();
+        return Err(Error::VerifyFailed(format!(
+            "backup {} does not match its manifest ({}); nothing was restored",
+            loc.entry.id,
+            bad.join(", ")
+        )));
+    }
+    let args = vec![
+        "--name".to_string(),
+        spec.name.clone(),
+        "--initial-cluster".into(),
+        spec.initial_cluster.clone(),
+        "--initial-advertise-peer-urls".into(),
+        spec.initial_advertise_peer_urls.clone(),
+        "--initial-cluster-token".into(),
+        spec.initial_cluster_token.clone(),
+    ];
+    etcdutl_restore(&spec.etcdutl_bin, &snap, data, &args).await?;
+    let abs = std::fs::canonicalize(data).unwrap_or_else(|_| data.clone());
+    let peer = spec.initial_advertise_peer_urls.clone();
+    let etcd_command = format!(
+        "etcd --name {} --data-dir {} --initial-advertise-peer-urls {peer} --listen-peer-urls {peer} \
+         --initial-cluster {} --initial-cluster-token {} --listen-client-urls CLIENT_URLS --advertise-client-urls CLIENT_URLS",
+        spec.name,
+        abs.display(),
+        spec.initial_cluster,
+        spec.initial_cluster_token
+    );
+    Ok(RestoreResult {
+        backup: loc.entry.id.clone(),
+        cluster: loc.entry.cluster.clone(),
+        revision: loc.manifest.etcd.revision,
+        data_dir: abs.display().to_string(),
+        checks: streamed.checks,
+        etcd_command,
+    })
+}

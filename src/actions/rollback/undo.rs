@@ -1,0 +1,489 @@
+//! `kirt rollback KIND/NAME [--to-revision N]`: `kubectl rollout undo` reproduced step for step
+//! (k8s.io/kubectl/pkg/polymorphichelpers/rollback.go) so the resulting pod template is the one
+//! kubectl would produce, plus what kubectl does not do: a template diff before the confirmation,
+//! a resourceVersion guard, an Event on the workload, and an optional wait for a healthy rollout.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{Event, EventSource, ObjectReference};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+use kube::api::{Api, DynamicObject, Patch};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use super::diff::template_diff;
+use super::wait::{wait_for, WaitResult};
+use super::{parse_timeout, Kind, Revision, Target, Workload};
+use crate::context::Ctx;
+use crate::error::{Error, Result};
+use crate::k8s::{self, KubeContext, Op, FIELD_MANAGER};
+use crate::output::{Render, Table};
+
+/// Annotations a Deployment keeps from itself rather than taking from the ReplicaSet
+/// (kubectl's annotationsToSkip).
+pub const ANNOTATIONS_TO_SKIP: &[&str] = &[
+    "kubectl.kubernetes.io/last-applied-configuration",
+    "deployment.kubernetes.io/revision",
+    "deployment.kubernetes.io/revision-history",
+    "deployment.kubernetes.io/desired-replicas",
+    "deployment.kubernetes.io/max-replicas",
+    "deprecated.deployment.rollback.to",
+];
+
+#[derive(Debug, Clone, Default, clap::Args, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(default, rename_all = "kebab-case", deny_unknown_fields)]
+pub struct RollbackSpec {
+    /// The workload: deployment/NAME, statefulset/NAME or daemonset/NAME (deploy, sts, ds too)
+    #[arg(value_name = "KIND/NAME")]
+    pub target: String,
+    /// Revision to go back to; 0 (the default) means the previous one, as with kubectl
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub to_revision: i64,
+    /// After rolling back, wait until the rollout is complete (fails on ProgressDeadlineExceeded)
+    #[arg(long)]
+    pub wait: bool,
+    /// How long --wait waits (e.g. 90s, 5m) [default: 5m]
+    #[arg(long, value_name = "DURATION")]
+    pub timeout: Option<String>,
+    /// Namespace (playbooks; on the command line use -n)
+    #[arg(skip)]
+    pub namespace: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Outcome {
+    RolledBack,
+    /// The current template already is the requested revision: nothing changed.
+    Skipped,
+    /// `--dry-run`: the server accepted the patch but stored nothing.
+    DryRun,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RollbackResult {
+    pub kind: String,
+    pub name: String,
+    pub namespace: String,
+    pub outcome: Outcome,
+    pub message: String,
+    /// The revision running before (None when it cannot be told).
+    pub from_revision: Option<i64>,
+    /// The revision whose template was restored (the controller records it as a new revision).
+    pub to_revision: i64,
+    /// Pod-template differences from the current template to the restored one.
+    pub changes: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub wait: Option<WaitResult>,
+}
+
+impl Render for RollbackResult {
+    fn table(&self) -> Table {
+        let rev = |r: Option<i64>| r.map(|r| r.to_string()).unwrap_or_else(|| "?".into());
+        let mut t = Table::fields([
+            ("workload", format!("{}/{}", self.kind, self.name)),
+            ("namespace", self.namespace.clone()),
+            (
+                "result",
+                match self.outcome {
+                    Outcome::RolledBack => "rolled back",
+                    Outcome::Skipped => "skipped",
+                    Outcome::DryRun => "dry run (nothing changed)",
+                }
+                .to_string(),
+            ),
+            (
+                "revision",
+                format!("{} → {}", rev(self.from_revision), self.to_revision),
+            ),
+            ("message", self.message.clone()),
+        ]);
+        for c in &self.changes {
+            t.row(["change", c.as_str()]);
+        }
+        if let Some(w) = &self.wait {
+            t.row(["rollout", w.message.as_str()]);
+        }
+        t
+    }
+}
+
+pub async fn run(ctx: &Ctx, spec: RollbackSpec) -> Result<RollbackResult> {
+    let target: Target = spec.target.parse()?;
+    let timeout = parse_timeout(spec.timeout.as_deref())?;
+    if spec.to_revision < 0 {
+        return Err(revision_not_found(spec.to_revision, &target));
+    }
+    let ns = match &spec.namespace {
+        Some(ns) => ns.clone(),
+        None => ctx.namespace().await?,
+    };
+    let client = ctx.cluster().await?.client.clone();
+    let w = Workload::load(&client, &ns, &target).await?;
+    let rev = select_revision(&w, spec.to_revision)?.clone();
+
+    if target.kind == Kind::Deployment && w.paused {
+        return Err(Error::Refused(format!(
+            "you cannot rollback a paused deployment; resume it first with 'kubectl rollout resume deployment/{}' and try again (nothing was changed)",
+            target.name
+        )));
+    }
+
+    let mut result = RollbackResult {
+        kind: target.kind.lower().into(),
+        name: target.name.clone(),
+        namespace: ns.clone(),
+        outcome: Outcome::Skipped,
+        message: String::new(),
+        from_revision: w.current_revision(),
+        to_revision: rev.revision,
+        changes: Vec::new(),
+        wait: None,
+    };
+
+    if already_current(&w, &rev) {
+        result.message = format!(
+            "skipped rollback (current template already matches revision {})",
+            rev.revision
+        );
+        tracing::info!("{target}: {}", result.message);
+    } else {
+        result.changes = template_diff(&w.template, &rev.template);
+        eprintln!(
+            "{target} in namespace {ns}: pod template changes, revision {} → {}:",
+            result
+                .from_revision
+                .map(|r| r.to_string())
+                .unwrap_or_else(|| "?".into()),
+            rev.revision
+        );
+        for c in &result.changes {
+            eprintln!("  {c}");
+        }
+        if result.changes.is_empty() {
+            eprintln!("  (none beyond metadata)");
+        }
+        ctx.confirm(&format!(
+            "roll back {target} in namespace {ns} to revision {}",
+            rev.revision
+        ))?;
+        apply(&client, ctx.dry_run, &w, &rev).await?;
+        if ctx.dry_run {
+            result.outcome = Outcome::DryRun;
+            result.message = format!(
+                "server-side dry run: would roll back to revision {}; nothing was changed",
+                rev.revision
+            );
+        } else {
+            result.outcome = Outcome::RolledBack;
+            result.message = format!("rolled back to revision {}", rev.revision);
+            emit_event(&client, &w, &result).await;
+        }
+    }
+
+    if spec.wait && !ctx.dry_run {
+        result.wait = Some(wait_for(ctx, &ns, &target, timeout).await?);
+    }
+    Ok(result)
+}
+
+fn revision_not_found(r: i64, target: &Target) -> Error {
+    Error::not_found(
+        format!("unable to find specified revision {r} in history"),
+        format!("list the revisions of {target} with `kirt rollback history {target}`"),
+    )
+}
+
+/// kubectl's revision selection: 0 = the second-highest revision, otherwise that exact revision.
+pub fn select_revision(w: &Workload, to: i64) -> Result<&Revision> {
+    if to > 0 {
+        return w
+            .revisions
+            .iter()
+            .find(|r| r.revision == to)
+            .ok_or_else(|| revision_not_found(to, &w.target));
+    }
+    // revisions are sorted ascending; the previous one is the second from the end
+    if w.revisions.len() < 2 {
+        let what = match w.target.kind {
+            Kind::Deployment => format!(
+                "no rollout history found for deployment {:?}",
+                w.target.name
+            ),
+            _ => format!("no last revision to roll back to for {}", w.target),
+        };
+        return Err(Error::not_found(
+            what,
+            "a rollback needs an earlier revision; see `kirt rollback history`",
+        ));
+    }
+    Ok(&w.revisions[w.revisions.len() - 2])
+}
+
+/// Whether the workload already runs `rev`'s template (kubectl then skips the rollback).
+fn already_current(w: &Workload, rev: &Revision) -> bool {
+    match w.target.kind {
+        Kind::Deployment => super::templates_equal(&rev.template, &w.template),
+        _ => rev.current,
+    }
+}
+
+/// The JSON patch kubectl sends for a Deployment, preceded by a resourceVersion test so that a
+/// concurrent change makes the whole patch fail instead of being overwritten.
+pub fn deployment_patch(w: &Workload, rev: &Revision) -> Value {
+    let mut template = rev.template.clone();
+    super::remove_hash_label(&mut template);
+    let mut annotations: BTreeMap<String, String> = BTreeMap::new();
+    for k in ANNOTATIONS_TO_SKIP {
+        if let Some(v) = w.annotations.get(*k) {
+            annotations.insert((*k).to_string(), v.clone());
+        }
+    }
+    for (k, v) in &rev.annotations {
+        if !ANNOTATIONS_TO_SKIP.contains(&k.as_str()) {
+            annotations.insert(k.clone(), v.clone());
+        }
+    }
+    // kubectl uses "replace", which fails when the Deployment has no annotations at all; "add"
+    // sets the member either way with the same result.
+    json!([
+        {"op": "test", "path": "/metadata/resourceVersion", "value": w.resource_version},
+        {"op": "replace", "path": "/spec/template", "value": template},
+        {"op": "add", "path": "/metadata/annotations", "value": annotations},
+    ])
+}
+
+/// The ControllerRevision's data (a strategic merge patch replacing the template) as kubectl
+/// applies it, plus the resourceVersion as an optimistic-concurrency precondition.
+pub fn controller_revision_patch(w: &Workload, rev: &Revision) -> Value {
+    let mut p = rev.data.clone().unwrap_or(Value::Null);
+    if let Some(m) = p.as_object_mut() {
+        m.insert(
+            "metadata".into(),
+            json!({"resourceVersion": w.resource_version}),
+        );
+    }
+    p
+}
+
+/// Sends kubectl's rollback patch for `rev` (guarded by the resourceVersion `w` was read at).
+pub async fn apply(
+    client: &kube::Client,
+    dry_run: bool,
+    w: &Workload,
+    rev: &Revision,
+) -> Result<()> {
+    let ns = w.namespace.as_str();
+    let name = w.target.name.as_str();
+    let op = Op::new("patch", w.target.kind.resource()).ns(ns).name(name);
+    let res = match w.target.kind {
+        Kind::Deployment => {
+            let patch = deployment_patch(w, rev);
+            let mut url = format!(
+                "/apis/apps/v1/namespaces/{ns}/deployments/{name}?fieldManager={FIELD_MANAGER}"
+            );
+            if dry_run {
+                url.push_str("&dryRun=All");
+            }
+            let body = serde_json::to_vec(&patch)
+                .map_err(|e| Error::failed(format!("encoding the rollback patch: {e}")))?;
+            let req = http::Request::patch(url)
+                .header("Content-Type", "application/json-patch+json")
+                .body(body)
+                .map_err(|e| Error::failed(format!("building the rollback request: {e}")))?;
+            client.request::<Value>(req).await.map(|_| ())
+        }
+        Kind::StatefulSet | Kind::DaemonSet => {
+            let api: Api<DynamicObject> =
+                Api::namespaced_with(client.clone(), ns, &w.target.kind.api_resource());
+            let patch = controller_revision_patch(w, rev);
+            api.patch(name, &k8s::patch_params(dry_run), &Patch::Strategic(&patch))
+                .await
+                .map(|_| ())
+        }
+    };
+    let changed = |detail: &str| {
+        Error::failed(format!(
+            "{} in namespace {ns} changed while kirt was rolling it back ({detail}); nothing was changed — look at it again and re-run",
+            w.target
+        ))
+    };
+    match res {
+        Err(kube::Error::Api(s)) if s.code == 409 => Err(changed(&s.message)),
+        Err(kube::Error::Api(s)) if s.code == 422 || s.code == 400 => {
+            // A failed JSON-patch `test` answers 422 without saying which operation failed: look
+            // whether the resourceVersion moved on.
+            if w.target.kind == Kind::Deployment && resource_version_moved(client, w).await {
+                return Err(changed(
+                    "its resourceVersion is no longer the one kirt read",
+                ));
+            }
+            Err(Error::failed(format!(
+                "failed restoring revision {} of {} in namespace {ns}: {} (nothing was changed)",
+                rev.revision, w.target, s.message
+            )))
+        }
+        other => other.op(op),
+    }
+}
+
+async fn resource_version_moved(client: &kube::Client, w: &Workload) -> bool {
+    let api: Api<DynamicObject> =
+        Api::namespaced_with(client.clone(), &w.namespace, &w.target.kind.api_resource());
+    match api.get(&w.target.name).await {
+        Ok(o) => o.metadata.resource_version.as_deref() != Some(w.resource_version.as_str()),
+        Err(_) => false,
+    }
+}
+
+/// Records the rollback on the workload (`kubectl describe` / `kubectl get events` show it).
+/// Best effort: a missing `create events` permission is a warning, not a failed rollback.
+async fn emit_event(client: &kube::Client, w: &Workload, r: &RollbackResult) {
+    let now = Time(jiff::Timestamp::now());
+    let mut message = format!(
+        "kirt rolled back {} from revision {} to revision {}",
+        w.target,
+        r.from_revision
+            .map(|v| v.to_string())
+            .unwrap_or_else(|| "?".into()),
+        r.to_revision
+    );
+    if !r.changes.is_empty() {
+        message.push_str(": ");
+        message.push_str(&r.changes.join("; "));
+    }
+    if message.len() > 1000 {
+        let mut cut = 997;
+        while !message.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        message.truncate(cut);
+        message.push_str("...");
+    }
+    let ev = Event {
+        metadata: ObjectMeta {
+            generate_name: Some(format!("{}.", w.target.name)),
+            namespace: Some(w.namespace.clone()),
+            ..Default::default()
+        },
+        involved_object: ObjectReference {
+            api_version: Some("apps/v1".into()),
+            kind: Some(w.target.kind.name().into()),
+            name: Some(w.target.name.clone()),
+            namespace: Some(w.namespace.clone()),
+            uid: Some(w.uid.clone()),
+            ..Default::default()
+        },
+        reason: Some("RolledBack".into()),
+        message: Some(message),
+        type_: Some("Normal".into()),
+        source: Some(EventSource {
+            component: Some(FIELD_MANAGER.into()),
+            host: None,
+        }),
+        first_timestamp: Some(now.clone()),
+        last_timestamp: Some(now),
+        count: Some(1),
+        reporting_component: Some(FIELD_MANAGER.into()),
+        reporting_instance: Some(gethostname::gethostname().to_string_lossy().into_owned()),
+        ..Default::default()
+    };
+    let api: Api<Event> = Api::namespaced(client.clone(), &w.namespace);
+    if let Err(e) = api.create(&k8s::post_params(false), &ev).await {
+        let e = Op::new("create", "events").ns(&w.namespace).err(e);
+        tracing::warn!("the rollback happened but its Event could not be recorded: {e}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rev(n: i64, image: &str, ann: &[(&str, &str)]) -> Revision {
+        Revision {
+            revision: n,
+            source: format!("web-{n}"),
+            current: false,
+            change_cause: None,
+            images: vec![image.into()],
+            created: None,
+            template: json!({"metadata": {"labels": {"app": "web", "pod-template-hash": "h"}},
+                             "spec": {"containers": [{"name": "web", "image": image}]}}),
+            annotations: ann
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            data: None,
+        }
+    }
+
+    fn workload(revs: Vec<Revision>) -> Workload {
+        Workload {
+            target: "deploy/web".parse().unwrap(),
+            namespace: "ns".into(),
+            uid: "u".into(),
+            resource_version: "42".into(),
+            paused: false,
+            template: json!({}),
+            annotations: [
+                ("deployment.kubernetes.io/revision", "3"),
+                ("kubernetes.io/change-cause", "v3"),
+                ("kubectl.kubernetes.io/last-applied-configuration", "{}"),
+            ]
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+            revisions: revs,
+        }
+    }
+
+    #[test]
+    fn previous_is_second_highest_and_unknown_is_not_found() {
+        let w = workload(vec![rev(1, "a", &[]), rev(2, "b", &[]), rev(5, "c", &[])]);
+        assert_eq!(select_revision(&w, 0).unwrap().revision, 2);
+        assert_eq!(select_revision(&w, 1).unwrap().revision, 1);
+        let e = select_revision(&w, 4).unwrap_err();
+        assert_eq!(e.exit(), crate::Exit::NotFound);
+        assert!(e
+            .to_string()
+            .contains("unable to find specified revision 4 in history"));
+        let w1 = workload(vec![rev(1, "a", &[])]);
+        assert!(select_revision(&w1, 0)
+            .unwrap_err()
+            .to_string()
+            .contains("no rollout history found for deployment \"web\""));
+    }
+
+    #[test]
+    fn deployment_patch_copies_annotations_like_kubectl() {
+        let r = rev(
+            1,
+            "a",
+            &[
+                ("deployment.kubernetes.io/revision", "1"),
+                ("deployment.kubernetes.io/desired-replicas", "2"),
+                ("kubernetes.io/change-cause", "v1"),
+                ("team", "x"),
+            ],
+        );
+        let w = workload(vec![r.clone()]);
+        let p = deployment_patch(&w, &r);
+        assert_eq!(
+            p[0],
+            json!({"op": "test", "path": "/metadata/resourceVersion", "value": "42"})
+        );
+        assert_eq!(p[1]["path"], "/spec/template");
+        assert!(p[1]["value"]["metadata"]["labels"]
+            .get("pod-template-hash")
+            .is_none());
+        assert_eq!(
+            p[2]["value"],
+            json!({
+                "deployment.kubernetes.io/revision": "3",
+                "kubectl.kubernetes.io/last-applied-configuration": "{}",
+                "kubernetes.io/change-cause": "v1",
+                "team": "x",
+            })
+        );
+    }
+}

@@ -1,0 +1,803 @@
+//! K2: etcd backups against real etcd 3.4/3.5 and real S3 servers, checked with the real age,
+//! zstd and etcdutl CLIs and the S3 API.
+
+mod common;
+
+use std::path::Path;
+use std::time::Duration;
+
+use common::{lab, populate_etcd, sh, Lab};
+
+fn age_key(lab: &Lab, name: &str) -> (String, String) {
+    let key = lab.dir.path().join(name);
+    sh(&format!("age-keygen -o {} 2>/dev/null", key.display())).ok();
+    let public = sh(&format!("age-keygen -y {}", key.display()))
+        .ok()
+        .stdout()
+        .trim()
+        .to_string();
+    (key.display().to_string(), public)
+}
+
+fn ssh_key(lab: &Lab, name: &str) -> (String, String) {
+    let key = lab.dir.path().join(name);
+    sh(&format!(
+        "ssh-keygen -q -t ed25519 -N '' -C kirt-test -f {}",
+        key.display()
+    ))
+    .ok();
+    let public = std::fs::read_to_string(format!("{}.pub", key.display()))
+        .unwrap()
+        .trim()
+        .to_string();
+    (key.display().to_string(), public)
+}
+
+fn create_bucket(client: &aws_sdk_s3::Client, bucket: &str) {
+    common::block_on(async {
+        client
+            .create_bucket()
+            .bucket(bucket)
+            .send()
+            .await
+            .expect("create bucket")
+    });
+}
+
+fn s3_keys(client: &aws_sdk_s3::Client, bucket: &str) -> Vec<String> {
+    common::block_on(async {
+        let out = client
+            .list_objects_v2()
+            .bucket(bucket)
+            .send()
+            .await
+            .expect("list");
+        out.contents()
+            .iter()
+            .filter_map(|o| o.key().map(String::from))
+            .collect()
+    })
+}
+
+fn s3_get(client: &aws_sdk_s3::Client, bucket: &str, key: &str, to: &Path) {
+    let bytes = common::block_on(async {
+        client
+            .get_object()
+            .bucket(bucket)
+            .key(key)
+            .send()
+            .await
+            .expect("get")
+            .body
+            .collect()
+            .await
+            .unwrap()
+            .into_bytes()
+    });
+    std::fs::write(to, bytes).unwrap();
+}
+
+/// Decrypts with the age CLI, decompresses with the zstd CLI, checks the result with etcdutl
+/// against the manifest, and restores it (with etcdutl's hash check).
+fn check_with_cli_tools(lab: &Lab, object: &Path, manifest: &serde_json::Value, identity: &str) {
+    let snap = lab
+        .dir
+        .path()
+        .join(common::unique("snap"))
+        .with_extension("db");
+    sh(&format!(
+        "age -d -i {identity} {} | zstd -dq > {}",
+        object.display(),
+        snap.display()
+    ))
+    .ok();
+    let sha = sh(&format!("sha256sum {} | cut -d' ' -f1", snap.display()))
+        .ok()
+        .stdout();
+    assert_eq!(
+        sha.trim(),
+        manifest["snapshot"]["sha256"],
+        "snapshot sha256"
+    );
+    let path = lab.path();
+    let st = sh(&format!(
+        "PATH={path} etcdutl snapshot status -w json {}",
+        snap.display()
+    ))
+    .ok();
+    let status: serde_json::Value = serde_json::from_str(st.stdout().trim()).expect("etcdutl json");
+    assert_eq!(
+        status["revision"], manifest["etcd"]["revision"],
+        "{status} vs manifest"
+    );
+    // etcdutl's totalKey counts the entries of every bbolt bucket (etcd's own meta, members and
+    // cluster buckets too); kirt records the user keys live at the revision. On a fresh etcd with
+    // no overwrites the difference is exactly those few internal entries.
+    let total = status["totalKey"].as_i64().unwrap();
+    let keys = manifest["etcd"]["key_count"].as_i64().unwrap();
+    assert!(
+        (keys..keys + 10).contains(&total),
+        "{status} vs manifest key_count {keys}"
+    );
+    let data = lab.dir.path().join(common::unique("restored"));
+    sh(&format!(
+        "PATH={path} etcdutl snapshot restore {} --data-dir {} 2>&1",
+        snap.display(),
+        data.display()
+    ))
+    .ok();
+    assert!(data.join("member").exists());
+}
+
+#[test]
+fn etcd35_to_s3_with_x25519_restores_with_cli_tools() {
+    let Some(lab) = lab() else { return };
+    let etcd = lab.private_etcd("3.5");
+    let rev = populate_etcd(&etcd.endpoint, "/kirt-test", 50_000);
+    let (identity, recipient) = age_key(&lab, "x25519.key");
+    let bucket = common::unique("k2-s3");
+    let s3 = lab.moto();
+    create_bucket(&s3, &bucket);
+    let metrics = lab.dir.path().join("kirt.prom");
+    let r = lab
+        .kirt([
+            "backup",
+            "create",
+            "--etcd-endpoints",
+            &etcd.endpoint,
+            "--to",
+            &format!("s3://{bucket}/nightly"),
+            "--endpoint-url",
+            &lab.get("KIRT_LAB_S3_ENDPOINT"),
+            "--path-style",
+            "--part-size",
+            "5MiB",
+            "--recipient",
+            &recipient,
+            "--cluster-name",
+            "prod",
+            "--metrics-file",
+            metrics.to_str().unwrap(),
+            "-o",
+            "json",
+        ])
+        .ok();
+    let res = r.json();
+    assert_eq!(res["revision"], rev);
+    assert_eq!(res["key_count"], 50_000);
+    let id = res["id"].as_str().unwrap();
+    let mut keys = s3_keys(&s3, &bucket);
+    keys.sort();
+    assert_eq!(
+        keys,
+        [
+            format!("nightly/prod/{id}.etcd.zst.age"),
+            format!("nightly/prod/{id}.manifest.json")
+        ]
+    );
+    let obj = lab.dir.path().join("obj.age");
+    s3_get(&s3, &bucket, &keys[0], &obj);
+    let mpath = lab.dir.path().join("manifest.json");
+    s3_get(&s3, &bucket, &keys[1], &mpath);
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&mpath).unwrap()).unwrap();
+    assert_eq!(manifest["etcd"]["version"].as_str().unwrap()[..4], *"3.5.");
+    assert_eq!(
+        manifest["object_size"],
+        std::fs::metadata(&obj).unwrap().len()
+    );
+    let stored_sha = sh(&format!("sha256sum {} | cut -d' ' -f1", obj.display()))
+        .ok()
+        .stdout();
+    assert_eq!(stored_sha.trim(), manifest["object_sha256"]);
+    // fingerprints, never keys
+    let text = std::fs::read_to_string(&mpath).unwrap();
+    assert!(
+        !text.contains(&recipient) && text.contains("SHA256:"),
+        "{text}"
+    );
+    check_with_cli_tools(&lab, &obj, &manifest, &identity);
+
+    // metrics parse as Prometheus text format
+    let body = std::fs::read_to_string(&metrics).unwrap();
+    let scrape = prometheus_parse::Scrape::parse(body.lines().map(|l| Ok(l.to_string())))
+        .expect("prometheus text");
+    let value = |name: &str| {
+        scrape
+            .samples
+            .iter()
+            .find(|s| s.metric == name)
+            .map(|s| match s.value {
+                prometheus_parse::Value::Gauge(v)
+                | prometheus_parse::Value::Counter(v)
+                | prometheus_parse::Value::Untyped(v) => v,
+                _ => f64::NAN,
+            })
+    };
+    assert_eq!(value("kirt_backup_revision"), Some(rev as f64));
+    assert_eq!(value("kirt_backup_failures_total"), Some(0.0));
+    assert!(value("kirt_backup_last_success_timestamp_seconds").unwrap() > 1.7e9);
+
+    // list shows it, newest first
+    let l = lab
+        .kirt([
+            "backup",
+            "list",
+            "--from",
+            &format!("s3://{bucket}/nightly"),
+            "--endpoint-url",
+            &lab.get("KIRT_LAB_S3_ENDPOINT"),
+            "--path-style",
+            "-o",
+            "json",
+        ])
+        .ok()
+        .json();
+    assert_eq!(l["backups"][0]["id"], id);
+    assert_eq!(l["backups"][0]["status"], "complete");
+}
+
+#[test]
+fn etcd34_to_local_dir_with_ssh_and_two_recipients() {
+    let Some(lab) = lab() else { return };
+    let etcd = lab.private_etcd("3.4");
+    populate_etcd(&etcd.endpoint, "/kirt-test", 50_000);
+    let (ssh_id, ssh_pub) = ssh_key(&lab, "id_ed25519");
+    let (age_id, age_pub) = age_key(&lab, "second.key");
+    let dir = lab.dir.path().join("backups");
+    let r = lab
+        .kirt([
+            "backup",
+            "create",
+            "--etcd-endpoints",
+            &etcd.endpoint,
+            "--to",
+            &format!("file://{}", dir.display()),
+            "--recipient",
+            &ssh_pub,
+            "--recipient",
+            &age_pub,
+            "-o",
+            "json",
+        ])
+        .ok();
+    let res = r.json();
+    let cluster = res["cluster"].as_str().unwrap();
+    assert!(
+        cluster.starts_with("etcd-"),
+        "default cluster name from etcd's cluster id: {cluster}"
+    );
+    let id = res["id"].as_str().unwrap();
+    let obj = dir.join(cluster).join(format!("{id}.etcd.zst.age"));
+    let manifest: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(dir.join(cluster).join(format!("{id}.manifest.json"))).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(manifest["etcd"]["version"].as_str().unwrap()[..4], *"3.4.");
+    assert_eq!(
+        manifest["encryption"]["recipients"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+    assert_eq!(
+        manifest["encryption"]["recipients"][0]["type"],
+        "ssh-ed25519"
+    );
+    // either identity decrypts
+    check_with_cli_tools(&lab, &obj, &manifest, &ssh_id);
+    check_with_cli_tools(&lab, &obj, &manifest, &age_id);
+    // nothing else in the directory (no .part files)
+    let files: Vec<String> = std::fs::read_dir(dir.join(cluster))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(files.len(), 2, "{files:?}");
+}
+
+#[test]
+fn tls_etcd_with_client_certs_and_clear_failures() {
+    let Some(lab) = lab() else { return };
+    let ep = lab.get("KIRT_LAB_ETCD_TLS");
+    let (ca, cert, key) = (
+        lab.get("KIRT_LAB_ETCD_CA"),
+        lab.get("KIRT_LAB_ETCD_CERT"),
+        lab.get("KIRT_LAB_ETCD_KEY"),
+    );
+    let dir = lab.dir.path().join("tls-backups");
+    let to = dir.to_str().unwrap();
+    lab.kirt([
+        "backup",
+        "create",
+        "--etcd-endpoints",
+        &ep,
+        "--cacert",
+        &ca,
+        "--cert",
+        &cert,
+        "--key",
+        &key,
+        "--to",
+        to,
+        "--no-encrypt",
+        "--cluster-name",
+        "tls",
+    ])
+    .ok();
+    assert_eq!(std::fs::read_dir(dir.join("tls")).unwrap().count(), 2);
+
+    let bad = lab.dir.path().join("bad");
+    let r = lab
+        .kirt([
+            "backup",
+            "create",
+            "--etcd-endpoints",
+            &ep,
+            "--cacert",
+            &lab.get("KIRT_LAB_ETCD_OTHER_CA"),
+            "--cert",
+            &cert,
+            "--key",
+            &key,
+            "--to",
+            bad.to_str().unwrap(),
+            "--no-encrypt",
+        ])
+        .code_is(8);
+    assert!(r.stderr().contains("TLS failed"), "{}", r.dump());
+    let r = lab
+        .kirt([
+            "backup",
+            "create",
+            "--etcd-endpoints",
+            &ep,
+            "--cacert",
+            &ca,
+            "--to",
+            bad.to_str().unwrap(),
+            "--no-encrypt",
+        ])
+        .code_is(8);
+    assert!(r.stderr().contains(&ep), "{}", r.dump());
+    // nothing published
+    let published = std::fs::read_dir(&bad)
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .filter(|e| e.path().is_file())
+                .count()
+        })
+        .unwrap_or(0);
+    assert_eq!(published, 0);
+}
+
+#[test]
+fn bad_input_is_refused_before_anything_is_written() {
+    let Some(lab) = lab() else { return };
+    let ep = lab.get("KIRT_LAB_ETCD");
+    let dir = lab.dir.path().join("never");
+    let to = dir.to_str().unwrap().to_string();
+    let cases: Vec<(Vec<&str>, i32, &str)> = vec![
+        (
+            vec!["--to", &to, "--recipient", "age1notakey"],
+            2,
+            "malformed age recipient",
+        ),
+        (
+            vec!["--to", "ftp://host/x", "--no-encrypt"],
+            2,
+            "unsupported store URL scheme",
+        ),
+        (
+            vec![
+                "--to",
+                &to,
+                "--no-encrypt",
+                "--recipient",
+                "age1qyqszqgpqyqszqgpqyqszqgpqyqszqgpqyqszqgpqyqszqgpqyqs3290gq",
+            ],
+            2,
+            "--no-encrypt cannot be combined",
+        ),
+        (vec!["--to", &to], 2, "backups are encrypted"),
+    ];
+    for (args, code, msg) in cases {
+        let mut all = vec!["backup", "create", "--etcd-endpoints", &ep];
+        all.extend(args);
+        let r = lab.kirt(&all).code_is(code);
+        assert!(r.stderr().contains(msg), "expected {msg:?}:\n{}", r.dump());
+    }
+    let s3 = lab.get("KIRT_LAB_S3_ENDPOINT");
+    // missing bucket
+    let r = lab
+        .kirt([
+            "backup",
+            "create",
+            "--etcd-endpoints",
+            &ep,
+            "--to",
+            "s3://kirt-no-such-bucket/x",
+            "--endpoint-url",
+            &s3,
+            "--path-style",
+            "--no-encrypt",
+        ])
+        .code_is(6);
+    assert!(r.stderr().contains("kirt-no-such-bucket"), "{}", r.dump());
+    // unreachable S3 endpoint
+    let r = lab
+        .kirt([
+            "backup",
+            "create",
+            "--etcd-endpoints",
+            &ep,
+            "--to",
+            "s3://b/x",
+            "--endpoint-url",
+            "http://127.0.0.1:1",
+            "--path-style",
+            "--no-encrypt",
+        ])
+        .code_is(8);
+    assert!(r.stderr().contains("cannot reach S3"), "{}", r.dump());
+    // no credentials at all
+    let mut c = lab.kirt_cmd([
+        "backup",
+        "create",
+        "--etcd-endpoints",
+        &ep,
+        "--to",
+        "s3://b/x",
+        "--endpoint-url",
+        &s3,
+        "--path-style",
+        "--no-encrypt",
+    ]);
+    c.env_remove("AWS_ACCESS_KEY_ID")
+        .env_remove("AWS_SECRET_ACCESS_KEY");
+    let r = common::run(c, "kirt backup create (no credentials)".into()).code_is(2);
+    assert!(r.stderr().contains("AWS credentials"), "{}", r.dump());
+    // unreachable etcd
+    let r = lab
+        .kirt([
+            "backup",
+            "create",
+            "--etcd-endpoints",
+            "http://127.0.0.1:1",
+            "--to",
+            &to,
+            "--no-encrypt",
+        ])
+        .code_is(8);
+    assert!(
+        r.stderr()
+            .contains("cannot reach etcd at http://127.0.0.1:1"),
+        "{}",
+        r.dump()
+    );
+    assert!(
+        !dir.exists() || std::fs::read_dir(&dir).unwrap().count() == 0,
+        "something was written"
+    );
+}
+
+/// Slow settings so that the stream is still running when a server is killed.
+fn slow_args() -> [&'static str; 4] {
+    ["--compression-level", "19", "--threads", "1"]
+}
+
+#[test]
+fn etcd_dying_mid_stream_publishes_nothing() {
+    let Some(lab) = lab() else { return };
+    let mut etcd = lab.private_etcd("3.5");
+    populate_etcd(&etcd.endpoint, "/kirt-test", 30_000);
+    let dir = lab.dir.path().join("mid");
+    let bucket = common::unique("k2-mid");
+    let s3 = lab.moto();
+    create_bucket(&s3, &bucket);
+    let mut local = lab.kirt_cmd([
+        "backup",
+        "create",
+        "--etcd-endpoints",
+        &etcd.endpoint,
+        "--to",
+        dir.to_str().unwrap(),
+        "--no-encrypt",
+    ]);
+    local.args(slow_args());
+    let mut remote = lab.kirt_cmd([
+        "backup",
+        "create",
+        "--etcd-endpoints",
+        &etcd.endpoint,
+        "--to",
+        &format!("s3://{bucket}/p"),
+        "--endpoint-url",
+        &lab.get("KIRT_LAB_S3_ENDPOINT"),
+        "--path-style",
+        "--part-size",
+        "5MiB",
+        "--no-encrypt",
+    ]);
+    remote.args(slow_args());
+    let a = local
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let b = remote
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    etcd.kill();
+    for (name, child) in [("local", a), ("s3", b)] {
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            !out.status.success(),
+            "{name}: backup must fail when etcd dies: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("etcd"), "{name}: {err}");
+    }
+    let leftovers: Vec<_> = walk(&dir);
+    assert!(leftovers.is_empty(), "local store has {leftovers:?}");
+    assert!(s3_keys(&s3, &bucket).is_empty());
+    let pending = common::block_on(async {
+        s3.list_multipart_uploads()
+            .bucket(&bucket)
+            .send()
+            .await
+            .unwrap()
+    });
+    assert!(
+        pending.uploads().is_empty(),
+        "pending multipart uploads: {:?}",
+        pending.uploads()
+    );
+}
+
+fn walk(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            if e.path().is_dir() {
+                out.extend(walk(&e.path()));
+            } else {
+                out.push(e.path().display().to_string());
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn s3_dying_mid_upload_leaves_nothing_once_it_is_back() {
+    let Some(lab) = lab() else { return };
+    let etcd = lab.private_etcd("3.5");
+    common::populate_random(&etcd.endpoint, "/big", 40);
+    let mut s3s = lab.private_s3s(None);
+    let client = lab.s3_client(&s3s.endpoint, "kirt-test", "kirt-test-secret");
+    create_bucket(&client, "crash");
+    let mut cmd = lab.kirt_cmd([
+        "backup",
+        "create",
+        "--etcd-endpoints",
+        &etcd.endpoint,
+        "--to",
+        "s3://crash/p",
+        "--endpoint-url",
+        &s3s.endpoint,
+        "--path-style",
+        "--part-size",
+        "5MiB",
+        "--no-encrypt",
+        "--compression-level",
+        "1",
+    ]);
+    cmd.env("AWS_ACCESS_KEY_ID", "kirt-test")
+        .env("AWS_SECRET_ACCESS_KEY", "kirt-test-secret");
+    let child = cmd
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // wait until a multipart upload was started (kirt records its id), then kill the server
+    let pending_dir = lab.dir.path().join(".local/state/kirt/pending-uploads");
+    common::wait_until(
+        Duration::from_secs(30),
+        "a multipart upload to start",
+        || walk(&pending_dir).len() == 1,
+    );
+    let record: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&walk(&pending_dir)[0]).unwrap()).unwrap();
+    let (data, port) = (s3s.dir.clone(), s3s.port);
+    s3s.kill();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        !out.status.success(),
+        "backup must fail when S3 dies: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // the server comes back with its disk state
+    let s3s = lab.private_s3s(Some((&data, port)));
+    assert!(
+        s3_keys(&client, "crash").is_empty(),
+        "an object became visible"
+    );
+    // the next kirt run against the bucket aborts the upload it could not abort before
+    let mut list = lab.kirt_cmd([
+        "backup",
+        "list",
+        "--from",
+        "s3://crash/p",
+        "--endpoint-url",
+        &s3s.endpoint,
+        "--path-style",
+    ]);
+    list.env("AWS_ACCESS_KEY_ID", "kirt-test")
+        .env("AWS_SECRET_ACCESS_KEY", "kirt-test-secret");
+    let listed = common::run(list, "kirt backup list".into()).ok();
+    assert!(
+        listed
+            .stderr()
+            .contains("aborted a multipart upload left by an interrupted run"),
+        "{}",
+        listed.dump()
+    );
+    assert!(
+        walk(&pending_dir).is_empty(),
+        "pending upload record still there"
+    );
+    let parts = common::block_on(async {
+        client
+            .list_parts()
+            .bucket("crash")
+            .key(record["key"].as_str().unwrap())
+            .upload_id(record["upload_id"].as_str().unwrap())
+            .send()
+            .await
+    });
+    // s3s-fs answers ListParts for unknown ids with an empty list; a live upload would list its parts
+    assert!(
+        parts.as_ref().map(|p| p.parts().is_empty()).unwrap_or(true),
+        "the multipart upload still exists: {parts:?}"
+    );
+    // and nothing of the upload is left on the server's disk
+    let files = walk(&data);
+    assert!(files.is_empty(), "s3s-fs still holds {files:?}");
+}
+
+#[test]
+fn write_error_on_the_local_store_publishes_nothing() {
+    let Some(lab) = lab() else { return };
+    let etcd = lab.private_etcd("3.5");
+    populate_etcd(&etcd.endpoint, "/kirt-test", 5_000);
+    let dir = lab.dir.path().join("full");
+    // a file-size limit makes writes fail with EFBIG, like a full disk (SIGXFSZ ignored)
+    let kirt = common::kirt_bin();
+    let r = sh(&format!(
+        "cd {}; export KUBECONFIG=/dev/null; trap '' XFSZ; ulimit -f 64; exec {} backup create --etcd-endpoints {} --to {} --no-encrypt --compression-level 1",
+        lab.dir.path().display(),
+        kirt.display(),
+        etcd.endpoint,
+        dir.display()
+    ));
+    assert_ne!(r.code(), 0, "{}", r.dump());
+    assert!(r.stderr().contains("nothing was published"), "{}", r.dump());
+    assert!(walk(&dir).is_empty(), "{:?}", walk(&dir));
+}
+
+#[test]
+fn prune_keeps_what_the_rules_say_and_removes_orphans() {
+    let Some(lab) = lab() else { return };
+    let etcd = lab.private_etcd("3.5");
+    let dir = lab.dir.path().join("prune");
+    let to = dir.to_str().unwrap();
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        populate_etcd(&etcd.endpoint, &format!("/round{i}"), 10);
+        let r = lab
+            .kirt([
+                "backup",
+                "create",
+                "--etcd-endpoints",
+                &etcd.endpoint,
+                "--to",
+                to,
+                "--no-encrypt",
+                "--cluster-name",
+                "c",
+                "-o",
+                "json",
+            ])
+            .ok();
+        ids.push(r.json()["id"].as_str().unwrap().to_string());
+    }
+    // an orphan object from a failed run long ago, and one from a run that may still be going
+    std::fs::write(dir.join("c/20200101T000000Z-r1.etcd.zst"), b"partial").unwrap();
+    let now = jiff::Timestamp::now()
+        .strftime("%Y%m%dT%H%M%SZ")
+        .to_string();
+    std::fs::write(
+        dir.join(format!("c/{now}-r999999.etcd.zst")),
+        b"in progress",
+    )
+    .unwrap();
+    let l = lab
+        .kirt(["backup", "list", "--from", to, "-o", "json"])
+        .ok()
+        .json();
+    let statuses: Vec<&str> = l["backups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["status"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        statuses.iter().filter(|s| **s == "incomplete").count(),
+        2,
+        "{l:#}"
+    );
+
+    // dry run changes nothing
+    let before = walk(&dir).len();
+    lab.kirt([
+        "backup",
+        "prune",
+        "--from",
+        to,
+        "--keep-last",
+        "2",
+        "--dry-run",
+    ])
+    .ok();
+    assert_eq!(walk(&dir).len(), before);
+
+    let p = lab
+        .kirt([
+            "backup",
+            "prune",
+            "--from",
+            to,
+            "--keep-last",
+            "2",
+            "-o",
+            "json",
+        ])
+        .ok()
+        .json();
+    assert_eq!(p["kept"], 2);
+    assert_eq!(p["removed"], 1);
+    assert_eq!(p["orphans_removed"], 1);
+    let l = lab
+        .kirt(["backup", "list", "--from", to, "-o", "json"])
+        .ok()
+        .json();
+    let complete: Vec<&str> = l["backups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|b| b["status"] == "complete")
+        .map(|b| b["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(complete, [ids[2].as_str(), ids[1].as_str()]);
+    let mut files: Vec<String> = walk(&dir.join("c"))
+        .into_iter()
+        .map(|f| f.rsplit('/').next().unwrap().to_string())
+        .collect();
+    files.sort();
+    let mut want = vec![
+        format!("{}.etcd.zst", ids[1]),
+        format!("{}.manifest.json", ids[1]),
+        format!("{}.etcd.zst", ids[2]),
+        format!("{}.manifest.json", ids[2]),
+        format!("{now}-r999999.etcd.zst"),
+    ];
+    want.sort();
+    assert_eq!(files, want);
+    // no rule → refused
+    lab.kirt(["backup", "prune", "--from", to]).code_is(2);
+}
