@@ -296,36 +296,59 @@ fn deployment_pod_quarantine_then_release_exactly_and_idempotently() {
 }
 
 /// `kubectl get pod --watch -o json` in the background: every version of the pod it sees.
-struct PodWatch(std::process::Child);
+struct PodWatch {
+    child: std::process::Child,
+    seen: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+}
 
 impl PodWatch {
+    /// Starts the watch and waits until it has printed the pod's current version.
     fn start(lab: &Lab, ns: &str, name: &str) -> Self {
-        let child = std::process::Command::new("kubectl")
+        let mut child = std::process::Command::new("kubectl")
             .env("KUBECONFIG", lab.kubeconfig())
             .args(["get", "pod", name, "-n", ns, "--watch", "-o", "json"])
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::null())
             .spawn()
             .expect("kubectl watch");
-        std::thread::sleep(Duration::from_millis(500));
-        PodWatch(child)
+        let mut out = child.stdout.take().expect("watch stdout");
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = seen.clone();
+        std::thread::spawn(move || {
+            use std::io::Read;
+            let mut buf = [0u8; 8192];
+            while let Ok(n) = out.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                sink.lock().unwrap().extend_from_slice(&buf[..n]);
+            }
+        });
+        let watch = PodWatch { child, seen };
+        wait_until(Duration::from_secs(30), "the pod watch to start", || {
+            !watch.versions().is_empty()
+        });
+        watch
     }
 
-    /// The first version seen that satisfies `f` (waits up to 10 s for it).
-    fn first(mut self, f: impl Fn(&Value) -> bool) -> Value {
-        std::thread::sleep(Duration::from_secs(2));
-        let _ = self.0.kill();
-        let out = self.0.wait_with_output().expect("kubectl watch output");
-        serde_json::Deserializer::from_slice(&out.stdout)
+    fn versions(&self) -> Vec<Value> {
+        let bytes = self.seen.lock().unwrap().clone();
+        serde_json::Deserializer::from_slice(&bytes)
             .into_iter::<Value>()
             .filter_map(Result::ok)
-            .find(|p| f(p))
-            .unwrap_or_else(|| {
-                panic!(
-                    "no matching version in the watch:\n{}",
-                    String::from_utf8_lossy(&out.stdout)
-                )
-            })
+            .collect()
+    }
+
+    /// The first version seen that satisfies `f` (waits up to 30 s for it).
+    fn first(mut self, f: impl Fn(&Value) -> bool) -> Value {
+        let mut found = None;
+        wait_until(Duration::from_secs(30), "a matching pod version", || {
+            found = self.versions().into_iter().find(|p| f(p));
+            found.is_some()
+        });
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        found.expect("found")
     }
 }
 
