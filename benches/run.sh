@@ -5,6 +5,7 @@
 #   2. etcdctl snapshot save → zstd -T0 -3 → age → aws s3 cp (the shell pipeline)
 #   3. the limit: a minimal etcd-client program reading the snapshot stream and discarding it
 #   4. kirt backup create to the same S3 server
+# K4: benches/quarantine.sh (1 pod and 200 pods against the lab apiserver), at the end.
 # Targets: kirt ≥ 2.5× faster than (2); kirt ≤ 1.25× (3); peak RSS ≤ 100 MiB and within 10 %
 # between the two sizes. Prints the figures and which targets pass. Servers run on 127.0.0.1 only.
 set -euo pipefail
@@ -114,4 +115,8 @@ print(f"RSS difference between sizes: {d*100:.1f}% (target <= 10%: {'ok' if d <=
 sys.exit(0 if d <= 0.10 else 1)
 PY
 fi
+
+echo
+echo "== K4 quarantine (lab apiserver)"
+KIRT="$PWD/$KIRT" bash benches/quarantine.sh || fail=1
 exit $fail

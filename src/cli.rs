@@ -66,6 +66,10 @@ pub enum LogFormat {
 pub enum Command {
     /// Check what kirt needs: apiserver, permissions, CNI, etcd, store, tools, keys
     Doctor(actions::doctor::DoctorSpec),
+    /// Isolate compromised pods with NetworkPolicies (kept alive for forensics); verify; status
+    Quarantine(QuarantineCmd),
+    /// Undo a quarantine exactly: original labels, kirt's policies, --exclusive edits, cordon
+    Release(actions::quarantine::ReleaseSpec),
     /// etcd backups: create (stream, compress, encrypt, upload), list, prune
     #[command(subcommand)]
     Backup(BackupCmd),
@@ -124,6 +128,24 @@ pub enum RolloutCmd {
     Wait(actions::rollback::wait::WaitSpec),
 }
 
+/// `kirt quarantine POD|-l SEL` or `kirt quarantine verify|status`.
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+pub struct QuarantineCmd {
+    #[command(subcommand)]
+    pub command: Option<QuarantineSub>,
+    #[command(flatten)]
+    pub spec: actions::quarantine::QuarantineSpec,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum QuarantineSub {
+    /// Evaluate every NetworkPolicy against the pod's labels; exit 3 if it is not isolated
+    Verify(actions::quarantine::VerifySpec),
+    /// List quarantined pods: since, by, reason, node, phase
+    Status(actions::quarantine::StatusSpec),
+}
+
 /// Builds the context from the global options. Only the binary calls this.
 pub fn context(g: &GlobalArgs) -> Ctx {
     let mut ctx = Ctx::new(g.kube.clone());
@@ -146,6 +168,19 @@ pub async fn run(cli: Cli) -> Result<Exit> {
     let ctx = context(&cli.global);
     match cli.command {
         Command::Doctor(spec) => show(&ctx, &actions::doctor::run(&ctx, spec).await?),
+        Command::Quarantine(QuarantineCmd {
+            command: Some(QuarantineSub::Verify(spec)),
+            ..
+        }) => show(&ctx, &actions::quarantine::verify::run(&ctx, spec).await?),
+        Command::Quarantine(QuarantineCmd {
+            command: Some(QuarantineSub::Status(spec)),
+            ..
+        }) => show(&ctx, &actions::quarantine::status::run(&ctx, spec).await?),
+        Command::Quarantine(QuarantineCmd {
+            command: None,
+            spec,
+        }) => show(&ctx, &actions::quarantine::apply::run(&ctx, spec).await?),
+        Command::Release(spec) => show(&ctx, &actions::quarantine::release::run(&ctx, spec).await?),
         Command::Backup(BackupCmd::Create(spec)) => {
             show(&ctx, &actions::backup::create::run(&ctx, spec).await?)
         }

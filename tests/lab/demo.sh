@@ -33,8 +33,10 @@ step "verify the backup and prove it restores (throwaway etcd, revision/keys/Has
 step "restore without kirt: age -d | zstd -d, then etcdutl snapshot status" \
   bash -c "age -d -i '$work/backup.key' '$obj' | zstd -dq > '$work/snap.db' && etcdutl snapshot status -w table '$work/snap.db'"
 demo_ns="kirt-demo-$$"
+q_ns="kirt-demo-q-$$"
 kubectl create namespace "$demo_ns" >/dev/null
-trap 'kubectl delete namespace "$demo_ns" --wait=false >/dev/null 2>&1 || true; cleanup' EXIT
+kubectl create namespace "$q_ns" >/dev/null
+trap 'kubectl delete namespace "$demo_ns" "$q_ns" --wait=false >/dev/null 2>&1 || true; cleanup' EXIT
 kubectl apply -n "$demo_ns" -f - >/dev/null <<'YAML'
 apiVersion: apps/v1
 kind: Deployment
@@ -55,4 +57,32 @@ step "a bad release: the rollout does not complete (exit 1 expected), stuck pods
 step "rollback history" "$KIRT" rollback history deployment/web -n "$demo_ns"
 step "roll back as kubectl rollout undo would, and wait until healthy" \
   "$KIRT" rollback deployment/web -n "$demo_ns" --yes --wait --timeout 90s
+
+# quarantine: a pod of a demo Deployment, verify (breach, then --exclusive), release
+kubectl apply -n "$q_ns" -f - >/dev/null <<'YAML'
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web}
+spec:
+  replicas: 2
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}}
+    spec: {containers: [{name: web, image: "nginx:1.25"}]}
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: allow-all}
+spec: {podSelector: {}, ingress: [{}], egress: [{}], policyTypes: [Ingress, Egress]}
+YAML
+kubectl rollout status deployment/web -n "$q_ns" --timeout=60s >/dev/null
+pod=$(kubectl get pods -n "$q_ns" -l app=web -o jsonpath='{.items[0].metadata.name}')
+step "quarantine a pod of the demo Deployment" "$KIRT" quarantine "$pod" -n "$q_ns" --reason demo --allow-dns --yes
+step "verify: the allow-all policy still admits traffic (exit 3 expected)" \
+  bash -c "'$KIRT' quarantine verify '$pod' -n '$q_ns'; echo \"exit \$?\""
+step "--exclusive narrows it" "$KIRT" quarantine "$pod" -n "$q_ns" --exclusive --yes
+step "verify again" "$KIRT" quarantine verify "$pod" -n "$q_ns"
+step "the ReplicaSet replaced it; the quarantined pod still runs" kubectl get pods -n "$q_ns" -L kirt.dev/quarantined
+step "status" "$KIRT" quarantine status -n "$q_ns"
+step "release restores labels and policies exactly" "$KIRT" release "$pod" -n "$q_ns" --yes
 printf '\ndemo done; files in %s\n' "$work"
