@@ -495,6 +495,83 @@ fn simple_bundle(lab: &Lab, ns: &str, annotations: &str, extra: &[&str]) -> (Pat
     (only_file(&out), pod.to_string())
 }
 
+/// Lets ServiceAccount `sa` read pods and their logs in `ns`, nothing else.
+fn grant_pods_only(lab: &Lab, ns: &str, sa: &str) {
+    lab.apply(
+        ns,
+        &format!(
+            "apiVersion: rbac.authorization.k8s.io/v1\nkind: Role\nmetadata: {{name: pods-only-{sa}}}\nrules:\n- {{apiGroups: [\"\"], resources: [pods, pods/log], verbs: [get, list]}}\n---\n\
+             apiVersion: rbac.authorization.k8s.io/v1\nkind: RoleBinding\nmetadata: {{name: pods-only-{sa}}}\nsubjects: [{{kind: ServiceAccount, name: {sa}, namespace: {ns}}}]\nroleRef: {{apiGroup: rbac.authorization.k8s.io, kind: Role, name: pods-only-{sa}}}\n"
+        ),
+    );
+    wait_until(Duration::from_secs(20), "RBAC to apply", || {
+        lab.kubectl([
+            "auth",
+            "can-i",
+            "get",
+            "pods",
+            "-n",
+            ns,
+            &format!("--as=system:serviceaccount:{ns}:{sa}"),
+        ])
+        .stdout()
+        .trim()
+            == "yes"
+    });
+}
+
+/// Benchmark guard (issue K5): a pod with 100 MB of logs is collected with peak RSS ≤ 64 MiB.
+#[test]
+fn hundred_megabyte_log_stays_under_64_mib_rss() {
+    let Some(lab) = lab() else { return };
+    let ns = lab.namespace("k5-big");
+    lab.apply(
+        &ns,
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: chatty\n  annotations: {lab.kirt.dev/log-bytes: \"104857600\"}\nspec:\n  containers:\n  - {name: main, image: nginx}\n",
+    );
+    wait_running(&lab, &ns, "chatty", 1);
+    let out = lab.dir.path().join("big");
+    let mut cmd = Command::new("/usr/bin/time");
+    cmd.current_dir(lab.dir.path())
+        .env_clear()
+        .env("PATH", lab.path())
+        .env("HOME", lab.dir.path())
+        .env("KUBECONFIG", lab.kubeconfig())
+        .args(["-f", "KIRT-RSS-KB=%M SECONDS=%e"])
+        .arg(common::kirt_bin())
+        .args([
+            "evidence",
+            "collect",
+            "chatty",
+            "-n",
+            &ns,
+            "--to",
+            out.to_str().unwrap(),
+        ]);
+    let r = common::run(cmd, "time kirt evidence collect chatty".into()).ok();
+    let stderr = r.stderr();
+    let line = stderr
+        .lines()
+        .find(|l| l.starts_with("KIRT-RSS-KB="))
+        .unwrap_or_else(|| panic!("{}", r.dump()));
+    let kb: u64 = line
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .trim_start_matches("KIRT-RSS-KB=")
+        .parse()
+        .unwrap();
+    eprintln!("evidence bench: 100 MB log: {line}");
+    assert!(kb <= 64 * 1024, "peak RSS {kb} KiB > 64 MiB: {line}");
+    // and the whole log is in the bundle
+    let top = extract_plain(&only_file(&out), &lab.dir.path().join("bx"));
+    assert_eq!(
+        std::fs::metadata(top.join("logs/main.log")).unwrap().len(),
+        104_857_600
+    );
+    sh(&top, "sha256sum -c --quiet SHA256SUMS");
+}
+
 #[test]
 fn verify_names_changed_removed_and_added_files() {
     let Some(lab) = lab() else { return };
@@ -659,6 +736,48 @@ fn s3_target_list_and_verify() {
     args.extend_from_slice(&s3);
     lab.kirt(&args).ok();
 
+    // a failure after the upload started (may read pods and logs, not events): the upload is
+    // aborted — no new object and no multipart upload left behind
+    let token = lab.service_account_token(&ns, "reader");
+    let kc = lab.kubeconfig_for_token("reader", &token);
+    grant_pods_only(&lab, &ns, "reader");
+    let mut args = vec![
+        "evidence",
+        "collect",
+        "web",
+        "-n",
+        &ns,
+        "--to",
+        &url,
+        "--kubeconfig",
+        kc.to_str().unwrap(),
+    ];
+    args.extend_from_slice(&s3);
+    let r = lab.kirt(&args).code_is(7);
+    assert!(r.stderr().contains("cannot list events"), "{}", r.dump());
+    let (after, pending) = common::block_on(async {
+        let objects = lab
+            .moto()
+            .list_objects_v2()
+            .bucket(&bucket)
+            .send()
+            .await
+            .unwrap();
+        let uploads = lab
+            .moto()
+            .list_multipart_uploads()
+            .bucket(&bucket)
+            .send()
+            .await
+            .unwrap();
+        (objects.contents().len(), uploads.uploads().len())
+    });
+    assert_eq!(
+        (after, pending),
+        (1, 0),
+        "a failed collection left something in the bucket"
+    );
+
     // a bucket that does not exist: clear error, nothing anywhere
     let mut args = vec![
         "evidence",
@@ -714,28 +833,7 @@ fn unknown_pod_forbidden_and_unreachable_write_nothing() {
     assert_empty(&out);
 
     // may read the pod but not its events: fails after the upload started; nothing is left
-    lab.apply(
-        &ns,
-        &format!(
-            "apiVersion: rbac.authorization.k8s.io/v1\nkind: Role\nmetadata: {{name: pods-only}}\nrules:\n- {{apiGroups: [\"\"], resources: [pods, pods/log], verbs: [get, list]}}\n---\n\
-             apiVersion: rbac.authorization.k8s.io/v1\nkind: RoleBinding\nmetadata: {{name: pods-only}}\nsubjects: [{{kind: ServiceAccount, name: nobody, namespace: {}}}]\nroleRef: {{apiGroup: rbac.authorization.k8s.io, kind: Role, name: pods-only}}\n",
-            &*ns
-        ),
-    );
-    wait_until(Duration::from_secs(20), "RBAC to apply", || {
-        lab.kubectl([
-            "auth",
-            "can-i",
-            "get",
-            "pods",
-            "-n",
-            &ns,
-            &format!("--as=system:serviceaccount:{}:nobody", &*ns),
-        ])
-        .stdout()
-        .trim()
-            == "yes"
-    });
+    grant_pods_only(&lab, &ns, "nobody");
     let r = lab
         .kirt([
             "evidence",
