@@ -31,6 +31,7 @@ use crate::error::{Error, IoContext, Result};
 use crate::k8s::{KubeContext, Op};
 use crate::output::{Render, Table};
 use crate::pipeline::{ChannelWriter, Compression, EncodeStats, Encoder, Encryption, DEPTH};
+use crate::progress::Stage;
 use crate::store::{self, S3Options, Store, Upload};
 use crate::util::human_bytes;
 
@@ -141,6 +142,11 @@ impl Render for CollectResult {
     }
 }
 
+enum Target {
+    Pod(String),
+    Selector(String),
+}
+
 /// Checked options shared by every pod of one run.
 struct Plan {
     encrypted: bool,
@@ -155,9 +161,11 @@ pub async fn run(ctx: &Ctx, spec: EvidenceCollectSpec) -> Result<CollectResult> 
             "missing --to: where to store the bundle (a directory, file:///DIR or s3://BUCKET/PREFIX)",
         ));
     }
-    if spec.pod.is_some() == spec.selector.is_some() {
-        return Err(Error::usage("give either a POD name or -l SELECTOR"));
-    }
+    let target = match (spec.pod.clone(), spec.selector.clone()) {
+        (Some(pod), None) => Target::Pod(pod),
+        (None, Some(selector)) => Target::Selector(selector),
+        _ => return Err(Error::usage("give either a POD name or -l SELECTOR")),
+    };
     if spec.tail_lines.is_some_and(|n| n < 0) {
         return Err(Error::usage("--tail-lines must be 0 or more"));
     }
@@ -184,12 +192,12 @@ pub async fn run(ctx: &Ctx, spec: EvidenceCollectSpec) -> Result<CollectResult> 
         None => ctx.namespace().await?,
     };
     let pods_api: Api<Pod> = Api::namespaced(cluster.client.clone(), &ns);
-    let pods = match (&spec.pod, &spec.selector) {
-        (Some(name), _) => vec![pods_api
+    let pods = match &target {
+        Target::Pod(name) => vec![pods_api
             .get(name)
             .await
             .op(Op::new("get", "pods").ns(&ns).name(name))?],
-        (None, Some(sel)) => {
+        Target::Selector(sel) => {
             let list = pods_api
                 .list(&ListParams::default().labels(sel))
                 .await
@@ -202,7 +210,6 @@ pub async fn run(ctx: &Ctx, spec: EvidenceCollectSpec) -> Result<CollectResult> 
             }
             list.items
         }
-        _ => unreachable!("checked above"),
     };
     let plan = Plan {
         encrypted,
@@ -239,7 +246,7 @@ pub async fn run(ctx: &Ctx, spec: EvidenceCollectSpec) -> Result<CollectResult> 
 }
 
 /// One file going into the tar: small JSON in memory, or a spooled log/checkpoint.
-enum Part {
+pub(super) enum Part {
     Data {
         path: String,
         data: Vec<u8>,
@@ -256,6 +263,8 @@ const STOPPED: &str = "the bundle writer stopped";
 /// The collecting side of a bundle: records each file's digest and hands it to the tar thread.
 struct BundleWriter {
     tx: mpsc::Sender<Part>,
+    /// Bytes of logs/checkpoints streamed so far (a bar on a terminal, log lines otherwise).
+    stage: Box<dyn Stage>,
     files: Vec<FileEntry>,
     missing: Vec<Missing>,
 }
@@ -321,7 +330,11 @@ struct Spooled {
     first: Option<u8>,
 }
 
-async fn spool<R: futures::AsyncRead + Unpin>(mut r: R, what: &str) -> Result<Spooled> {
+async fn spool<R: futures::AsyncRead + Unpin>(
+    mut r: R,
+    what: &str,
+    stage: &dyn Stage,
+) -> Result<Spooled> {
     use futures::AsyncReadExt;
     let file = tempfile::tempfile().ctx(|| format!("creating a temporary file for {what}"))?;
     let mut out = tokio::fs::File::from_std(
@@ -346,6 +359,7 @@ async fn spool<R: futures::AsyncRead + Unpin>(mut r: R, what: &str) -> Result<Sp
             .await
             .ctx(|| format!("spooling {what} to a temporary file"))?;
         size += n as u64;
+        stage.inc(n as u64);
     }
     out.flush()
         .await
@@ -360,7 +374,7 @@ async fn spool<R: futures::AsyncRead + Unpin>(mut r: R, what: &str) -> Result<Sp
 }
 
 /// The blocking side: tar entries → zstd(+age) → channel to the uploader.
-fn write_tar(
+pub(super) fn write_tar(
     mut rx: mpsc::Receiver<Part>,
     out: ChannelWriter,
     compression: Compression,
@@ -472,6 +486,7 @@ async fn collect_one(
 
     let mut w = BundleWriter {
         tx: part_tx,
+        stage: ctx.progress.stage(&format!("evidence {ns}/{name}"), None),
         files: Vec::new(),
         missing: Vec::new(),
     };
@@ -526,6 +541,7 @@ async fn collect_one(
         }
         Err(e) => Err(e),
     };
+    w.stage.finish();
     let files = w.files.len() + 2;
     let missing = w.missing.clone();
     drop(w); // closes the tar: the writer finishes and the uploader drains
@@ -720,7 +736,12 @@ async fn logs(
             };
             match api.log_stream(&name, &lp).await {
                 Ok(stream) => {
-                    let s = spool(stream, &format!("log of {ns}/{name} container {c}")).await?;
+                    let s = spool(
+                        stream,
+                        &format!("log of {ns}/{name} container {c}"),
+                        &*w.stage,
+                    )
+                    .await?;
                     w.spooled(&path, s).await?;
                 }
                 // The API answered but has no such log (container waiting, no previous instance,
@@ -762,7 +783,8 @@ async fn checkpoints(
             .map_err(|e| Error::failed(format!("building the checkpoint request: {e}")))?;
         match client.request_stream(req).await {
             Ok(stream) => {
-                let s = spool(stream, &format!("checkpoint of {ns}/{name} container {c}")).await?;
+                let what = format!("checkpoint of {ns}/{name} container {c}");
+                let s = spool(stream, &what, &*w.stage).await?;
                 if s.first == Some(b'{') {
                     // A real kubelet writes the archive on the node and answers with its path.
                     let p = format!("checkpoints/{c}.json");
@@ -794,4 +816,128 @@ async fn checkpoints(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::verify::{compare, scan};
+    use super::*;
+
+    const BUNDLE: &str = "evidence-ns-pod-20261123T130405Z";
+
+    fn entry(path: &str, data: &[u8]) -> FileEntry {
+        FileEntry {
+            path: path.into(),
+            size: data.len() as u64,
+            sha256: hex::encode(Sha256::digest(data)),
+        }
+    }
+
+    /// Files as collect records them, then the bytes actually put into the tar (maybe tampered).
+    fn bundle(recorded: &[(&str, &[u8])], stored: &[(&str, &[u8])]) -> Vec<u8> {
+        let files: Vec<FileEntry> = recorded.iter().map(|(p, d)| entry(p, d)).collect();
+        let at: jiff::Timestamp = "2026-11-23T13:04:05Z".parse().unwrap();
+        let m = Manifest {
+            format: FORMAT.into(),
+            bundle: BUNDLE.into(),
+            case_id: None,
+            note: None,
+            collector: Collector {
+                identity: "test".into(),
+                host: "h".into(),
+                kirt_version: "kirt test".into(),
+            },
+            cluster: ClusterInfo {
+                url: "https://x".into(),
+                server_version: None,
+            },
+            pod: PodRef {
+                namespace: "ns".into(),
+                name: "pod".into(),
+                uid: "u".into(),
+                node: None,
+                quarantined: false,
+            },
+            options: Options::default(),
+            started_at: at,
+            finished_at: at,
+            files: files.clone(),
+            missing: vec![],
+        };
+        let manifest = serde_json::to_vec_pretty(&m).unwrap();
+        let sums: String = files
+            .iter()
+            .chain(std::iter::once(&entry(MANIFEST, &manifest)))
+            .map(sums_line)
+            .collect();
+        let mut parts: Vec<(String, Vec<u8>)> = stored
+            .iter()
+            .map(|(p, d)| (p.to_string(), d.to_vec()))
+            .collect();
+        parts.push((MANIFEST.into(), manifest));
+        parts.push((SUMS.into(), sums.into_bytes()));
+
+        let (part_tx, part_rx) = mpsc::channel(4);
+        let (stored_tx, mut stored_rx) = mpsc::channel::<Bytes>(4);
+        let writer = std::thread::spawn(move || {
+            write_tar(
+                part_rx,
+                ChannelWriter::new(stored_tx),
+                Compression::zstd(3, 1).unwrap(),
+                &Encryption::None,
+                BUNDLE,
+                0,
+            )
+        });
+        let sender = std::thread::spawn(move || {
+            for (path, data) in parts {
+                part_tx.blocking_send(Part::Data { path, data }).unwrap();
+            }
+        });
+        let mut out = Vec::new();
+        while let Some(chunk) = stored_rx.blocking_recv() {
+            out.extend_from_slice(&chunk);
+        }
+        sender.join().unwrap();
+        writer.join().unwrap().unwrap();
+        out
+    }
+
+    fn problems(bytes: &[u8]) -> Vec<String> {
+        let plain = zstd::decode_all(bytes).unwrap();
+        let r = compare(BUNDLE, &scan(&plain[..]).unwrap());
+        assert_eq!(r.ok, r.problems.is_empty());
+        r.problems
+    }
+
+    #[test]
+    fn round_trip_verifies_and_tampering_is_named() {
+        let files: [(&str, &[u8]); 2] = [("pod.json", b"{}\n"), ("logs/app.log", b"line 1\n")];
+        assert_eq!(problems(&bundle(&files, &files)), Vec::<String>::new());
+
+        let changed = problems(&bundle(
+            &files,
+            &[("pod.json", b"{}\n"), ("logs/app.log", b"line X\n")],
+        ));
+        assert!(
+            changed
+                .iter()
+                .any(|p| p.starts_with("changed: logs/app.log")),
+            "{changed:?}"
+        );
+        let missing = problems(&bundle(&files, &files[..1]));
+        assert!(
+            missing
+                .iter()
+                .any(|p| p.starts_with("missing: logs/app.log")),
+            "{missing:?}"
+        );
+        let mut more = files.to_vec();
+        more.push(("evil.sh", b"rm -rf /"));
+        let extra = problems(&bundle(&files, &more));
+        assert!(
+            extra.iter().any(|p| p.starts_with("extra: evil.sh")),
+            "{extra:?}"
+        );
+    }
 }

@@ -115,7 +115,7 @@ fn split_location(loc: &str) -> Result<(String, String)> {
             } else {
                 dir
             };
-            if scheme == "s3://" && !dir.contains('/') && dir.is_empty() {
+            if scheme == "s3://" && dir.is_empty() {
                 return Err(Error::usage(format!("bad bundle location {loc:?}")));
             }
             Ok((format!("{scheme}{dir}"), name.to_string()))
@@ -128,7 +128,7 @@ fn split_location(loc: &str) -> Result<(String, String)> {
 }
 
 /// What streaming through the tar found.
-struct Scan {
+pub(super) struct Scan {
     top: Option<String>,
     /// relative path → (size, sha256)
     files: BTreeMap<String, (u64, String)>,
@@ -138,7 +138,7 @@ struct Scan {
     sums: Option<Vec<u8>>,
 }
 
-fn scan(reader: impl Read) -> std::io::Result<Scan> {
+pub(super) fn scan(reader: impl Read) -> std::io::Result<Scan> {
     let mut archive = tar::Archive::new(reader);
     let mut s = Scan {
         top: None,
@@ -262,7 +262,7 @@ pub async fn run(_ctx: &Ctx, spec: EvidenceVerifySpec) -> Result<VerifyResult> {
     Ok(result)
 }
 
-fn compare(bundle: &str, scan: &Scan) -> VerifyResult {
+pub(super) fn compare(bundle: &str, scan: &Scan) -> VerifyResult {
     let mut problems = Vec::new();
     let mut status: BTreeMap<String, &'static str> = BTreeMap::new();
     let flag = |status: &mut BTreeMap<String, &'static str>, path: &str, s: &'static str| {
