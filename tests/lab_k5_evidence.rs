@@ -888,53 +888,121 @@ kind: Service
 metadata: {name: shop}
 spec: {selector: {app: shop}, ports: [{port: 80}]}
 ---
-apiVersion: v1
-kind: Pod
-metadata:
-  name: shop-1
-  labels: {kirt.dev/quarantined: "true", team: a}
-  annotations: {kirt.dev/original-labels: '{"app":"shop","team":"a"}'}
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: shop}
 spec:
-  containers:
-  - {name: main, image: nginx}
----
-apiVersion: v1
-kind: Pod
-metadata:
-  name: shop-2
-  labels: {app: shop, team: a}
-spec:
-  containers:
-  - {name: main, image: nginx}
+  replicas: 1
+  selector: {matchLabels: {app: shop}}
+  template:
+    metadata: {labels: {app: shop, team: a}}
+    spec:
+      containers:
+      - {name: main, image: nginx}
 "#,
     );
-    wait_running(&lab, &ns, "shop-1", 1);
-    wait_running(&lab, &ns, "shop-2", 1);
-    let out = lab.dir.path().join("q");
-    let v = lab
-        .kirt([
-            "evidence",
-            "collect",
-            "-l",
-            "team=a",
+    let mut pod = String::new();
+    wait_until(Duration::from_secs(60), "shop pod", || {
+        pod = lab
+            .kubectl([
+                "get",
+                "pods",
+                "-n",
+                &ns,
+                "-l",
+                "app=shop",
+                "-o",
+                "jsonpath={.items[0].metadata.name}",
+            ])
+            .stdout()
+            .trim()
+            .to_string();
+        !pod.is_empty()
+    });
+    wait_running(&lab, &ns, &pod, 1);
+    // quarantine it the way kirt does: original labels saved in the annotation, `app` replaced
+    let labels = lab
+        .kubectl([
+            "get",
+            "pod",
+            &pod,
             "-n",
             &ns,
-            "--to",
-            out.to_str().unwrap(),
             "-o",
-            "json",
+            "jsonpath={.metadata.labels}",
         ])
         .ok()
-        .json();
-    assert_eq!(v["bundles"].as_array().unwrap().len(), 2, "{v:#}");
-    let bundle = std::fs::read_dir(&out)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .find(|p| p.to_string_lossy().contains("-shop-1-"))
-        .unwrap();
-    let top = extract_plain(&bundle, &lab.dir.path().join("qx"));
+        .stdout();
+    let patch = serde_json::json!({"metadata": {
+        "labels": {"app": null, "kirt.dev/quarantined": "true"},
+        "annotations": {"kirt.dev/original-labels": labels.trim()},
+    }});
+    lab.kubectl([
+        "patch",
+        "pod",
+        &pod,
+        "-n",
+        &ns,
+        "--type",
+        "merge",
+        "-p",
+        &patch.to_string(),
+    ])
+    .ok();
+    // the ReplicaSet releases it (no more ownerReferences) and starts a replacement
+    wait_until(
+        Duration::from_secs(60),
+        "the ReplicaSet to release the pod",
+        || {
+            lab.kubectl([
+                "get",
+                "pod",
+                &pod,
+                "-n",
+                &ns,
+                "-o",
+                "jsonpath={.metadata.ownerReferences}",
+            ])
+            .stdout()
+            .trim()
+            .is_empty()
+        },
+    );
+
+    let out = lab.dir.path().join("q");
+    let to = out.to_str().unwrap();
+    lab.kirt(["evidence", "collect", &pod, "-n", &ns, "--to", to])
+        .ok();
+    let top = extract_plain(&only_file(&out), &lab.dir.path().join("qx"));
     let services = std::fs::read_to_string(top.join("services.json")).unwrap();
     assert!(services.contains("\"shop\""), "{services}");
+    let owners = sh(&top, "ls owners");
+    assert!(
+        owners.contains("replicaset-shop-") && owners.contains("deployment-shop.json"),
+        "{owners}"
+    );
     let m = read_json(&top.join("manifest.json"));
     assert_eq!(m["pod"]["quarantined"], true, "{m:#}");
+
+    // -l: one bundle per pod (the quarantined one and its replacement), and a second run right
+    // away never overwrites the first bundle of the same pod
+    let sel = out.join("sel");
+    let sel = sel.to_str().unwrap();
+    wait_until(Duration::from_secs(60), "the replacement pod", || {
+        lab.kubectl(["get", "pods", "-n", &ns, "-l", "team=a", "-o", "name"])
+            .stdout()
+            .lines()
+            .count()
+            == 2
+    });
+    for _ in 0..2 {
+        let v = lab
+            .kirt([
+                "evidence", "collect", "-l", "team=a", "-n", &ns, "--to", sel, "-o", "json",
+            ])
+            .ok()
+            .json();
+        assert_eq!(v["bundles"].as_array().unwrap().len(), 2, "{v:#}");
+    }
+    assert_eq!(std::fs::read_dir(sel).unwrap().count(), 4);
 }

@@ -428,11 +428,9 @@ async fn collect_one(
     pod: Pod,
 ) -> Result<BundleResult> {
     let clock = Instant::now();
-    let started = jiff::Timestamp::now();
     let cluster = ctx.cluster().await?;
     let name = pod.metadata.name.clone().unwrap_or_default();
-    let bundle = bundle_name(ns, &name, started);
-    let object = object_name(&bundle, plan.encrypted);
+    let (started, bundle, object) = fresh_name(store.as_ref(), ns, &name, plan.encrypted).await;
     tracing::info!(pod = %format!("{ns}/{name}"), bundle = %object, "collecting evidence");
 
     let upload: Option<Box<dyn Upload>> = if ctx.dry_run {
@@ -584,6 +582,35 @@ async fn collect_one(
     tracing::info!(bundle = %result.location, bytes = result.stored_size, sha256 = %result.stored_sha256,
         seconds = format!("{:.2}", result.duration_seconds), "evidence bundle stored");
     Ok(result)
+}
+
+/// A bundle name not yet in the store: never overwrite an earlier bundle of the same pod taken
+/// within the same second. Best effort: a write-only bucket (no ListBucket) is not an error.
+async fn fresh_name(
+    store: &dyn Store,
+    ns: &str,
+    pod: &str,
+    encrypted: bool,
+) -> (jiff::Timestamp, String, String) {
+    let mut tries = 0;
+    loop {
+        let started = jiff::Timestamp::now();
+        let bundle = bundle_name(ns, pod, started);
+        let object = object_name(&bundle, encrypted);
+        let taken = match store.list(&object).await {
+            Ok(found) => found.iter().any(|o| o.key == object),
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot list the store to check the bundle name");
+                false
+            }
+        };
+        tries += 1;
+        if !taken || tries > 3 {
+            return (started, bundle, object);
+        }
+        let wait = 1_000_000_000 - i64::from(started.subsec_nanosecond()).clamp(0, 999_999_999);
+        tokio::time::sleep(std::time::Duration::from_nanos(wait as u64 + 1_000_000)).await;
+    }
 }
 
 async fn abort(up: Option<Box<dyn Upload>>) {
