@@ -849,6 +849,33 @@ fn unknown_pod_forbidden_and_unreachable_write_nothing() {
         .code_is(7);
     assert!(r.stderr().contains("cannot list events"), "{}", r.dump());
     assert_empty(&out);
+    // … unless asked to collect what it may: then the gaps are in the manifest, with the reason
+    let r = lab
+        .kirt([
+            "evidence",
+            "collect",
+            "web",
+            "-n",
+            &ns,
+            "--to",
+            to,
+            "--kubeconfig",
+            kc.to_str().unwrap(),
+            "--best-effort",
+        ])
+        .ok();
+    let top = extract_plain(&only_file(&out), &lab.dir.path().join("be"));
+    sh(&top, "sha256sum -c --quiet SHA256SUMS");
+    assert!(top.join("logs/main.log").is_file(), "{}", r.dump());
+    assert!(!top.join("events.json").exists());
+    let m = read_json(&top.join("manifest.json"));
+    assert_eq!(m["options"]["bestEffort"], true);
+    let missing = m["missing"].to_string();
+    for gap in ["events.json", "node.json", "services.json", "rbac.json"] {
+        assert!(missing.contains(gap), "{gap} not recorded: {m:#}");
+    }
+    assert!(missing.contains("cannot list events"), "{m:#}");
+    std::fs::remove_dir_all(&out).unwrap();
 
     // unreachable apiserver
     let admin = std::fs::read_to_string(lab.kubeconfig()).unwrap();

@@ -64,6 +64,10 @@ pub struct EvidenceCollectSpec {
     /// Only the last N lines of each log
     #[arg(long, value_name = "N")]
     pub tail_lines: Option<i64>,
+    /// Record parts kirt is not allowed to read (events, node, RBAC …) as missing in the manifest
+    /// instead of failing (for least-privilege collectors). The pod itself must be readable.
+    #[arg(long)]
+    pub best_effort: bool,
     /// Case / incident id recorded in the manifest
     #[arg(long, value_name = "ID")]
     pub case_id: Option<String>,
@@ -312,6 +316,18 @@ impl BundleWriter {
         .await
     }
 
+    /// With `--best-effort`, a part kirt may not read is recorded as missing instead of failing.
+    fn optional<T>(&mut self, item: &str, r: Result<T>, best_effort: bool) -> Result<Option<T>> {
+        match r {
+            Ok(v) => Ok(Some(v)),
+            Err(e @ Error::Forbidden { .. }) if best_effort => {
+                self.missing(item, e.to_string());
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     fn missing(&mut self, item: &str, reason: impl Into<String>) {
         let reason = reason.into();
         tracing::warn!(item, %reason, "not collected");
@@ -529,6 +545,7 @@ async fn collect_one(
                     tail_lines: plan.spec.tail_lines,
                     checkpoint: plan.spec.checkpoint,
                     encrypted: plan.encrypted,
+                    best_effort: plan.spec.best_effort,
                 },
                 started_at: started,
                 finished_at: finished,
@@ -644,50 +661,67 @@ async fn gather_all(
     plan: &Plan,
 ) -> Result<bool> {
     let name = pod.metadata.name.clone().unwrap_or_default();
+    let best_effort = plan.spec.best_effort;
     w.json("pod.json", pod).await?;
     w.json("status.json", &pod.status).await?;
-    w.json("events.json", &gather::events(client, pod, ns).await?)
-        .await?;
+    let events = gather::events(client, pod, ns).await;
+    if let Some(v) = w.optional("events.json", events, best_effort)? {
+        w.json("events.json", &v).await?;
+    }
 
     logs(w, client, ns, pod, plan).await?;
 
     match pod.spec.as_ref().and_then(|s| s.node_name.clone()) {
-        Some(node) => match Api::<Node>::all(client.clone()).get(&node).await {
-            Ok(n) => w.json("node.json", &n).await?,
-            Err(kube::Error::Api(s)) if s.code == 404 => {
-                w.missing("node.json", format!("node {node} no longer exists"))
+        Some(node) => {
+            let got = match Api::<Node>::all(client.clone()).get(&node).await {
+                Ok(n) => Ok(Some(n)),
+                Err(kube::Error::Api(s)) if s.code == 404 => Ok(None),
+                Err(e) => Err(Op::new("get", "nodes").name(&node).err(e)),
+            };
+            match w.optional("node.json", got, best_effort)? {
+                Some(Some(n)) => w.json("node.json", &n).await?,
+                Some(None) => w.missing("node.json", format!("node {node} no longer exists")),
+                None => {}
             }
-            Err(e) => return Err(Op::new("get", "nodes").name(&node).err(e)),
-        },
+        }
         None => w.missing("node.json", "the pod is not scheduled to a node"),
     }
 
     let (labels, quarantined) = gather::effective_labels(pod);
     let mut missing = Vec::new();
-    for owner in gather::owners(client, pod, ns, &labels, &mut missing).await? {
+    let owners = gather::owners(client, pod, ns, &labels, &mut missing).await;
+    for owner in w
+        .optional("owners/", owners, best_effort)?
+        .unwrap_or_default()
+    {
         w.json(&owner.file, &owner.object).await?;
     }
     for m in missing {
         w.missing(&m.item, m.reason);
     }
-    let (services, endpoints) = gather::services(client, ns, &labels).await?;
-    w.json("services.json", &services).await?;
-    w.json("endpoints.json", &endpoints).await?;
-    w.json(
-        "networkpolicies.json",
-        &gather::network_policies(client, ns).await?,
-    )
-    .await?;
+    let services = gather::services(client, ns, &labels).await;
+    if let Some((services, endpoints)) = w.optional("services.json", services, best_effort)? {
+        w.json("services.json", &services).await?;
+        w.json("endpoints.json", &endpoints).await?;
+    }
+    let policies = gather::network_policies(client, ns).await;
+    if let Some(v) = w.optional("networkpolicies.json", policies, best_effort)? {
+        w.json("networkpolicies.json", &v).await?;
+    }
     let sa = gather::service_account_name(pod);
-    match gather::service_account(client, ns, &sa).await? {
-        Some(obj) => w.json("serviceaccount.json", &obj).await?,
-        None => w.missing(
+    let account = gather::service_account(client, ns, &sa).await;
+    match w.optional("serviceaccount.json", account, best_effort)? {
+        Some(Some(obj)) => w.json("serviceaccount.json", &obj).await?,
+        Some(None) => w.missing(
             "serviceaccount.json",
             format!("ServiceAccount {ns}/{sa} does not exist"),
         ),
+        None => {}
     }
-    w.json("rbac.json", &gather::rbac(client, ns, &sa).await?)
-        .await?;
+    let rbac = gather::rbac(client, ns, &sa).await;
+    if let Some(v) = w.optional("rbac.json", rbac, best_effort)? {
+        w.json("rbac.json", &v).await?;
+    }
     w.json("references.json", &gather::references(pod)).await?;
 
     if plan.spec.checkpoint {
@@ -776,7 +810,10 @@ async fn logs(
                 Err(kube::Error::Api(s)) if ![401, 403].contains(&s.code) => {
                     w.missing(&path, format!("the API answered {}: {}", s.code, s.message))
                 }
-                Err(e) => return Err(Op::new("get", "pods/log").ns(ns).name(&name).err(e)),
+                Err(e) => {
+                    let e = Op::new("get", "pods/log").ns(ns).name(&name).err(e);
+                    w.optional::<()>(&path, Err(e), plan.spec.best_effort)?;
+                }
             }
         }
     }

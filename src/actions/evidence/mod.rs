@@ -79,6 +79,9 @@ pub struct Options {
     pub tail_lines: Option<i64>,
     pub checkpoint: bool,
     pub encrypted: bool,
+    /// Forbidden parts were recorded as missing instead of failing the collection.
+    #[serde(default)]
+    pub best_effort: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
