@@ -3,6 +3,7 @@
 //! `list` shows the bundles in a store. The bundle format is documented in docs/evidence.md and
 //! readable with plain `age -d | zstd -d | tar x` + `sha256sum -c`.
 
+mod bundle;
 pub mod collect;
 mod gather;
 pub mod list;
