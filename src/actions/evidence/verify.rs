@@ -233,7 +233,13 @@ pub async fn run(_ctx: &Ctx, spec: EvidenceVerifySpec) -> Result<VerifyResult> {
         Decryption::None
     };
     let store = store::open(&store_url, &spec.s3).await?;
-    let reader = store.get(&key).await?;
+    let reader = store.get(&key).await.map_err(|e| match e {
+        Error::NotFound { .. } => Error::not_found(
+            format!("evidence bundle {}", spec.bundle),
+            "check the location; kirt evidence list --from DIR|s3://BUCKET/PREFIX shows the bundles",
+        ),
+        e => e,
+    })?;
     let location = spec.bundle.clone();
     let (scan, stats) = tokio::task::spawn_blocking(move || -> Result<_> {
         let mut dec = Decoder::new(open_reader(reader), decryption, true)?;
