@@ -159,6 +159,8 @@ spec:
       annotations: {{lab.kirt.dev/crashloop: "{crashloop}"}}
     spec:
       serviceAccountName: app-sa
+      initContainers:
+      - {{name: setup, image: busybox:1.36}}
       containers:
       - name: main
         image: nginx:1.25
@@ -292,6 +294,7 @@ fn crashlooping_pod_bundle_is_complete_encrypted_and_checks_with_standard_tools(
         "logs/main.log",
         "logs/sidecar.log",
         "logs/sidecar.previous.log",
+        "logs/setup.log",
         "checkpoints/main.tar",
         "checkpoints/sidecar.tar",
     ] {
@@ -648,7 +651,7 @@ fn checkpoint_unsupported_is_recorded_not_fatal() {
         &lab,
         &ns,
         "lab.kirt.dev/checkpoint: unsupported",
-        &["--checkpoint"],
+        &["--checkpoint", "--tail-lines", "5"],
     );
     let top = extract_plain(&bundle, &lab.dir.path().join("x"));
     sh(&top, "sha256sum -c --quiet SHA256SUMS");
@@ -665,6 +668,9 @@ fn checkpoint_unsupported_is_recorded_not_fatal() {
         "{reason}"
     );
     assert!(m["options"]["checkpoint"] == true);
+    assert_eq!(m["options"]["tailLines"], 5);
+    let log = std::fs::read_to_string(top.join("logs/main.log")).unwrap();
+    assert_eq!(log.lines().count(), 5, "{log}");
     // the bundle with a recorded gap still verifies
     lab.kirt(["evidence", "verify", bundle.to_str().unwrap()])
         .ok();
