@@ -1039,3 +1039,59 @@ spec:
     }
     assert_eq!(std::fs::read_dir(sel).unwrap().count(), 4);
 }
+
+#[test]
+fn log_the_api_cannot_give_is_recorded_missing() {
+    let Some(lab) = lab() else { return };
+    let ns = lab.namespace("k5-wait");
+    lab.apply(
+        &ns,
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: half}\nspec:\n  containers:\n  - {name: main, image: nginx}\n  - {name: stuck, image: 'nginx:broken'}\n",
+    );
+    wait_running(&lab, &ns, "half", 2);
+    let out = lab.dir.path().join("w");
+    let v = lab
+        .kirt([
+            "evidence",
+            "collect",
+            "half",
+            "-n",
+            &ns,
+            "--to",
+            out.to_str().unwrap(),
+            "-o",
+            "json",
+        ])
+        .ok()
+        .json();
+    let missing = v["bundles"][0]["missing"].as_array().unwrap().clone();
+    let stuck = missing
+        .iter()
+        .find(|m| m["item"] == "logs/stuck.log")
+        .unwrap_or_else(|| panic!("{v:#}"));
+    assert!(
+        stuck["reason"]
+            .as_str()
+            .unwrap()
+            .contains("waiting to start"),
+        "{v:#}"
+    );
+    let top = extract_plain(&only_file(&out), &lab.dir.path().join("wx"));
+    assert!(top.join("logs/main.log").is_file() && !top.join("logs/stuck.log").exists());
+    let m = read_json(&top.join("manifest.json"));
+    assert_eq!(m["missing"], serde_json::Value::Array(missing));
+    // the table names the gap too
+    let table = lab
+        .kirt([
+            "evidence",
+            "collect",
+            "half",
+            "-n",
+            &ns,
+            "--to",
+            out.to_str().unwrap(),
+        ])
+        .ok()
+        .stdout();
+    assert!(table.contains("not collected: logs/stuck.log"), "{table}");
+}
