@@ -1059,6 +1059,9 @@ fn log_the_api_cannot_give_is_recorded_missing() {
             &ns,
             "--to",
             out.to_str().unwrap(),
+            "--record-event",
+            "--case-id",
+            "INC-9",
             "-o",
             "json",
         ])
@@ -1080,6 +1083,32 @@ fn log_the_api_cannot_give_is_recorded_missing() {
     assert!(top.join("logs/main.log").is_file() && !top.join("logs/stuck.log").exists());
     let m = read_json(&top.join("manifest.json"));
     assert_eq!(m["missing"], serde_json::Value::Array(missing));
+    // --record-event: one Event on the pod names the bundle and its digest (collection itself
+    // never writes)
+    let sha = v["bundles"][0]["stored_sha256"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let events = lab
+        .kubectl([
+            "get",
+            "events",
+            "-n",
+            &ns,
+            "--field-selector",
+            "reason=EvidenceCollected",
+            "-o",
+            "json",
+        ])
+        .ok()
+        .json();
+    let items = events["items"].as_array().unwrap();
+    assert_eq!(items.len(), 1, "{events:#}");
+    assert_eq!(items[0]["involvedObject"]["name"], "half");
+    let msg = items[0]["message"].as_str().unwrap();
+    assert!(msg.contains(&sha) && msg.contains("INC-9"), "{msg}");
+    assert_eq!(v["bundles"][0]["event"], items[0]["metadata"]["name"]);
+
     // the table names the gap too
     let table = lab
         .kirt([

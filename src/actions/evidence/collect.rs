@@ -64,6 +64,10 @@ pub struct EvidenceCollectSpec {
     /// instead of failing (for least-privilege collectors). The pod itself must be readable.
     #[arg(long)]
     pub best_effort: bool,
+    /// After storing the bundle, emit one Event on the pod (reason EvidenceCollected, with the
+    /// bundle name and its sha256) — the only write kirt makes while collecting
+    #[arg(long)]
+    pub record_event: bool,
     /// Case / incident id recorded in the manifest
     #[arg(long, value_name = "ID")]
     pub case_id: Option<String>,
@@ -87,6 +91,9 @@ pub struct BundleResult {
     pub encrypted: bool,
     pub duration_seconds: f64,
     pub dry_run: bool,
+    /// Name of the Event recorded on the pod (`--record-event`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub event: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -120,6 +127,9 @@ impl Render for CollectResult {
                     "{}: not collected: {}: {}",
                     b.pod, m.item, m.reason
                 ));
+            }
+            if let Some(e) = &b.event {
+                t.note(format!("{}: recorded Event {e}", b.pod));
             }
             if b.dry_run {
                 t.note(format!(
@@ -392,7 +402,7 @@ async fn collect_one(
     if let Some(up) = upload {
         up.commit().await?;
     }
-    let result = BundleResult {
+    let mut result = BundleResult {
         namespace: ns.to_string(),
         pod: name,
         bundle,
@@ -404,10 +414,81 @@ async fn collect_one(
         encrypted: plan.encrypted,
         duration_seconds: clock.elapsed().as_secs_f64(),
         dry_run: ctx.dry_run,
+        event: None,
     };
     tracing::info!(bundle = %result.location, bytes = result.stored_size, sha256 = %result.stored_sha256,
         seconds = format!("{:.2}", result.duration_seconds), "evidence bundle stored");
+    if plan.spec.record_event {
+        // The bundle is already stored: failing to annotate the cluster is a warning, not a failure.
+        match record_event(ctx, &cluster.client, &pod, &result, plan).await {
+            Ok(name) => result.event = Some(name),
+            Err(e) => tracing::warn!(error = %e, "the bundle is stored but no Event was recorded"),
+        }
+    }
     Ok(result)
+}
+
+/// One Event on the pod saying that evidence was taken, where it went and its digest.
+async fn record_event(
+    ctx: &Ctx,
+    client: &Client,
+    pod: &Pod,
+    b: &BundleResult,
+    plan: &Plan,
+) -> Result<String> {
+    use k8s_openapi::api::core::v1::{Event, EventSource, ObjectReference};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+    let now = Time(k8s_openapi::jiff::Timestamp::now());
+    let stamp = b
+        .bundle
+        .rsplit('-')
+        .next()
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    let name = format!("{}.kirt-evidence-{stamp}", b.pod);
+    let case = plan
+        .spec
+        .case_id
+        .as_deref()
+        .map(|c| format!(" for case {c}"))
+        .unwrap_or_default();
+    let event = Event {
+        metadata: ObjectMeta {
+            name: Some(name.clone()),
+            namespace: Some(b.namespace.clone()),
+            ..Default::default()
+        },
+        involved_object: ObjectReference {
+            api_version: Some("v1".into()),
+            kind: Some("Pod".into()),
+            name: pod.metadata.name.clone(),
+            namespace: Some(b.namespace.clone()),
+            uid: pod.metadata.uid.clone(),
+            resource_version: pod.metadata.resource_version.clone(),
+            ..Default::default()
+        },
+        reason: Some("EvidenceCollected".into()),
+        message: Some(format!(
+            "kirt collected evidence{case}: {} (sha256 {})",
+            b.location, b.stored_sha256
+        )),
+        type_: Some("Normal".into()),
+        source: Some(EventSource {
+            component: Some(crate::k8s::FIELD_MANAGER.into()),
+            host: None,
+        }),
+        reporting_component: Some(crate::k8s::FIELD_MANAGER.into()),
+        reporting_instance: Some(gethostname::gethostname().to_string_lossy().into_owned()),
+        first_timestamp: Some(now.clone()),
+        last_timestamp: Some(now),
+        count: Some(1),
+        ..Default::default()
+    };
+    Api::<Event>::namespaced(client.clone(), &b.namespace)
+        .create(&crate::k8s::post_params(ctx.dry_run), &event)
+        .await
+        .op(Op::new("create", "events").ns(&b.namespace))?;
+    Ok(name)
 }
 
 /// A bundle name not yet in the store: never overwrite an earlier bundle of the same pod taken
