@@ -1124,3 +1124,57 @@ fn log_the_api_cannot_give_is_recorded_missing() {
         .stdout();
     assert!(table.contains("not collected: logs/stuck.log"), "{table}");
 }
+
+/// Input errors are caught before anything is read or written (no lab needed).
+#[test]
+fn usage_errors_exit_2_and_touch_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let to = out.to_str().unwrap();
+    let kirt = |args: &[&str]| {
+        let mut c = Command::new(common::kirt_bin());
+        c.current_dir(dir.path())
+            .env_clear()
+            .env("HOME", dir.path())
+            .env("KUBECONFIG", dir.path().join("no-such-kubeconfig"))
+            .args(args);
+        common::run(c, format!("kirt {}", args.join(" ")))
+    };
+    let r = kirt(&["evidence", "collect", "web"]).code_is(2);
+    assert!(r.stderr().contains("--to"), "{}", r.dump());
+    kirt(&["evidence", "collect", "web", "-l", "app=x", "--to", to]).code_is(2);
+    kirt(&["evidence", "collect", "--to", to]).code_is(2);
+    let r = kirt(&[
+        "evidence",
+        "collect",
+        "web",
+        "--to",
+        to,
+        "--encrypt-to",
+        "age1nope",
+    ])
+    .code_is(2);
+    assert!(
+        r.stderr().contains("malformed age recipient"),
+        "{}",
+        r.dump()
+    );
+    let r = kirt(&[
+        "evidence",
+        "collect",
+        "web",
+        "--to",
+        to,
+        "--since",
+        "yesterday",
+    ])
+    .code_is(2);
+    assert!(r.stderr().contains("invalid duration"), "{}", r.dump());
+    let r = kirt(&["evidence", "verify", "notes.txt"]).code_is(2);
+    assert!(
+        r.stderr().contains("not an evidence bundle name"),
+        "{}",
+        r.dump()
+    );
+    assert!(!out.exists());
+}
