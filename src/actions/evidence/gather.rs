@@ -8,7 +8,9 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use k8s_openapi::api::apps::v1::{DaemonSet, ReplicaSet, StatefulSet};
 use k8s_openapi::api::core::v1::{Endpoints, Event, Pod, Service, ServiceAccount};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
-use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding, Subject};
+use k8s_openapi::api::rbac::v1::{
+    ClusterRole, ClusterRoleBinding, Role, RoleBinding, RoleRef, Subject,
+};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, OwnerReference};
 use kube::api::{Api, ListParams};
 use kube::core::{ApiResource, DynamicObject, GroupVersionKind};
@@ -305,6 +307,28 @@ pub fn subject_applies(
     }
 }
 
+/// A binding whose subjects include the ServiceAccount, before its role's rules are looked up.
+struct Grant {
+    kind: &'static str,
+    namespace: Option<String>,
+    name: String,
+    matched: Vec<String>,
+    role_ref: RoleRef,
+}
+
+fn matched_subjects(
+    subjects: Option<&[Subject]>,
+    ns: &str,
+    sa: &str,
+    binding_ns: Option<&str>,
+) -> Vec<String> {
+    subjects
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|s| subject_applies(s, ns, sa, binding_ns))
+        .collect()
+}
+
 /// Every RoleBinding (any namespace) and ClusterRoleBinding that grants the ServiceAccount
 /// something, each with the rules of the role it refers to.
 pub async fn rbac(client: &Client, ns: &str, sa: &str) -> Result<Value> {
@@ -319,65 +343,57 @@ pub async fn rbac(client: &Client, ns: &str, sa: &str) -> Result<Value> {
             "list",
             "clusterrolebindings.rbac.authorization.k8s.io",
         ))?;
-    let mut role_cache: HashMap<(String, String, String), Value> = HashMap::new();
-    let mut out = Vec::new();
-
-    let consider = |kind: &str,
-                    binding_ns: Option<String>,
-                    name: String,
-                    subjects: &[Subject],
-                    role_ref: Value| {
-        let reasons: Vec<String> = subjects
-            .iter()
-            .filter_map(|s| subject_applies(s, ns, sa, binding_ns.as_deref()))
-            .collect();
-        if reasons.is_empty() {
-            return None;
-        }
-        Some(
-            json!({"kind": kind, "namespace": binding_ns, "name": name, "matchedSubjects": reasons, "roleRef": role_ref}),
-        )
-    };
-    let mut pending = Vec::new();
+    let mut grants = Vec::new();
     for b in rbs.items {
-        let subjects = b.subjects.clone().unwrap_or_default();
         let bns = b.metadata.namespace.clone();
-        if let Some(v) = consider(
-            "RoleBinding",
-            bns.clone(),
-            b.metadata.name.clone().unwrap_or_default(),
-            &subjects,
-            json!(b.role_ref),
-        ) {
-            pending.push((v, b.role_ref.kind.clone(), b.role_ref.name.clone(), bns));
+        let matched = matched_subjects(b.subjects.as_deref(), ns, sa, bns.as_deref());
+        if !matched.is_empty() {
+            grants.push(Grant {
+                kind: "RoleBinding",
+                namespace: bns,
+                name: b.metadata.name.unwrap_or_default(),
+                matched,
+                role_ref: b.role_ref,
+            });
         }
     }
     for b in crbs.items {
-        let subjects = b.subjects.clone().unwrap_or_default();
-        if let Some(v) = consider(
-            "ClusterRoleBinding",
-            None,
-            b.metadata.name.clone().unwrap_or_default(),
-            &subjects,
-            json!(b.role_ref),
-        ) {
-            pending.push((v, b.role_ref.kind.clone(), b.role_ref.name.clone(), None));
+        let matched = matched_subjects(b.subjects.as_deref(), ns, sa, None);
+        if !matched.is_empty() {
+            grants.push(Grant {
+                kind: "ClusterRoleBinding",
+                namespace: None,
+                name: b.metadata.name.unwrap_or_default(),
+                matched,
+                role_ref: b.role_ref,
+            });
         }
     }
-    for (mut v, kind, name, bns) in pending {
-        let key = (kind.clone(), bns.clone().unwrap_or_default(), name.clone());
-        let rules = match role_cache.get(&key) {
+    let mut rules_of: HashMap<(String, Option<String>, String), Value> = HashMap::new();
+    let mut bindings = Vec::new();
+    for g in grants {
+        // A Role lives in its binding's namespace; a ClusterRole is cluster-wide (bound by a
+        // RoleBinding its rules apply in that namespace only, which `namespace` records).
+        let role_ns = g.namespace.clone().filter(|_| g.role_ref.kind == "Role");
+        let key = (g.role_ref.kind.clone(), role_ns, g.role_ref.name.clone());
+        let rules = match rules_of.get(&key) {
             Some(r) => r.clone(),
             None => {
-                let r = role_rules(client, &kind, bns.as_deref(), &name).await?;
-                role_cache.insert(key, r.clone());
+                let r = role_rules(client, &key.0, key.1.as_deref(), &key.2).await?;
+                rules_of.insert(key, r.clone());
                 r
             }
         };
-        v["rules"] = rules;
-        out.push(v);
+        bindings.push(json!({
+            "kind": g.kind,
+            "namespace": g.namespace,
+            "name": g.name,
+            "matchedSubjects": g.matched,
+            "roleRef": g.role_ref,
+            "rules": rules,
+        }));
     }
-    Ok(json!({"serviceAccount": format!("{ns}/{sa}"), "bindings": out}))
+    Ok(json!({"serviceAccount": format!("{ns}/{sa}"), "bindings": bindings}))
 }
 
 async fn role_rules(client: &Client, kind: &str, ns: Option<&str>, name: &str) -> Result<Value> {
