@@ -268,15 +268,17 @@ pub async fn run(_ctx: &Ctx, spec: EvidenceVerifySpec) -> Result<VerifyResult> {
     Ok(result)
 }
 
+/// Marks a file's status; the first problem found for a file is the one shown.
+fn flag(status: &mut BTreeMap<String, &'static str>, path: &str, s: &'static str) {
+    let e = status.entry(path.to_string()).or_insert("ok");
+    if *e == "ok" {
+        *e = s;
+    }
+}
+
 pub(super) fn compare(bundle: &str, scan: &Scan) -> VerifyResult {
     let mut problems = Vec::new();
     let mut status: BTreeMap<String, &'static str> = BTreeMap::new();
-    let flag = |status: &mut BTreeMap<String, &'static str>, path: &str, s: &'static str| {
-        let e = status.entry(path.to_string()).or_insert("ok");
-        if *e == "ok" {
-            *e = s;
-        }
-    };
     if scan.top.as_deref() != Some(bundle) {
         problems.push(format!(
             "top directory is {:?}, expected {bundle:?}",
