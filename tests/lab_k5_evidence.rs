@@ -1178,3 +1178,54 @@ fn usage_errors_exit_2_and_touch_nothing() {
     );
     assert!(!out.exists());
 }
+
+#[test]
+fn all_namespaces_with_a_selector() {
+    let Some(lab) = lab() else { return };
+    let a = lab.namespace("k5-all-a");
+    let b = lab.namespace("k5-all-b");
+    let tag = a.name.clone();
+    for ns in [&a, &b] {
+        lab.apply(
+            ns,
+            &format!("apiVersion: v1\nkind: Pod\nmetadata: {{name: p, labels: {{k5-run: {tag}}}}}\nspec:\n  containers:\n  - {{name: main, image: nginx}}\n"),
+        );
+    }
+    let out = lab.dir.path().join("all");
+    let sel = format!("k5-run={tag}");
+    let v = lab
+        .kirt([
+            "evidence",
+            "collect",
+            "-A",
+            "-l",
+            &sel,
+            "--to",
+            out.to_str().unwrap(),
+            "-o",
+            "json",
+        ])
+        .ok()
+        .json();
+    let mut namespaces: Vec<String> = v["bundles"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["namespace"].as_str().unwrap().to_string())
+        .collect();
+    namespaces.sort();
+    let mut want = vec![a.name.clone(), b.name.clone()];
+    want.sort();
+    assert_eq!(namespaces, want, "{v:#}");
+    let r = lab
+        .kirt([
+            "evidence",
+            "collect",
+            "-A",
+            "p",
+            "--to",
+            out.to_str().unwrap(),
+        ])
+        .code_is(2);
+    assert!(r.stderr().contains("-A works with -l"), "{}", r.dump());
+}

@@ -201,21 +201,36 @@ pub async fn run(ctx: &Ctx, spec: EvidenceCollectSpec) -> Result<CollectResult> 
         Some(ns) => ns.clone(),
         None => ctx.namespace().await?,
     };
-    let pods_api: Api<Pod> = Api::namespaced(cluster.client.clone(), &ns);
+    let all_namespaces = ctx.kube.all_namespaces && spec.namespace.is_none();
     let pods = match &target {
-        Target::Pod(name) => vec![pods_api
+        Target::Pod(_) if all_namespaces => {
+            return Err(Error::usage(
+                "-A works with -l SELECTOR; for one pod give its namespace with -n",
+            ))
+        }
+        Target::Pod(name) => vec![Api::<Pod>::namespaced(cluster.client.clone(), &ns)
             .get(name)
             .await
             .op(Op::new("get", "pods").ns(&ns).name(name))?],
         Target::Selector(sel) => {
-            let list = pods_api
-                .list(&ListParams::default().labels(sel))
-                .await
-                .op(Op::new("list", "pods").ns(&ns))?;
+            let (api, op, scope) = if all_namespaces {
+                (
+                    Api::<Pod>::all(cluster.client.clone()),
+                    Op::new("list", "pods"),
+                    "any namespace".to_string(),
+                )
+            } else {
+                (
+                    Api::<Pod>::namespaced(cluster.client.clone(), &ns),
+                    Op::new("list", "pods").ns(&ns),
+                    format!("namespace {ns}"),
+                )
+            };
+            let list = api.list(&ListParams::default().labels(sel)).await.op(op)?;
             if list.items.is_empty() {
                 return Err(Error::not_found(
-                    format!("pods matching {sel:?} in namespace {ns}"),
-                    "check the selector and namespace (-n)",
+                    format!("pods matching {sel:?} in {scope}"),
+                    "check the selector and namespace (-n, -A)",
                 ));
             }
             list.items
@@ -234,6 +249,7 @@ pub async fn run(ctx: &Ctx, spec: EvidenceCollectSpec) -> Result<CollectResult> 
     let several = pods.len() > 1;
     for pod in pods {
         let name = pod.metadata.name.clone().unwrap_or_default();
+        let ns = pod.metadata.namespace.clone().unwrap_or_else(|| ns.clone());
         match collect_one(ctx, &store, &plan, &ns, pod).await {
             Ok(b) => result.bundles.push(b),
             Err(e) if !several => return Err(e),
