@@ -902,7 +902,8 @@ fn unknown_pod_forbidden_and_unreachable_write_nothing() {
         ])
         .code_is(8);
     assert!(
-        r.stderr().contains("cannot reach Kubernetes API"),
+        r.stderr()
+            .contains("cannot reach Kubernetes API at https://127.0.0.1:1"),
         "{}",
         r.dump()
     );

@@ -165,6 +165,27 @@ struct Plan {
 }
 
 pub async fn run(ctx: &Ctx, spec: EvidenceCollectSpec) -> Result<CollectResult> {
+    match collect(ctx, spec).await {
+        // Name the apiserver that could not be reached (the API layer does not know its URL).
+        Err(Error::Unreachable {
+            what,
+            endpoint,
+            reason,
+            hint,
+        }) if endpoint.is_empty() => Err(Error::Unreachable {
+            what,
+            endpoint: match ctx.cluster().await {
+                Ok(c) => c.url.trim_end_matches('/').to_string(),
+                Err(_) => "(unknown)".into(),
+            },
+            reason,
+            hint,
+        }),
+        other => other,
+    }
+}
+
+async fn collect(ctx: &Ctx, spec: EvidenceCollectSpec) -> Result<CollectResult> {
     // Input errors first: nothing is read or written before these pass.
     if spec.to.is_empty() {
         return Err(Error::usage(
