@@ -529,7 +529,7 @@ async fn record_event(
 }
 
 /// A bundle name not yet in the store: never overwrite an earlier bundle of the same pod taken
-/// within the same second. Best effort: a write-only bucket (no ListBucket) is not an error.
+/// within the same second. Best effort: a write-only bucket (no GetObject) is not an error.
 async fn fresh_name(
     store: &dyn Store,
     ns: &str,
@@ -541,10 +541,12 @@ async fn fresh_name(
         let started = jiff::Timestamp::now();
         let bundle = bundle_name(ns, pod, started);
         let object = object_name(&bundle, encrypted);
-        let taken = match store.list(&object).await {
-            Ok(found) => found.iter().any(|o| o.key == object),
+        // A direct lookup (not a listing: a local store would walk its whole directory tree).
+        let taken = match store.get(&object).await {
+            Ok(_) => true,
+            Err(Error::NotFound { .. }) => false,
             Err(e) => {
-                tracing::debug!(error = %e, "cannot list the store to check the bundle name");
+                tracing::debug!(error = %e, "cannot look up the bundle name in the store");
                 false
             }
         };
