@@ -573,6 +573,34 @@ fn hundred_megabyte_log_stays_under_64_mib_rss() {
         104_857_600
     );
     sh(&top, "sha256sum -c --quiet SHA256SUMS");
+
+    // SIGTERM (cron, Kubernetes) in the middle of the stream: nothing is published, no .part left
+    let cut = lab.dir.path().join("interrupted");
+    let mut child = lab
+        .kirt_cmd([
+            "evidence",
+            "collect",
+            "chatty",
+            "-n",
+            &ns,
+            "--to",
+            cut.to_str().unwrap(),
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_until(Duration::from_secs(30), "the upload to start", || {
+        std::fs::read_dir(&cut).is_ok_and(|mut d| d.next().is_some())
+    });
+    std::thread::sleep(Duration::from_millis(300)); // into the log stream
+    sh(lab.dir.path(), &format!("kill -TERM {}", child.id()));
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(1));
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    assert!(err.contains("interrupted"), "{err}");
+    assert_empty(&cut);
 }
 
 #[test]
