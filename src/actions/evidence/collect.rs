@@ -2,8 +2,9 @@
 //! container), node, owner chain, Services/Endpoints, NetworkPolicies, ServiceAccount + RBAC,
 //! referenced ConfigMap/Secret names and optional checkpoints, streamed as a tar through the
 //! shared zstd(+age) pipeline into a store. Logs and checkpoints are spooled to a temp file only
-//! because a tar header needs the size first; memory stays bounded. Read-only towards the cluster.
-//! Any failure aborts the upload: no partial bundle is ever visible.
+//! because a tar header needs the size first; memory stays bounded. Read-only towards the cluster
+//! (except the optional `--record-event`). Any failure aborts the upload: no partial bundle is
+//! ever visible.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -23,8 +24,7 @@ use super::{
 };
 use crate::context::Ctx;
 use crate::crypto;
-use crate::error::Exit;
-use crate::error::{Error, Result};
+use crate::error::{Error, Exit, Result};
 use crate::k8s::{KubeContext, Op};
 use crate::output::{Render, Table};
 use crate::pipeline::{ChannelWriter, Compression, Encryption, DEPTH};
