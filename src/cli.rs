@@ -83,6 +83,9 @@ pub enum Command {
     /// Follow rollouts
     #[command(subcommand)]
     Rollout(RolloutCmd),
+    /// Forensic evidence: collect one verifiable bundle per pod, verify it, list bundles
+    #[command(subcommand)]
+    Evidence(EvidenceCmd),
     /// Print kirt's version and git commit
     Version,
     /// Print shell completions
@@ -144,6 +147,17 @@ pub enum QuarantineSub {
     Verify(actions::quarantine::VerifySpec),
     /// List quarantined pods: since, by, reason, node, phase
     Status(actions::quarantine::StatusSpec),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum EvidenceCmd {
+    /// Capture a pod's object, events, logs, owners, network and RBAC context (+ checkpoints)
+    /// into one tar.zst[.age] bundle with manifest.json and SHA256SUMS
+    Collect(actions::evidence::collect::EvidenceCollectSpec),
+    /// Re-check every digest of a bundle against SHA256SUMS and manifest.json (exit 3 on tampering)
+    Verify(actions::evidence::verify::EvidenceVerifySpec),
+    /// List the evidence bundles in a store, newest first
+    List(actions::evidence::list::EvidenceListSpec),
 }
 
 /// Builds the context from the global options. Only the binary calls this.
@@ -211,6 +225,15 @@ pub async fn run(cli: Cli) -> Result<Exit> {
         )),
         Command::Rollout(RolloutCmd::Wait(spec)) => {
             show(&ctx, &actions::rollback::wait::run(&ctx, spec).await?)
+        }
+        Command::Evidence(EvidenceCmd::Collect(spec)) => {
+            show(&ctx, &actions::evidence::collect::run(&ctx, spec).await?)
+        }
+        Command::Evidence(EvidenceCmd::Verify(spec)) => {
+            show(&ctx, &actions::evidence::verify::run(&ctx, spec).await?)
+        }
+        Command::Evidence(EvidenceCmd::List(spec)) => {
+            show(&ctx, &actions::evidence::list::run(&ctx, spec).await?)
         }
         Command::Version => show(&ctx, &actions::version::run()),
         Command::Completions { shell } => {

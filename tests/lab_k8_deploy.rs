@@ -250,8 +250,16 @@ fn the_image_builds_offline_and_runs_kirt() {
     ))
     .ok();
     let _ = r;
-    let ctr = sh(&format!("buildah --storage-driver vfs from {image}")).ok().stdout().trim().to_string();
-    let run = |args: &str| sh(&format!("buildah --storage-driver vfs run --isolation chroot {ctr} -- {args}"));
+    let ctr = sh(&format!("buildah --storage-driver vfs from {image}"))
+        .ok()
+        .stdout()
+        .trim()
+        .to_string();
+    let run = |args: &str| {
+        sh(&format!(
+            "buildah --storage-driver vfs run --isolation chroot {ctr} -- {args}"
+        ))
+    };
     let version = run("/usr/local/bin/kirt version").ok().stdout();
     assert!(version.contains(env!("CARGO_PKG_VERSION")), "{version}");
     let help = run("/usr/local/bin/kirt --help").ok().stdout();
@@ -259,7 +267,11 @@ fn the_image_builds_offline_and_runs_kirt() {
     let etcdutl = run("/usr/local/bin/etcdutl version").ok().stdout();
     assert!(etcdutl.contains("etcdutl version"), "{etcdutl}");
     // non-root, and no shell in the image
-    let cfg = sh(&format!("buildah --storage-driver vfs inspect --format '{{{{.OCIv1.Config.User}}}}' {image}")).ok().stdout();
+    let cfg = sh(&format!(
+        "buildah --storage-driver vfs inspect --format '{{{{.OCIv1.Config.User}}}}' {image}"
+    ))
+    .ok()
+    .stdout();
     assert_eq!(cfg.trim(), "65532:65532");
     assert_ne!(run("/bin/sh -c true").code(), 0, "the image has a shell");
     sh(&format!("buildah --storage-driver vfs rm {ctr} >/dev/null; buildah --storage-driver vfs rmi -f {image} >/dev/null")).ok();
