@@ -276,3 +276,214 @@ fn the_image_builds_offline_and_runs_kirt() {
     assert_ne!(run("/bin/sh -c true").code(), 0, "the image has a shell");
     sh(&format!("buildah --storage-driver vfs rm {ctr} >/dev/null; buildah --storage-driver vfs rmi -f {image} >/dev/null")).ok();
 }
+
+/// The responder's commands, in the order an incident runs them, against `ns` (pod `victim`,
+/// Deployment `web` with two revisions). Returns (command, run) for each.
+fn responder_session(
+    lab: &common::Lab,
+    ns: &str,
+    identity: &str,
+    pod: &str,
+    out: &Path,
+) -> Vec<(String, common::Run)> {
+    let as_flag = format!("--as={identity}");
+    let cmds: Vec<Vec<String>> = vec![
+        vec![
+            "quarantine".into(),
+            pod.into(),
+            "-n".into(),
+            ns.into(),
+            "--yes".into(),
+        ],
+        vec![
+            "quarantine".into(),
+            "verify".into(),
+            pod.into(),
+            "-n".into(),
+            ns.into(),
+        ],
+        vec![
+            "evidence".into(),
+            "collect".into(),
+            pod.into(),
+            "-n".into(),
+            ns.into(),
+            "--to".into(),
+            out.display().to_string(),
+        ],
+        vec![
+            "release".into(),
+            pod.into(),
+            "-n".into(),
+            ns.into(),
+            "--yes".into(),
+        ],
+        vec![
+            "rollback".into(),
+            "history".into(),
+            "deployment/web".into(),
+            "-n".into(),
+            ns.into(),
+        ],
+        vec![
+            "rollback".into(),
+            "deployment/web".into(),
+            "-n".into(),
+            ns.into(),
+            "--yes".into(),
+        ],
+    ];
+    cmds.into_iter()
+        .map(|mut c| {
+            c.insert(0, as_flag.clone());
+            let name = c[1..3].join(" ");
+            (name, lab.kirt(&c))
+        })
+        .collect()
+}
+
+fn responder_namespace<'a>(lab: &'a common::Lab, prefix: &str) -> (common::Namespace<'a>, String) {
+    let ns = lab.namespace(prefix);
+    let deploy = |image: &str| {
+        format!("apiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: web}}\nspec:\n  replicas: 1\n  selector: {{matchLabels: {{app: web}}}}\n  template:\n    metadata: {{labels: {{app: web}}}}\n    spec: {{serviceAccountName: app, containers: [{{name: web, image: '{image}'}}]}}\n")
+    };
+    lab.apply(&ns, &format!("apiVersion: v1\nkind: ServiceAccount\nmetadata: {{name: app}}\n---\napiVersion: rbac.authorization.k8s.io/v1\nkind: Role\nmetadata: {{name: app}}\nrules: [{{apiGroups: [''], resources: [configmaps], verbs: [get]}}]\n---\napiVersion: rbac.authorization.k8s.io/v1\nkind: RoleBinding\nmetadata: {{name: app}}\nroleRef: {{apiGroup: rbac.authorization.k8s.io, kind: Role, name: app}}\nsubjects: [{{kind: ServiceAccount, name: app, namespace: {}}}]\n---\napiVersion: v1\nkind: Service\nmetadata: {{name: web}}\nspec: {{selector: {{app: web}}, ports: [{{port: 80}}]}}\n", &*ns));
+    lab.apply(&ns, &deploy("nginx:1.25"));
+    lab.kubectl([
+        "rollout",
+        "status",
+        "deployment/web",
+        "-n",
+        &ns,
+        "--timeout=60s",
+    ])
+    .ok();
+    lab.apply(&ns, &deploy("nginx:1.26"));
+    lab.kubectl([
+        "rollout",
+        "status",
+        "deployment/web",
+        "-n",
+        &ns,
+        "--timeout=60s",
+    ])
+    .ok();
+    let pod = lab
+        .kubectl([
+            "get",
+            "pods",
+            "-n",
+            &ns,
+            "-l",
+            "app=web",
+            "-o",
+            "jsonpath={.items[0].metadata.name}",
+        ])
+        .ok()
+        .stdout();
+    (ns, pod)
+}
+
+#[test]
+fn each_responder_rule_is_needed_by_the_command_it_names() {
+    let Some(lab) = lab() else { return };
+    let text =
+        std::fs::read_to_string(root().join("deploy/kubernetes/base/responder.yaml")).unwrap();
+    let role: serde_json::Value = text
+        .split("\n---\n")
+        .filter_map(|d| serde_yaml_ng::from_str::<serde_json::Value>(d).ok())
+        .find(|d| d["kind"] == "ClusterRole")
+        .expect("ClusterRole in responder.yaml");
+    let rules = role["rules"].as_array().unwrap().clone();
+    assert!(rules.len() >= 8);
+
+    // with the whole role, the responder's session succeeds
+    let (ns, pod) = responder_namespace(&lab, "k8-full");
+    let name = common::unique("full");
+    lab.apply(&ns, &format!("apiVersion: v1\nkind: ServiceAccount\nmetadata: {{name: {name}}}\n---\napiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRoleBinding\nmetadata: {{name: {name}}}\nroleRef: {{apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: kirt-responder}}\nsubjects: [{{kind: ServiceAccount, name: {name}, namespace: {}}}]\n", &*ns));
+    lab.kubectl([
+        "apply",
+        "-f",
+        root()
+            .join("deploy/kubernetes/base/responder.yaml")
+            .to_str()
+            .unwrap(),
+        "--dry-run=server",
+    ]);
+    lab.kubectl([
+        "apply",
+        "-f",
+        root()
+            .join("deploy/kubernetes/base/namespace.yaml")
+            .to_str()
+            .unwrap(),
+    ])
+    .ok();
+    lab.kubectl([
+        "apply",
+        "-f",
+        root()
+            .join("deploy/kubernetes/base/responder.yaml")
+            .to_str()
+            .unwrap(),
+    ])
+    .ok();
+    let identity = format!("system:serviceaccount:{}:{name}", &*ns);
+    for (cmd, r) in responder_session(&lab, &ns, &identity, &pod, &lab.dir.path().join("ev-full")) {
+        assert_eq!(
+            r.code(),
+            0,
+            "{cmd} with the full responder role:\n{}",
+            r.dump()
+        );
+    }
+    lab.kubectl(["delete", "clusterrolebinding", &name]);
+
+    // without any one rule, a command fails with kirt's permission message naming that rule
+    for (i, rule) in rules.iter().enumerate() {
+        let (ns, pod) = responder_namespace(&lab, &format!("k8-minus{i}"));
+        let name = common::unique(&format!("minus{i}"));
+        let mut reduced = role.clone();
+        reduced["metadata"] = serde_json::json!({"name": name});
+        reduced["rules"].as_array_mut().unwrap().remove(i);
+        let binding = serde_json::json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding", "metadata": {"name": name},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": name},
+            "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": &*ns}]
+        });
+        let sa = serde_json::json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": name}});
+        for obj in [reduced, binding, sa] {
+            lab.apply(&ns, &serde_json::to_string(&obj).unwrap());
+        }
+        let identity = format!("system:serviceaccount:{}:{name}", &*ns);
+        let session = responder_session(
+            &lab,
+            &ns,
+            &identity,
+            &pod,
+            &lab.dir.path().join(format!("ev-{i}")),
+        );
+        let resources: Vec<String> = rule["resources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r.as_str().unwrap().to_string())
+            .collect();
+        let forbidden: Vec<&(String, common::Run)> =
+            session.iter().filter(|(_, r)| r.code() == 7).collect();
+        assert!(
+            !forbidden.is_empty(),
+            "rule {rule} is not needed by any responder command"
+        );
+        for (cmd, r) in &forbidden {
+            assert!(
+                resources
+                    .iter()
+                    .any(|res| r.stderr().contains(&format!(" {res}"))),
+                "{cmd}: permission message does not name the removed rule {rule}:\n{}",
+                r.dump()
+            );
+        }
+        lab.kubectl(["delete", "clusterrolebinding,clusterrole", &name]);
+    }
+}
