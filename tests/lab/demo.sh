@@ -84,5 +84,9 @@ step "--exclusive narrows it" "$KIRT" quarantine "$pod" -n "$q_ns" --exclusive -
 step "verify again" "$KIRT" quarantine verify "$pod" -n "$q_ns"
 step "the ReplicaSet replaced it; the quarantined pod still runs" kubectl get pods -n "$q_ns" -L kirt.dev/quarantined
 step "status" "$KIRT" quarantine status -n "$q_ns"
+step "forensic evidence of the quarantined pod, encrypted to the demo key" \
+  "$KIRT" evidence collect "$pod" -n "$q_ns" --to "$work/evidence" --encrypt-to "$recipient" --checkpoint --case-id DEMO-1
+step "verify the evidence bundle (every digest)" \
+  bash -c "'$KIRT' evidence verify \"\$(ls '$work'/evidence/*.tar.zst.age | head -1)\" --identity '$work/backup.key'"
 step "release restores labels and policies exactly" "$KIRT" release "$pod" -n "$q_ns" --yes
 printf '\ndemo done; files in %s\n' "$work"
