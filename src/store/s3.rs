@@ -38,8 +38,8 @@ pub struct S3Options {
     /// S3 storage class, e.g. STANDARD_IA
     #[arg(long, value_name = "CLASS")]
     pub storage_class: Option<String>,
-    /// Multipart part size, e.g. 16MiB (minimum 5MiB)
-    #[arg(long, value_name = "SIZE", default_value = "16MiB", value_parser = crate::util::parse_size)]
+    /// Multipart part size, e.g. 8MiB (minimum 5MiB); memory ≈ part size × (concurrency + 1)
+    #[arg(long, value_name = "SIZE", default_value = "8MiB", value_parser = crate::util::parse_size)]
     #[serde(with = "crate::util::size_serde")]
     #[schemars(with = "String")]
     pub part_size: u64,
@@ -56,7 +56,7 @@ impl Default for S3Options {
             path_style: false,
             sse: None,
             storage_class: None,
-            part_size: 16 * 1024 * 1024,
+            part_size: 8 * 1024 * 1024,
             concurrency: 4,
         }
     }
