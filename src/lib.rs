@@ -12,6 +12,7 @@ pub mod etcd;
 pub mod k8s;
 pub mod output;
 pub mod pipeline;
+pub mod playbook;
 pub mod progress;
 pub mod store;
 pub mod ui;
