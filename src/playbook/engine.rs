@@ -463,7 +463,7 @@ impl Runner<'_> {
                     json!({"type": "step-item", "step": step.id, "item": item, "with": shown}),
                 )?;
                 let (out, attempts) = self.attempt(step, def, Value::Object(with.clone())).await?;
-                summary.attempts += attempts;
+                summary.attempts = summary.attempts.max(attempts);
                 if def.mutates && !self.ctx.dry_run {
                     if let Some(m) = def
                         .mutation

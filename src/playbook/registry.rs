@@ -14,7 +14,8 @@ use serde_json::{json, Map, Value};
 
 use crate::actions;
 use crate::context::Ctx;
-use crate::error::{Error, Result};
+use crate::error::{Error, Exit, Result};
+use crate::output::Render;
 
 pub type RunFn = for<'a> fn(&'a Ctx, Value) -> BoxFuture<'a, Result<Value>>;
 
@@ -243,6 +244,18 @@ pub fn encode<T: serde::Serialize>(out: &T) -> Result<Value> {
     serde_json::to_value(out).map_err(|e| Error::failed(format!("encoding step outputs: {e}")))
 }
 
+/// A result that implies a failure (a verification that found a mismatch) fails the step.
+pub fn judge<T: Render>(action: &str, out: &T) -> Result<()> {
+    match out.exit() {
+        Exit::Ok => Ok(()),
+        Exit::VerifyFailed => Err(Error::VerifyFailed(format!(
+            "{action} reported a failed check"
+        ))),
+        Exit::Partial => Err(Error::failed(format!("{action} partly failed (exit 5)"))),
+        e => Err(Error::failed(format!("{action} failed (exit {})", e as u8))),
+    }
+}
+
 /// `action!("name", Spec, run_fn, about)` builds an `ActionDef` that deserializes `with:` into
 /// `Spec` and calls `run_fn(ctx, spec)`. Add `mutates: hook` for actions that change things.
 macro_rules! action {
@@ -250,7 +263,9 @@ macro_rules! action {
         fn run(ctx: &Ctx, with: Value) -> BoxFuture<'_, Result<Value>> {
             Box::pin(async move {
                 let spec: $spec = decode($name, with)?;
-                encode(&$run(ctx, spec).await?)
+                let out = $run(ctx, spec).await?;
+                judge($name, &out)?;
+                encode(&out)
             })
         }
         fn check(with: Value) -> std::result::Result<(), String> {
