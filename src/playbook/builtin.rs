@@ -192,10 +192,10 @@ pub async fn webhook(ctx: &Ctx, spec: WebhookSpec) -> Result<WebhookResult> {
     }
     let body =
         serde_json::to_vec(&spec.body).map_err(|e| Error::failed(format!("webhook body: {e}")))?;
+    let agent = crate::actions::version::VERSION;
     let mut req = format!(
-        "POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\nUser-Agent: {}\r\n",
-        body.len(),
-        format!("kirt/{}", crate::actions::version::VERSION)
+        "POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\nUser-Agent: kirt/{agent}\r\n",
+        body.len()
     );
     for (k, v) in &spec.headers {
         if k.contains(['\r', '\n', ':']) || v.contains(['\r', '\n']) {

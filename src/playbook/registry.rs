@@ -164,11 +164,11 @@ impl SpecInfo {
         for (k, v) in with {
             if self.groups.contains(k) {
                 for sub in v.as_object().into_iter().flat_map(|m| m.keys()) {
-                    if !self.fields.get(sub).is_some_and(|f| f.path[0] == *k) {
+                    if self.fields.get(sub).is_none_or(|f| f.path[0] != *k) {
                         out.push(format!("{k}.{sub}"));
                     }
                 }
-            } else if !self.fields.get(k).is_some_and(|f| f.path.len() == 1) {
+            } else if self.fields.get(k).is_none_or(|f| f.path.len() != 1) {
                 // a nested field written at the top level is still unknown there
                 out.push(k.clone());
             }
