@@ -112,17 +112,26 @@ fn broken_playbooks_fail_validation_with_file_and_line() {
     let file = write(&lab, "retries.yaml", &format!("{head}    retries: many\n"));
     let r = kirt_j(&lab, &["playbook", "validate", &file]).code_is(2);
     assert!(r.stderr().contains(&format!("{file}:10:")), "{}", r.dump());
+    // a parameter value that does not fit the spec stops the run before its first step
+    let file = write(
+        &lab,
+        "badvalue.yaml",
+        &format!("{head}  - id: rb\n    action: rollback.undo\n    with:\n      target: deploy/web\n      to-revision: \"{{{{ params.ns }}}}\"\n"),
+    );
+    let r = kirt_j(&lab, &["run", &file, "-p", "ns=abc", "--yes"]).code_is(2);
+    assert!(
+        r.stderr().contains(&format!("{file}:12:")) && r.stderr().contains("expected i64"),
+        "{}",
+        r.dump()
+    );
     assert!(!marker.exists(), "a step ran although validation failed");
     assert!(
         journals(&lab).is_empty(),
         "validation failures must not start runs"
     );
     // the fixed file runs
-    kirt_j(
-        &lab,
-        &["run", &file.replace("retries", "ok"), "-p", "ns=x", "--yes"],
-    )
-    .ok();
+    let ok = lab.dir.path().join("ok.yaml").display().to_string();
+    kirt_j(&lab, &["run", &ok, "-p", "ns=x", "--yes"]).ok();
     assert!(marker.exists());
 }
 

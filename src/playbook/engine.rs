@@ -258,6 +258,13 @@ pub async fn run(ctx: &Ctx, spec: RunSpec) -> Result<RunSummary> {
         .filter_map(|k| std::env::var(k).ok().map(|v| (k.clone(), Value::String(v))))
         .collect();
 
+    let data = json!({"params": params, "env": env_values, "steps": {},
+                      "run": {"id": run_id, "started_at": started_at, "dry_run": ctx.dry_run}});
+    let problems = validate::check_rendered(&source.file, &source.text, &pb, &data);
+    if !problems.list.is_empty() {
+        return Err(problems.into());
+    }
+
     let mut journal = match &spec.resume {
         Some(_) => Journal::append_to(&journal::path(&dir, &run_id))?,
         None => Journal::create(&dir, &run_id)?,
@@ -294,8 +301,6 @@ pub async fn run(ctx: &Ctx, spec: RunSpec) -> Result<RunSummary> {
         journal.path.display()
     );
 
-    let data = json!({"params": params, "env": env_values, "steps": {},
-                      "run": {"id": run_id, "started_at": started_at, "dry_run": ctx.dry_run}});
     let mut r = Runner {
         ctx,
         pb: &pb,

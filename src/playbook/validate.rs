@@ -433,6 +433,66 @@ pub fn check(file: &str, text: &str, pb: &Playbook, params: Params<'_>) -> Probl
     }
 }
 
+/// With the run's values known: renders the `with:` of every step that depends only on params,
+/// env and run (not on earlier steps' outputs or `item`) and checks it against the spec, so that a
+/// bad value (`-p to_revision=abc`) stops the run before the first step instead of in the middle.
+pub fn check_rendered(file: &str, text: &str, pb: &Playbook, data: &Value) -> Problems {
+    let loc = Locator::new(text);
+    let env = template::env();
+    let mut list = Vec::new();
+    for (i, step) in pb.steps.iter().enumerate() {
+        let Some(def) = registry::get(&step.action) else {
+            continue;
+        };
+        let with = Value::Object(step.with.clone());
+        let mut strs = Vec::new();
+        template::strings(&with, &mut Vec::new(), &mut strs);
+        let later = strs.iter().any(|(_, s)| {
+            template::is_template(s)
+                && template::variables(&env, s, false)
+                    .map(|vs| {
+                        vs.iter()
+                            .any(|v| v.starts_with("steps") || v.starts_with("item"))
+                    })
+                    .unwrap_or(true)
+        });
+        if later {
+            continue;
+        }
+        let mut at = |m: String| {
+            let (line, column) = loc.step_key(i, "with");
+            list.push(Problem {
+                line,
+                column,
+                message: format!("step {}: {m}", step.id),
+            })
+        };
+        match template::render(&env, &with, data) {
+            Err(e) => at(e),
+            Ok(Value::Object(mut w)) => {
+                let missing = def.spec.missing(&w);
+                if !missing.is_empty() {
+                    at(format!(
+                        "{} needs {} (the parameters give it no value)",
+                        def.name,
+                        missing.join(", ")
+                    ));
+                    continue;
+                }
+                def.spec.prepare(&mut w);
+                if let Err(e) = (def.check)(Value::Object(w)) {
+                    at(format!("with the given parameters, `with` is invalid: {e}"));
+                }
+            }
+            Ok(_) => {}
+        }
+    }
+    Problems {
+        file: file.into(),
+        list,
+    }
+}
+
 fn single(k: &str, v: &Value) -> Map<String, Value> {
     let mut m = Map::new();
     m.insert(k.to_string(), v.clone());
