@@ -629,3 +629,76 @@ fn etcd_backup_playbook_end_to_end() {
     assert!(prom.contains("kirt_backup"), "{prom}");
     assert_no_secrets(&lab);
 }
+
+#[test]
+fn encrypted_etcd_backup_then_dr_drill_with_report() {
+    let Some(lab) = lab() else { return };
+    let key = lab.dir.path().join("age.key");
+    common::sh(&format!("age-keygen -o {} 2>/dev/null", key.display())).ok();
+    let recipient = common::sh(&format!("age-keygen -y {}", key.display()))
+        .ok()
+        .stdout()
+        .trim()
+        .to_string();
+    let store = lab.dir.path().join("drill-store");
+    let (ep, to, rcp, id) = (
+        format!("etcd_endpoints={}", lab.get("KIRT_LAB_ETCD")),
+        format!("to={}", store.display()),
+        format!("recipient={recipient}"),
+        format!("identity={}", key.display()),
+    );
+    let r = kirt_j(
+        &lab,
+        &[
+            "run",
+            "etcd-backup",
+            "--yes",
+            "-o",
+            "json",
+            "-p",
+            &ep,
+            "-p",
+            &to,
+            "-p",
+            &rcp,
+            "-p",
+            &id,
+            "-p",
+            "cluster_name=lab",
+        ],
+    )
+    .ok();
+    let s = r.json();
+    assert_eq!(s["steps"][0]["outputs"]["encrypted"], true, "{}", r.dump());
+    assert_eq!(s["steps"][1]["outputs"]["ok"], true, "{}", r.dump());
+
+    let report = lab.dir.path().join("drill.md");
+    let r = kirt_j(
+        &lab,
+        &[
+            "run",
+            "dr-drill",
+            "-o",
+            "json",
+            "-p",
+            &format!("from={}", store.display()),
+            "-p",
+            &id,
+            "-p",
+            &format!("report={}", report.display()),
+            "-p",
+            &format!(
+                "apiserver_bin={}/kube-apiserver",
+                lab.get("KIRT_LAB_KUBE_BIN")
+            ),
+        ],
+    )
+    .ok();
+    let s = r.json();
+    let drill = &s["steps"][0]["outputs"];
+    assert_eq!(drill["ok"], true, "{}", r.dump());
+    assert!(drill["rto_seconds"].as_f64().unwrap() > 0.0);
+    let text = std::fs::read_to_string(&report).unwrap();
+    assert!(text.contains("RPO") || text.contains("rpo"), "{text}");
+    assert_no_secrets(&lab);
+}
