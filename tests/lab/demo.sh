@@ -32,6 +32,9 @@ step "verify the backup and prove it restores (throwaway etcd, revision/keys/Has
   "$KIRT" backup verify --from "$work/backups" latest --identity "$work/backup.key" --restore
 step "restore without kirt: age -d | zstd -d, then etcdutl snapshot status" \
   bash -c "age -d -i '$work/backup.key' '$obj' | zstd -dq > '$work/snap.db' && etcdutl snapshot status -w table '$work/snap.db'"
+step "playbook etcd-backup (for cron): backup → verify that very backup → prune, journaled" \
+  "$KIRT" --journal "$work/runs" run etcd-backup --yes -p etcd_endpoints="$KIRT_LAB_ETCD" -p to="$work/backups" \
+  -p recipient="$recipient" -p identity="$work/backup.key" -p cluster_name=demo -p keep_last=3
 demo_ns="kirt-demo-$$"
 kubectl create namespace "$demo_ns" >/dev/null
 trap 'kubectl delete namespace "$demo_ns" --wait=false >/dev/null 2>&1 || true; cleanup' EXIT
@@ -55,4 +58,9 @@ step "a bad release: the rollout does not complete (exit 1 expected), stuck pods
 step "rollback history" "$KIRT" rollback history deployment/web -n "$demo_ns"
 step "roll back as kubectl rollout undo would, and wait until healthy" \
   "$KIRT" rollback deployment/web -n "$demo_ns" --yes --wait --timeout 90s
+step "playbook rollback-bad-deploy on a second bad release (history → rollback → wait)" \
+  bash -c "kubectl set image deployment/web web=nginx:1.27-broken -n '$demo_ns' >/dev/null && \
+    '$KIRT' --journal '$work/runs' run rollback-bad-deploy --yes -p namespace='$demo_ns' -p deployment=web -p timeout=90s"
+step "the run journals (kirt runs show RUN_ID for one run; kirt undo RUN_ID reverses a run)" \
+  "$KIRT" --journal "$work/runs" runs list
 printf '\ndemo done; files in %s\n' "$work"
