@@ -702,3 +702,70 @@ fn encrypted_etcd_backup_then_dr_drill_with_report() {
     assert!(text.contains("RPO") || text.contains("rpo"), "{text}");
     assert_no_secrets(&lab);
 }
+
+#[test]
+fn foreach_runs_once_per_pod_a_selector_matches() {
+    let Some(lab) = lab() else { return };
+    let ns = lab.namespace("k7-each");
+    lab.apply(
+        &ns,
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web}\nspec:\n  replicas: 2\n  selector: {matchLabels: {app: web}}\n  template:\n    metadata: {labels: {app: web}}\n    spec: {containers: [{name: web, image: nginx}]}\n",
+    );
+    lab.kubectl([
+        "rollout",
+        "status",
+        "deploy/web",
+        "-n",
+        &ns,
+        "--timeout=90s",
+    ])
+    .ok();
+    let file = write(
+        &lab,
+        "each.yaml",
+        r#"apiVersion: kirt.dev/v1
+kind: Playbook
+metadata: {name: each}
+params:
+  namespace: {required: true}
+steps:
+  - id: each
+    action: exec
+    foreach: {pods: {namespace: "{{ params.namespace }}", selector: app=web}}
+    with: {argv: [echo, "{{ item.namespace }}/{{ item.name }}"]}
+  - id: count
+    action: exec
+    with: {argv: [echo, "{{ steps.each.outputs | length }}"]}
+"#,
+    );
+    let r = kirt_j(
+        &lab,
+        &[
+            "run",
+            &file,
+            "-p",
+            &format!("namespace={}", ns.name),
+            "-o",
+            "json",
+        ],
+    )
+    .ok();
+    let s = r.json();
+    let mut got: Vec<String> = s["steps"][0]["outputs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["stdout"].as_str().unwrap().trim().to_string())
+        .collect();
+    got.sort();
+    let mut want: Vec<String> = lab
+        .kubectl(["get", "pods", "-n", &ns, "-l", "app=web", "-o", "name"])
+        .ok()
+        .stdout()
+        .lines()
+        .map(|l| format!("{}/{}", ns.name, l.trim_start_matches("pod/")))
+        .collect();
+    want.sort();
+    assert_eq!(got, want, "{}", r.dump());
+    assert_eq!(s["steps"][1]["outputs"]["stdout"], "2\n");
+}

@@ -10,7 +10,7 @@ use serde::Serialize;
 use serde_json::{json, Map, Value};
 
 use super::journal::{self, Journal, REDACTED};
-use super::model::Playbook;
+use super::model::{Foreach, Playbook};
 use super::validate::{self, Params};
 use super::{registry, template};
 use crate::context::Ctx;
@@ -414,7 +414,13 @@ impl Runner<'_> {
             }
             let items = match &step.foreach {
                 None => vec![None],
-                Some(f) => match template::eval(&self.env, f, &self.data)
+                Some(Foreach::Pods { pods }) => self
+                    .pods(&pods.namespace, &pods.selector)
+                    .await?
+                    .into_iter()
+                    .map(Some)
+                    .collect(),
+                Some(Foreach::Expr(f)) => match template::eval(&self.env, f, &self.data)
                     .map_err(|e| Error::usage(format!("step {}: foreach: {e}", step.id)))?
                 {
                     Value::Array(a) => a.into_iter().map(Some).collect(),
@@ -533,6 +539,38 @@ impl Runner<'_> {
             exit,
             summary,
         })
+    }
+
+    /// `foreach: {pods: …}`: the pods a label selector matches, as template items.
+    async fn pods(&self, namespace: &str, selector: &str) -> Result<Vec<Value>> {
+        use crate::k8s::{KubeContext, Op};
+        use k8s_openapi::api::core::v1::Pod;
+        let render = |s: &str| match template::render_str(&self.env, s, &self.data) {
+            Ok(Value::String(s)) => Ok(s),
+            Ok(other) => Ok(other.to_string()),
+            Err(e) => Err(Error::usage(format!("foreach pods: {e}"))),
+        };
+        let (ns, sel) = (render(namespace)?, render(selector)?);
+        let api: kube::Api<Pod> =
+            kube::Api::namespaced(self.ctx.cluster().await?.client.clone(), &ns);
+        let list = api
+            .list(&kube::api::ListParams::default().labels(&sel))
+            .await
+            .op(Op::new("list", "pods").ns(&ns))?;
+        let mut items: Vec<Value> = list
+            .items
+            .iter()
+            .map(|p| {
+                json!({
+                    "name": p.metadata.name, "namespace": p.metadata.namespace,
+                    "labels": p.metadata.labels,
+                    "node": p.spec.as_ref().and_then(|s| s.node_name.clone()),
+                    "phase": p.status.as_ref().and_then(|s| s.phase.clone()),
+                })
+            })
+            .collect();
+        items.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
+        Ok(items)
     }
 
     /// Runs the action, retrying with exponential backoff; each attempt is bounded by `timeout`

@@ -61,9 +61,10 @@ pub struct Step {
     /// Expression: the step runs only when it is true (e.g. `params.webhook_url`)
     #[serde(default)]
     pub when: Option<String>,
-    /// Expression giving a list: the step runs once per element, available as `item`
+    /// The step runs once per element, available as `item`: an expression giving a list, or
+    /// `{pods: {namespace: NS, selector: LABELS}}` for the pods a label selector matches
     #[serde(default)]
-    pub foreach: Option<String>,
+    pub foreach: Option<Foreach>,
     /// Extra attempts after a failure (with exponential backoff from retry_delay)
     #[serde(default)]
     pub retries: u32,
@@ -79,4 +80,22 @@ pub struct Step {
     /// Ask before this step even when the action itself would not
     #[serde(default)]
     pub confirm: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(untagged)]
+pub enum Foreach {
+    /// An expression giving a list, e.g. `params.pods`
+    Expr(String),
+    /// The pods a label selector matches; each `item` is {name, namespace, node, phase, labels}
+    Pods { pods: PodSelector },
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PodSelector {
+    pub namespace: String,
+    /// A label selector, e.g. `app=web,tier!=db`
+    #[serde(default)]
+    pub selector: String,
 }

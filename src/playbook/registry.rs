@@ -56,6 +56,8 @@ pub struct Field {
     /// Path in `with:` (nested option groups such as `s3` are objects).
     pub path: Vec<String>,
     pub types: Vec<String>,
+    /// Type of a list's elements.
+    pub items: Option<String>,
     pub default: Option<String>,
     pub required: bool,
 }
@@ -187,9 +189,15 @@ impl Field {
                 .collect(),
             _ => vec![],
         };
+        let items = schema
+            .get("items")
+            .and_then(|i| i.get("type"))
+            .and_then(Value::as_str)
+            .map(String::from);
         Field {
             path,
             types,
+            items,
             default: None,
             required: false,
         }
@@ -207,6 +215,20 @@ impl Field {
                     .unwrap_or(Value::String(s))
             }
             Value::String(s) if has("array") => Value::Array(vec![Value::String(s)]),
+            // `{{ expr }}` keeps a number's type; a string field takes it as text
+            v @ (Value::Number(_) | Value::Bool(_))
+                if has("string") && !has("integer") && !has("number") && !has("boolean") =>
+            {
+                Value::String(v.to_string())
+            }
+            Value::Array(a) if self.items.as_deref() == Some("string") => Value::Array(
+                a.into_iter()
+                    .map(|x| match x {
+                        Value::Number(_) | Value::Bool(_) => Value::String(x.to_string()),
+                        other => other,
+                    })
+                    .collect(),
+            ),
             other => other,
         }
     }

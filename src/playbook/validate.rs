@@ -7,7 +7,7 @@ use std::fmt;
 
 use serde_json::{Map, Value};
 
-use super::model::{Playbook, API_VERSION, KIND};
+use super::model::{Foreach, Playbook, API_VERSION, KIND};
 use super::{registry, template};
 
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -315,8 +315,13 @@ pub fn check(file: &str, text: &str, pb: &Playbook, params: Params<'_>) -> Probl
         if let Some(w) = &step.when {
             exprs.push((w, vec![], true, "when"));
         }
-        if let Some(f) = &step.foreach {
-            exprs.push((f, vec![], true, "foreach"));
+        match &step.foreach {
+            Some(Foreach::Expr(f)) => exprs.push((f, vec![], true, "foreach")),
+            Some(Foreach::Pods { pods }) => {
+                exprs.push((&pods.namespace, vec![], false, "foreach"));
+                exprs.push((&pods.selector, vec![], false, "foreach"));
+            }
+            None => {}
         }
         let with_value = Value::Object(step.with.clone());
         let mut strs = Vec::new();
