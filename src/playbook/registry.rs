@@ -355,7 +355,7 @@ static ACTIONS: LazyLock<Vec<ActionDef>> = LazyLock::new(|| {
             "wait until a rollout is complete (kirt rollout wait)"
         ),
         action!("exec", super::builtin::ExecSpec, super::builtin::exec,
-            "run a program (argv, no shell) and capture its output", mutates: no_undo),
+            "run a program (argv, no shell) and capture its output", mutates: ran),
         action!("notify.webhook", super::builtin::WebhookSpec, super::builtin::webhook,
             "POST JSON to a URL (URL and headers are secret)", secret: &["url", "headers"]),
         // quarantine.apply (mutates: quarantined → undo quarantine.release), quarantine.verify,
@@ -413,6 +413,17 @@ fn rolled_back(with: &Value, o: &Value) -> Option<Mutation> {
         }),
     });
     Some(Mutation { object, undo })
+}
+
+/// An `exec` may have changed anything; the journal names the program, undo cannot reverse it.
+fn ran(_with: &Value, o: &Value) -> Option<Mutation> {
+    if o.get("dry_run") == Some(&Value::Bool(true)) {
+        return None;
+    }
+    Some(Mutation {
+        object: json!({"kind": "exec", "name": o["argv"][0], "exit_code": o["exit_code"]}),
+        undo: None,
+    })
 }
 
 /// A small reference to what an output describes, for the journal.
