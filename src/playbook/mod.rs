@@ -57,7 +57,9 @@ pub fn resolve(target: &str) -> Result<Source> {
             text,
         });
     }
+    // journals record shipped playbooks as playbooks/NAME.yaml
     let name = target.trim_end_matches(".yaml");
+    let name = name.strip_prefix("playbooks/").unwrap_or(name);
     match SHIPPED.iter().find(|(n, _)| *n == name) {
         Some((n, text)) => Ok(Source {
             file: format!("playbooks/{n}.yaml"),
@@ -75,5 +77,22 @@ pub fn resolve(target: &str) -> Result<Source> {
                     .join(", ")
             ),
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shipped_playbooks_resolve_by_name_and_recorded_path() {
+        let a = resolve("etcd-backup").unwrap();
+        let b = resolve("playbooks/etcd-backup.yaml").unwrap();
+        assert_eq!(a.digest, b.digest);
+        assert_eq!(a.file, "playbooks/etcd-backup.yaml");
+        assert_eq!(
+            resolve("no-such-playbook").unwrap_err().exit(),
+            crate::Exit::NotFound
+        );
     }
 }
