@@ -4,7 +4,10 @@ CARGO ?= cargo
 LAB := tests/lab/lab.sh
 export KIRT_LAB_CACHE ?= $(HOME)/.cache/kirt-lab
 
-.PHONY: all build release deps lab-deps lab-up lab-down lab-status test test-unit demo bench lint fmt clean install
+PREFIX ?= /usr/local
+KIRT_BIN ?= target/release/kirt
+
+.PHONY: image all build release deps lab-deps lab-up lab-down lab-status test test-unit demo bench lint fmt clean install
 
 all: build
 
@@ -51,3 +54,21 @@ fmt:
 clean:
 	-bash $(LAB) down
 	$(CARGO) clean
+
+target/release/kirt:
+	$(CARGO) build --release --bin kirt
+
+## kirt, the kubectl plugin link (`kubectl kirt …`), shell completions and the man page.
+install: $(KIRT_BIN)
+	install -D -m 0755 $(KIRT_BIN) $(DESTDIR)$(PREFIX)/bin/kirt
+	ln -sf kirt $(DESTDIR)$(PREFIX)/bin/kubectl-kirt
+	install -d $(DESTDIR)$(PREFIX)/share/bash-completion/completions $(DESTDIR)$(PREFIX)/share/zsh/site-functions \
+	  $(DESTDIR)$(PREFIX)/share/fish/vendor_completions.d $(DESTDIR)$(PREFIX)/share/man/man1
+	$(KIRT_BIN) completions bash > $(DESTDIR)$(PREFIX)/share/bash-completion/completions/kirt
+	$(KIRT_BIN) completions zsh > $(DESTDIR)$(PREFIX)/share/zsh/site-functions/_kirt
+	$(KIRT_BIN) completions fish > $(DESTDIR)$(PREFIX)/share/fish/vendor_completions.d/kirt.fish
+	$(KIRT_BIN) man > $(DESTDIR)$(PREFIX)/share/man/man1/kirt.1
+
+## Container image (offline, buildah with vfs storage and chroot isolation): kirt + etcdutl.
+image: $(KIRT_BIN)
+	KIRT_BIN=$(KIRT_BIN) bash deploy/build-image.sh

@@ -5,6 +5,7 @@
 #   2. etcdctl snapshot save → zstd -T0 -3 → age → aws s3 cp (the shell pipeline)
 #   3. the limit: a minimal etcd-client program reading the snapshot stream and discarding it
 #   4. kirt backup create to the same S3 server
+# K4: benches/quarantine.sh (1 pod and 200 pods against the lab apiserver), at the end.
 # Targets: kirt ≥ 2.5× faster than (2); kirt ≤ 1.25× (3); peak RSS ≤ 100 MiB and within 10 %
 # between the two sizes. Prints the figures and which targets pass. Servers run on 127.0.0.1 only.
 set -euo pipefail
@@ -65,8 +66,17 @@ for mib in $SIZES; do
   read -r t rss < <(measure "kirt-$mib" "$KIRT" -q backup create --etcd-endpoints "$EP" --to s3://bench/kirt \
     --endpoint-url "$S3" --path-style --recipient "$R" --cluster-name "b$mib")
   T[kirt-$mib]=$t; RSS[kirt-$mib]=$rss
-  printf 'db %s MiB (%s bytes, zstd -3 ratio %s): etcdctl save %ss, pipeline %ss, limit %ss, kirt %ss (peak RSS %s MiB)\n' \
-    "$mib" "$db" "$zr" "${T[etcdctl-$mib]}" "${T[pipeline-$mib]}" "${T[limit-$mib]}" "${T[kirt-$mib]}" "$((rss / 1024))"
+  # K3: verify (no restore) vs the CLI pipeline over the same local object
+  "$KIRT" -q backup create --etcd-endpoints "$EP" --to "$work/local-$mib" --recipient "$R" --cluster-name "b$mib" >/dev/null
+  obj=$(find "$work/local-$mib" -name '*.etcd.zst.age' | head -1)
+  read -r t _ < <(measure "cliverify-$mib" bash -c "age -d -i '$work/key' < '$obj' | zstd -dq | sha256sum")
+  T[cliverify-$mib]=$t
+  read -r t rss < <(measure "verify-$mib" "$KIRT" -q backup verify --from "$work/local-$mib" latest --identity "$work/key")
+  T[verify-$mib]=$t; RSS[verify-$mib]=$rss
+  rm -rf "$work/local-$mib"
+  printf 'db %s MiB (%s bytes, zstd -3 ratio %s): etcdctl save %ss, pipeline %ss, limit %ss, kirt %ss (peak RSS %s MiB); verify: age|zstd|sha256sum %ss, kirt %ss (peak RSS %s MiB)\n' \
+    "$mib" "$db" "$zr" "${T[etcdctl-$mib]}" "${T[pipeline-$mib]}" "${T[limit-$mib]}" "${T[kirt-$mib]}" "$((RSS[kirt-$mib] / 1024))" \
+    "${T[cliverify-$mib]}" "${T[verify-$mib]}" "$((RSS[verify-$mib] / 1024))"
 done
 
 echo
@@ -84,6 +94,17 @@ print(f"{mib} MiB: pipeline/kirt = {speedup:.2f}x (target >= 2.5: {'ok' if ok1 e
 sys.exit(0 if ok1 and ok2 and ok3 else 1)
 PY
 done
+echo "== K3 targets"
+for mib in $SIZES; do
+  python3 - "$mib" "${T[cliverify-$mib]}" "${T[verify-$mib]}" "${RSS[verify-$mib]}" <<'PY' || fail=1
+import sys
+mib, cli, kirt, rss = sys.argv[1], *map(float, sys.argv[2:])
+r = kirt / cli
+ok1, ok2 = r <= 1.2, rss / 1024 <= 100
+print(f"{mib} MiB: kirt verify / (age -d | zstd -d | sha256sum) = {r:.2f}x (target <= 1.2: {'ok' if ok1 else 'MISSED'}), peak RSS {rss/1024:.1f} MiB (target <= 100: {'ok' if ok2 else 'MISSED'})")
+sys.exit(0 if ok1 and ok2 else 1)
+PY
+done
 set -- $SIZES
 if [[ $# -ge 2 ]]; then
   python3 - "${RSS[kirt-$1]}" "${RSS[kirt-$2]}" <<'PY' || fail=1
@@ -94,4 +115,8 @@ print(f"RSS difference between sizes: {d*100:.1f}% (target <= 10%: {'ok' if d <=
 sys.exit(0 if d <= 0.10 else 1)
 PY
 fi
+
+echo
+echo "== K4 quarantine (lab apiserver)"
+KIRT="$PWD/$KIRT" bash benches/quarantine.sh || fail=1
 exit $fail

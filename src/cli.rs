@@ -66,6 +66,10 @@ pub enum LogFormat {
 pub enum Command {
     /// Check what kirt needs: apiserver, permissions, CNI, etcd, store, tools, keys
     Doctor(actions::doctor::DoctorSpec),
+    /// Isolate compromised pods with NetworkPolicies (kept alive for forensics); verify; status
+    Quarantine(QuarantineCmd),
+    /// Undo a quarantine exactly: original labels, kirt's policies, --exclusive edits, cordon
+    Release(actions::quarantine::ReleaseSpec),
     /// etcd backups: create (stream, compress, encrypt, upload), list, prune
     #[command(subcommand)]
     Backup(BackupCmd),
@@ -89,6 +93,9 @@ pub enum Command {
     Runs(RunsCmd),
     /// Reverse what a playbook run changed, newest change first (journaled too)
     Undo(crate::playbook::undo::UndoSpec),
+    /// Forensic evidence: collect one verifiable bundle per pod, verify it, list bundles
+    #[command(subcommand)]
+    Evidence(EvidenceCmd),
     /// Print kirt's version and git commit
     Version,
     /// Print shell completions
@@ -166,6 +173,35 @@ pub enum RunsCmd {
     },
 }
 
+/// `kirt quarantine POD|-l SEL` or `kirt quarantine verify|status`.
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+pub struct QuarantineCmd {
+    #[command(subcommand)]
+    pub command: Option<QuarantineSub>,
+    #[command(flatten)]
+    pub spec: actions::quarantine::QuarantineSpec,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum QuarantineSub {
+    /// Evaluate every NetworkPolicy against the pod's labels; exit 3 if it is not isolated
+    Verify(actions::quarantine::VerifySpec),
+    /// List quarantined pods: since, by, reason, node, phase
+    Status(actions::quarantine::StatusSpec),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum EvidenceCmd {
+    /// Capture a pod's object, events, logs, owners, network and RBAC context (+ checkpoints)
+    /// into one tar.zst[.age] bundle with manifest.json and SHA256SUMS
+    Collect(actions::evidence::collect::EvidenceCollectSpec),
+    /// Re-check every digest of a bundle against SHA256SUMS and manifest.json (exit 3 on tampering)
+    Verify(actions::evidence::verify::EvidenceVerifySpec),
+    /// List the evidence bundles in a store, newest first
+    List(actions::evidence::list::EvidenceListSpec),
+}
+
 /// Builds the context from the global options. Only the binary calls this.
 pub fn context(g: &GlobalArgs) -> Ctx {
     let mut ctx = Ctx::new(g.kube.clone());
@@ -188,6 +224,19 @@ pub async fn run(cli: Cli) -> Result<Exit> {
     let ctx = context(&cli.global);
     match cli.command {
         Command::Doctor(spec) => show(&ctx, &actions::doctor::run(&ctx, spec).await?),
+        Command::Quarantine(QuarantineCmd {
+            command: Some(QuarantineSub::Verify(spec)),
+            ..
+        }) => show(&ctx, &actions::quarantine::verify::run(&ctx, spec).await?),
+        Command::Quarantine(QuarantineCmd {
+            command: Some(QuarantineSub::Status(spec)),
+            ..
+        }) => show(&ctx, &actions::quarantine::status::run(&ctx, spec).await?),
+        Command::Quarantine(QuarantineCmd {
+            command: None,
+            spec,
+        }) => show(&ctx, &actions::quarantine::apply::run(&ctx, spec).await?),
+        Command::Release(spec) => show(&ctx, &actions::quarantine::release::run(&ctx, spec).await?),
         Command::Backup(BackupCmd::Create(spec)) => {
             show(&ctx, &actions::backup::create::run(&ctx, spec).await?)
         }
@@ -241,6 +290,15 @@ pub async fn run(cli: Cli) -> Result<Exit> {
             show(&ctx, &crate::playbook::commands::runs_show(&ctx, &run_id)?)
         }
         Command::Undo(spec) => show(&ctx, &crate::playbook::undo::run(&ctx, spec).await?),
+        Command::Evidence(EvidenceCmd::Collect(spec)) => {
+            show(&ctx, &actions::evidence::collect::run(&ctx, spec).await?)
+        }
+        Command::Evidence(EvidenceCmd::Verify(spec)) => {
+            show(&ctx, &actions::evidence::verify::run(&ctx, spec).await?)
+        }
+        Command::Evidence(EvidenceCmd::List(spec)) => {
+            show(&ctx, &actions::evidence::list::run(&ctx, spec).await?)
+        }
         Command::Version => show(&ctx, &actions::version::run()),
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "kirt", &mut std::io::stdout());

@@ -61,7 +61,7 @@ pub enum Error {
         detail: String,
     },
 
-    #[error("cannot reach {what} at {endpoint}: {reason} — {hint}")]
+    #[error("cannot reach {what}{}: {reason} — {hint}", at_suffix(.endpoint))]
     Unreachable {
         what: &'static str,
         endpoint: String,
@@ -112,6 +112,14 @@ fn hint_suffix(s: &str) -> String {
         String::new()
     } else {
         format!(" ({s})")
+    }
+}
+
+fn at_suffix(endpoint: &str) -> String {
+    if endpoint.is_empty() {
+        String::new()
+    } else {
+        format!(" at {endpoint}")
     }
 }
 

@@ -25,6 +25,17 @@ pub struct KubeOptions {
     /// All namespaces
     #[arg(short = 'A', long, global = true)]
     pub all_namespaces: bool,
+    /// Act as this user (impersonation, as kubectl --as)
+    #[arg(long = "as", global = true, value_name = "USER")]
+    pub as_user: Option<String>,
+    /// Act as this group; repeatable (impersonation, as kubectl --as-group)
+    #[arg(
+        long = "as-group",
+        global = true,
+        value_name = "GROUP",
+        requires = "as_user"
+    )]
+    pub as_groups: Vec<String>,
 }
 
 /// A connected cluster: the client plus what was learnt from the configuration.
@@ -66,6 +77,16 @@ impl Cluster {
             }
             None => load_default(&kco).await?,
         };
+        let mut config = config;
+        let mut identity = identity;
+        if let Some(user) = &opts.as_user {
+            // kubectl's semantics: Impersonate-User / Impersonate-Group headers on every request
+            config.auth_info.impersonate = Some(user.clone());
+            if !opts.as_groups.is_empty() {
+                config.auth_info.impersonate_groups = Some(opts.as_groups.clone());
+            }
+            identity = format!("{identity} impersonating {user}");
+        }
         let url = config.cluster_url.to_string();
         let default_namespace = config.default_namespace.clone();
         let client = Client::try_from(config).map_err(|e| {

@@ -9,6 +9,7 @@ pub mod context;
 pub mod crypto;
 pub mod error;
 pub mod etcd;
+pub mod http;
 pub mod k8s;
 pub mod output;
 pub mod pipeline;

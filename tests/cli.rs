@@ -120,3 +120,38 @@ fn doctor_reports_bad_recipient_and_missing_identity() {
         .collect();
     assert_eq!(fails, ["keys", "keys"], "{v}");
 }
+
+#[test]
+fn quarantine_and_release_surface() {
+    let help = kirt(&["--help"]).ok().stdout();
+    assert!(
+        help.contains("quarantine") && help.contains("release"),
+        "{help}"
+    );
+    let q = kirt(&["quarantine", "--help"]).ok().stdout();
+    for want in [
+        "verify",
+        "status",
+        "--selector",
+        "--reason",
+        "--allow-dns",
+        "--allow-from",
+        "--allow-from-namespace",
+        "--keep-labels",
+        "--exclusive",
+        "--cordon-node",
+    ] {
+        assert!(q.contains(want), "{want} missing:\n{q}");
+    }
+    assert!(kirt(&["release", "--help"])
+        .ok()
+        .stdout()
+        .contains("--force"));
+    // usage errors are caught before any cluster access (no kubeconfig here)
+    let r = kirt(&["quarantine", "--yes"]).code_is(2);
+    assert!(r.stderr().contains("name a pod"), "{}", r.dump());
+    let r = kirt(&["quarantine", "web", "--allow-from", "10.0.0.1", "--yes"]).code_is(2);
+    assert!(r.stderr().contains("not a CIDR"), "{}", r.dump());
+    kirt(&["quarantine", "web", "-l", "app=x"]).code_is(2);
+    kirt(&["quarantine", "verify"]).code_is(2);
+}

@@ -221,7 +221,7 @@ const PERMS: &[Perm] = &[
         "networking.k8s.io",
         "networkpolicies",
         "",
-        "quarantine verify, evidence",
+        "quarantine verify/--exclusive, release, evidence",
         true,
     ),
     p(
@@ -237,7 +237,7 @@ const PERMS: &[Perm] = &[
         "networking.k8s.io",
         "networkpolicies",
         "",
-        "quarantine --exclusive, release",
+        "quarantine (--exclusive), release",
         true,
     ),
     p(
@@ -553,7 +553,7 @@ async fn kube_checks(ctx: &Ctx, r: &mut Report) {
 }
 
 /// The authenticated user according to the server (SelfSubjectReview, Kubernetes 1.28+).
-async fn whoami(client: &kube::Client) -> Option<String> {
+pub(crate) async fn whoami(client: &kube::Client) -> Option<String> {
     for version in ["v1", "v1beta1"] {
         let body = serde_json::json!({"apiVersion": format!("authentication.k8s.io/{version}"), "kind": "SelfSubjectReview"});
         let req = http::Request::post(format!(

@@ -5,6 +5,8 @@
 pub mod backup;
 pub mod doctor;
 pub mod drill;
+pub mod evidence;
+pub mod quarantine;
 pub mod restore;
 pub mod rollback;
 pub mod version;

@@ -36,8 +36,10 @@ step "playbook etcd-backup (for cron): backup → verify that very backup → pr
   "$KIRT" --journal "$work/runs" run etcd-backup --yes -p etcd_endpoints="$KIRT_LAB_ETCD" -p to="$work/backups" \
   -p recipient="$recipient" -p identity="$work/backup.key" -p cluster_name=demo -p keep_last=3
 demo_ns="kirt-demo-$$"
+q_ns="kirt-demo-q-$$"
 kubectl create namespace "$demo_ns" >/dev/null
-trap 'kubectl delete namespace "$demo_ns" --wait=false >/dev/null 2>&1 || true; cleanup' EXIT
+kubectl create namespace "$q_ns" >/dev/null
+trap 'kubectl delete namespace "$demo_ns" "$q_ns" --wait=false >/dev/null 2>&1 || true; cleanup' EXIT
 kubectl apply -n "$demo_ns" -f - >/dev/null <<'YAML'
 apiVersion: apps/v1
 kind: Deployment
@@ -63,4 +65,36 @@ step "playbook rollback-bad-deploy on a second bad release (history → rollback
     '$KIRT' --journal '$work/runs' run rollback-bad-deploy --yes -p namespace='$demo_ns' -p deployment=web -p timeout=90s"
 step "the run journals (kirt runs show RUN_ID for one run; kirt undo RUN_ID reverses a run)" \
   "$KIRT" --journal "$work/runs" runs list
+
+# quarantine: a pod of a demo Deployment, verify (breach, then --exclusive), release
+kubectl apply -n "$q_ns" -f - >/dev/null <<'YAML'
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web}
+spec:
+  replicas: 2
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}}
+    spec: {containers: [{name: web, image: "nginx:1.25"}]}
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: allow-all}
+spec: {podSelector: {}, ingress: [{}], egress: [{}], policyTypes: [Ingress, Egress]}
+YAML
+kubectl rollout status deployment/web -n "$q_ns" --timeout=60s >/dev/null
+pod=$(kubectl get pods -n "$q_ns" -l app=web -o jsonpath='{.items[0].metadata.name}')
+step "quarantine a pod of the demo Deployment" "$KIRT" quarantine "$pod" -n "$q_ns" --reason demo --allow-dns --yes
+step "verify: the allow-all policy still admits traffic (exit 3 expected)" \
+  bash -c "'$KIRT' quarantine verify '$pod' -n '$q_ns'; echo \"exit \$?\""
+step "--exclusive narrows it" "$KIRT" quarantine "$pod" -n "$q_ns" --exclusive --yes
+step "verify again" "$KIRT" quarantine verify "$pod" -n "$q_ns"
+step "the ReplicaSet replaced it; the quarantined pod still runs" kubectl get pods -n "$q_ns" -L kirt.dev/quarantined
+step "status" "$KIRT" quarantine status -n "$q_ns"
+step "forensic evidence of the quarantined pod, encrypted to the demo key" \
+  "$KIRT" evidence collect "$pod" -n "$q_ns" --to "$work/evidence" --encrypt-to "$recipient" --checkpoint --case-id DEMO-1
+step "verify the evidence bundle (every digest)" \
+  bash -c "'$KIRT' evidence verify \"\$(ls '$work'/evidence/*.tar.zst.age | head -1)\" --identity '$work/backup.key'"
+step "release restores labels and policies exactly" "$KIRT" release "$pod" -n "$q_ns" --yes
 printf '\ndemo done; files in %s\n' "$work"

@@ -47,6 +47,9 @@ pub struct BackupCreateSpec {
     /// Write Prometheus textfile metrics here (atomically), on success and on failure
     #[arg(long, value_name = "FILE")]
     pub metrics_file: Option<PathBuf>,
+    /// Also push the metrics to this Prometheus Pushgateway (e.g. http://pushgateway:9091)
+    #[arg(long, value_name = "URL")]
+    pub pushgateway: Option<String>,
     /// Sign the manifest with this minisign secret key (detached ID.manifest.json.minisig;
     /// password from $KIRT_SIGN_PASSWORD if the key is encrypted)
     #[arg(long, value_name = "FILE")]
@@ -113,7 +116,7 @@ impl Render for BackupResult {
 pub async fn run(ctx: &Ctx, spec: BackupCreateSpec) -> Result<BackupResult> {
     let started = jiff::Timestamp::now();
     let result = create(ctx, &spec, started).await;
-    if let Some(path) = &spec.metrics_file {
+    if spec.metrics_file.is_some() || spec.pushgateway.is_some() {
         let cluster = match &result {
             Ok(r) => r.cluster.clone(),
             Err(_) => spec
@@ -135,8 +138,17 @@ pub async fn run(ctx: &Ctx, spec: BackupCreateSpec) -> Result<BackupResult> {
                     revision: r.revision,
                 }),
         };
-        if let Err(e) = metrics::write(path, &outcome) {
-            tracing::error!(error = %e, "could not write the metrics file");
+        let text = match &spec.metrics_file {
+            Some(path) => metrics::write(path, &outcome).unwrap_or_else(|e| {
+                tracing::error!(error = %e, "could not write the metrics file");
+                metrics::render("", &outcome)
+            }),
+            None => metrics::render("", &outcome),
+        };
+        if let Some(gw) = &spec.pushgateway {
+            if let Err(e) = metrics::push(gw, &cluster, &text).await {
+                tracing::error!(error = %e, "could not push metrics to the pushgateway");
+            }
         }
     }
     result

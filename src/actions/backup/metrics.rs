@@ -28,15 +28,63 @@ fn previous(text: &str, name: &str) -> Option<f64> {
         .and_then(|v| v.parse().ok())
 }
 
-pub fn write(path: &Path, o: &Outcome<'_>) -> Result<()> {
+/// Writes the metrics file atomically; returns the text written.
+pub fn write(path: &Path, o: &Outcome<'_>) -> Result<String> {
     let old = std::fs::read_to_string(path).unwrap_or_default();
+    let s = render(&old, o);
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let tmp = tempfile::NamedTempFile::new_in(dir)
+        .ctx(|| format!("creating a temp file in {}", dir.display()))?;
+    std::fs::write(tmp.path(), &s).ctx(|| format!("writing {}", tmp.path().display()))?;
+    tmp.persist(path).map_err(|e| {
+        crate::Error::io(format!("renaming metrics to {}", path.display()), e.error)
+    })?;
+    Ok(s)
+}
+
+/// Pushes the metrics to a Prometheus Pushgateway (grouping key job=kirt_backup, cluster=NAME),
+/// replacing the group's previous values.
+pub async fn push(gateway: &str, cluster: &str, text: &str) -> Result<()> {
+    let url = format!(
+        "{}/metrics/job/kirt_backup/cluster/{}",
+        gateway.trim_end_matches('/'),
+        cluster
+    );
+    let headers = [(
+        "Content-Type".to_string(),
+        "text/plain; version=0.0.4".to_string(),
+    )];
+    let r = crate::http::send(
+        "PUT",
+        &url,
+        &headers,
+        text.as_bytes().to_vec(),
+        "the pushgateway",
+        std::time::Duration::from_secs(10),
+    )
+    .await?;
+    if !(200..300).contains(&r.status) {
+        return Err(crate::Error::failed(format!(
+            "the pushgateway answered {}: {}",
+            r.status,
+            r.body.trim()
+        )));
+    }
+    Ok(())
+}
+
+/// The textfile: current outcome plus what must carry over from the previous file.
+pub fn render(old: &str, o: &Outcome<'_>) -> String {
     let label = format!(
         "{{cluster=\"{}\"}}",
         o.cluster.replace('\\', "\\\\").replace('"', "\\\"")
     );
-    let mut failures = previous(&old, "kirt_backup_failures_total").unwrap_or(0.0);
+    let mut failures = previous(old, "kirt_backup_failures_total").unwrap_or(0.0);
     let mut last_failure =
-        previous(&old, "kirt_backup_last_failure_timestamp_seconds").unwrap_or(0.0);
+        previous(old, "kirt_backup_last_failure_timestamp_seconds").unwrap_or(0.0);
     let now = o.now.as_millisecond() as f64 / 1000.0;
     let mut s = String::new();
     let mut gauge = |name: &str, help: &str, kind: &str, value: f64| {
@@ -88,7 +136,7 @@ pub fn write(path: &Path, o: &Outcome<'_>) -> Result<()> {
                 "kirt_backup_stored_bytes",
                 "kirt_backup_revision",
             ] {
-                if let Some(v) = previous(&old, name) {
+                if let Some(v) = previous(old, name) {
                     gauge(
                         name,
                         "Carried over from the last successful backup.",
@@ -118,17 +166,7 @@ pub fn write(path: &Path, o: &Outcome<'_>) -> Result<()> {
         if o.success.is_some() { 1.0 } else { 0.0 },
     );
 
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let tmp = tempfile::NamedTempFile::new_in(dir)
-        .ctx(|| format!("creating a temp file in {}", dir.display()))?;
-    std::fs::write(tmp.path(), s).ctx(|| format!("writing {}", tmp.path().display()))?;
-    tmp.persist(path).map_err(|e| {
-        crate::Error::io(format!("renaming metrics to {}", path.display()), e.error)
-    })?;
-    Ok(())
+    s
 }
 
 #[cfg(test)]

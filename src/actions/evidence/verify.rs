@@ -1,0 +1,453 @@
+//! `kirt evidence verify`: streams a bundle back (store → age → zstd → tar), hashes every file and
+//! checks it against SHA256SUMS *and* manifest.json. Any changed, missing or extra file is named
+//! and the exit code is 3. Optionally also checks the stored bytes' sha256 that `collect` printed.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Read;
+use std::path::{Component, Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use super::{parse_object_name, parse_sums, Manifest, FORMAT, MANIFEST, SUMS};
+use crate::context::Ctx;
+use crate::crypto;
+use crate::error::{Error, Exit, Result};
+use crate::output::{Render, Table};
+use crate::pipeline::{open_reader, Decoder, Decryption};
+use crate::store::{self, S3Options};
+use crate::util::human_bytes;
+
+/// manifest.json and SHA256SUMS are read whole; anything bigger is not ours.
+const SMALL_FILE_LIMIT: u64 = 16 << 20;
+
+#[derive(Debug, Clone, Default, clap::Args, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(default, rename_all = "kebab-case", deny_unknown_fields)]
+pub struct EvidenceVerifySpec {
+    /// The bundle: a local file, file:///PATH or s3://BUCKET/KEY
+    #[arg(value_name = "BUNDLE")]
+    pub bundle: String,
+    /// age identity (or SSH private key) file for encrypted bundles; repeatable
+    #[arg(long = "identity", value_name = "FILE")]
+    pub identities: Vec<PathBuf>,
+    /// Also require the stored bytes to have this sha256 (as printed by `evidence collect`)
+    #[arg(long, value_name = "HEX")]
+    pub sha256: Option<String>,
+    #[command(flatten)]
+    pub s3: S3Options,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct FileCheck {
+    pub path: String,
+    pub size: Option<u64>,
+    pub sha256: Option<String>,
+    /// ok, changed, missing or extra
+    pub status: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct VerifyResult {
+    pub bundle: String,
+    pub ok: bool,
+    pub stored_size: u64,
+    pub stored_sha256: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub case_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pod: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub collected_at: Option<jiff::Timestamp>,
+    pub files: Vec<FileCheck>,
+    pub problems: Vec<String>,
+}
+
+impl Render for VerifyResult {
+    fn table(&self) -> Table {
+        let mut t = Table::new(["FILE", "SIZE", "SHA256", "STATUS"]);
+        for f in &self.files {
+            t.row([
+                f.path.clone(),
+                f.size.map(human_bytes).unwrap_or_else(|| "-".into()),
+                f.sha256
+                    .as_deref()
+                    .map(|s| s[..16.min(s.len())].to_string())
+                    .unwrap_or_else(|| "-".into()),
+                f.status.clone(),
+            ]);
+        }
+        if self.ok {
+            t.note(format!(
+                "OK: {} files match SHA256SUMS and manifest.json (bundle sha256 {})",
+                self.files.len(),
+                self.stored_sha256
+            ));
+        } else {
+            t.note(format!("verification FAILED for {}:", self.bundle));
+            for p in &self.problems {
+                t.note(format!("  {p}"));
+            }
+        }
+        t
+    }
+    fn exit(&self) -> Exit {
+        if self.ok {
+            Exit::Ok
+        } else {
+            Exit::VerifyFailed
+        }
+    }
+}
+
+/// Splits a bundle location into (store URL, object key).
+fn split_location(loc: &str) -> Result<(String, String)> {
+    let (scheme, rest) = if let Some(r) = loc.strip_prefix("s3://") {
+        ("s3://", r)
+    } else if let Some(r) = loc.strip_prefix("file://") {
+        ("file://", r)
+    } else {
+        ("", loc)
+    };
+    match rest.rsplit_once('/') {
+        Some((dir, name)) if !name.is_empty() => {
+            let dir = if dir.is_empty() && scheme.is_empty() {
+                "/"
+            } else {
+                dir
+            };
+            if scheme == "s3://" && dir.is_empty() {
+                return Err(Error::usage(format!("bad bundle location {loc:?}")));
+            }
+            Ok((format!("{scheme}{dir}"), name.to_string()))
+        }
+        None if scheme.is_empty() && !rest.is_empty() => Ok((".".into(), rest.to_string())),
+        _ => Err(Error::usage(format!(
+            "bad bundle location {loc:?}: give a file path or s3://BUCKET/KEY"
+        ))),
+    }
+}
+
+/// What streaming through the tar found.
+pub(super) struct Scan {
+    top: Option<String>,
+    /// relative path → (size, sha256)
+    files: BTreeMap<String, (u64, String)>,
+    /// entries outside the top directory, or not regular files
+    strays: Vec<String>,
+    manifest: Option<Vec<u8>>,
+    sums: Option<Vec<u8>>,
+}
+
+pub(super) fn scan(reader: impl Read) -> std::io::Result<Scan> {
+    let mut archive = tar::Archive::new(reader);
+    let mut s = Scan {
+        top: None,
+        files: BTreeMap::new(),
+        strays: Vec::new(),
+        manifest: None,
+        sums: None,
+    };
+    for entry in archive.entries()? {
+        let mut entry = entry?;
+        let kind = entry.header().entry_type();
+        let path = entry.path()?.into_owned();
+        let parts: Vec<String> = path
+            .components()
+            .filter_map(|c| match c {
+                Component::Normal(p) => Some(p.to_string_lossy().into_owned()),
+                _ => None,
+            })
+            .collect();
+        if kind.is_dir() {
+            continue;
+        }
+        let display = path.to_string_lossy().into_owned();
+        if !kind.is_file() || parts.len() < 2 || path_escapes(&path) {
+            s.strays.push(display);
+            continue;
+        }
+        let top = s.top.get_or_insert_with(|| parts[0].clone()).clone();
+        if parts[0] != top {
+            s.strays.push(display);
+            continue;
+        }
+        let rel = parts[1..].join("/");
+        let keep = (rel == MANIFEST || rel == SUMS) && entry.size() <= SMALL_FILE_LIMIT;
+        let mut hasher = Sha256::new();
+        let mut kept = Vec::new();
+        let mut size = 0u64;
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let n = entry.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+            if keep {
+                kept.extend_from_slice(&buf[..n]);
+            }
+            size += n as u64;
+        }
+        if rel == MANIFEST && keep {
+            s.manifest = Some(kept);
+        } else if rel == SUMS && keep {
+            s.sums = Some(kept);
+        }
+        if s.files
+            .insert(rel.clone(), (size, hex::encode(hasher.finalize())))
+            .is_some()
+        {
+            s.strays.push(format!("{display} (appears twice)"));
+        }
+    }
+    // Read to the very end so zstd's checksum and the stored-bytes digest cover everything.
+    std::io::copy(&mut archive.into_inner(), &mut std::io::sink())?;
+    Ok(s)
+}
+
+fn path_escapes(p: &Path) -> bool {
+    p.components()
+        .any(|c| matches!(c, Component::ParentDir | Component::RootDir))
+}
+
+pub async fn run(_ctx: &Ctx, spec: EvidenceVerifySpec) -> Result<VerifyResult> {
+    let (store_url, key) = split_location(&spec.bundle)?;
+    let Some((bundle, encrypted)) = parse_object_name(&key) else {
+        return Err(Error::usage(format!(
+            "{key:?} is not an evidence bundle name (evidence-NS-POD-STAMP.tar.zst[.age])"
+        )));
+    };
+    let bundle = bundle.to_string();
+    let decryption = if encrypted {
+        if spec.identities.is_empty() {
+            return Err(Error::usage(
+                "the bundle is encrypted (.age): give --identity FILE",
+            ));
+        }
+        let mut ids = Vec::new();
+        for f in &spec.identities {
+            ids.extend(crypto::load_identities(f)?);
+        }
+        Decryption::Identities(ids)
+    } else {
+        Decryption::None
+    };
+    let store = store::open(&store_url, &spec.s3).await?;
+    let reader = store.get(&key).await.map_err(|e| match e {
+        Error::NotFound { .. } => Error::not_found(
+            format!("evidence bundle {}", spec.bundle),
+            "check the location; kirt evidence list --from DIR|s3://BUCKET/PREFIX shows the bundles",
+        ),
+        e => e,
+    })?;
+    let location = spec.bundle.clone();
+    let (scan, stats) = tokio::task::spawn_blocking(move || -> Result<_> {
+        let mut dec = Decoder::new(open_reader(reader), decryption, true)?;
+        let scan = scan(&mut dec).map_err(|e| {
+            Error::VerifyFailed(format!(
+                "{location} is not a readable evidence bundle (zstd/tar stream broken or truncated): {e}"
+            ))
+        })?;
+        Ok((scan, dec.finish()))
+    })
+    .await
+    .map_err(|e| Error::failed(format!("verify task: {e}")))??;
+    let stats = stats.ok_or_else(|| Error::failed("the bundle was not read to its end"))?;
+    let mut result = compare(&bundle, &scan);
+    result.stored_size = stats.stored_size;
+    result.stored_sha256 = stats.stored_sha256.clone();
+    if let Some(want) = &spec.sha256 {
+        if !want.eq_ignore_ascii_case(&stats.stored_sha256) {
+            result.ok = false;
+            result.problems.push(format!(
+                "bundle sha256 is {} but {want} was expected: the stored object is not the one collected",
+                stats.stored_sha256
+            ));
+        }
+    }
+    Ok(result)
+}
+
+/// Marks a file's status; the first problem found for a file is the one shown.
+fn flag(status: &mut BTreeMap<String, &'static str>, path: &str, s: &'static str) {
+    let e = status.entry(path.to_string()).or_insert("ok");
+    if *e == "ok" {
+        *e = s;
+    }
+}
+
+pub(super) fn compare(bundle: &str, scan: &Scan) -> VerifyResult {
+    let mut problems = Vec::new();
+    let mut status: BTreeMap<String, &'static str> = BTreeMap::new();
+    if scan.top.as_deref() != Some(bundle) {
+        problems.push(format!(
+            "top directory is {:?}, expected {bundle:?}",
+            scan.top.as_deref().unwrap_or("(none)")
+        ));
+    }
+    for s in &scan.strays {
+        problems.push(format!("extra: {s}"));
+    }
+
+    // 1. SHA256SUMS
+    let sums = match &scan.sums {
+        None => {
+            problems.push(format!("missing: {SUMS}"));
+            Vec::new()
+        }
+        Some(text) => match parse_sums(&String::from_utf8_lossy(text)) {
+            Ok(v) => v,
+            Err(e) => {
+                problems.push(format!("changed: {SUMS} is not in sha256sum format ({e})"));
+                Vec::new()
+            }
+        },
+    };
+    let listed: BTreeSet<&str> = sums.iter().map(|(_, p)| p.as_str()).collect();
+    for (sha, path) in &sums {
+        match scan.files.get(path) {
+            None => {
+                flag(&mut status, path, "missing");
+                problems.push(format!("missing: {path} (listed in {SUMS})"));
+            }
+            Some((_, actual)) if actual != sha => {
+                flag(&mut status, path, "changed");
+                problems.push(format!("changed: {path} (sha256 differs from {SUMS})"));
+            }
+            Some(_) => {
+                status.entry(path.clone()).or_insert("ok");
+            }
+        }
+    }
+    for path in scan.files.keys() {
+        if path != SUMS && !listed.contains(path.as_str()) && scan.sums.is_some() {
+            flag(&mut status, path, "extra");
+            problems.push(format!("extra: {path} (not in {SUMS})"));
+        }
+    }
+
+    // 2. manifest.json: an independent record of every file but itself and SHA256SUMS.
+    let manifest: Option<Manifest> = match &scan.manifest {
+        None => {
+            if !problems
+                .iter()
+                .any(|p| p.starts_with(&format!("missing: {MANIFEST}")))
+            {
+                problems.push(format!("missing: {MANIFEST}"));
+            }
+            None
+        }
+        Some(bytes) => match serde_json::from_slice::<Manifest>(bytes) {
+            Ok(m) if m.format == FORMAT => Some(m),
+            Ok(m) => {
+                problems.push(format!(
+                    "changed: {MANIFEST} has unknown format {:?}",
+                    m.format
+                ));
+                None
+            }
+            Err(e) => {
+                problems.push(format!(
+                    "changed: {MANIFEST} is not a kirt evidence manifest ({e})"
+                ));
+                None
+            }
+        },
+    };
+    if let Some(m) = &manifest {
+        if m.bundle != bundle {
+            problems.push(format!(
+                "changed: {MANIFEST} names bundle {:?}, the file is {bundle:?}",
+                m.bundle
+            ));
+        }
+        let in_manifest: BTreeSet<&str> = m.files.iter().map(|f| f.path.as_str()).collect();
+        for f in &m.files {
+            match scan.files.get(&f.path) {
+                None => {
+                    flag(&mut status, &f.path, "missing");
+                    problems.push(format!("missing: {} (listed in {MANIFEST})", f.path));
+                }
+                Some((size, sha)) if *size != f.size || *sha != f.sha256 => {
+                    flag(&mut status, &f.path, "changed");
+                    problems.push(format!(
+                        "changed: {} (size/sha256 differ from {MANIFEST})",
+                        f.path
+                    ));
+                }
+                Some(_) => {}
+            }
+        }
+        for path in scan.files.keys() {
+            if path != SUMS && path != MANIFEST && !in_manifest.contains(path.as_str()) {
+                flag(&mut status, path, "extra");
+                problems.push(format!("extra: {path} (not in {MANIFEST})"));
+            }
+        }
+    }
+    problems.dedup();
+
+    let mut files: Vec<FileCheck> = Vec::new();
+    let mut paths: BTreeSet<&str> = scan.files.keys().map(String::as_str).collect();
+    paths.extend(status.keys().map(String::as_str));
+    for path in paths {
+        let actual = scan.files.get(path);
+        let st = if path == SUMS && scan.sums.is_some() {
+            "ok"
+        } else {
+            status.get(path).copied().unwrap_or("unverified")
+        };
+        files.push(FileCheck {
+            path: path.to_string(),
+            size: actual.map(|a| a.0),
+            sha256: actual.map(|a| a.1.clone()),
+            status: st.into(),
+        });
+    }
+    if files.iter().any(|f| f.status == "unverified") && problems.is_empty() {
+        problems.push("some files could not be checked".into());
+    }
+    VerifyResult {
+        bundle: bundle.to_string(),
+        ok: problems.is_empty(),
+        stored_size: 0,
+        stored_sha256: String::new(),
+        case_id: manifest.as_ref().and_then(|m| m.case_id.clone()),
+        pod: manifest
+            .as_ref()
+            .map(|m| format!("{}/{}", m.pod.namespace, m.pod.name)),
+        collected_at: manifest.as_ref().map(|m| m.started_at),
+        files,
+        problems,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn locations() {
+        assert_eq!(
+            split_location("s3://b/p/q/evidence-x.tar.zst").unwrap(),
+            ("s3://b/p/q".to_string(), "evidence-x.tar.zst".to_string())
+        );
+        assert_eq!(
+            split_location("s3://b/evidence-x.tar.zst").unwrap(),
+            ("s3://b".to_string(), "evidence-x.tar.zst".to_string())
+        );
+        assert_eq!(
+            split_location("/tmp/e/evidence-x.tar.zst").unwrap(),
+            ("/tmp/e".to_string(), "evidence-x.tar.zst".to_string())
+        );
+        assert_eq!(
+            split_location("evidence-x.tar.zst").unwrap(),
+            (".".to_string(), "evidence-x.tar.zst".to_string())
+        );
+        assert_eq!(
+            split_location("file:///d/evidence-x.tar.zst").unwrap(),
+            ("file:///d".to_string(), "evidence-x.tar.zst".to_string())
+        );
+        assert!(split_location("s3://").is_err());
+    }
+}

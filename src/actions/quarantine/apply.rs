@@ -1,0 +1,679 @@
+//! `kirt quarantine POD | -l SELECTOR [-A]`: ensure the namespace deny-all policy first, then
+//! (optionally) narrow other policies and write the per-pod allowance policy, then change each
+//! pod with one resourceVersion-guarded patch, then record an Event.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::api::{Api, Patch};
+use kube::Client;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use super::policies::{
+    allowance_policy, ensure_policy, namespace_policy, narrow_policies, PolicyChange,
+};
+use super::policy_eval::Labels;
+use super::*;
+use crate::context::Ctx;
+use crate::error::{Error, Exit, Result};
+use crate::k8s::{patch_params, KubeContext, Op};
+use crate::output::{Render, Table};
+
+#[derive(Debug, Clone, Default, clap::Args, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(default, rename_all = "kebab-case", deny_unknown_fields)]
+pub struct QuarantineSpec {
+    /// The pod to quarantine (or use -l)
+    #[arg(value_name = "POD")]
+    pub pod: Option<String>,
+    /// Quarantine every pod matching this label selector (with -A: in every namespace)
+    #[arg(short = 'l', long, value_name = "SELECTOR", conflicts_with = "pod")]
+    pub selector: Option<String>,
+    /// Namespace (playbooks; on the command line use -n)
+    #[arg(skip)]
+    pub namespace: Option<String>,
+    /// All namespaces (playbooks; on the command line use -A)
+    #[arg(skip)]
+    pub all_namespaces: bool,
+    /// Why: recorded in the kirt.dev/quarantined-reason annotation and the Event
+    #[arg(long, value_name = "TEXT")]
+    pub reason: Option<String>,
+    /// Allow DNS (UDP+TCP 53) to kube-dns in kube-system
+    #[arg(long)]
+    pub allow_dns: bool,
+    /// Allow ingress from this CIDR (repeatable), e.g. a forensics host
+    #[arg(long = "allow-from", value_name = "CIDR")]
+    pub allow_from: Vec<String>,
+    /// Allow ingress from all pods of this namespace (repeatable; needs the
+    /// kubernetes.io/metadata.name namespace label, Kubernetes 1.21+)
+    #[arg(long = "allow-from-namespace", value_name = "NS")]
+    pub allow_from_namespace: Vec<String>,
+    /// Keep the pod's labels (only add the quarantine label): it stays in Services and owned by
+    /// its controller, and other policies selecting it may still admit traffic
+    #[arg(long)]
+    pub keep_labels: bool,
+    /// Narrow every other policy that admits traffic to the pod with
+    /// `kirt.dev/quarantined DoesNotExist` (reverted on release)
+    #[arg(long)]
+    pub exclusive: bool,
+    /// Cordon the pod's node (uncordoned on release if kirt cordoned it)
+    #[arg(long)]
+    pub cordon_node: bool,
+    /// Pods changed at once with -l/-A
+    #[arg(long, value_name = "N")]
+    pub concurrency: Option<usize>,
+}
+
+impl QuarantineSpec {
+    pub fn has_allowances(&self) -> bool {
+        self.allow_dns || !self.allow_from.is_empty() || !self.allow_from_namespace.is_empty()
+    }
+
+    fn validate(&self) -> Result<()> {
+        if self.pod.is_none() && self.selector.is_none() {
+            return Err(Error::usage(
+                "name a pod (kirt quarantine POD -n NS) or a label selector (-l app=x)",
+            ));
+        }
+        if self.pod.is_some() && self.selector.is_some() {
+            return Err(Error::usage("give either a pod name or -l, not both"));
+        }
+        for cidr in &self.allow_from {
+            validate_cidr(cidr)?;
+        }
+        Ok(())
+    }
+
+    /// The labels the pod will carry once quarantined.
+    fn future_labels(&self, pod: &Pod) -> Labels {
+        let mut labels = if self.keep_labels {
+            labels_of(pod)
+        } else {
+            Labels::new()
+        };
+        labels.insert(LABEL.into(), "true".into());
+        if self.has_allowances() {
+            let (_, name) = name_of(pod);
+            labels.insert(POD_LABEL.into(), pod_label_value(&name));
+        }
+        labels
+    }
+}
+
+fn validate_cidr(cidr: &str) -> Result<()> {
+    let bad = || {
+        Error::usage(format!(
+            "--allow-from {cidr:?} is not a CIDR (e.g. 10.1.2.3/32)"
+        ))
+    };
+    let (ip, len) = cidr.split_once('/').ok_or_else(bad)?;
+    let ip: std::net::IpAddr = ip.parse().map_err(|_| bad())?;
+    let len: u8 = len.parse().map_err(|_| bad())?;
+    if len > if ip.is_ipv4() { 32 } else { 128 } {
+        return Err(bad());
+    }
+    Ok(())
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PodRow {
+    pub namespace: String,
+    pub pod: String,
+    pub node: String,
+    pub outcome: Outcome,
+    pub detail: String,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub changes: Vec<String>,
+    /// The merge patch applied (or, in dry-run, that would be applied) to the pod.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub patch: Option<Value>,
+    #[serde(skip)]
+    pub exit: Exit,
+}
+
+impl PodRow {
+    pub(crate) fn new(pod: &Pod, outcome: Outcome, detail: impl Into<String>) -> Self {
+        let (namespace, name) = name_of(pod);
+        PodRow {
+            namespace,
+            pod: name,
+            node: pod
+                .spec
+                .as_ref()
+                .and_then(|s| s.node_name.clone())
+                .unwrap_or_default(),
+            outcome,
+            detail: detail.into(),
+            changes: Vec::new(),
+            patch: None,
+            exit: Exit::Ok,
+        }
+    }
+
+    pub(crate) fn failed(pod: &Pod, e: &Error) -> Self {
+        let mut row = PodRow::new(pod, Outcome::Failed, e.to_string());
+        row.exit = e.exit();
+        row
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct QuarantineReport {
+    pub dry_run: bool,
+    pub quarantined: usize,
+    pub unchanged: usize,
+    pub failed: usize,
+    pub policies: Vec<PolicyChange>,
+    pub pods: Vec<PodRow>,
+}
+
+impl Render for QuarantineReport {
+    fn table(&self) -> Table {
+        let mut t = Table::new(["NAMESPACE", "POD", "NODE", "RESULT", "DETAIL"]);
+        for r in &self.pods {
+            let result = match r.outcome {
+                Outcome::Done => "quarantined",
+                Outcome::WouldDo => "would quarantine",
+                Outcome::Unchanged => "unchanged",
+                Outcome::Failed => "FAILED",
+            };
+            t.row([&r.namespace, &r.pod, &r.node, result, &r.detail]);
+        }
+        for p in &self.policies {
+            t.note(format!(
+                "networkpolicy {}/{}: {}",
+                p.namespace, p.name, p.change
+            ));
+        }
+        if self.dry_run {
+            t.note("\ndry run (server-side dryRun=All): nothing was changed. Would apply:");
+            for p in &self.policies {
+                if let Some(obj) = &p.object {
+                    t.note(format!("--- networkpolicy {}/{}", p.namespace, p.name));
+                    t.note(serde_yaml_ng::to_string(obj).unwrap_or_default());
+                }
+            }
+            for r in &self.pods {
+                if let Some(patch) = &r.patch {
+                    t.note(format!(
+                        "--- merge patch for pod {}/{}\n{}",
+                        r.namespace,
+                        r.pod,
+                        serde_json::to_string_pretty(patch).unwrap_or_default()
+                    ));
+                }
+            }
+        }
+        let verb = if self.dry_run {
+            "would be quarantined"
+        } else {
+            "quarantined"
+        };
+        t.note(format!(
+            "\n{} {verb}, {} unchanged, {} failed",
+            self.quarantined, self.unchanged, self.failed
+        ));
+        t
+    }
+
+    fn exit(&self) -> Exit {
+        aggregate_exit(self.pods.iter().map(|r| r.exit), self.failed)
+    }
+}
+
+/// 0 if nothing failed, the failure's own code if everything failed, else 5 (partial).
+pub(crate) fn aggregate_exit(exits: impl Iterator<Item = Exit>, failed: usize) -> Exit {
+    let exits: Vec<Exit> = exits.collect();
+    if failed == 0 {
+        Exit::Ok
+    } else if failed == exits.len() {
+        exits
+            .into_iter()
+            .find(|e| *e != Exit::Ok)
+            .unwrap_or(Exit::Failure)
+    } else {
+        Exit::Partial
+    }
+}
+
+#[tracing::instrument(skip_all, fields(pod = ?spec.pod, selector = ?spec.selector))]
+pub async fn run(ctx: &Ctx, spec: QuarantineSpec) -> Result<QuarantineReport> {
+    spec.validate()?;
+    let client = ctx.cluster().await?.client.clone();
+    let scope = scope(ctx, &spec.namespace, spec.all_namespaces).await?;
+    let pods = match (&spec.pod, &spec.selector) {
+        (Some(pod), _) => {
+            let ns = scope
+                .as_deref()
+                .ok_or_else(|| Error::usage("-A needs -l SELECTOR, not a pod name"))?;
+            vec![get_pod(&client, ns, pod).await?]
+        }
+        (None, Some(sel)) => {
+            let pods = list_pods(&client, scope.as_deref(), sel).await?;
+            if pods.is_empty() {
+                if let Some(ns) = &scope {
+                    ensure_namespace(&client, ns).await?;
+                }
+                return Err(no_pods_match(scope.as_deref(), sel));
+            }
+            pods
+        }
+        (None, None) => return Err(Error::usage("name a pod or -l SELECTOR")),
+    };
+    let single = spec.pod.is_some();
+    let what = match (&spec.pod, &pods[..]) {
+        (Some(_), [pod]) => {
+            let (ns, name) = name_of(pod);
+            format!("quarantine pod {ns}/{name} (deny all its traffic, replace its labels)")
+        }
+        _ => format!(
+            "quarantine {} pods matching -l {} (deny all their traffic, replace their labels)",
+            pods.len(),
+            spec.selector.as_deref().unwrap_or_default()
+        ),
+    };
+    ctx.confirm(&what)?;
+    let by = identity(ctx).await?;
+    let at = now();
+
+    let mut by_ns: BTreeMap<String, Vec<Pod>> = BTreeMap::new();
+    for pod in pods {
+        by_ns.entry(name_of(&pod).0).or_default().push(pod);
+    }
+    let mut report = QuarantineReport {
+        dry_run: ctx.dry_run,
+        quarantined: 0,
+        unchanged: 0,
+        failed: 0,
+        policies: Vec::new(),
+        pods: Vec::new(),
+    };
+    let concurrency = spec.concurrency.unwrap_or(DEFAULT_CONCURRENCY);
+    // The deny-all policy of each namespace exists before any pod carries the label it selects.
+    let prepared = bounded(by_ns.into_iter().collect(), concurrency, |(ns, pods)| {
+        let (client, spec) = (&client, &spec);
+        async move {
+            let res = prepare_namespace(ctx, client, &ns, spec, &pods).await;
+            (pods, res)
+        }
+    })
+    .await;
+    let mut ready = Vec::new();
+    for (pods, res) in prepared {
+        match res {
+            Ok(changes) => {
+                report.policies.extend(changes);
+                ready.extend(pods);
+            }
+            Err(e) if single => return Err(e),
+            Err(e) => report
+                .pods
+                .extend(pods.iter().map(|p| PodRow::failed(p, &e))),
+        }
+    }
+    let results = bounded(ready, concurrency, |pod| {
+        let (client, spec, by, at) = (&client, &spec, &by, &at);
+        async move {
+            let res = quarantine_pod(ctx, client, spec, &pod, by, at).await;
+            (pod, res)
+        }
+    })
+    .await;
+    for (pod, res) in results {
+        match res {
+            Ok(row) => report.pods.push(row),
+            Err(e) if single => return Err(e),
+            Err(e) => report.pods.push(PodRow::failed(&pod, &e)),
+        }
+    }
+    for r in &report.pods {
+        match r.outcome {
+            Outcome::Done | Outcome::WouldDo => report.quarantined += 1,
+            Outcome::Unchanged => report.unchanged += 1,
+            Outcome::Failed => report.failed += 1,
+        }
+    }
+    Ok(report)
+}
+
+/// Namespace-level work before any pod is touched: the deny-all policy, then `--exclusive`.
+async fn prepare_namespace(
+    ctx: &Ctx,
+    client: &Client,
+    ns: &str,
+    spec: &QuarantineSpec,
+    pods: &[Pod],
+) -> Result<Vec<PolicyChange>> {
+    let mut changes = vec![ensure_policy(ctx, client, ns, namespace_policy()).await?];
+    if spec.exclusive {
+        let future: Vec<Labels> = pods.iter().map(|p| spec.future_labels(p)).collect();
+        changes.extend(narrow_policies(ctx, client, ns, &future).await?);
+    }
+    Ok(changes)
+}
+
+/// The one merge patch that quarantines a pod. `resourceVersion` makes it conditional: if the pod
+/// changed since it was read, the server answers 409 and nothing is applied.
+pub fn pod_patch(pod: &Pod, spec: &QuarantineSpec, by: &str, at: &str) -> Value {
+    let original = labels_of(pod);
+    let mut labels = serde_json::Map::new();
+    if !spec.keep_labels {
+        for k in original.keys() {
+            labels.insert(k.clone(), Value::Null);
+        }
+    }
+    for (k, v) in spec.future_labels(pod) {
+        if !spec.keep_labels || original.get(&k) != Some(&v) {
+            labels.insert(k, Value::String(v));
+        }
+    }
+    let mut annotations = serde_json::Map::new();
+    annotations.insert(
+        ANN_ORIGINAL_LABELS.into(),
+        Value::String(serde_json::to_string(&original).unwrap_or_else(|_| "{}".into())),
+    );
+    annotations.insert(ANN_AT.into(), Value::String(at.into()));
+    annotations.insert(ANN_BY.into(), Value::String(by.into()));
+    if let Some(reason) = &spec.reason {
+        annotations.insert(ANN_REASON.into(), Value::String(reason.clone()));
+    }
+    json!({"metadata": {
+        "resourceVersion": pod.metadata.resource_version,
+        "labels": labels,
+        "annotations": annotations,
+    }})
+}
+
+async fn quarantine_pod(
+    ctx: &Ctx,
+    client: &Client,
+    spec: &QuarantineSpec,
+    pod: &Pod,
+    by: &str,
+    at: &str,
+) -> Result<PodRow> {
+    let (ns, name) = name_of(pod);
+    let dry = ctx.dry_run;
+    let mut changes = Vec::new();
+    if let Some(policy) = allowance_policy(&ns, &name, spec) {
+        let c = ensure_policy(ctx, client, &ns, policy).await?;
+        if c.change != "unchanged" {
+            changes.push(format!("networkpolicy {}: {}", c.name, c.change));
+        }
+    }
+    if spec.cordon_node {
+        if let Some(node) = pod.spec.as_ref().and_then(|s| s.node_name.as_deref()) {
+            if let Some(c) = cordon(client, node, &ns, &name, dry).await? {
+                changes.push(c);
+            }
+        }
+    }
+    let api: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    let applied: Option<(Pod, Value)> = retry_conflict(|n| {
+        let (api, ns, name) = (&api, &ns, &name);
+        async move {
+            let cur = if n == 0 {
+                pod.clone()
+            } else {
+                api.get(name)
+                    .await
+                    .op(Op::new("get", "pods").ns(ns).name(name))?
+            };
+            let patch = if !is_quarantined(&cur) {
+                pod_patch(&cur, spec, by, at)
+            } else if let Some(patch) = allowance_label_patch(&cur, spec) {
+                // Quarantined earlier without allowances: the new per-pod policy needs its label.
+                patch
+            } else {
+                return Ok(None);
+            };
+            let patched = api
+                .patch(name, &patch_params(dry), &Patch::Merge(&patch))
+                .await
+                .op(Op::new("patch", "pods").ns(ns).name(name))?;
+            Ok(Some((patched, patch)))
+        }
+    })
+    .await?;
+    let already = is_quarantined(pod);
+    let Some((patched, patch)) = applied else {
+        let detail = if changes.is_empty() {
+            "already quarantined; pod unchanged".to_string()
+        } else {
+            format!("already quarantined; {}", changes.join("; "))
+        };
+        let mut row = PodRow::new(pod, Outcome::Unchanged, detail);
+        row.changes = changes;
+        return Ok(row);
+    };
+    let message = format!(
+        "quarantined by kirt ({by}){}",
+        spec.reason
+            .as_deref()
+            .map(|r| format!(": {r}"))
+            .unwrap_or_default()
+    );
+    if !already {
+        emit_event(client, &patched, "Quarantined", &message, dry).await;
+    }
+    changes.insert(
+        0,
+        if already {
+            format!("already quarantined; label {POD_LABEL} added for the allowances")
+        } else if spec.keep_labels {
+            "label added".to_string()
+        } else {
+            "labels replaced (originals in kirt.dev/original-labels)".to_string()
+        },
+    );
+    let outcome = if dry { Outcome::WouldDo } else { Outcome::Done };
+    let mut row = PodRow::new(pod, outcome, changes.join("; "));
+    row.changes = changes;
+    row.patch = Some(patch);
+    Ok(row)
+}
+
+/// For a pod that is already quarantined: the patch adding the per-pod label when allowances are
+/// asked for now and the label is missing.
+fn allowance_label_patch(pod: &Pod, spec: &QuarantineSpec) -> Option<Value> {
+    if !spec.has_allowances() {
+        return None;
+    }
+    let (_, name) = name_of(pod);
+    let want = pod_label_value(&name);
+    if labels_of(pod).get(POD_LABEL) == Some(&want) {
+        return None;
+    }
+    Some(json!({"metadata": {
+        "resourceVersion": pod.metadata.resource_version,
+        "labels": {POD_LABEL: want},
+    }}))
+}
+
+/// Marks the node unschedulable and records which quarantined pod asked for it. A node that was
+/// already cordoned by someone else is left alone (and therefore not uncordoned on release).
+async fn cordon(
+    client: &Client,
+    node: &str,
+    ns: &str,
+    pod: &str,
+    dry: bool,
+) -> Result<Option<String>> {
+    let api: Api<Node> = Api::all(client.clone());
+    let me = format!("{ns}/{pod}");
+    retry_conflict(|_| {
+        let (api, me) = (&api, &me);
+        async move {
+            let cur = api.get(node).await.op(Op::new("get", "nodes").name(node))?;
+            let mut by: Vec<String> = cur
+                .metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(ANN_CORDONED))
+                .and_then(|v| serde_json::from_str(v).ok())
+                .unwrap_or_default();
+            let unschedulable = cur.spec.as_ref().and_then(|s| s.unschedulable) == Some(true);
+            if unschedulable && by.is_empty() {
+                return Ok(Some(format!(
+                    "node {node} was already cordoned (not by kirt); left alone"
+                )));
+            }
+            if by.contains(me) {
+                return Ok(None);
+            }
+            by.push(me.clone());
+            let patch = json!({
+                "metadata": {
+                    "resourceVersion": cur.metadata.resource_version,
+                    "annotations": {ANN_CORDONED: serde_json::to_string(&by).unwrap_or_default()},
+                },
+                "spec": {"unschedulable": true},
+            });
+            api.patch(node, &patch_params(dry), &Patch::Merge(&patch))
+                .await
+                .op(Op::new("patch", "nodes").name(node))?;
+            Ok(Some(format!("node {node} cordoned")))
+        }
+    })
+    .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::actions::quarantine::policy_eval;
+
+    fn pod(labels: Value) -> Pod {
+        serde_json::from_value(json!({
+            "metadata": {"name": "web-1", "namespace": "prod", "resourceVersion": "42", "labels": labels},
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn patch_replaces_labels_and_records_originals() {
+        let p = pod(json!({"app": "web", "pod-template-hash": "abc"}));
+        let spec = QuarantineSpec {
+            reason: Some("cryptominer".into()),
+            ..Default::default()
+        };
+        let patch = pod_patch(&p, &spec, "user alice", "2026-01-01T00:00:00Z");
+        assert_eq!(patch["metadata"]["resourceVersion"], "42");
+        assert_eq!(
+            patch["metadata"]["labels"],
+            json!({"app": null, "pod-template-hash": null, LABEL: "true"})
+        );
+        let anns = &patch["metadata"]["annotations"];
+        let orig: Labels =
+            serde_json::from_str(anns[ANN_ORIGINAL_LABELS].as_str().unwrap()).unwrap();
+        assert_eq!(orig, labels_of(&p));
+        assert_eq!(anns[ANN_BY], "user alice");
+        assert_eq!(anns[ANN_REASON], "cryptominer");
+    }
+
+    #[test]
+    fn keep_labels_only_adds() {
+        let p = pod(json!({"app": "web"}));
+        let spec = QuarantineSpec {
+            keep_labels: true,
+            allow_dns: true,
+            ..Default::default()
+        };
+        let patch = pod_patch(&p, &spec, "u", "t");
+        assert_eq!(
+            patch["metadata"]["labels"],
+            json!({LABEL: "true", POD_LABEL: "web-1"})
+        );
+        assert!(patch["metadata"]["annotations"].get(ANN_REASON).is_none());
+    }
+
+    #[test]
+    fn policies_have_the_documented_shape() {
+        let ns = serde_json::to_value(namespace_policy()).unwrap();
+        assert_eq!(
+            ns["spec"],
+            json!({"podSelector": {"matchLabels": {LABEL: "true"}}, "policyTypes": ["Ingress", "Egress"]})
+        );
+        assert!(allowance_policy("prod", "web-1", &QuarantineSpec::default()).is_none());
+        let spec = QuarantineSpec {
+            allow_dns: true,
+            allow_from: vec!["10.9.0.5/32".into()],
+            ..Default::default()
+        };
+        let np = allowance_policy("prod", "web-1", &spec).unwrap();
+        assert_eq!(np.metadata.name.as_deref(), Some("kirt-quarantine-web-1"));
+        let s = serde_json::to_value(&np.spec).unwrap();
+        assert_eq!(s["policyTypes"], json!(["Ingress", "Egress"]));
+        assert_eq!(s["ingress"][0]["from"][0]["ipBlock"]["cidr"], "10.9.0.5/32");
+        assert_eq!(
+            s["egress"][0]["ports"][0],
+            json!({"protocol": "UDP", "port": 53})
+        );
+        // it selects the pod once quarantined and nothing else
+        let q: Labels = spec.future_labels(&pod(json!({"app": "web"})));
+        assert!(policy_eval::evaluate(&np, &q).selects);
+        let mut other = q.clone();
+        other.insert(POD_LABEL.into(), "web-2".into());
+        assert!(!policy_eval::evaluate(&np, &other).selects);
+    }
+
+    #[test]
+    fn validates_cidrs_and_targets() {
+        assert!(validate_cidr("10.0.0.0/8").is_ok());
+        assert!(validate_cidr("2001:db8::/32").is_ok());
+        assert!(validate_cidr("10.0.0.0/33").is_err());
+        assert!(validate_cidr("10.0.0.0").is_err());
+        assert!(QuarantineSpec::default().validate().is_err());
+        let both = QuarantineSpec {
+            pod: Some("a".into()),
+            selector: Some("app=x".into()),
+            ..Default::default()
+        };
+        assert!(both.validate().is_err());
+    }
+
+    #[test]
+    fn spec_is_usable_from_playbooks() {
+        let spec: QuarantineSpec = serde_yaml_ng::from_str(
+            "{namespace: prod, pod: web-1, reason: INC-1, allow-dns: true, allow-from: [10.0.0.1/32], keep-labels: true}",
+        )
+        .unwrap();
+        assert_eq!(spec.namespace.as_deref(), Some("prod"));
+        assert!(spec.allow_dns && spec.keep_labels && !spec.exclusive);
+        assert!(spec.validate().is_ok());
+        let err =
+            serde_yaml_ng::from_str::<QuarantineSpec>("{pod: a, allowdns: true}").unwrap_err();
+        assert!(err.to_string().contains("unknown field"), "{err}");
+        let v: super::super::VerifySpec = serde_yaml_ng::from_str("{pod: a}").unwrap();
+        assert_eq!(v.pod, "a");
+        assert!(
+            serde_yaml_ng::from_str::<super::super::ReleaseSpec>("{pod: a, force: true}")
+                .unwrap()
+                .force
+        );
+    }
+
+    #[test]
+    fn long_names_stay_valid() {
+        let long = "a".repeat(250);
+        assert!(pod_policy_name(&long).len() <= 253);
+        assert!(pod_label_value(&long).len() <= 63);
+        assert_eq!(pod_label_value("web-1"), "web-1");
+    }
+
+    #[test]
+    fn exit_codes_aggregate() {
+        assert_eq!(
+            aggregate_exit([Exit::Ok, Exit::Ok].into_iter(), 0),
+            Exit::Ok
+        );
+        assert_eq!(
+            aggregate_exit([Exit::Ok, Exit::Forbidden].into_iter(), 1),
+            Exit::Partial
+        );
+        assert_eq!(
+            aggregate_exit([Exit::Forbidden, Exit::Forbidden].into_iter(), 2),
+            Exit::Forbidden
+        );
+    }
+}

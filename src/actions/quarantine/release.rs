@@ -1,0 +1,671 @@
+//! `kirt release POD | -l SELECTOR`: put back exactly what quarantine changed — the original labels
+//! (one resourceVersion-guarded patch), kirt's annotations, the per-pod policy, kirt's cordon, and,
+//! once no quarantined pod remains in the namespace, the deny-all policy and `--exclusive` edits.
+//! Running it again finds nothing to do and says so.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::networking::v1::{NetworkPolicy, NetworkPolicySpec};
+use kube::api::{Api, ListParams, Patch};
+use kube::Client;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use super::apply::{aggregate_exit, PodRow};
+use super::policies::{is_kirt_policy, PolicyChange};
+use super::policy_eval::{self, Labels};
+use super::*;
+use crate::context::Ctx;
+use crate::error::{Error, Exit, Result};
+use crate::k8s::{delete_params, patch_params, KubeContext, Op};
+use crate::output::{Render, Table};
+
+#[derive(Debug, Clone, Default, clap::Args, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(default, rename_all = "kebab-case", deny_unknown_fields)]
+pub struct ReleaseSpec {
+    /// The pod to release (or use -l)
+    #[arg(value_name = "POD")]
+    pub pod: Option<String>,
+    /// Release every quarantined pod whose current or original labels match this selector
+    #[arg(short = 'l', long, value_name = "SELECTOR", conflicts_with = "pod")]
+    pub selector: Option<String>,
+    /// Namespace (playbooks; on the command line use -n)
+    #[arg(skip)]
+    pub namespace: Option<String>,
+    /// All namespaces (playbooks; on the command line use -A)
+    #[arg(skip)]
+    pub all_namespaces: bool,
+    /// Also release a pod that carries the quarantine label without kirt's record of its original
+    /// labels: removes the quarantine label and kirt's annotations, keeps its other labels
+    #[arg(long)]
+    pub force: bool,
+    /// Pods changed at once with -l/-A
+    #[arg(long, value_name = "N")]
+    pub concurrency: Option<usize>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ReleaseReport {
+    pub dry_run: bool,
+    pub released: usize,
+    pub unchanged: usize,
+    pub failed: usize,
+    pub policies: Vec<PolicyChange>,
+    pub pods: Vec<PodRow>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
+    /// Namespace clean-up (deny-all policy, `--exclusive` edits) that failed: exit 5.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub cleanup_errors: Vec<String>,
+}
+
+impl Render for ReleaseReport {
+    fn table(&self) -> Table {
+        let mut t = Table::new(["NAMESPACE", "POD", "NODE", "RESULT", "DETAIL"]);
+        for r in &self.pods {
+            let result = match r.outcome {
+                Outcome::Done => "released",
+                Outcome::WouldDo => "would release",
+                Outcome::Unchanged => "unchanged",
+                Outcome::Failed => "FAILED",
+            };
+            t.row([&r.namespace, &r.pod, &r.node, result, &r.detail]);
+        }
+        for p in &self.policies {
+            t.note(format!(
+                "networkpolicy {}/{}: {}",
+                p.namespace, p.name, p.change
+            ));
+        }
+        for n in &self.notes {
+            t.note(n.clone());
+        }
+        for e in &self.cleanup_errors {
+            t.note(format!("FAILED clean-up: {e}"));
+        }
+        if self.dry_run {
+            t.note("\ndry run (server-side dryRun=All): nothing was changed. Would apply:");
+            for r in &self.pods {
+                if let Some(patch) = &r.patch {
+                    t.note(format!(
+                        "--- merge patch for pod {}/{}\n{}",
+                        r.namespace,
+                        r.pod,
+                        serde_json::to_string_pretty(patch).unwrap_or_default()
+                    ));
+                }
+            }
+        }
+        let verb = if self.dry_run {
+            "would be released"
+        } else {
+            "released"
+        };
+        t.note(format!(
+            "\n{} {verb}, {} unchanged, {} failed",
+            self.released, self.unchanged, self.failed
+        ));
+        t
+    }
+
+    fn exit(&self) -> Exit {
+        match aggregate_exit(self.pods.iter().map(|r| r.exit), self.failed) {
+            Exit::Ok if !self.cleanup_errors.is_empty() => Exit::Partial,
+            other => other,
+        }
+    }
+}
+
+#[tracing::instrument(skip_all, fields(pod = ?spec.pod, selector = ?spec.selector))]
+pub async fn run(ctx: &Ctx, spec: ReleaseSpec) -> Result<ReleaseReport> {
+    let client = ctx.cluster().await?.client.clone();
+    let scope = scope(ctx, &spec.namespace, spec.all_namespaces).await?;
+    let single = spec.pod.is_some();
+    let mut report = ReleaseReport {
+        dry_run: ctx.dry_run,
+        released: 0,
+        unchanged: 0,
+        failed: 0,
+        policies: Vec::new(),
+        pods: Vec::new(),
+        notes: Vec::new(),
+        cleanup_errors: Vec::new(),
+    };
+    let pods = match (&spec.pod, &spec.selector) {
+        (Some(_), Some(_)) => return Err(Error::usage("give either a pod name or -l, not both")),
+        (Some(pod), None) => {
+            let ns = scope
+                .as_deref()
+                .ok_or_else(|| Error::usage("-A needs -l SELECTOR, not a pod name"))?;
+            match get_pod(&client, ns, pod).await {
+                Ok(p) => vec![p],
+                // The pod was deleted after the investigation: still remove what kirt left.
+                Err(e @ Error::NotFound { .. }) => {
+                    return release_leftovers(ctx, &client, ns, pod, e, report).await
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        (None, Some(sel)) => {
+            let wanted = policy_eval::parse_selector(sel).map_err(Error::usage)?;
+            let quarantined =
+                list_pods(&client, scope.as_deref(), &format!("{LABEL}=true")).await?;
+            let pods: Vec<Pod> = quarantined
+                .into_iter()
+                .filter(|p| {
+                    policy_eval::selector_matches(&wanted, &labels_of(p))
+                        || original_labels(p)
+                            .is_some_and(|l| policy_eval::selector_matches(&wanted, &l))
+                })
+                .collect();
+            if pods.is_empty() {
+                if let Some(ns) = &scope {
+                    ensure_namespace(&client, ns).await?;
+                }
+                report.notes.push(format!(
+                    "no quarantined pod matches -l {sel}; nothing to do"
+                ));
+                return Ok(report);
+            }
+            pods
+        }
+        (None, None) => {
+            return Err(Error::usage(
+                "name a pod (kirt release POD -n NS) or a label selector (-l app=x)",
+            ))
+        }
+    };
+    let what = match &pods[..] {
+        [pod] if single => {
+            let (ns, name) = name_of(pod);
+            format!("release pod {ns}/{name} (restore its labels, remove kirt's policies)")
+        }
+        _ => format!("release {} quarantined pods", pods.len()),
+    };
+    ctx.confirm(&what)?;
+
+    let mut by_ns: BTreeMap<String, Vec<Pod>> = BTreeMap::new();
+    for pod in pods {
+        by_ns.entry(name_of(&pod).0).or_default().push(pod);
+    }
+    let concurrency = spec.concurrency.unwrap_or(DEFAULT_CONCURRENCY);
+    let pods: Vec<Pod> = by_ns.values().flatten().cloned().collect();
+    let results = bounded(pods, concurrency, |pod| {
+        let (client, spec) = (&client, &spec);
+        async move {
+            let res = release_pod(ctx, client, spec, &pod).await;
+            (pod, res)
+        }
+    })
+    .await;
+    // namespace -> pods released in this run (still labelled in a dry run)
+    let mut released: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for (pod, res) in results {
+        match res {
+            Ok(row) => {
+                if matches!(row.outcome, Outcome::Done | Outcome::WouldDo) {
+                    released
+                        .entry(row.namespace.clone())
+                        .or_default()
+                        .insert(row.pod.clone());
+                }
+                report.pods.push(row);
+            }
+            Err(e) if single => return Err(e),
+            Err(e) => report.pods.push(PodRow::failed(&pod, &e)),
+        }
+    }
+    let namespaces: Vec<String> = by_ns.into_keys().collect();
+    let cleanups = bounded(namespaces, concurrency, |ns| {
+        let (client, released) = (&client, &released);
+        async move {
+            let empty = BTreeSet::new();
+            let res =
+                cleanup_namespace(ctx, client, &ns, released.get(&ns).unwrap_or(&empty)).await;
+            (ns, res)
+        }
+    })
+    .await;
+    for (ns, res) in cleanups {
+        match res {
+            Ok((changes, note)) => {
+                report.policies.extend(changes);
+                report.notes.extend(note);
+            }
+            Err(e) if single => return Err(e),
+            Err(e) => report.cleanup_errors.push(format!("namespace {ns}: {e}")),
+        }
+    }
+    for r in &report.pods {
+        match r.outcome {
+            Outcome::Done | Outcome::WouldDo => report.released += 1,
+            Outcome::Unchanged => report.unchanged += 1,
+            Outcome::Failed => report.failed += 1,
+        }
+    }
+    Ok(report)
+}
+
+fn original_labels(pod: &Pod) -> Option<Labels> {
+    annotation(pod, ANN_ORIGINAL_LABELS).and_then(|v| serde_json::from_str(v).ok())
+}
+
+/// The merge patch that restores `target` labels exactly and removes kirt's annotations.
+pub fn release_patch(pod: &Pod, target: &Labels) -> Value {
+    let current = labels_of(pod);
+    let mut labels = serde_json::Map::new();
+    for k in current.keys().filter(|k| !target.contains_key(*k)) {
+        labels.insert(k.clone(), Value::Null);
+    }
+    for (k, v) in target {
+        if current.get(k) != Some(v) {
+            labels.insert(k.clone(), Value::String(v.clone()));
+        }
+    }
+    let annotations: serde_json::Map<String, Value> = POD_ANNOTATIONS
+        .iter()
+        .filter(|k| annotation(pod, k).is_some())
+        .map(|k| (k.to_string(), Value::Null))
+        .collect();
+    json!({"metadata": {
+        "resourceVersion": pod.metadata.resource_version,
+        "labels": labels,
+        "annotations": annotations,
+    }})
+}
+
+async fn release_pod(ctx: &Ctx, client: &Client, spec: &ReleaseSpec, pod: &Pod) -> Result<PodRow> {
+    let (ns, name) = name_of(pod);
+    let dry = ctx.dry_run;
+    let api: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    let applied: Option<(Pod, Value)> = retry_conflict(|n| {
+        let (api, ns, name) = (&api, &ns, &name);
+        async move {
+            let cur = if n == 0 {
+                pod.clone()
+            } else {
+                api.get(name)
+                    .await
+                    .op(Op::new("get", "pods").ns(ns).name(name))?
+            };
+            let has_record = POD_ANNOTATIONS.iter().any(|k| annotation(&cur, k).is_some());
+            if !is_quarantined(&cur) && !has_record {
+                return Ok(None);
+            }
+            let target = match original_labels(&cur) {
+                Some(orig) => orig,
+                None if spec.force => {
+                    let mut l = labels_of(&cur);
+                    l.remove(LABEL);
+                    l.remove(POD_LABEL);
+                    l
+                }
+                None => {
+                    return Err(Error::Refused(format!(
+                        "pod {ns}/{name} carries {LABEL} but not kirt's record of its original labels \
+                         ({ANN_ORIGINAL_LABELS}): kirt did not quarantine it, so it cannot restore it. \
+                         --force removes the quarantine label and kirt's annotations and keeps the other labels"
+                    )))
+                }
+            };
+            let patch = release_patch(&cur, &target);
+            let patched = api
+                .patch(name, &patch_params(dry), &Patch::Merge(&patch))
+                .await
+                .op(Op::new("patch", "pods").ns(ns).name(name))?;
+            Ok(Some((patched, patch)))
+        }
+    })
+    .await?;
+
+    let mut changes = Vec::new();
+    if let Some(c) = delete_allowance_policy(client, &ns, &name, dry).await? {
+        changes.push(c);
+    }
+    if let Some(node) = pod.spec.as_ref().and_then(|s| s.node_name.as_deref()) {
+        if let Some(c) = uncordon(client, node, &ns, &name, dry).await? {
+            changes.push(c);
+        }
+    }
+    let Some((patched, patch)) = applied else {
+        let detail = if changes.is_empty() {
+            "not quarantined; nothing to release".to_string()
+        } else {
+            format!("not quarantined; {}", changes.join("; "))
+        };
+        let mut row = PodRow::new(pod, Outcome::Unchanged, detail);
+        row.changes = changes;
+        return Ok(row);
+    };
+    emit_event(
+        client,
+        &patched,
+        "Released",
+        "released from quarantine by kirt",
+        dry,
+    )
+    .await;
+    changes.insert(
+        0,
+        "original labels restored, kirt annotations removed".into(),
+    );
+    let outcome = if dry { Outcome::WouldDo } else { Outcome::Done };
+    let mut row = PodRow::new(pod, outcome, changes.join("; "));
+    row.changes = changes;
+    row.patch = Some(patch);
+    Ok(row)
+}
+
+async fn delete_allowance_policy(
+    client: &Client,
+    ns: &str,
+    pod: &str,
+    dry: bool,
+) -> Result<Option<String>> {
+    let api: Api<NetworkPolicy> = Api::namespaced(client.clone(), ns);
+    let name = pod_policy_name(pod);
+    let existing = api
+        .get_opt(&name)
+        .await
+        .op(Op::new("get", "networkpolicies").ns(ns).name(&name))?;
+    match existing {
+        Some(np) if is_kirt_policy(&np) => {
+            delete_policy(&api, ns, &name, dry).await?;
+            Ok(Some(format!("networkpolicy {name} deleted")))
+        }
+        _ => Ok(None),
+    }
+}
+
+async fn delete_policy(api: &Api<NetworkPolicy>, ns: &str, name: &str, dry: bool) -> Result<()> {
+    match api.delete(name, &delete_params(dry)).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+        Err(e) => Err(Op::new("delete", "networkpolicies")
+            .ns(ns)
+            .name(name)
+            .err(e)),
+    }
+}
+
+/// `kirt release POD` for a pod that no longer exists: removes its allowance policy, its share of
+/// kirt's node cordons and, if no quarantined pod remains, the namespace objects. Nothing left
+/// behind means the pod is simply unknown: `not_found` is returned.
+async fn release_leftovers(
+    ctx: &Ctx,
+    client: &Client,
+    ns: &str,
+    pod: &str,
+    not_found: Error,
+    mut report: ReleaseReport,
+) -> Result<ReleaseReport> {
+    let dry = ctx.dry_run;
+    let allowance: Api<NetworkPolicy> = Api::namespaced(client.clone(), ns);
+    let has_allowance = allowance
+        .get_opt(&pod_policy_name(pod))
+        .await
+        .op(Op::new("get", "networkpolicies").ns(ns))?
+        .is_some_and(|np| is_kirt_policy(&np));
+    let me = format!("{ns}/{pod}");
+    let nodes: Vec<String> = match Api::<Node>::all(client.clone())
+        .list(&ListParams::default())
+        .await
+    {
+        Ok(list) => list
+            .items
+            .iter()
+            .filter(|n| {
+                n.metadata
+                    .annotations
+                    .as_ref()
+                    .and_then(|a| a.get(ANN_CORDONED))
+                    .is_some_and(|v| v.contains(&format!("\"{me}\"")))
+            })
+            .filter_map(|n| n.metadata.name.clone())
+            .collect(),
+        Err(e) => {
+            tracing::warn!(
+                "cannot look for nodes kirt cordoned for {me}: {}",
+                Op::new("list", "nodes").err(e)
+            );
+            Vec::new()
+        }
+    };
+    let ns_objects = Api::<NetworkPolicy>::namespaced(client.clone(), ns)
+        .list(&ListParams::default())
+        .await
+        .op(Op::new("list", "networkpolicies").ns(ns))?
+        .items
+        .iter()
+        .any(|np| {
+            is_kirt_policy(np)
+                || np
+                    .metadata
+                    .annotations
+                    .as_ref()
+                    .is_some_and(|a| a.contains_key(ANN_ORIGINAL_SPEC))
+        });
+    if !has_allowance && nodes.is_empty() && !ns_objects {
+        return Err(not_found);
+    }
+    ctx.confirm(&format!(
+        "pod {me} is gone: remove the quarantine objects kirt left for it"
+    ))?;
+    let mut changes = Vec::new();
+    if let Some(c) = delete_allowance_policy(client, ns, pod, dry).await? {
+        changes.push(c);
+    }
+    for node in &nodes {
+        if let Some(c) = uncordon(client, node, ns, pod, dry).await? {
+            changes.push(c);
+        }
+    }
+    let (policies, note) = cleanup_namespace(ctx, client, ns, &BTreeSet::new()).await?;
+    report.policies.extend(policies);
+    report.notes.extend(note);
+    let ghost: Pod = serde_json::from_value(json!({"metadata": {"name": pod, "namespace": ns}}))
+        .map_err(|e| Error::failed(format!("pod {me}: {e}")))?;
+    let detail = if changes.is_empty() {
+        "pod no longer exists".to_string()
+    } else {
+        format!("pod no longer exists; {}", changes.join("; "))
+    };
+    let mut row = PodRow::new(&ghost, Outcome::Unchanged, detail);
+    row.changes = changes;
+    report.unchanged = 1;
+    report.pods.push(row);
+    Ok(report)
+}
+
+/// Removes this pod from the node's kirt cordon record; uncordons when nobody is left.
+async fn uncordon(
+    client: &Client,
+    node: &str,
+    ns: &str,
+    pod: &str,
+    dry: bool,
+) -> Result<Option<String>> {
+    let api: Api<Node> = Api::all(client.clone());
+    let me = format!("{ns}/{pod}");
+    let res = retry_conflict(|_| {
+        let (api, me) = (&api, &me);
+        async move {
+            let Some(cur) = api
+                .get_opt(node)
+                .await
+                .op(Op::new("get", "nodes").name(node))?
+            else {
+                return Ok(None);
+            };
+            let Some(raw) = cur
+                .metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(ANN_CORDONED))
+            else {
+                return Ok(None);
+            };
+            let mut by: Vec<String> = serde_json::from_str(raw).unwrap_or_default();
+            if !by.contains(me) {
+                return Ok(None);
+            }
+            by.retain(|p| p != me);
+            let (patch, what) = if by.is_empty() {
+                (
+                    json!({
+                        "metadata": {"resourceVersion": cur.metadata.resource_version, "annotations": {ANN_CORDONED: null}},
+                        "spec": {"unschedulable": null},
+                    }),
+                    format!("node {node} uncordoned"),
+                )
+            } else {
+                (
+                    json!({
+                        "metadata": {"resourceVersion": cur.metadata.resource_version,
+                                     "annotations": {ANN_CORDONED: serde_json::to_string(&by).unwrap_or_default()}},
+                    }),
+                    format!(
+                        "node {node} stays cordoned for {} other quarantined pod(s)",
+                        by.len()
+                    ),
+                )
+            };
+            api.patch(node, &patch_params(dry), &Patch::Merge(&patch))
+                .await
+                .op(Op::new("patch", "nodes").name(node))?;
+            Ok(Some(what))
+        }
+    })
+    .await;
+    match res {
+        // Reading nodes is optional for quarantine without --cordon-node; do not fail the release.
+        Err(Error::Forbidden { .. }) => {
+            tracing::warn!(
+                "cannot check node {node} for a kirt cordon (forbidden); uncordon it yourself if kirt cordoned it"
+            );
+            Ok(None)
+        }
+        other => other,
+    }
+}
+
+/// When no quarantined pod remains in the namespace: delete the deny-all policy and restore every
+/// policy narrowed by `--exclusive` to its recorded spec.
+async fn cleanup_namespace(
+    ctx: &Ctx,
+    client: &Client,
+    ns: &str,
+    released: &BTreeSet<String>,
+) -> Result<(Vec<PolicyChange>, Option<String>)> {
+    let dry = ctx.dry_run;
+    let remaining: Vec<String> = list_pods(client, Some(ns), &format!("{LABEL}=true"))
+        .await?
+        .iter()
+        .map(|p| name_of(p).1)
+        .filter(|n| !released.contains(n))
+        .collect();
+    if !remaining.is_empty() {
+        return Ok((
+            Vec::new(),
+            Some(format!(
+                "namespace {ns}: {} quarantined pod(s) remain, so {NS_POLICY} and --exclusive edits stay",
+                remaining.len()
+            )),
+        ));
+    }
+    let api: Api<NetworkPolicy> = Api::namespaced(client.clone(), ns);
+    let list = api
+        .list(&ListParams::default())
+        .await
+        .op(Op::new("list", "networkpolicies").ns(ns))?;
+    let mut changes = Vec::new();
+    let change = |name: &str, what: &str| PolicyChange {
+        namespace: ns.into(),
+        name: name.into(),
+        change: what.into(),
+        object: None,
+    };
+    for np in &list.items {
+        let name = np.metadata.name.clone().unwrap_or_default();
+        if name == NS_POLICY && is_kirt_policy(np) {
+            delete_policy(&api, ns, &name, dry).await?;
+            changes.push(change(&name, if dry { "would delete" } else { "deleted" }));
+        } else if np
+            .metadata
+            .annotations
+            .as_ref()
+            .is_some_and(|a| a.contains_key(ANN_ORIGINAL_SPEC))
+        {
+            restore_policy(&api, ns, np, dry).await?;
+            changes.push(change(
+                &name,
+                if dry {
+                    "would restore its original spec"
+                } else {
+                    "original spec restored (--exclusive reverted)"
+                },
+            ));
+        }
+    }
+    Ok((changes, None))
+}
+
+async fn restore_policy(
+    api: &Api<NetworkPolicy>,
+    ns: &str,
+    np: &NetworkPolicy,
+    dry: bool,
+) -> Result<()> {
+    let name = np.metadata.name.clone().unwrap_or_default();
+    retry_conflict(|n| {
+        let name = &name;
+        async move {
+            let cur = if n == 0 {
+                np.clone()
+            } else {
+                api.get(name)
+                    .await
+                    .op(Op::new("get", "networkpolicies").ns(ns).name(name))?
+            };
+            let mut anns = cur.metadata.annotations.clone().unwrap_or_default();
+            let Some(raw) = anns.remove(ANN_ORIGINAL_SPEC) else {
+                return Ok(());
+            };
+            let original: NetworkPolicySpec = serde_json::from_str(&raw).map_err(|e| {
+                Error::failed(format!(
+                    "networkpolicy {ns}/{name}: annotation {ANN_ORIGINAL_SPEC} is not a valid spec ({e}); restore it by hand"
+                ))
+            })?;
+            patch_policy(api, ns, &cur, &Some(original), &anns, dry).await?;
+            Ok(())
+        }
+    })
+    .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn release_patch_restores_exactly() {
+        let pod: Pod = serde_json::from_value(json!({"metadata": {
+            "name": "web-1", "resourceVersion": "7",
+            "labels": {LABEL: "true", "added-later": "x", "app": "other"},
+            "annotations": {ANN_ORIGINAL_LABELS: "{\"app\":\"web\",\"tier\":\"front\"}", ANN_AT: "t", "keep": "me"},
+        }}))
+        .unwrap();
+        let target = original_labels(&pod).unwrap();
+        let patch = release_patch(&pod, &target);
+        assert_eq!(
+            patch["metadata"]["labels"],
+            json!({LABEL: null, "added-later": null, "app": "web", "tier": "front"})
+        );
+        assert_eq!(
+            patch["metadata"]["annotations"],
+            json!({ANN_ORIGINAL_LABELS: null, ANN_AT: null})
+        );
+        assert_eq!(patch["metadata"]["resourceVersion"], "7");
+    }
+}

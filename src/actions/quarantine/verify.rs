@@ -1,0 +1,152 @@
+//! `kirt quarantine verify POD`: evaluates every NetworkPolicy of the namespace against the pod's
+//! current labels and says whether the pod is isolated apart from its declared allowances (kirt's
+//! per-pod policy). Exit 3 when it is not. Enforcement itself is the CNI's job; this checks intent.
+
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use kube::api::{Api, ListParams};
+use serde::{Deserialize, Serialize};
+
+use super::policy_eval::{self, PolicyVerdict};
+use super::*;
+use crate::context::Ctx;
+use crate::error::{Error, Exit, Result};
+use crate::k8s::{KubeContext, Op};
+use crate::output::{Render, Table};
+
+#[derive(Debug, Clone, Default, clap::Args, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(default, rename_all = "kebab-case", deny_unknown_fields)]
+pub struct VerifySpec {
+    /// The pod to check
+    #[arg(value_name = "POD")]
+    pub pod: String,
+    /// Namespace (playbooks; on the command line use -n)
+    #[arg(skip)]
+    pub namespace: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct VerifyReport {
+    pub namespace: String,
+    pub pod: String,
+    pub quarantined: bool,
+    pub isolated: bool,
+    pub ingress_isolated: bool,
+    pub egress_isolated: bool,
+    pub policies_evaluated: usize,
+    /// Selecting policies without any admitting rule.
+    pub deny_all: Vec<String>,
+    /// Declared allowances (kirt's per-pod policy) and what they admit.
+    pub allowances: Vec<PolicyVerdict>,
+    /// Policies that still admit traffic to or from the pod.
+    pub breaches: Vec<PolicyVerdict>,
+    /// Why the pod is not isolated (empty when it is).
+    pub problems: Vec<String>,
+}
+
+impl Render for VerifyReport {
+    fn table(&self) -> Table {
+        let mut t = Table::new(["POLICY", "VERDICT", "ADMITS"]);
+        for name in &self.deny_all {
+            t.row([name.as_str(), "deny", "nothing"]);
+        }
+        for (verdict, list) in [("allowance", &self.allowances), ("BREACH", &self.breaches)] {
+            for v in list {
+                let admits: Vec<&str> = v
+                    .admits_ingress
+                    .iter()
+                    .chain(&v.admits_egress)
+                    .map(String::as_str)
+                    .collect();
+                t.row([v.policy.as_str(), verdict, &admits.join("; ")]);
+            }
+        }
+        let target = format!("pod {}/{}", self.namespace, self.pod);
+        if self.isolated {
+            t.note(format!(
+                "\n{target} is isolated apart from its declared allowances ({} policies evaluated)",
+                self.policies_evaluated
+            ));
+        } else {
+            t.note(format!("\n{target} is NOT isolated:"));
+            for p in &self.problems {
+                t.note(format!("  - {p}"));
+            }
+            if !self.breaches.is_empty() {
+                t.note("fix: kirt quarantine POD --exclusive narrows these policies (reverted on release)");
+            }
+        }
+        if !self.quarantined {
+            t.note(format!(
+                "note: {target} does not carry {LABEL}=true (not quarantined)"
+            ));
+        }
+        t
+    }
+
+    fn exit(&self) -> Exit {
+        if self.isolated {
+            Exit::Ok
+        } else {
+            Exit::VerifyFailed
+        }
+    }
+}
+
+/// Whether a policy is the declared allowance policy of this pod.
+fn is_allowance_of(np: &NetworkPolicy, ns: &str, pod: &str) -> bool {
+    super::policies::is_kirt_policy(np)
+        && np
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(ANN_ALLOWANCE_FOR))
+            .map(String::as_str)
+            == Some(format!("{ns}/{pod}").as_str())
+}
+
+#[tracing::instrument(skip_all, fields(pod = %spec.pod))]
+pub async fn run(ctx: &Ctx, spec: VerifySpec) -> Result<VerifyReport> {
+    if spec.pod.is_empty() {
+        return Err(Error::usage("name the pod to verify"));
+    }
+    let client = ctx.cluster().await?.client.clone();
+    let ns = match &spec.namespace {
+        Some(ns) => ns.clone(),
+        None => ctx.namespace().await?,
+    };
+    let pod = get_pod(&client, &ns, &spec.pod).await?;
+    let api: Api<NetworkPolicy> = Api::namespaced(client, &ns);
+    let policies = api
+        .list(&ListParams::default())
+        .await
+        .op(Op::new("list", "networkpolicies").ns(&ns))?
+        .items;
+    let labels = labels_of(&pod);
+    let iso = policy_eval::assess(&policies, &labels, |np| is_allowance_of(np, &ns, &spec.pod));
+    let mut problems = iso.problems();
+    // NetworkPolicies do not apply to pods in the node's network namespace.
+    let host_network = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.host_network)
+        .unwrap_or(false);
+    if host_network {
+        problems.insert(
+            0,
+            "the pod uses hostNetwork: NetworkPolicies do not apply to it; isolate the node".into(),
+        );
+    }
+    Ok(VerifyReport {
+        namespace: ns.clone(),
+        pod: spec.pod.clone(),
+        quarantined: is_quarantined(&pod),
+        isolated: iso.isolated() && !host_network,
+        ingress_isolated: iso.ingress_isolated,
+        egress_isolated: iso.egress_isolated,
+        policies_evaluated: policies.len(),
+        problems,
+        deny_all: iso.deny_all,
+        allowances: iso.allowances,
+        breaches: iso.breaches,
+    })
+}
