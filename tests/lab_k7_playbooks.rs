@@ -769,3 +769,95 @@ steps:
     assert_eq!(got, want, "{}", r.dump());
     assert_eq!(s["steps"][1]["outputs"]["stdout"], "2\n");
 }
+
+fn labels(lab: &Lab, ns: &str, pod: &str) -> Value {
+    let out = lab
+        .kubectl(["get", "pod", pod, "-n", ns, "-o", "json"])
+        .ok()
+        .stdout();
+    serde_json::from_str::<Value>(&out).unwrap()["metadata"]["labels"].clone()
+}
+
+#[test]
+fn isolate_compromised_pod_runs_dry_runs_and_undo_releases_exactly() {
+    let Some(lab) = lab() else { return };
+    let ns = lab.namespace("k7-iso");
+    lab.apply(
+        &ns,
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: victim, labels: {app: shop, tier: web}}\nspec: {containers: [{name: c, image: nginx}]}\n",
+    );
+    wait_until(Duration::from_secs(60), "pod scheduled", || {
+        !lab.kubectl([
+            "get",
+            "pod",
+            "victim",
+            "-n",
+            &ns,
+            "-o",
+            "jsonpath={.spec.nodeName}",
+        ])
+        .stdout()
+        .trim()
+        .is_empty()
+    });
+    let before = labels(&lab, &ns, "victim");
+    let evidence = lab.dir.path().join("evidence");
+    let (nsp, ev) = (
+        format!("namespace={}", ns.name),
+        format!("evidence_to={}", evidence.display()),
+    );
+    let args = [
+        "run",
+        "isolate-compromised-pod",
+        "-p",
+        &nsp,
+        "-p",
+        "pod=victim",
+        "-p",
+        &ev,
+        "-o",
+        "json",
+    ];
+
+    let mut dry = args.to_vec();
+    dry.extend(["--dry-run"]);
+    kirt_j(&lab, &dry).ok();
+    assert_eq!(labels(&lab, &ns, "victim"), before);
+    let policies = lab
+        .kubectl(["get", "networkpolicy", "-n", &ns, "-o", "name"])
+        .ok()
+        .stdout();
+    assert!(policies.trim().is_empty(), "{policies}");
+
+    // confirm: true on the quarantine step: refused without --yes (after the evidence step)
+    let r = kirt_j(&lab, &args).code_is(4);
+    assert_eq!(r.json()["steps"][1]["status"], "failed", "{}", r.dump());
+    assert_eq!(labels(&lab, &ns, "victim"), before);
+
+    let mut yes = args.to_vec();
+    yes.push("--yes");
+    let r = kirt_j(&lab, &yes).ok();
+    let s = r.json();
+    let st: Vec<&str> = s["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x["status"].as_str().unwrap())
+        .collect();
+    assert_eq!(st, ["ok", "ok", "ok", "skipped"], "{}", r.dump());
+    assert_eq!(labels(&lab, &ns, "victim")["kirt.dev/quarantined"], "true");
+    lab.kirt(["quarantine", "verify", "victim", "-n", &ns]).ok();
+    assert!(std::fs::read_dir(&evidence).unwrap().count() > 0);
+
+    let run_id = s["run_id"].as_str().unwrap();
+    let r = kirt_j(&lab, &["undo", run_id, "--yes", "-o", "json"]).ok();
+    let items = r.json()["items"].as_array().unwrap().clone();
+    let undone = items.iter().filter(|i| i["status"] == "undone").count();
+    assert_eq!(undone, 1, "{}", r.dump());
+    assert_eq!(
+        labels(&lab, &ns, "victim"),
+        before,
+        "release restores the labels exactly"
+    );
+    assert_no_secrets(&lab);
+}

@@ -476,10 +476,11 @@ impl Runner<'_> {
                 let (out, attempts) = self.attempt(step, def, Value::Object(with.clone())).await?;
                 summary.attempts = summary.attempts.max(attempts);
                 if def.mutates && !self.ctx.dry_run {
-                    if let Some(m) = def
+                    let changed = def
                         .mutation
-                        .and_then(|f| f(&Value::Object(with.clone()), &out))
-                    {
+                        .map(|f| f(&Value::Object(with.clone()), &out))
+                        .unwrap_or_default();
+                    for m in changed {
                         self.journal.write(
                             json!({"type": "mutation", "step": step.id, "action": def.name,
                                                   "object": m.object, "undo": m.undo}),

@@ -20,7 +20,7 @@ use crate::output::Render;
 pub type RunFn = for<'a> fn(&'a Ctx, Value) -> BoxFuture<'a, Result<Value>>;
 
 /// What a finished mutating step changed, and how `kirt undo` reverses it.
-pub type MutationFn = fn(with: &Value, outputs: &Value) -> Option<Mutation>;
+pub type MutationFn = fn(with: &Value, outputs: &Value) -> Vec<Mutation>;
 
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Mutation {
@@ -315,6 +315,7 @@ macro_rules! action {
 static ACTIONS: LazyLock<Vec<ActionDef>> = LazyLock::new(|| {
     use actions::backup::{create, prune, verify};
     use actions::rollback::{history, undo, wait};
+    use actions::{evidence, quarantine};
     vec![
         action!("backup.create", create::BackupCreateSpec, create::run,
             "etcd snapshot → zstd → age → store (kirt backup create)", mutates: backup_created),
@@ -358,8 +359,34 @@ static ACTIONS: LazyLock<Vec<ActionDef>> = LazyLock::new(|| {
             "run a program (argv, no shell) and capture its output", mutates: ran),
         action!("notify.webhook", super::builtin::WebhookSpec, super::builtin::webhook,
             "POST JSON to a URL (URL and headers are secret)", secret: &["url", "headers"]),
-        // quarantine.apply (mutates: quarantined → undo quarantine.release), quarantine.verify,
-        // quarantine.release and evidence.collect are added here when they are merged.
+        action!("quarantine.apply", quarantine::QuarantineSpec, quarantine::apply::run,
+            "isolate pods with NetworkPolicies (kirt quarantine)", mutates: quarantined),
+        action!(
+            "quarantine.verify",
+            quarantine::VerifySpec,
+            quarantine::verify::run,
+            "prove a pod is isolated (kirt quarantine verify)"
+        ),
+        action!("quarantine.release", quarantine::ReleaseSpec, quarantine::release::run,
+            "undo a quarantine exactly (kirt release)", mutates: no_undo),
+        action!(
+            "quarantine.status",
+            quarantine::StatusSpec,
+            quarantine::status::run,
+            "list quarantined pods (kirt quarantine status)"
+        ),
+        action!(
+            "evidence.collect",
+            evidence::collect::EvidenceCollectSpec,
+            evidence::collect::run,
+            "collect a verifiable evidence bundle per pod (kirt evidence collect)"
+        ),
+        action!(
+            "evidence.verify",
+            evidence::verify::EvidenceVerifySpec,
+            evidence::verify::run,
+            "re-check an evidence bundle (kirt evidence verify)"
+        ),
     ]
 });
 
@@ -373,32 +400,32 @@ pub fn get(name: &str) -> Option<&'static ActionDef> {
 
 /// A mutation that `kirt undo` cannot reverse (deleted backups, written files): it is journaled
 /// and undo reports it as not reversible.
-fn no_undo(with: &Value, outputs: &Value) -> Option<Mutation> {
+fn no_undo(with: &Value, outputs: &Value) -> Vec<Mutation> {
     if outputs.get("dry_run") == Some(&Value::Bool(true)) {
-        return None;
+        return vec![];
     }
     let _ = with;
-    Some(Mutation {
+    vec![Mutation {
         object: outputs_ref(outputs),
         undo: None,
-    })
+    }]
 }
 
-fn backup_created(_with: &Value, outputs: &Value) -> Option<Mutation> {
+fn backup_created(_with: &Value, outputs: &Value) -> Vec<Mutation> {
     if outputs.get("dry_run") == Some(&Value::Bool(true)) {
-        return None;
+        return vec![];
     }
-    Some(Mutation {
+    vec![Mutation {
         object: json!({"kind": "Backup", "location": outputs["location"], "object": outputs["object"],
                        "manifest": outputs["manifest"], "id": outputs["id"]}),
         undo: None,
-    })
+    }]
 }
 
 /// rollback.undo is reversed by rolling back to the revision that ran before (`from_revision`).
-fn rolled_back(with: &Value, o: &Value) -> Option<Mutation> {
+fn rolled_back(with: &Value, o: &Value) -> Vec<Mutation> {
     if o.get("outcome").and_then(Value::as_str) != Some("rolled-back") {
-        return None;
+        return vec![];
     }
     let object = json!({"kind": o["kind"], "namespace": o["namespace"], "name": o["name"],
                         "from_revision": o["from_revision"], "to_revision": o["to_revision"],
@@ -412,18 +439,37 @@ fn rolled_back(with: &Value, o: &Value) -> Option<Mutation> {
             "wait": with.get("wait").cloned().unwrap_or(Value::Bool(false)),
         }),
     });
-    Some(Mutation { object, undo })
+    vec![Mutation { object, undo }]
+}
+
+/// quarantine.apply is reversed by releasing each pod it quarantined (labels and policies restored
+/// from the record kirt keeps on the pod).
+fn quarantined(_with: &Value, o: &Value) -> Vec<Mutation> {
+    o["pods"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|p| p["outcome"] == "done")
+        .map(|p| Mutation {
+            object: json!({"kind": "Pod", "namespace": p["namespace"], "name": p["pod"],
+                           "node": p["node"], "changes": p["changes"]}),
+            undo: Some(UndoPlan {
+                action: "quarantine.release".into(),
+                with: json!({"pod": p["pod"], "namespace": p["namespace"]}),
+            }),
+        })
+        .collect()
 }
 
 /// An `exec` may have changed anything; the journal names the program, undo cannot reverse it.
-fn ran(_with: &Value, o: &Value) -> Option<Mutation> {
+fn ran(_with: &Value, o: &Value) -> Vec<Mutation> {
     if o.get("dry_run") == Some(&Value::Bool(true)) {
-        return None;
+        return vec![];
     }
-    Some(Mutation {
+    vec![Mutation {
         object: json!({"kind": "exec", "name": o["argv"][0], "exit_code": o["exit_code"]}),
         undo: None,
-    })
+    }]
 }
 
 /// A small reference to what an output describes, for the journal.
@@ -476,11 +522,11 @@ mod tests {
     fn rollback_undo_reverses_to_the_recorded_revision() {
         let o = json!({"kind": "deployment", "name": "web", "namespace": "ns", "outcome": "rolled-back",
                        "from_revision": 3, "to_revision": 2, "changes": []});
-        let m = rolled_back(&json!({}), &o).unwrap();
+        let m = rolled_back(&json!({}), &o).pop().unwrap();
         let u = m.undo.unwrap();
         assert_eq!(u.action, "rollback.undo");
         assert_eq!(u.with["to-revision"], 3);
         assert_eq!(u.with["target"], "deployment/web");
-        assert!(rolled_back(&json!({}), &json!({"outcome": "dry-run"})).is_none());
+        assert!(rolled_back(&json!({}), &json!({"outcome": "dry-run"})).is_empty());
     }
 }
