@@ -357,7 +357,8 @@ steps:
         "{req}"
     );
     assert!(
-        req.contains(&format!("Authorization: Bearer {SECRET_TOKEN}")),
+        req.to_ascii_lowercase()
+            .contains(&format!("authorization: bearer {SECRET_TOKEN}")),
         "{req}"
     );
     let body: Value = serde_json::from_str(req.split("\r\n\r\n").nth(1).unwrap()).unwrap();

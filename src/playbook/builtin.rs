@@ -6,7 +6,6 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::context::Ctx;
 use crate::error::{Error, Result};
@@ -134,7 +133,7 @@ fn tail(s: &str) -> &str {
 #[derive(Debug, Clone, Default, clap::Args, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(default, rename_all = "kebab-case", deny_unknown_fields)]
 pub struct WebhookSpec {
-    /// http:// URL to POST to (secret: never logged or journaled)
+    /// http:// or https:// URL to POST to (secret: never logged or journaled)
     #[arg(long, required = true)]
     pub url: String,
     /// Extra request headers, e.g. Authorization (secret)
@@ -162,7 +161,7 @@ impl Render for WebhookResult {
     }
 }
 
-/// POSTs the body with HTTP/1.1. Errors never contain the URL or header values.
+/// POSTs the body through kirt's one HTTP(S) client. Errors never contain the URL or header values.
 pub async fn webhook(ctx: &Ctx, spec: WebhookSpec) -> Result<WebhookResult> {
     if ctx.dry_run {
         return Ok(WebhookResult {
@@ -177,72 +176,31 @@ pub async fn webhook(ctx: &Ctx, spec: WebhookSpec) -> Result<WebhookResult> {
     };
     let url = url::Url::parse(&spec.url)
         .map_err(|e| Error::usage(format!("notify.webhook: the url is not a URL ({e})")))?;
-    if url.scheme() != "http" {
+    if url.scheme() != "http" && url.scheme() != "https" {
         return Err(Error::usage(format!(
-            "notify.webhook: {}:// URLs are not supported yet (use an http:// relay)",
+            "notify.webhook: {}:// URLs are not supported (use http:// or https://)",
             url.scheme()
         )));
     }
-    let host = url.host_str().unwrap_or("").to_string();
-    let port = url.port_or_known_default().unwrap_or(80);
-    let mut path = url.path().to_string();
-    if let Some(q) = url.query() {
-        path.push('?');
-        path.push_str(q);
-    }
     let body =
         serde_json::to_vec(&spec.body).map_err(|e| Error::failed(format!("webhook body: {e}")))?;
-    let agent = crate::actions::version::VERSION;
-    let mut req = format!(
-        "POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\nUser-Agent: kirt/{agent}\r\n",
-        body.len()
-    );
-    for (k, v) in &spec.headers {
-        if k.contains(['\r', '\n', ':']) || v.contains(['\r', '\n']) {
-            return Err(Error::usage(
-                "notify.webhook: a header name or value contains a line break",
-            ));
-        }
-        req.push_str(&format!("{k}: {v}\r\n"));
-    }
-    req.push_str("\r\n");
-    let send = async {
-        let mut s = tokio::net::TcpStream::connect((host.as_str(), port)).await?;
-        s.write_all(req.as_bytes()).await?;
-        s.write_all(&body).await?;
-        s.flush().await?;
-        let mut resp = Vec::new();
-        s.read_to_end(&mut resp).await?;
-        Ok::<_, std::io::Error>(resp)
-    };
-    let unreachable = |reason: String| Error::Unreachable {
-        what: "webhook",
-        endpoint: "the webhook URL (not shown: it is secret)".into(),
-        reason,
-        hint: "check the webhook URL parameter and that the receiver is up".into(),
-    };
-    let resp = tokio::time::timeout(timeout, send)
-        .await
-        .map_err(|_| unreachable("timed out".into()))?
-        .map_err(|e| unreachable(e.to_string()))?;
-    let line = String::from_utf8_lossy(
-        &resp[..resp.iter().position(|b| *b == b'\n').unwrap_or(resp.len())],
-    )
-    .into_owned();
-    let status: u16 = line
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| {
-            Error::failed("webhook: the receiver did not answer with HTTP".to_string())
-        })?;
-    if !(200..300).contains(&status) {
+    let mut headers = vec![
+        ("Content-Type".to_string(), "application/json".to_string()),
+        (
+            "User-Agent".to_string(),
+            format!("kirt/{}", crate::actions::version::VERSION),
+        ),
+    ];
+    headers.extend(spec.headers.iter().map(|(k, v)| (k.clone(), v.clone())));
+    let r = crate::http::send("POST", &spec.url, &headers, body, "webhook", timeout).await?;
+    if !(200..300).contains(&r.status) {
         return Err(Error::failed(format!(
-            "webhook: the receiver answered HTTP {status}"
+            "webhook: the receiver answered HTTP {}",
+            r.status
         )));
     }
     Ok(WebhookResult {
-        status,
+        status: r.status,
         delivered: true,
         dry_run: false,
     })
