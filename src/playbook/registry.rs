@@ -270,9 +270,17 @@ pub fn encode<T: serde::Serialize>(out: &T) -> Result<Value> {
 pub fn judge<T: Render>(action: &str, out: &T) -> Result<()> {
     match out.exit() {
         Exit::Ok => Ok(()),
-        Exit::VerifyFailed => Err(Error::VerifyFailed(format!(
-            "{action} reported a failed check"
-        ))),
+        Exit::VerifyFailed => {
+            let t = out.table();
+            let why = if t.notes.is_empty() {
+                String::new()
+            } else {
+                format!(": {}", t.notes.join("; "))
+            };
+            Err(Error::VerifyFailed(format!(
+                "{action} reported a failed check{why}"
+            )))
+        }
         Exit::Partial => Err(Error::failed(format!("{action} partly failed (exit 5)"))),
         e => Err(Error::failed(format!("{action} failed (exit {})", e as u8))),
     }
