@@ -83,6 +83,16 @@ pub enum Command {
     /// Follow rollouts
     #[command(subcommand)]
     Rollout(RolloutCmd),
+    /// Run a playbook (a file or a shipped playbook's name): validated first, journaled, resumable
+    Run(crate::playbook::engine::RunSpec),
+    /// Playbooks: list, show, validate, schema
+    #[command(subcommand)]
+    Playbook(PlaybookCmd),
+    /// Journals of playbook runs: list, show
+    #[command(subcommand)]
+    Runs(RunsCmd),
+    /// Reverse what a playbook run changed, newest change first (journaled too)
+    Undo(crate::playbook::undo::UndoSpec),
     /// Forensic evidence: collect one verifiable bundle per pod, verify it, list bundles
     #[command(subcommand)]
     Evidence(EvidenceCmd),
@@ -129,6 +139,38 @@ pub enum RolloutCmd {
     /// Wait until a rollout is complete, as `kubectl rollout status` judges it; fails on
     /// ProgressDeadlineExceeded or the timeout, naming the pods that are not ready
     Wait(actions::rollback::wait::WaitSpec),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PlaybookCmd {
+    /// Shipped playbooks and the YAML files given (default: ./playbooks/*.yaml)
+    List { files: Vec<String> },
+    /// A playbook's parameters and text
+    Show {
+        #[arg(value_name = "FILE|NAME")]
+        playbook: String,
+    },
+    /// Check a playbook completely without running it; exit 2 with every problem (file:line:col)
+    Validate {
+        #[arg(value_name = "FILE|NAME")]
+        playbook: String,
+        /// Also check these parameter values (and that required ones are given)
+        #[arg(short = 'p', long = "param", value_name = "NAME=VALUE")]
+        params: Vec<String>,
+    },
+    /// JSON Schema of playbook files (for editors), including each action's `with:`
+    Schema,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RunsCmd {
+    /// Runs in the journal directory, newest first
+    List,
+    /// A run's journal
+    Show {
+        #[arg(value_name = "RUN_ID")]
+        run_id: String,
+    },
 }
 
 /// `kirt quarantine POD|-l SEL` or `kirt quarantine verify|status`.
@@ -226,6 +268,28 @@ pub async fn run(cli: Cli) -> Result<Exit> {
         Command::Rollout(RolloutCmd::Wait(spec)) => {
             show(&ctx, &actions::rollback::wait::run(&ctx, spec).await?)
         }
+        Command::Run(spec) => show(&ctx, &crate::playbook::engine::run(&ctx, spec).await?),
+        Command::Playbook(PlaybookCmd::List { files }) => {
+            show(&ctx, &crate::playbook::commands::list(&files)?)
+        }
+        Command::Playbook(PlaybookCmd::Show { playbook }) => {
+            show(&ctx, &crate::playbook::commands::show(&playbook)?)
+        }
+        Command::Playbook(PlaybookCmd::Validate { playbook, params }) => show(
+            &ctx,
+            &crate::playbook::commands::validate_file(&playbook, &params)?,
+        ),
+        Command::Playbook(PlaybookCmd::Schema) => {
+            let mut s = serde_json::to_string_pretty(&crate::playbook::commands::schema())
+                .map_err(|e| crate::Error::failed(format!("JSON schema: {e}")))?;
+            s.push('\n');
+            print(s.as_bytes())
+        }
+        Command::Runs(RunsCmd::List) => show(&ctx, &crate::playbook::commands::runs_list(&ctx)?),
+        Command::Runs(RunsCmd::Show { run_id }) => {
+            show(&ctx, &crate::playbook::commands::runs_show(&ctx, &run_id)?)
+        }
+        Command::Undo(spec) => show(&ctx, &crate::playbook::undo::run(&ctx, spec).await?),
         Command::Evidence(EvidenceCmd::Collect(spec)) => {
             show(&ctx, &actions::evidence::collect::run(&ctx, spec).await?)
         }

@@ -13,6 +13,7 @@ pub mod http;
 pub mod k8s;
 pub mod output;
 pub mod pipeline;
+pub mod playbook;
 pub mod progress;
 pub mod store;
 pub mod ui;

@@ -32,6 +32,9 @@ step "verify the backup and prove it restores (throwaway etcd, revision/keys/Has
   "$KIRT" backup verify --from "$work/backups" latest --identity "$work/backup.key" --restore
 step "restore without kirt: age -d | zstd -d, then etcdutl snapshot status" \
   bash -c "age -d -i '$work/backup.key' '$obj' | zstd -dq > '$work/snap.db' && etcdutl snapshot status -w table '$work/snap.db'"
+step "playbook etcd-backup (for cron): backup → verify that very backup → prune, journaled" \
+  "$KIRT" --journal "$work/runs" run etcd-backup --yes -p etcd_endpoints="$KIRT_LAB_ETCD" -p to="$work/backups" \
+  -p recipient="$recipient" -p identity="$work/backup.key" -p cluster_name=demo -p keep_last=3
 demo_ns="kirt-demo-$$"
 q_ns="kirt-demo-q-$$"
 kubectl create namespace "$demo_ns" >/dev/null
@@ -57,6 +60,9 @@ step "a bad release: the rollout does not complete (exit 1 expected), stuck pods
 step "rollback history" "$KIRT" rollback history deployment/web -n "$demo_ns"
 step "roll back as kubectl rollout undo would, and wait until healthy" \
   "$KIRT" rollback deployment/web -n "$demo_ns" --yes --wait --timeout 90s
+step "playbook rollback-bad-deploy on a second bad release (history → rollback → wait)" \
+  bash -c "kubectl set image deployment/web web=nginx:1.27-broken -n '$demo_ns' >/dev/null && \
+    '$KIRT' --journal '$work/runs' run rollback-bad-deploy --yes -p namespace='$demo_ns' -p deployment=web -p timeout=90s"
 
 # quarantine: a pod of a demo Deployment, verify (breach, then --exclusive), release
 kubectl apply -n "$q_ns" -f - >/dev/null <<'YAML'
@@ -89,4 +95,11 @@ step "forensic evidence of the quarantined pod, encrypted to the demo key" \
 step "verify the evidence bundle (every digest)" \
   bash -c "'$KIRT' evidence verify \"\$(ls '$work'/evidence/*.tar.zst.age | head -1)\" --identity '$work/backup.key'"
 step "release restores labels and policies exactly" "$KIRT" release "$pod" -n "$q_ns" --yes
+step "playbook isolate-compromised-pod: evidence → quarantine (confirmed) → verify, journaled" \
+  "$KIRT" --journal "$work/runs" run isolate-compromised-pod --yes -p namespace="$q_ns" -p pod="$pod" \
+  -p evidence_to="$work/evidence-playbook" -p exclusive=true
+run_id=$("$KIRT" --journal "$work/runs" runs list -o json | sed -n 's/.*"run_id": "\([^"]*\)".*/\1/p' | head -1)
+step "kirt undo of that run: the pod is released exactly" "$KIRT" --journal "$work/runs" undo "$run_id" --yes
+step "the run journals (kirt runs show RUN_ID for one run; kirt undo RUN_ID reverses a run)" \
+  "$KIRT" --journal "$work/runs" runs list
 printf '\ndemo done; files in %s\n' "$work"
