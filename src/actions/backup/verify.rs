@@ -231,13 +231,13 @@ pub async fn stream_and_check(
     let size = loc.entry.stored_size;
     if size < m.object_size {
         return Err(Error::VerifyFailed(format!(
-            "the object {} is truncated: {size} of {} bytes",
+            "the object {} is shorter than its manifest records ({size} of {} bytes): truncated, or swapped with another object",
             m.object, m.object_size
         )));
     }
     if size > m.object_size {
         return Err(Error::VerifyFailed(format!(
-            "the object {} has {} more bytes than the manifest records: it was modified or swapped",
+            "the object {} is {} bytes longer than its manifest records: modified, or swapped with another object",
             m.object,
             size - m.object_size
         )));
