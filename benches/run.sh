@@ -116,7 +116,17 @@ sys.exit(0 if d <= 0.10 else 1)
 PY
 fi
 
+# K4 and K5 run against the lab apiserver: start it unless it is up, stop it again afterwards.
+lab_started=0
+if [[ ! -f "${KIRT_LAB_DIR:-$PWD/.lab}/env" ]]; then
+  bash tests/lab/lab.sh up >&2
+  lab_started=1
+fi
 echo
 echo "== K4 quarantine (lab apiserver)"
 KIRT="$PWD/$KIRT" bash benches/quarantine.sh || fail=1
+echo
+echo "== K5 evidence (pod with 100 MB of logs)"
+KIRT_BIN="$PWD/$KIRT" bash benches/evidence.sh || fail=1
+((lab_started)) && bash tests/lab/lab.sh down >&2
 exit $fail
