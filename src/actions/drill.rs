@@ -15,7 +15,7 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use kube::api::{Api, ListParams};
 use serde::{Deserialize, Serialize};
 
-use crate::actions::backup::scratch::{etcdutl_restore, Ports, ScratchEtcd};
+use crate::actions::backup::scratch::{etcdutl_restore, terminate, Ports, ScratchEtcd};
 use crate::actions::backup::verify::{locate, stream_and_check, Check, DecryptOptions};
 use crate::context::Ctx;
 use crate::error::{Error, Exit, Result};
@@ -385,18 +385,7 @@ impl ScratchApiserver {
     }
 
     async fn stop(mut self) {
-        if let Some(pid) = self.child.id() {
-            let _ = std::process::Command::new("kill")
-                .arg("-TERM")
-                .arg(pid.to_string())
-                .status();
-            if tokio::time::timeout(Duration::from_secs(15), self.child.wait())
-                .await
-                .is_err()
-            {
-                let _ = self.child.kill().await;
-            }
-        }
+        terminate(&mut self.child, Duration::from_secs(15)).await;
     }
 }
 

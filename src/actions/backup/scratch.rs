@@ -218,18 +218,20 @@ impl ScratchEtcd {
     }
 
     pub async fn stop(mut self) {
-        if let Some(pid) = self.child.id() {
-            // SIGTERM first so etcd closes its db cleanly; then make sure.
-            let _ = std::process::Command::new("kill")
-                .arg("-TERM")
-                .arg(pid.to_string())
-                .status();
-            if tokio::time::timeout(Duration::from_secs(10), self.child.wait())
-                .await
-                .is_err()
-            {
-                let _ = self.child.kill().await;
-            }
+        // SIGTERM first so etcd closes its db cleanly; then make sure.
+        terminate(&mut self.child, Duration::from_secs(10)).await;
+    }
+}
+
+/// Stops a scratch server this process started: SIGTERM, then SIGKILL after `grace`.
+pub async fn terminate(child: &mut tokio::process::Child, grace: Duration) {
+    if let Some(pid) = child.id() {
+        let _ = std::process::Command::new("kill")
+            .arg("-TERM")
+            .arg(pid.to_string())
+            .status();
+        if tokio::time::timeout(grace, child.wait()).await.is_err() {
+            let _ = child.kill().await;
         }
     }
 }
