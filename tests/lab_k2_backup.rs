@@ -257,6 +257,9 @@ fn etcd34_to_local_dir_with_ssh_and_two_recipients() {
             &ssh_pub,
             "--recipient",
             &age_pub,
+            // a negative (fast) level: the zstd CLI must read it like any other
+            "--compression-level",
+            "-3",
             "-o",
             "json",
         ])
@@ -274,6 +277,7 @@ fn etcd34_to_local_dir_with_ssh_and_two_recipients() {
     )
     .unwrap();
     assert_eq!(manifest["etcd"]["version"].as_str().unwrap()[..4], *"3.4.");
+    assert_eq!(manifest["compression"]["level"], -3);
     assert_eq!(
         manifest["encryption"]["recipients"]
             .as_array()
@@ -400,6 +404,11 @@ fn bad_input_is_refused_before_anything_is_written() {
             "--no-encrypt cannot be combined",
         ),
         (vec!["--to", &to], 2, "backups are encrypted"),
+        (
+            vec!["--to", &to, "--no-encrypt", "--compression-level", "23"],
+            2,
+            "outside zstd's range",
+        ),
     ];
     for (args, code, msg) in cases {
         let mut all = vec!["backup", "create", "--etcd-endpoints", &ep];
@@ -479,6 +488,64 @@ fn bad_input_is_refused_before_anything_is_written() {
         !dir.exists() || std::fs::read_dir(&dir).unwrap().count() == 0,
         "something was written"
     );
+}
+
+/// A backup much larger than part size × (concurrency + 1): part buffers are reused many times,
+/// and the parts must still arrive complete and in order (moto validates part ETags).
+#[test]
+fn multipart_upload_of_many_parts_verifies() {
+    let Some(lab) = lab() else { return };
+    let etcd = lab.private_etcd("3.5");
+    common::populate_random(&etcd.endpoint, "/kirt-test/blob", 40);
+    let (identity, recipient) = age_key(&lab, "parts.key");
+    let bucket = common::unique("k2-parts");
+    let s3 = lab.moto();
+    create_bucket(&s3, &bucket);
+    let url = format!("s3://{bucket}/p");
+    let ep = lab.get("KIRT_LAB_S3_ENDPOINT");
+    let r = lab
+        .kirt([
+            "backup",
+            "create",
+            "--etcd-endpoints",
+            &etcd.endpoint,
+            "--to",
+            &url,
+            "--endpoint-url",
+            &ep,
+            "--path-style",
+            "--part-size",
+            "5MiB",
+            "--concurrency",
+            "2",
+            "--recipient",
+            &recipient,
+            "-o",
+            "json",
+        ])
+        .ok();
+    let stored = r.json()["stored_size"].as_u64().unwrap();
+    assert!(
+        stored > 40 << 20,
+        "only {stored} bytes: too few parts to reuse buffers"
+    );
+    let v = lab
+        .kirt([
+            "backup",
+            "verify",
+            "--from",
+            &url,
+            "latest",
+            "--endpoint-url",
+            &ep,
+            "--path-style",
+            "--identity",
+            &identity,
+            "-o",
+            "json",
+        ])
+        .ok();
+    assert_eq!(v.json()["ok"], true, "{}", v.dump());
 }
 
 /// Slow settings so that the stream is still running when a server is killed.

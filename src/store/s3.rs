@@ -209,6 +209,7 @@ impl Store for S3Store {
             upload_id: None,
             next_part: 1,
             tasks: JoinSet::new(),
+            free: Vec::new(),
             parts: Vec::new(),
             size: 0,
             done: false,
@@ -294,7 +295,10 @@ struct S3Upload {
     buf: BytesMut,
     upload_id: Option<String>,
     next_part: i32,
-    tasks: JoinSet<Result<CompletedPart>>,
+    /// Part uploads in flight; each hands its buffer back for reuse when done.
+    tasks: JoinSet<Result<(CompletedPart, Option<BytesMut>)>>,
+    /// Buffers of finished parts, reused so memory stays flat (no allocator churn).
+    free: Vec<BytesMut>,
     parts: Vec<CompletedPart>,
     size: u64,
     done: bool,
@@ -354,23 +358,32 @@ impl S3Upload {
                 .key(&key)
                 .upload_id(&id)
                 .part_number(n)
-                .body(ByteStream::from(data))
+                .body(ByteStream::from(data.clone()))
+                // The SDK's CRC32 checksum already protects the body (S3 checks it): signing the
+                // payload too would hash every stored byte once more, on both ends.
+                .customize()
+                .disable_payload_signing()
                 .send()
                 .await
                 .map_err(|e| s3_err(&loc, &endpoint, "UploadPart", e))?;
-            Ok(CompletedPart::builder()
+            let part = CompletedPart::builder()
                 .part_number(n)
                 .set_e_tag(out.e_tag().map(str::to_string))
-                .build())
+                .build();
+            Ok((part, data.try_into_mut().ok()))
         });
         Ok(())
     }
 
     async fn join_one(&mut self) -> Result<()> {
         if let Some(r) = self.tasks.join_next().await {
-            let part =
+            let (part, buf) =
                 r.map_err(|e| Error::store(self.loc(), format!("upload task failed: {e}")))??;
             self.parts.push(part);
+            if let Some(mut buf) = buf {
+                buf.clear();
+                self.free.push(buf);
+            }
         }
         Ok(())
     }
@@ -556,12 +569,24 @@ mod pending {
 
 #[async_trait]
 impl Upload for S3Upload {
-    async fn write(&mut self, data: Bytes) -> Result<()> {
+    async fn write(&mut self, mut data: Bytes) -> Result<()> {
         self.size += data.len() as u64;
-        self.buf.extend_from_slice(&data);
         let part = self.opts.part_size as usize;
-        while self.buf.len() >= part {
-            let chunk = self.buf.split_to(part).freeze();
+        while !data.is_empty() {
+            // Each part is one buffer of exactly the part size (no doubling growth), reused once
+            // its upload is done: memory stays part size × (concurrency + 1) whatever the size.
+            if self.buf.capacity() == 0 {
+                self.buf = self
+                    .free
+                    .pop()
+                    .unwrap_or_else(|| BytesMut::with_capacity(part));
+            }
+            let n = (part - self.buf.len()).min(data.len());
+            self.buf.extend_from_slice(&data.split_to(n));
+            if self.buf.len() < part {
+                break;
+            }
+            let chunk = std::mem::take(&mut self.buf).freeze();
             if let Err(e) = self.send_part(chunk).await {
                 self.abort_inner().await;
                 self.done = true;
