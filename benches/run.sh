@@ -33,17 +33,24 @@ s3port=$(port)
 mkdir -p "$work/s3/bench"
 "$CACHE/s3s-fs/bin/s3s-fs" --host 127.0.0.1 --port "$s3port" --access-key "$AWS_ACCESS_KEY_ID" \
   --secret-key "$AWS_SECRET_ACCESS_KEY" "$work/s3" >"$work/s3s.log" 2>&1 & pids+=($!)
+s3_pid=$!
 S3="http://127.0.0.1:$s3port"
 until curl -s -o /dev/null "$S3/"; do sleep 0.1; done
 # stored bytes of the objects under s3://bench/PREFIX, then removed (keeps the page cache for etcd)
 stored() { du -cb "$work/s3/bench/$1" | tail -1 | cut -f1; rm -rf "${work:?}/s3/bench/$1"; }
 age-keygen -o "$work/key" 2>/dev/null; R=$(age-keygen -y "$work/key")
 
-# run NAME CMD… → seconds and peak RSS (KiB) of the command (GNU time, children included)
+# CPU seconds (user + system) a running process has used so far
+cpu_of() { awk -v hz="$(getconf CLK_TCK)" '{printf "%.2f", ($14 + $15) / hz}' "/proc/$1/stat"; }
+# run NAME CMD… → seconds, peak RSS (KiB) and CPU seconds of the command (GNU time, children
+# included), then the CPU seconds etcd and the S3 server spent meanwhile (where the time goes)
 measure() {
   local name=$1; shift
-  /usr/bin/time -f "%e %M" -o "$work/$name.time" "$@" >"$work/$name.out" 2>"$work/$name.err" || { cat "$work/$name.err"; exit 1; }
-  cat "$work/$name.time"
+  local e0 s0
+  e0=$(cpu_of "$etcd_pid"); s0=$(cpu_of "$s3_pid")
+  /usr/bin/time -f "%e %M %U %S" -o "$work/$name.time" "$@" >"$work/$name.out" 2>"$work/$name.err" || { cat "$work/$name.err"; exit 1; }
+  read -r wall rss user sys <"$work/$name.time"
+  echo "$wall $rss $(python3 -c "print(round($user + $sys, 2), round($(cpu_of "$etcd_pid") - $e0, 2), round($(cpu_of "$s3_pid") - $s0, 2))")"
 }
 
 declare -A T RSS
@@ -53,6 +60,7 @@ for mib in $SIZES; do
     --advertise-client-urls "http://127.0.0.1:$cp" --listen-peer-urls "http://127.0.0.1:$pp" \
     --initial-advertise-peer-urls "http://127.0.0.1:$pp" --initial-cluster "b=http://127.0.0.1:$pp" \
     --quota-backend-bytes 8589934592 >"$work/etcd-$mib.log" 2>&1 & pids+=($!)
+  etcd_pid=$!
   EP="http://127.0.0.1:$cp"
   until "$ETCD_BIN/etcdctl" --endpoints "$EP" endpoint health >/dev/null 2>&1; do sleep 0.2; done
   "$LIMIT" fill "$EP" "$mib" >/dev/null
@@ -66,11 +74,11 @@ for mib in $SIZES; do
   rm -f "$work/snap-$mib.db"
   read -r t _ < <(measure "pipeline-$mib" bash -c "'$ETCD_BIN/etcdctl' --endpoints '$EP' snapshot save '$work/p.db' >/dev/null && zstd -q -T0 -3 -c '$work/p.db' | age -r '$R' | '$CACHE/awscli/bin/aws' --endpoint-url '$S3' s3 cp - s3://bench/pipeline-$mib.zst.age && rm -f '$work/p.db'")
   T[pipeline-$mib]=$t; pipe_stored=$(stored "pipeline-$mib.zst.age")
-  read -r t _ < <(measure "limit-$mib" "$LIMIT" read "$EP")
-  T[limit-$mib]=$t
-  read -r t rss < <(measure "kirt-$mib" "$KIRT" -q backup create --etcd-endpoints "$EP" --to s3://bench/kirt \
+  read -r t _ lcpu letcd _ < <(measure "limit-$mib" "$LIMIT" read "$EP")
+  T[limit-$mib]=$t; t_limit=$t
+  read -r t rss kcpu ketcd ks3 < <(measure "kirt-$mib" "$KIRT" -q backup create --etcd-endpoints "$EP" --to s3://bench/kirt \
     --endpoint-url "$S3" --path-style --recipient "$R" --cluster-name "b$mib")
-  T[kirt-$mib]=$t; RSS[kirt-$mib]=$rss; kirt_stored=$(stored kirt)
+  T[kirt-$mib]=$t; RSS[kirt-$mib]=$rss; kirt_stored=$(stored kirt); t_kirt=$t
   read -r t _ < <(measure "kirt3-$mib" "$KIRT" -q backup create --etcd-endpoints "$EP" --to s3://bench/kirt3 \
     --endpoint-url "$S3" --path-style --recipient "$R" --cluster-name "b$mib" --compression-level 3)
   T[kirt3-$mib]=$t; kirt3_stored=$(stored kirt3)
@@ -79,12 +87,22 @@ for mib in $SIZES; do
   obj=$(find "$work/local-$mib" -name '*.etcd.zst.age' | head -1)
   read -r t _ < <(measure "cliverify-$mib" bash -c "age -d -i '$work/key' < '$obj' | zstd -dq | sha256sum")
   T[cliverify-$mib]=$t
-  read -r t rss < <(measure "verify-$mib" "$KIRT" -q backup verify --from "$work/local-$mib" latest --identity "$work/key")
+  read -r t rss _ < <(measure "verify-$mib" "$KIRT" -q backup verify --from "$work/local-$mib" latest --identity "$work/key")
   T[verify-$mib]=$t; RSS[verify-$mib]=$rss
   rm -rf "$work/local-$mib"
   printf 'db %s MiB (%s bytes, zstd -3 ratio %s): etcdctl save %ss, pipeline %ss (stored %s B), limit %ss, kirt %ss (stored %s B, peak RSS %s MiB), kirt --compression-level 3 %ss (stored %s B); verify: age|zstd|sha256sum %ss, kirt %ss (peak RSS %s MiB)\n' \
     "$mib" "$db" "$zr" "${T[etcdctl-$mib]}" "${T[pipeline-$mib]}" "$pipe_stored" "${T[limit-$mib]}" "${T[kirt-$mib]}" "$kirt_stored" "$((RSS[kirt-$mib] / 1024))" \
     "${T[kirt3-$mib]}" "$kirt3_stored" "${T[cliverify-$mib]}" "${T[verify-$mib]}" "$((RSS[verify-$mib] / 1024))"
+  # Where the time goes: all three processes share this machine's cores, so the CPU they need
+  # together bounds kirt's wall time from below, whatever kirt overlaps.
+  python3 - "$mib" "$t_limit" "$lcpu" "$letcd" "$t_kirt" "$kcpu" "$ketcd" "$ks3" "$(nproc)" <<'PY'
+import sys
+mib, *v = sys.argv[1:]
+tl, lcpu, letcd, tk, kcpu, ketcd, ks3, cores = map(float, v)
+total = kcpu + ketcd + ks3
+print(f"  CPU seconds, {mib} MiB: limit = reader {lcpu} + etcd {letcd} in {tl} s; kirt = kirt {kcpu} + etcd {ketcd} "
+      f"(incl. HashKV) + S3 server {ks3} = {total:.2f} on {cores:.0f} cores -> at least {total / cores:.2f} s wall (got {tk} s)")
+PY
 done
 
 echo

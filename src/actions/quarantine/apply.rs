@@ -169,22 +169,12 @@ pub struct QuarantineReport {
 
 impl Render for QuarantineReport {
     fn table(&self) -> Table {
-        let mut t = Table::new(["NAMESPACE", "POD", "NODE", "RESULT", "DETAIL"]);
-        for r in &self.pods {
-            let result = match r.outcome {
-                Outcome::Done => "quarantined",
-                Outcome::WouldDo => "would quarantine",
-                Outcome::Unchanged => "unchanged",
-                Outcome::Failed => "FAILED",
-            };
-            t.row([&r.namespace, &r.pod, &r.node, result, &r.detail]);
-        }
-        for p in &self.policies {
-            t.note(format!(
-                "networkpolicy {}/{}: {}",
-                p.namespace, p.name, p.change
-            ));
-        }
+        let mut t = pod_table(
+            &self.pods,
+            &self.policies,
+            "quarantined",
+            "would quarantine",
+        );
         if self.dry_run {
             t.note("\ndry run (server-side dryRun=All): nothing was changed. Would apply:");
             for p in &self.policies {
@@ -193,16 +183,7 @@ impl Render for QuarantineReport {
                     t.note(serde_yaml_ng::to_string(obj).unwrap_or_default());
                 }
             }
-            for r in &self.pods {
-                if let Some(patch) = &r.patch {
-                    t.note(format!(
-                        "--- merge patch for pod {}/{}\n{}",
-                        r.namespace,
-                        r.pod,
-                        serde_json::to_string_pretty(patch).unwrap_or_default()
-                    ));
-                }
-            }
+            note_patches(&mut t, &self.pods);
         }
         let verb = if self.dry_run {
             "would be quarantined"
@@ -218,6 +199,46 @@ impl Render for QuarantineReport {
 
     fn exit(&self) -> Exit {
         aggregate_exit(self.pods.iter().map(|r| r.exit), self.failed)
+    }
+}
+
+/// The table `quarantine` and `release` both print: a row per pod, then the policies touched.
+pub(crate) fn pod_table(
+    pods: &[PodRow],
+    policies: &[PolicyChange],
+    done: &str,
+    would: &str,
+) -> Table {
+    let mut t = Table::new(["NAMESPACE", "POD", "NODE", "RESULT", "DETAIL"]);
+    for r in pods {
+        let result = match r.outcome {
+            Outcome::Done => done,
+            Outcome::WouldDo => would,
+            Outcome::Unchanged => "unchanged",
+            Outcome::Failed => "FAILED",
+        };
+        t.row([&r.namespace, &r.pod, &r.node, result, &r.detail]);
+    }
+    for p in policies {
+        t.note(format!(
+            "networkpolicy {}/{}: {}",
+            p.namespace, p.name, p.change
+        ));
+    }
+    t
+}
+
+/// In a dry run: the merge patch each pod would get.
+pub(crate) fn note_patches(t: &mut Table, pods: &[PodRow]) {
+    for r in pods {
+        if let Some(patch) = &r.patch {
+            t.note(format!(
+                "--- merge patch for pod {}/{}\n{}",
+                r.namespace,
+                r.pod,
+                serde_json::to_string_pretty(patch).unwrap_or_default()
+            ));
+        }
     }
 }
 

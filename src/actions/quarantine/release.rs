@@ -12,7 +12,7 @@ use kube::Client;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use super::apply::{aggregate_exit, PodRow};
+use super::apply::{aggregate_exit, note_patches, pod_table, PodRow};
 use super::policies::{is_kirt_policy, PolicyChange};
 use super::policy_eval::{self, Labels};
 use super::*;
@@ -62,22 +62,7 @@ pub struct ReleaseReport {
 
 impl Render for ReleaseReport {
     fn table(&self) -> Table {
-        let mut t = Table::new(["NAMESPACE", "POD", "NODE", "RESULT", "DETAIL"]);
-        for r in &self.pods {
-            let result = match r.outcome {
-                Outcome::Done => "released",
-                Outcome::WouldDo => "would release",
-                Outcome::Unchanged => "unchanged",
-                Outcome::Failed => "FAILED",
-            };
-            t.row([&r.namespace, &r.pod, &r.node, result, &r.detail]);
-        }
-        for p in &self.policies {
-            t.note(format!(
-                "networkpolicy {}/{}: {}",
-                p.namespace, p.name, p.change
-            ));
-        }
+        let mut t = pod_table(&self.pods, &self.policies, "released", "would release");
         for n in &self.notes {
             t.note(n.clone());
         }
@@ -86,16 +71,7 @@ impl Render for ReleaseReport {
         }
         if self.dry_run {
             t.note("\ndry run (server-side dryRun=All): nothing was changed. Would apply:");
-            for r in &self.pods {
-                if let Some(patch) = &r.patch {
-                    t.note(format!(
-                        "--- merge patch for pod {}/{}\n{}",
-                        r.namespace,
-                        r.pod,
-                        serde_json::to_string_pretty(patch).unwrap_or_default()
-                    ));
-                }
-            }
+            note_patches(&mut t, &self.pods);
         }
         let verb = if self.dry_run {
             "would be released"
