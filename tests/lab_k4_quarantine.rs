@@ -443,9 +443,19 @@ spec:
     );
 }
 
+/// The lab's nodes are shared: tests that cordon one, or check that nothing was cordoned, take turns.
+static NODES: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn nodes_to_myself() -> std::sync::MutexGuard<'static, ()> {
+    NODES
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 #[test]
 fn dry_run_changes_nothing_and_prints_the_policy_and_patch() {
     let Some(lab) = lab() else { return };
+    let _nodes = nodes_to_myself();
     let ns = lab.namespace("k4-dry");
     lab.apply(&ns, &standalone("suspect"));
     lab.apply(&ns, ALLOW_ALL);
@@ -828,6 +838,7 @@ spec:
 #[test]
 fn allowances_and_cordon_are_written_and_removed() {
     let Some(lab) = lab() else { return };
+    let _nodes = nodes_to_myself();
     let ns = lab.namespace("k4-allow");
     lab.apply(&ns, &standalone("suspect"));
     lab.apply(&ns, &standalone("neighbour"));
