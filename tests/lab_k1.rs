@@ -60,11 +60,7 @@ fn doctor_against_the_lab_passes_and_reports_versions() {
 #[test]
 fn doctor_fails_clearly_on_wrong_port() {
     let Some(lab) = lab() else { return };
-    let kc = std::fs::read_to_string(lab.kubeconfig()).unwrap();
-    let api = lab.get("KIRT_LAB_APISERVER");
-    let wrong = kc.replace(&api, "https://127.0.0.1:1");
-    let path = lab.dir.path().join("wrong-port");
-    std::fs::write(&path, wrong).unwrap();
+    let path = lab.unreachable_kubeconfig();
     let r = lab
         .kirt(["doctor", "--kubeconfig", path.to_str().unwrap()])
         .code_is(8);

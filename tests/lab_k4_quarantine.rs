@@ -581,10 +581,7 @@ spec: {containers: [{name: c, image: "busybox:1.36"}]}
         BTreeMap::from([("app".to_string(), "manual".to_string())])
     );
     // unreachable apiserver
-    let kc = std::fs::read_to_string(lab.kubeconfig()).unwrap();
-    let wrong = kc.replace(&lab.get("KIRT_LAB_APISERVER"), "https://127.0.0.1:1");
-    let path = lab.dir.path().join("wrong-port");
-    std::fs::write(&path, wrong).unwrap();
+    let path = lab.unreachable_kubeconfig();
     lab.kirt([
         "quarantine",
         "x",

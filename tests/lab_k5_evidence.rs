@@ -847,57 +847,28 @@ fn unknown_pod_forbidden_and_unreachable_write_nothing() {
     assert!(r.stderr().contains("no-such-pod"), "{}", r.dump());
     assert_empty(&out);
 
+    // `evidence collect web` into `out` as the identity of a kubeconfig, plus extra flags
+    let collect_as = |kubeconfig: &Path, extra: &[&str]| {
+        let mut args = vec!["evidence", "collect", "web", "-n", &ns, "--to", to];
+        args.extend(["--kubeconfig", kubeconfig.to_str().unwrap()]);
+        args.extend(extra);
+        lab.kirt(args)
+    };
+
     // no permissions at all
     let token = lab.service_account_token(&ns, "nobody");
     let kc = lab.kubeconfig_for_token("nobody", &token);
-    let r = lab
-        .kirt([
-            "evidence",
-            "collect",
-            "web",
-            "-n",
-            &ns,
-            "--to",
-            to,
-            "--kubeconfig",
-            kc.to_str().unwrap(),
-        ])
-        .code_is(7);
+    let r = collect_as(&kc, &[]).code_is(7);
     assert!(r.stderr().contains("cannot get pods"), "{}", r.dump());
     assert_empty(&out);
 
     // may read the pod but not its events: fails after the upload started; nothing is left
     grant_pods_only(&lab, &ns, "nobody");
-    let r = lab
-        .kirt([
-            "evidence",
-            "collect",
-            "web",
-            "-n",
-            &ns,
-            "--to",
-            to,
-            "--kubeconfig",
-            kc.to_str().unwrap(),
-        ])
-        .code_is(7);
+    let r = collect_as(&kc, &[]).code_is(7);
     assert!(r.stderr().contains("cannot list events"), "{}", r.dump());
     assert_empty(&out);
     // … unless asked to collect what it may: then the gaps are in the manifest, with the reason
-    let r = lab
-        .kirt([
-            "evidence",
-            "collect",
-            "web",
-            "-n",
-            &ns,
-            "--to",
-            to,
-            "--kubeconfig",
-            kc.to_str().unwrap(),
-            "--best-effort",
-        ])
-        .ok();
+    let r = collect_as(&kc, &["--best-effort"]).ok();
     let top = extract_plain(&only_file(&out), &lab.dir.path().join("be"));
     sh(&top, "sha256sum -c --quiet SHA256SUMS");
     assert!(top.join("logs/main.log").is_file(), "{}", r.dump());
@@ -912,23 +883,8 @@ fn unknown_pod_forbidden_and_unreachable_write_nothing() {
     std::fs::remove_dir_all(&out).unwrap();
 
     // unreachable apiserver
-    let admin = std::fs::read_to_string(lab.kubeconfig()).unwrap();
-    let wrong = admin.replace(&lab.get("KIRT_LAB_APISERVER"), "https://127.0.0.1:1");
-    let path = lab.dir.path().join("wrong-port");
-    std::fs::write(&path, wrong).unwrap();
-    let r = lab
-        .kirt([
-            "evidence",
-            "collect",
-            "web",
-            "-n",
-            &ns,
-            "--to",
-            to,
-            "--kubeconfig",
-            path.to_str().unwrap(),
-        ])
-        .code_is(8);
+    let path = lab.unreachable_kubeconfig();
+    let r = collect_as(&path, &[]).code_is(8);
     assert!(
         r.stderr()
             .contains("cannot reach Kubernetes API at https://127.0.0.1:1"),

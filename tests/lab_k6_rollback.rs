@@ -3,6 +3,8 @@
 
 mod common;
 
+use std::path::Path;
+
 use common::{lab, Lab};
 use serde_json::Value;
 
@@ -594,7 +596,18 @@ subjects:
     );
     let token = lab.service_account_token(&ns, "reader");
     let kc = lab.kubeconfig_for_token("reader", &token);
-    let kc = kc.to_str().unwrap();
+    // `rollback deploy/web --yes` as the identity of a kubeconfig
+    let rollback_as = |kubeconfig: &Path| {
+        lab.kirt([
+            "rollback",
+            "deploy/web",
+            "-n",
+            &ns,
+            "--yes",
+            "--kubeconfig",
+            kubeconfig.to_str().unwrap(),
+        ])
+    };
     // history works with read access
     lab.kirt([
         "rollback",
@@ -603,20 +616,10 @@ subjects:
         "-n",
         &ns,
         "--kubeconfig",
-        kc,
+        kc.to_str().unwrap(),
     ])
     .ok();
-    let r = lab
-        .kirt([
-            "rollback",
-            "deploy/web",
-            "-n",
-            &ns,
-            "--yes",
-            "--kubeconfig",
-            kc,
-        ])
-        .code_is(7);
+    let r = rollback_as(&kc).code_is(7);
     assert!(
         r.stderr().contains("cannot patch deployments in namespace"),
         "{}",
@@ -627,17 +630,7 @@ subjects:
     // only `get deployments`: the ReplicaSet listing is what is missing
     let token = lab.service_account_token(&ns, "nobody");
     let kc2 = lab.kubeconfig_for_token("nobody", &token);
-    let r = lab
-        .kirt([
-            "rollback",
-            "deploy/web",
-            "-n",
-            &ns,
-            "--yes",
-            "--kubeconfig",
-            kc2.to_str().unwrap(),
-        ])
-        .code_is(7);
+    let r = rollback_as(&kc2).code_is(7);
     assert!(
         r.stderr().contains("cannot get deployments"),
         "{}",
@@ -658,21 +651,8 @@ subjects:
     );
 
     // unreachable apiserver
-    let admin = std::fs::read_to_string(lab.kubeconfig()).unwrap();
-    let wrong = admin.replace(&lab.get("KIRT_LAB_APISERVER"), "https://127.0.0.1:1");
-    let path = lab.dir.path().join("wrong-port");
-    std::fs::write(&path, wrong).unwrap();
-    let r = lab
-        .kirt([
-            "rollback",
-            "deploy/web",
-            "-n",
-            &ns,
-            "--yes",
-            "--kubeconfig",
-            path.to_str().unwrap(),
-        ])
-        .code_is(8);
+    let path = lab.unreachable_kubeconfig();
+    let r = rollback_as(&path).code_is(8);
     assert!(
         r.stderr().contains("cannot reach Kubernetes API"),
         "{}",

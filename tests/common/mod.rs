@@ -240,6 +240,19 @@ impl Lab {
         Namespace { lab: self, name }
     }
 
+    /// The admin kubeconfig pointed at a port where nothing listens (127.0.0.1:1), for the
+    /// "apiserver unreachable" cases.
+    pub fn unreachable_kubeconfig(&self) -> PathBuf {
+        let admin = std::fs::read_to_string(self.kubeconfig()).unwrap();
+        let path = self.dir.path().join("unreachable.kubeconfig");
+        std::fs::write(
+            &path,
+            admin.replace(&self.get("KIRT_LAB_APISERVER"), "https://127.0.0.1:1"),
+        )
+        .unwrap();
+        path
+    }
+
     /// Writes a kubeconfig for a bearer token (e.g. a ServiceAccount's) and returns its path.
     pub fn kubeconfig_for_token(&self, name: &str, token: &str) -> PathBuf {
         let admin = std::fs::read_to_string(self.kubeconfig()).unwrap();
