@@ -559,6 +559,35 @@ fn rollback_bad_deploy_runs_dry_runs_and_undoes() {
         .ok()
         .json();
     assert_eq!(show["run"]["undone"], true, "{show}");
+
+    // a rollback followed by a newer deploy is not undone: undo refuses and the deploy stays
+    let r = kirt_j(
+        &lab,
+        &[
+            "run",
+            "rollback-bad-deploy",
+            "-p",
+            &nsp,
+            "-p",
+            &dp,
+            "--yes",
+            "-o",
+            "json",
+        ],
+    )
+    .ok();
+    let run2 = r.json()["run_id"].as_str().unwrap().to_string();
+    assert_eq!(image(&lab, &ns), "nginx:1.26");
+    lab.apply(&ns, &deployment(8));
+    let r = kirt_j(&lab, &["undo", &run2, "--yes", "-o", "json"]).code_is(4);
+    let item = &r.json()["items"][0];
+    assert_eq!(item["status"], "failed", "{}", r.dump());
+    assert!(
+        item["error"].as_str().unwrap().contains("changed since"),
+        "{}",
+        r.dump()
+    );
+    assert_eq!(image(&lab, &ns), "nginx:1.28");
     assert_no_secrets(&lab);
 }
 

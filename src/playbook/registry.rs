@@ -444,6 +444,8 @@ fn rolled_back(with: &Value, o: &Value) -> Vec<Mutation> {
             "target": format!("{}/{}", o["kind"].as_str().unwrap_or("deployment"), o["name"].as_str().unwrap_or("")),
             "namespace": o["namespace"],
             "to-revision": from,
+            // refuse if the workload changed after the run (a newer deploy is not undone)
+            "if-generation": o["generation"],
             "wait": with.get("wait").cloned().unwrap_or(Value::Bool(false)),
         }),
     });

@@ -145,6 +145,8 @@ pub struct Workload {
     pub namespace: String,
     pub uid: String,
     pub resource_version: String,
+    /// `metadata.generation`: moves on with every change of the spec.
+    pub generation: i64,
     pub paused: bool,
     /// `.spec.template`, raw from the server.
     pub template: Value,
@@ -261,6 +263,7 @@ impl Workload {
             namespace: namespace.to_string(),
             uid,
             resource_version: obj.metadata.resource_version.clone().unwrap_or_default(),
+            generation: obj.metadata.generation.unwrap_or_default(),
             paused: spec["paused"].as_bool().unwrap_or(false),
             template,
             annotations: obj.metadata.annotations.clone().unwrap_or_default(),

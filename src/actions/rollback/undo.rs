@@ -45,6 +45,10 @@ pub struct RollbackSpec {
     /// How long --wait waits (e.g. 90s, 5m) [default: 5m]
     #[arg(long, value_name = "DURATION")]
     pub timeout: Option<String>,
+    /// Only if the workload's spec is still at this metadata.generation (the one a rollback
+    /// reported; `kirt undo` passes it): refuses, changing nothing, if it moved on since
+    #[arg(long, value_name = "N")]
+    pub if_generation: Option<i64>,
     /// Namespace (playbooks; on the command line use -n)
     #[arg(skip)]
     pub namespace: Option<String>,
@@ -73,6 +77,9 @@ pub struct RollbackResult {
     pub to_revision: i64,
     /// Pod-template differences from the current template to the restored one.
     pub changes: Vec<String>,
+    /// The workload's metadata.generation after the rollback (what `--if-generation` checks).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub generation: Option<i64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub wait: Option<WaitResult>,
 }
@@ -120,6 +127,14 @@ pub async fn run(ctx: &Ctx, spec: RollbackSpec) -> Result<RollbackResult> {
     };
     let client = ctx.cluster().await?.client.clone();
     let w = Workload::load(&client, &ns, &target).await?;
+    if let Some(expected) = spec.if_generation {
+        if w.generation != expected {
+            return Err(Error::Refused(format!(
+                "{target} in namespace {ns} changed since (generation {} now, {expected} expected): nothing was changed; see `kirt rollback history {target}` and roll back by hand if still wanted",
+                w.generation
+            )));
+        }
+    }
     let rev = select_revision(&w, spec.to_revision)?.clone();
 
     if target.kind == Kind::Deployment && w.paused {
@@ -138,6 +153,7 @@ pub async fn run(ctx: &Ctx, spec: RollbackSpec) -> Result<RollbackResult> {
         from_revision: w.current_revision(),
         to_revision: rev.revision,
         changes: Vec::new(),
+        generation: None,
         wait: None,
     };
 
@@ -167,7 +183,7 @@ pub async fn run(ctx: &Ctx, spec: RollbackSpec) -> Result<RollbackResult> {
             "roll back {target} in namespace {ns} to revision {}",
             rev.revision
         ))?;
-        apply(&client, ctx.dry_run, &w, &rev).await?;
+        result.generation = apply(&client, ctx.dry_run, &w, &rev).await?;
         if ctx.dry_run {
             result.outcome = Outcome::DryRun;
             result.message = format!(
@@ -272,7 +288,7 @@ pub async fn apply(
     dry_run: bool,
     w: &Workload,
     rev: &Revision,
-) -> Result<()> {
+) -> Result<Option<i64>> {
     let ns = w.namespace.as_str();
     let name = w.target.name.as_str();
     let op = Op::new("patch", w.target.kind.resource()).ns(ns).name(name);
@@ -291,7 +307,10 @@ pub async fn apply(
                 .header("Content-Type", "application/json-patch+json")
                 .body(body)
                 .map_err(|e| Error::failed(format!("building the rollback request: {e}")))?;
-            client.request::<Value>(req).await.map(|_| ())
+            client
+                .request::<Value>(req)
+                .await
+                .map(|o| o["metadata"]["generation"].as_i64())
         }
         Kind::StatefulSet | Kind::DaemonSet => {
             let api: Api<DynamicObject> =
@@ -299,7 +318,7 @@ pub async fn apply(
             let patch = controller_revision_patch(w, rev);
             api.patch(name, &k8s::patch_params(dry_run), &Patch::Strategic(&patch))
                 .await
-                .map(|_| ())
+                .map(|o| o.metadata.generation)
         }
     };
     let changed = |detail: &str| {
@@ -423,6 +442,7 @@ mod tests {
             namespace: "ns".into(),
             uid: "u".into(),
             resource_version: "42".into(),
+            generation: 1,
             paused: false,
             template: json!({}),
             annotations: [
