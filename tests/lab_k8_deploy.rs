@@ -219,23 +219,49 @@ fn backup_metrics_arrive_in_the_pushgateway() {
         &url,
     ])
     .ok();
+    // the etcd-backup playbook pushes through its backup step too
+    let journals = lab.dir.path().join("push-runs");
+    lab.kirt([
+        "--journal",
+        journals.to_str().unwrap(),
+        "run",
+        "etcd-backup",
+        "--yes",
+        "-p",
+        &format!("etcd_endpoints={}", etcd.endpoint),
+        "-p",
+        &format!("to={}", lab.dir.path().join("b2").display()),
+        "-p",
+        "no_encrypt=true",
+        "-p",
+        "cluster_name=pushed-by-playbook",
+        "-p",
+        &format!("pushgateway={url}"),
+    ])
+    .ok();
     let body = sh(&format!("curl -sf {url}/metrics")).ok().stdout();
     let _ = gw.kill();
     let _ = gw.wait();
     let scrape =
         prometheus_parse::Scrape::parse(body.lines().map(|l| Ok(l.to_string()))).expect("parse");
-    let sample = scrape
-        .samples
-        .iter()
-        .find(|s| s.metric == "kirt_backup_revision" && s.labels.get("cluster") == Some("pushed"))
-        .unwrap_or_else(|| panic!("kirt_backup_revision not in the pushgateway:\n{body}"));
-    match sample.value {
-        prometheus_parse::Value::Gauge(v) | prometheus_parse::Value::Untyped(v) => {
-            assert_eq!(v, rev as f64)
+    for cluster in ["pushed", "pushed-by-playbook"] {
+        let sample = scrape
+            .samples
+            .iter()
+            .find(|s| {
+                s.metric == "kirt_backup_revision" && s.labels.get("cluster") == Some(cluster)
+            })
+            .unwrap_or_else(|| {
+                panic!("kirt_backup_revision of {cluster} not in the pushgateway:\n{body}")
+            });
+        match sample.value {
+            prometheus_parse::Value::Gauge(v) | prometheus_parse::Value::Untyped(v) => {
+                assert_eq!(v, rev as f64, "{cluster}")
+            }
+            ref other => panic!("unexpected {other:?}"),
         }
-        ref other => panic!("unexpected {other:?}"),
+        assert_eq!(sample.labels.get("job"), Some("kirt_backup"));
     }
-    assert_eq!(sample.labels.get("job"), Some("kirt_backup"));
 }
 
 #[test]
