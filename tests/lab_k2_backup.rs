@@ -409,6 +409,11 @@ fn bad_input_is_refused_before_anything_is_written() {
             2,
             "outside zstd's range",
         ),
+        (
+            vec!["--to", "s3://ck/x", "--no-encrypt"],
+            2,
+            "is not an S3 bucket name",
+        ),
     ];
     for (args, code, msg) in cases {
         let mut all = vec!["backup", "create", "--etcd-endpoints", &ep];
@@ -441,7 +446,7 @@ fn bad_input_is_refused_before_anything_is_written() {
             "--etcd-endpoints",
             &ep,
             "--to",
-            "s3://b/x",
+            "s3://kirt-b/x",
             "--endpoint-url",
             "http://127.0.0.1:1",
             "--path-style",
@@ -456,7 +461,7 @@ fn bad_input_is_refused_before_anything_is_written() {
         "--etcd-endpoints",
         &ep,
         "--to",
-        "s3://b/x",
+        "s3://kirt-b/x",
         "--endpoint-url",
         &s3,
         "--path-style",
@@ -503,28 +508,47 @@ fn multipart_upload_of_many_parts_verifies() {
     create_bucket(&s3, &bucket);
     let url = format!("s3://{bucket}/p");
     let ep = lab.get("KIRT_LAB_S3_ENDPOINT");
-    let r = lab
-        .kirt([
-            "backup",
-            "create",
-            "--etcd-endpoints",
-            &etcd.endpoint,
-            "--to",
-            &url,
-            "--endpoint-url",
-            &ep,
-            "--path-style",
-            "--part-size",
-            "5MiB",
-            "--concurrency",
-            "2",
-            "--recipient",
-            &recipient,
-            "-o",
-            "json",
-        ])
-        .ok();
+    let mut cmd = lab.kirt_cmd([
+        "backup",
+        "create",
+        "--etcd-endpoints",
+        &etcd.endpoint,
+        "--to",
+        &url,
+        "--endpoint-url",
+        &ep,
+        "--path-style",
+        "--part-size",
+        "5MiB",
+        "--concurrency",
+        "2",
+        "--recipient",
+        &recipient,
+        "-o",
+        "json",
+    ]);
+    // parts are sent unsigned: they must carry a CRC32 even when the SDK is told to add
+    // checksums only where required
+    cmd.env("AWS_REQUEST_CHECKSUM_CALCULATION", "when_required");
+    let r = common::run(cmd, "kirt backup create (many parts)".into()).ok();
     let stored = r.json()["stored_size"].as_u64().unwrap();
+    let key = format!(
+        "p/{}/{}.etcd.zst.age",
+        r.json()["cluster"].as_str().unwrap(),
+        r.json()["id"].as_str().unwrap()
+    );
+    let head = common::block_on(
+        s3.head_object()
+            .bucket(&bucket)
+            .key(&key)
+            .checksum_mode(aws_sdk_s3::types::ChecksumMode::Enabled)
+            .send(),
+    )
+    .unwrap();
+    assert!(
+        head.checksum_crc32().is_some(),
+        "no CRC32 on {key}: {head:?}"
+    );
     // at least 6 parts of 5 MiB with at most 3 buffers alive: buffers were reused
     assert!(
         stored > 6 * (5 << 20),

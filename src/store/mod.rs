@@ -85,6 +85,17 @@ pub async fn open(url: &str, s3: &S3Options) -> Result<Arc<dyn Store>> {
                 "bad store URL {url:?}: no bucket (expected s3://BUCKET/PREFIX)"
             )));
         }
+        // S3's rules (legacy us-east-1 names allow upper case, underscores and up to 255 chars):
+        // said here rather than as a bare 400 from the server
+        let valid = (3..=255).contains(&bucket.len())
+            && bucket
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'));
+        if !valid {
+            return Err(Error::usage(format!(
+                "bad store URL {url:?}: {bucket:?} is not an S3 bucket name (3-63 lower-case letters, digits, dots and hyphens)"
+            )));
+        }
         return Ok(Arc::new(S3Store::new(bucket, prefix, s3).await?));
     }
     if let Some(path) = url.strip_prefix("file://") {
@@ -135,6 +146,14 @@ mod tests {
         assert_eq!(e.exit(), crate::Exit::Usage);
         let e = open("s3:///x", &o).await.err().unwrap();
         assert!(e.to_string().contains("no bucket"), "{e}");
+        for bad in ["s3://ck/x", "s3://my bucket/x", "s3://b:1/x"] {
+            let e = open(bad, &o).await.err().unwrap();
+            assert!(
+                e.to_string().contains("is not an S3 bucket name"),
+                "{bad}: {e}"
+            );
+            assert_eq!(e.exit(), crate::Exit::Usage);
+        }
     }
 
     #[test]

@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{
-    CompletedMultipartUpload, CompletedPart, ServerSideEncryption, StorageClass,
+    ChecksumAlgorithm, CompletedMultipartUpload, CompletedPart, ServerSideEncryption, StorageClass,
 };
 use bytes::{Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
@@ -317,7 +317,9 @@ impl S3Upload {
             .client
             .create_multipart_upload()
             .bucket(&self.bucket)
-            .key(&self.key);
+            .key(&self.key)
+            // every part carries a CRC32 (see send_part); S3 then keeps the object's checksum
+            .checksum_algorithm(ChecksumAlgorithm::Crc32);
         if let Some(sse) = &self.opts.sse {
             req = req.server_side_encryption(ServerSideEncryption::from(sse.as_str()));
         }
@@ -359,8 +361,10 @@ impl S3Upload {
                 .upload_id(&id)
                 .part_number(n)
                 .body(ByteStream::from(data.clone()))
-                // The SDK's CRC32 checksum already protects the body (S3 checks it): signing the
-                // payload too would hash every stored byte once more, on both ends.
+                // A CRC32 checksum protects the body (S3 checks it), whatever the SDK's default
+                // checksum setting: signing the payload too would hash every stored byte once
+                // more, on both ends.
+                .checksum_algorithm(ChecksumAlgorithm::Crc32)
                 .customize()
                 .disable_payload_signing()
                 .send()
@@ -369,6 +373,7 @@ impl S3Upload {
             let part = CompletedPart::builder()
                 .part_number(n)
                 .set_e_tag(out.e_tag().map(str::to_string))
+                .set_checksum_crc32(out.checksum_crc32().map(str::to_string))
                 .build();
             Ok((part, data.try_into_mut().ok()))
         });
