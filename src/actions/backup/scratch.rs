@@ -1,6 +1,7 @@
 //! Throwaway servers for trial restores and drills: `etcdutl snapshot restore` into an empty
 //! directory and an etcd on free loopback ports, stopped (by its PID) and cleaned up afterwards.
 
+use std::collections::BTreeMap;
 use std::net::TcpListener;
 use std::path::Path;
 use std::process::Stdio;
@@ -106,6 +107,10 @@ pub struct Observed {
     pub revision: i64,
     pub key_count: i64,
     pub hash_kv: u32,
+    /// Keys under each of the manifest's resource prefixes at the recorded revision…
+    pub prefix_counts_at: BTreeMap<String, i64>,
+    /// …and at the restored head (what an apiserver on this member serves).
+    pub prefix_counts_head: BTreeMap<String, i64>,
 }
 
 pub struct ScratchEtcd {
@@ -210,10 +215,33 @@ impl ScratchEtcd {
             .hash_kv(revision)
             .await
             .map_err(|e| err("HashKV", e))?;
+        let (mut prefix_counts_at, mut prefix_counts_head) = (BTreeMap::new(), BTreeMap::new());
+        for (name, prefix) in super::manifest::PREFIXES {
+            for (rev, counts) in [
+                (revision, &mut prefix_counts_at),
+                (0, &mut prefix_counts_head),
+            ] {
+                let r = c
+                    .get(
+                        *prefix,
+                        Some(
+                            GetOptions::new()
+                                .with_prefix()
+                                .with_count_only()
+                                .with_revision(rev),
+                        ),
+                    )
+                    .await
+                    .map_err(|e| err("counting keys", e))?;
+                counts.insert((*name).to_string(), r.count());
+            }
+        }
         Ok(Observed {
             revision: head.header().map(|h| h.revision()).unwrap_or(0),
             key_count: at.count(),
             hash_kv: hash.hash(),
+            prefix_counts_at,
+            prefix_counts_head,
         })
     }
 
