@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use aws_sdk_s3::config::RequestChecksumCalculation;
 use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{
@@ -68,6 +69,10 @@ pub struct S3Store {
     prefix: String,
     opts: S3Options,
     endpoint: String,
+    /// Parts carry a CRC32 and an unsigned payload, unless checksums were turned down
+    /// (AWS_REQUEST_CHECKSUM_CALCULATION=when_required, for servers that reject them): then
+    /// the SigV4 payload signature protects them.
+    part_checksums: bool,
 }
 
 impl S3Store {
@@ -135,6 +140,8 @@ impl S3Store {
             prefix: prefix.trim_matches('/').to_string(),
             opts: opts.clone(),
             endpoint,
+            part_checksums: sdk.request_checksum_calculation()
+                != Some(RequestChecksumCalculation::WhenRequired),
         };
         pending::cleanup(&store.client, &store.endpoint, &store.bucket).await;
         Ok(store)
@@ -205,6 +212,7 @@ impl Store for S3Store {
             key: self.key(key),
             endpoint: self.endpoint.clone(),
             opts: Arc::new(self.opts.clone()),
+            part_checksums: self.part_checksums,
             buf: BytesMut::new(),
             upload_id: None,
             next_part: 1,
@@ -292,6 +300,7 @@ struct S3Upload {
     key: String,
     endpoint: String,
     opts: Arc<S3Options>,
+    part_checksums: bool,
     buf: BytesMut,
     upload_id: Option<String>,
     next_part: i32,
@@ -317,9 +326,11 @@ impl S3Upload {
             .client
             .create_multipart_upload()
             .bucket(&self.bucket)
-            .key(&self.key)
+            .key(&self.key);
+        if self.part_checksums {
             // every part carries a CRC32 (see send_part); S3 then keeps the object's checksum
-            .checksum_algorithm(ChecksumAlgorithm::Crc32);
+            req = req.checksum_algorithm(ChecksumAlgorithm::Crc32);
+        }
         if let Some(sse) = &self.opts.sse {
             req = req.server_side_encryption(ServerSideEncryption::from(sse.as_str()));
         }
@@ -344,32 +355,36 @@ impl S3Upload {
         while self.tasks.len() >= self.opts.concurrency {
             self.join_one().await?;
         }
-        let (client, bucket, key, endpoint, n) = (
+        let (client, bucket, key, endpoint, n, checksums) = (
             self.client.clone(),
             self.bucket.clone(),
             self.key.clone(),
             self.endpoint.clone(),
             self.next_part,
+            self.part_checksums,
         );
         self.next_part += 1;
         self.tasks.spawn(async move {
             let loc = format!("s3://{bucket}/{key} part {n}");
-            let out = client
+            let req = client
                 .upload_part()
                 .bucket(&bucket)
                 .key(&key)
                 .upload_id(&id)
                 .part_number(n)
-                .body(ByteStream::from(data.clone()))
-                // A CRC32 checksum protects the body (S3 checks it), whatever the SDK's default
-                // checksum setting: signing the payload too would hash every stored byte once
-                // more, on both ends.
-                .checksum_algorithm(ChecksumAlgorithm::Crc32)
-                .customize()
-                .disable_payload_signing()
-                .send()
-                .await
-                .map_err(|e| s3_err(&loc, &endpoint, "UploadPart", e))?;
+                .body(ByteStream::from(data.clone()));
+            let out = if checksums {
+                // A CRC32 checksum protects the body (S3 checks it): signing the payload too
+                // would hash every stored byte once more, on both ends.
+                req.checksum_algorithm(ChecksumAlgorithm::Crc32)
+                    .customize()
+                    .disable_payload_signing()
+                    .send()
+                    .await
+            } else {
+                req.send().await
+            }
+            .map_err(|e| s3_err(&loc, &endpoint, "UploadPart", e))?;
             let part = CompletedPart::builder()
                 .part_number(n)
                 .set_e_tag(out.e_tag().map(str::to_string))
