@@ -19,7 +19,7 @@ work=$(mktemp -d /tmp/kirt-bench.XXXXXX)
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
 trap cleanup EXIT
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+port() { python3 tests/lab/free-port.py "$work/ports"; }
 
 nice -n 5 cargo build --release --bin kirt --bench snapshot_limit --quiet
 KIRT=target/release/kirt

@@ -81,6 +81,35 @@ pub mod size_serde {
     }
 }
 
+/// A free TCP port on 127.0.0.1 for a server kirt (or its lab) starts, chosen below the kernel's
+/// ephemeral range: a port from that range (what binding port 0 gives) can be taken, between
+/// choosing it and the server binding it, as the source port of any outgoing connection.
+pub fn free_loopback_port() -> std::io::Result<u16> {
+    use std::collections::BTreeSet;
+    use std::hash::{BuildHasher, Hasher};
+    use std::net::TcpListener;
+    use std::sync::Mutex;
+    // ports handed out by this process, not yet bound by their server
+    static GIVEN: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let (from, to) = (10_000u16, ephemeral_low.max(10_001));
+    let random = std::collections::hash_map::RandomState::new();
+    for attempt in 0..500u64 {
+        let mut h = random.build_hasher();
+        h.write_u64(attempt);
+        let port = from + (h.finish() % u64::from(to - from)) as u16;
+        let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
+        if !given.contains(&port) && TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            given.insert(port);
+            return Ok(port);
+        }
+    }
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -95,5 +124,20 @@ mod tests {
         assert!(parse_size("").is_err());
         assert_eq!(human_bytes(1536), "1.5 KiB");
         assert_eq!(human_bytes(12), "12 B");
+    }
+
+    #[test]
+    fn loopback_ports_are_below_the_ephemeral_range_and_distinct() {
+        let low: u16 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+            .ok()
+            .and_then(|s| s.split_whitespace().next()?.parse().ok())
+            .unwrap_or(32768);
+        let ports: Vec<u16> = (0..20).map(|_| free_loopback_port().unwrap()).collect();
+        for p in &ports {
+            assert!((10_000..low).contains(p), "{p} not in 10000..{low}");
+            std::net::TcpListener::bind(("127.0.0.1", *p)).expect("free");
+        }
+        let distinct: std::collections::BTreeSet<_> = ports.iter().collect();
+        assert_eq!(distinct.len(), ports.len(), "{ports:?}");
     }
 }

@@ -395,11 +395,7 @@ pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
 
 /// A free TCP port on 127.0.0.1.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    kirt::util::free_loopback_port().expect("a free loopback port")
 }
 
 /// A server process this test started; killed (by its PID) when dropped.

@@ -20,9 +20,7 @@ TIMEOUT="${KIRT_LAB_TIMEOUT:-60}"
 log() { printf '[lab] %s\n' "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
 
-free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
-}
+free_port() { python3 "$ROOT/tests/lab/free-port.py" "$LAB_DIR/ports"; }
 
 # start NAME CMD... : runs CMD in its own session, logs to $LAB_DIR/logs/NAME.log, records its PID.
 start() {

@@ -2,7 +2,6 @@
 //! directory and an etcd on free loopback ports, stopped (by its PID) and cleaned up afterwards.
 
 use std::collections::BTreeMap;
-use std::net::TcpListener;
 use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
@@ -19,12 +18,9 @@ pub struct Ports {
 
 impl Ports {
     pub fn free() -> Result<Self> {
-        let pick = || -> Result<u16> {
-            let l = TcpListener::bind("127.0.0.1:0")
-                .map_err(|e| Error::io("finding a free loopback port", e))?;
-            Ok(l.local_addr()
-                .map_err(|e| Error::io("finding a free loopback port", e))?
-                .port())
+        let pick = || {
+            crate::util::free_loopback_port()
+                .map_err(|e| Error::io("finding a free loopback port", e))
         };
         Ok(Ports {
             client: pick()?,
