@@ -408,37 +408,26 @@ fn dry_run_changes_nothing_and_prints_the_diff() {
     let generation = get_json(&lab, &ns, "deployment/web")["metadata"]["generation"]
         .as_i64()
         .unwrap();
-    let stale = (generation - 1).to_string();
-    let r = lab
-        .kirt([
+    let rollback_if = |generation: i64| {
+        lab.kirt([
             "rollback",
             "deployment/web",
             "-n",
             &ns,
             "--yes",
             "--if-generation",
-            &stale,
+            &generation.to_string(),
+            "-o",
+            "json",
         ])
-        .code_is(4);
+    };
+    let r = rollback_if(generation - 1).code_is(4);
     assert!(r.stderr().contains("changed since"), "{}", r.dump());
     assert_eq!(resource_version(&lab, &ns, "deployment/web"), rv);
 
     // the real rollback (at the expected generation) records an Event on the Deployment and
     // reports the generation it left
-    let current = generation.to_string();
-    let r = lab
-        .kirt([
-            "rollback",
-            "deployment/web",
-            "-n",
-            &ns,
-            "--yes",
-            "--if-generation",
-            &current,
-            "-o",
-            "json",
-        ])
-        .ok();
+    let r = rollback_if(generation).ok();
     assert_eq!(r.json()["generation"], generation + 1, "{}", r.dump());
     let ev = kubectl_ok(
         &lab,

@@ -486,21 +486,24 @@ fn rollback_bad_deploy_runs_dry_runs_and_undoes() {
     kirt_j(&lab, &["run", "rollback-bad-deploy", "-p", &nsp, "-p", &dp]).code_is(4);
     assert_eq!(image(&lab, &ns), "nginx:1.27");
 
-    let r = kirt_j(
-        &lab,
-        &[
-            "run",
-            "rollback-bad-deploy",
-            "-p",
-            &nsp,
-            "-p",
-            &dp,
-            "--yes",
-            "-o",
-            "json",
-        ],
-    )
-    .ok();
+    let roll_back = || {
+        kirt_j(
+            &lab,
+            &[
+                "run",
+                "rollback-bad-deploy",
+                "-p",
+                &nsp,
+                "-p",
+                &dp,
+                "--yes",
+                "-o",
+                "json",
+            ],
+        )
+        .ok()
+    };
+    let r = roll_back();
     let s = r.json();
     let statuses: Vec<&str> = s["steps"]
         .as_array()
@@ -561,21 +564,7 @@ fn rollback_bad_deploy_runs_dry_runs_and_undoes() {
     assert_eq!(show["run"]["undone"], true, "{show}");
 
     // a rollback followed by a newer deploy is not undone: undo refuses and the deploy stays
-    let r = kirt_j(
-        &lab,
-        &[
-            "run",
-            "rollback-bad-deploy",
-            "-p",
-            &nsp,
-            "-p",
-            &dp,
-            "--yes",
-            "-o",
-            "json",
-        ],
-    )
-    .ok();
+    let r = roll_back();
     let run2 = r.json()["run_id"].as_str().unwrap().to_string();
     assert_eq!(image(&lab, &ns), "nginx:1.26");
     lab.apply(&ns, &deployment(8));
