@@ -3,7 +3,6 @@
 //! object is committed only if every stage succeeded and etcd's trailer checks out; the manifest
 //! is written after it and is the commit marker.
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -223,22 +222,9 @@ async fn create(
         .map(|h| h.revision())
         .unwrap_or(status.revision);
     let key_count = head.count();
-    let mut prefix_counts = BTreeMap::new();
-    for (name, prefix) in manifest::PREFIXES {
-        let r = kv
-            .get(
-                *prefix,
-                Some(
-                    GetOptions::new()
-                        .with_prefix()
-                        .with_count_only()
-                        .with_revision(revision),
-                ),
-            )
-            .await
-            .map_err(|e| etcd_err("counting keys", e))?;
-        prefix_counts.insert((*name).to_string(), r.count());
-    }
+    let prefix_counts = manifest::count_prefixes(&mut kv, revision)
+        .await
+        .map_err(|e| etcd_err("counting keys", e))?;
     // HashKV walks the whole keyspace: run it beside the snapshot stream.
     let mut maint = client.maintenance_client();
     let hash_task = tokio::spawn(async move { maint.hash_kv(revision).await });

@@ -94,6 +94,23 @@ pub const PREFIXES: &[(&str, &str)] = &[
     ),
 ];
 
+/// Keys under each of `PREFIXES` at `revision` (0: the head), counted by etcd without values.
+pub async fn count_prefixes(
+    kv: &mut etcd_client::KvClient,
+    revision: i64,
+) -> Result<BTreeMap<String, i64>, etcd_client::Error> {
+    let mut counts = BTreeMap::new();
+    for (name, prefix) in PREFIXES {
+        let opts = etcd_client::GetOptions::new()
+            .with_prefix()
+            .with_count_only()
+            .with_revision(revision);
+        let r = kv.get(*prefix, Some(opts)).await?;
+        counts.insert((*name).to_string(), r.count());
+    }
+    Ok(counts)
+}
+
 pub const MANIFEST_SUFFIX: &str = ".manifest.json";
 
 /// `CLUSTER/ID.manifest.json`

@@ -211,27 +211,14 @@ impl ScratchEtcd {
             .hash_kv(revision)
             .await
             .map_err(|e| err("HashKV", e))?;
-        let (mut prefix_counts_at, mut prefix_counts_head) = (BTreeMap::new(), BTreeMap::new());
-        for (name, prefix) in super::manifest::PREFIXES {
-            for (rev, counts) in [
-                (revision, &mut prefix_counts_at),
-                (0, &mut prefix_counts_head),
-            ] {
-                let r = c
-                    .get(
-                        *prefix,
-                        Some(
-                            GetOptions::new()
-                                .with_prefix()
-                                .with_count_only()
-                                .with_revision(rev),
-                        ),
-                    )
-                    .await
-                    .map_err(|e| err("counting keys", e))?;
-                counts.insert((*name).to_string(), r.count());
-            }
-        }
+        let mut kv = c.kv_client();
+        let count = super::manifest::count_prefixes;
+        let prefix_counts_at = count(&mut kv, revision)
+            .await
+            .map_err(|e| err("counting keys", e))?;
+        let prefix_counts_head = count(&mut kv, 0)
+            .await
+            .map_err(|e| err("counting keys", e))?;
         Ok(Observed {
             revision: head.header().map(|h| h.revision()).unwrap_or(0),
             key_count: at.count(),
