@@ -95,6 +95,13 @@ step "forensic evidence of the quarantined pod, encrypted to the demo key" \
 step "verify the evidence bundle (every digest)" \
   bash -c "'$KIRT' evidence verify \"\$(ls '$work'/evidence/*.tar.zst.age | head -1)\" --identity '$work/backup.key'"
 step "release restores labels and policies exactly" "$KIRT" release "$pod" -n "$q_ns" --yes
+# With its labels back the pod counts for the ReplicaSet again, which now has one too many and
+# deletes one of them: the playbook isolates whichever remains.
+for _ in $(seq 150); do
+  [[ $(kubectl get pods -n "$q_ns" -l app=web -o name | wc -l) == 2 ]] && break  # replicas: 2
+  sleep 0.2
+done
+pod=$(kubectl get pods -n "$q_ns" -l app=web -o jsonpath='{.items[0].metadata.name}')
 step "playbook isolate-compromised-pod: evidence → quarantine (confirmed) → verify, journaled" \
   "$KIRT" --journal "$work/runs" run isolate-compromised-pod --yes -p namespace="$q_ns" -p pod="$pod" \
   -p evidence_to="$work/evidence-playbook" -p exclusive=true
