@@ -185,15 +185,14 @@ impl Render for QuarantineReport {
             }
             note_patches(&mut t, &self.pods);
         }
-        let verb = if self.dry_run {
-            "would be quarantined"
-        } else {
-            "quarantined"
-        };
-        t.note(format!(
-            "\n{} {verb}, {} unchanged, {} failed",
-            self.quarantined, self.unchanged, self.failed
-        ));
+        note_totals(
+            &mut t,
+            self.dry_run,
+            "quarantined",
+            self.quarantined,
+            self.unchanged,
+            self.failed,
+        );
         t
     }
 
@@ -240,6 +239,25 @@ pub(crate) fn note_patches(t: &mut Table, pods: &[PodRow]) {
             ));
         }
     }
+}
+
+/// The closing line: how many pods were (or, in a dry run, would be) changed, unchanged, failed.
+pub(crate) fn note_totals(
+    t: &mut Table,
+    dry_run: bool,
+    past: &str,
+    changed: usize,
+    unchanged: usize,
+    failed: usize,
+) {
+    let verb = if dry_run {
+        format!("would be {past}")
+    } else {
+        past.to_string()
+    };
+    t.note(format!(
+        "\n{changed} {verb}, {unchanged} unchanged, {failed} failed"
+    ));
 }
 
 /// 0 if nothing failed, the failure's own code if everything failed, else 5 (partial).

@@ -12,7 +12,7 @@ use kube::Client;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use super::apply::{aggregate_exit, note_patches, pod_table, PodRow};
+use super::apply::{aggregate_exit, note_patches, note_totals, pod_table, PodRow};
 use super::policies::{is_kirt_policy, PolicyChange};
 use super::policy_eval::{self, Labels};
 use super::*;
@@ -73,15 +73,14 @@ impl Render for ReleaseReport {
             t.note("\ndry run (server-side dryRun=All): nothing was changed. Would apply:");
             note_patches(&mut t, &self.pods);
         }
-        let verb = if self.dry_run {
-            "would be released"
-        } else {
-            "released"
-        };
-        t.note(format!(
-            "\n{} {verb}, {} unchanged, {} failed",
-            self.released, self.unchanged, self.failed
-        ));
+        note_totals(
+            &mut t,
+            self.dry_run,
+            "released",
+            self.released,
+            self.unchanged,
+            self.failed,
+        );
         t
     }
 
