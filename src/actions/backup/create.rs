@@ -243,7 +243,7 @@ async fn create(
 
     // stage 2: compress + encrypt on a blocking thread
     let (plain_tx, mut plain_rx) = mpsc::channel::<Bytes>(64);
-    let (stored_tx, mut stored_rx) = mpsc::channel::<Bytes>(DEPTH);
+    let (stored_tx, stored_rx) = mpsc::channel::<Bytes>(DEPTH);
     let encoder = tokio::task::spawn_blocking(move || -> Result<crate::pipeline::EncodeStats> {
         let mut enc = Encoder::new(ChannelWriter::new(stored_tx), &compression, &encryption)?;
         while let Some(chunk) = plain_rx.blocking_recv() {
@@ -254,20 +254,7 @@ async fn create(
             .map_err(|e| Error::io("finishing compression/encryption", e))
     });
     // stage 3: upload
-    let uploader = tokio::spawn(async move {
-        let mut upload = upload;
-        while let Some(chunk) = stored_rx.recv().await {
-            if let Some(up) = upload.as_mut() {
-                if let Err(e) = up.write(chunk).await {
-                    if let Some(up) = upload.take() {
-                        up.abort().await;
-                    }
-                    return Err(e);
-                }
-            }
-        }
-        Ok(upload)
-    });
+    let uploader = store::spawn_uploader(upload, stored_rx);
 
     // stage 1: the snapshot stream, hashed on the fly
     let stage = ctx

@@ -311,7 +311,7 @@ async fn collect_one(
         Some(store.create(&object).await?)
     };
     let (part_tx, part_rx) = mpsc::channel::<Part>(2);
-    let (stored_tx, mut stored_rx) = mpsc::channel::<Bytes>(DEPTH);
+    let (stored_tx, stored_rx) = mpsc::channel::<Bytes>(DEPTH);
     // Single-threaded zstd: multi-threaded zstd buffers several 8 MiB jobs, and a bundle's cost is
     // dominated by streaming the logs anyway. Keeps a 100 MB log well under 64 MiB RSS.
     let compression = Compression::zstd(3, 1)?;
@@ -339,20 +339,7 @@ async fn collect_one(
             mtime,
         )
     });
-    let uploader = tokio::spawn(async move {
-        let mut upload = upload;
-        while let Some(chunk) = stored_rx.recv().await {
-            if let Some(up) = upload.as_mut() {
-                if let Err(e) = up.write(chunk).await {
-                    if let Some(up) = upload.take() {
-                        up.abort().await;
-                    }
-                    return Err(e);
-                }
-            }
-        }
-        Ok(upload)
-    });
+    let uploader = store::spawn_uploader(upload, stored_rx);
 
     let mut w = BundleWriter {
         tx: part_tx,
