@@ -451,13 +451,7 @@ async fn quarantine_pod(
     let applied: Option<(Pod, Value)> = retry_conflict(|n| {
         let (api, ns, name) = (&api, &ns, &name);
         async move {
-            let cur = if n == 0 {
-                pod.clone()
-            } else {
-                api.get(name)
-                    .await
-                    .op(Op::new("get", "pods").ns(ns).name(name))?
-            };
+            let cur = current(api, pod, n).await?;
             let patch = if !is_quarantined(&cur) {
                 pod_patch(&cur, spec, by, at)
             } else if let Some(patch) = allowance_label_patch(&cur, spec) {

@@ -216,6 +216,24 @@ where
     }
 }
 
+/// The object attempt `n` of `retry_conflict` works on: the one in hand first, then a fresh read.
+pub(crate) async fn current<K>(api: &Api<K>, in_hand: &K, n: usize) -> Result<K>
+where
+    K: kube::Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    if n == 0 {
+        return Ok(in_hand.clone());
+    }
+    let meta = in_hand.meta();
+    let name = meta.name.as_deref().unwrap_or_default();
+    let plural = K::plural(&());
+    let mut op = Op::new("get", &plural).name(name);
+    if let Some(ns) = &meta.namespace {
+        op = op.ns(ns);
+    }
+    api.get(name).await.op(op)
+}
+
 /// Kubernetes timestamp (RFC 3339, seconds).
 pub(crate) fn now() -> String {
     jiff::Timestamp::now()

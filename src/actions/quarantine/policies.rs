@@ -187,13 +187,7 @@ pub(crate) async fn narrow_policies(
         let updated = retry_conflict(|n| {
             let (api, name) = (&api, &name);
             async move {
-                let cur = if n == 0 {
-                    np.clone()
-                } else {
-                    api.get(name)
-                        .await
-                        .op(Op::new("get", "networkpolicies").ns(ns).name(name))?
-                };
+                let cur = current(api, np, n).await?;
                 let Some(spec) = cur.spec.clone() else {
                     return Ok(cur);
                 };

@@ -257,13 +257,7 @@ async fn release_pod(ctx: &Ctx, client: &Client, spec: &ReleaseSpec, pod: &Pod) 
     let applied: Option<(Pod, Value)> = retry_conflict(|n| {
         let (api, ns, name) = (&api, &ns, &name);
         async move {
-            let cur = if n == 0 {
-                pod.clone()
-            } else {
-                api.get(name)
-                    .await
-                    .op(Op::new("get", "pods").ns(ns).name(name))?
-            };
+            let cur = current(api, pod, n).await?;
             let has_record = POD_ANNOTATIONS.iter().any(|k| annotation(&cur, k).is_some());
             if !is_quarantined(&cur) && !has_record {
                 return Ok(None);
@@ -596,13 +590,7 @@ async fn restore_policy(
     retry_conflict(|n| {
         let name = &name;
         async move {
-            let cur = if n == 0 {
-                np.clone()
-            } else {
-                api.get(name)
-                    .await
-                    .op(Op::new("get", "networkpolicies").ns(ns).name(name))?
-            };
+            let cur = current(api, np, n).await?;
             let mut anns = cur.metadata.annotations.clone().unwrap_or_default();
             let Some(raw) = anns.remove(ANN_ORIGINAL_SPEC) else {
                 return Ok(());
