@@ -125,7 +125,7 @@ pub struct RollbackCmd {
     #[command(subcommand)]
     pub sub: Option<RollbackSub>,
     #[command(flatten)]
-    pub spec: Option<actions::rollback::undo::RollbackSpec>,
+    pub spec: Option<actions::rollback::revert::RollbackSpec>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -209,7 +209,7 @@ pub fn context(g: &GlobalArgs) -> Ctx {
     ctx.dry_run = g.dry_run;
     ctx.yes = g.yes;
     ctx.journal_dir = g.journal.clone();
-    ctx.confirm = Arc::new(crate::ui::TtyConfirm);
+    ctx.prompt = Arc::new(crate::ui::TtyPrompt);
     ctx.progress = if g.quiet {
         crate::progress::none()
     } else if std::io::stderr().is_terminal() {
@@ -258,7 +258,7 @@ pub async fn run(cli: Cli) -> Result<Exit> {
         Command::Rollback(RollbackCmd {
             sub: None,
             spec: Some(spec),
-        }) => show(&ctx, &actions::rollback::undo::run(&ctx, spec).await?),
+        }) => show(&ctx, &actions::rollback::revert::run(&ctx, spec).await?),
         Command::Rollback(RollbackCmd {
             sub: None,
             spec: None,
@@ -281,7 +281,7 @@ pub async fn run(cli: Cli) -> Result<Exit> {
         ),
         Command::Playbook(PlaybookCmd::Schema) => {
             let mut s = serde_json::to_string_pretty(&crate::playbook::commands::schema())
-                .map_err(|e| crate::Error::failed(format!("JSON schema: {e}")))?;
+                .map_err(|e| crate::Error::json("JSON schema", e))?;
             s.push('\n');
             print(s.as_bytes())
         }

@@ -8,20 +8,20 @@ use std::sync::Arc;
 use tokio::sync::OnceCell;
 
 use crate::error::{Error, Result};
-use crate::k8s::{self, KubeOptions};
+use crate::k8s::{Cluster, KubeOptions};
 use crate::output::Format;
 use crate::progress::{self, Progress};
 
 /// Asks a person to confirm a mutation. `None` means nobody can be asked (no terminal).
-pub trait Confirm: Send + Sync {
-    fn ask(&self, prompt: &str) -> Option<bool>;
+pub trait Prompt: Send + Sync {
+    fn ask(&self, question: &str) -> Option<bool>;
 }
 
 /// Never asks; used when nobody is there to answer (library use, tests).
-pub struct NoConfirm;
+pub struct NoPrompt;
 
-impl Confirm for NoConfirm {
-    fn ask(&self, _prompt: &str) -> Option<bool> {
+impl Prompt for NoPrompt {
+    fn ask(&self, _question: &str) -> Option<bool> {
         None
     }
 }
@@ -34,8 +34,9 @@ pub struct Ctx {
     pub yes: bool,
     pub journal_dir: Option<PathBuf>,
     pub progress: Arc<dyn Progress>,
-    pub confirm: Arc<dyn Confirm>,
-    client: OnceCell<k8s::Cluster>,
+    /// Who answers `confirm` questions (a terminal prompt, or nobody).
+    pub prompt: Arc<dyn Prompt>,
+    cluster: OnceCell<Cluster>,
 }
 
 impl Ctx {
@@ -47,16 +48,16 @@ impl Ctx {
             yes: false,
             journal_dir: None,
             progress: progress::none(),
-            confirm: Arc::new(NoConfirm),
-            client: OnceCell::new(),
+            prompt: Arc::new(NoPrompt),
+            cluster: OnceCell::new(),
         }
     }
 
-    /// The Kubernetes client, built on first use (commands that never talk to the cluster, such as
-    /// `backup create`, never need a kubeconfig).
-    pub async fn cluster(&self) -> Result<&k8s::Cluster> {
-        self.client
-            .get_or_try_init(|| k8s::Cluster::connect(&self.kube))
+    /// The Kubernetes cluster, connected on first use (commands that never talk to the cluster,
+    /// such as `backup create`, never need a kubeconfig).
+    pub async fn cluster(&self) -> Result<&Cluster> {
+        self.cluster
+            .get_or_try_init(|| Cluster::connect(&self.kube))
             .await
     }
 
@@ -68,13 +69,21 @@ impl Ctx {
         Ok(self.cluster().await?.default_namespace.clone())
     }
 
+    /// A namespace given in a playbook step, else `-n`/the context's.
+    pub async fn namespace_or(&self, given: &Option<String>) -> Result<String> {
+        match given {
+            Some(ns) => Ok(ns.clone()),
+            None => self.namespace().await,
+        }
+    }
+
     /// Gate for every mutation: proceeds with `--yes` or in dry-run, asks on a terminal, and
     /// refuses (exit 4) when nobody can be asked.
     pub fn confirm(&self, what: &str) -> Result<()> {
         if self.yes || self.dry_run {
             return Ok(());
         }
-        match self.confirm.ask(&format!("{what}. Proceed?")) {
+        match self.prompt.ask(&format!("{what}. Proceed?")) {
             Some(true) => Ok(()),
             Some(false) => Err(Error::Refused(format!("not confirmed: {what}"))),
             None => Err(Error::Refused(format!(
@@ -82,4 +91,15 @@ impl Ctx {
             ))),
         }
     }
+}
+
+/// kirt's state directory: `$XDG_STATE_HOME/kirt` or `~/.local/state/kirt` (journals, pending
+/// upload ids).
+pub fn state_dir() -> PathBuf {
+    let base = std::env::var_os("XDG_STATE_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| std::path::Path::new(&h).join(".local/state")))
+        .unwrap_or_else(std::env::temp_dir);
+    base.join("kirt")
 }

@@ -1,22 +1,163 @@
-//! age recipients and identities: parsing what users pass on the command line (X25519 `age1…`,
-//! SSH `ssh-ed25519`/`ssh-rsa` public keys, identity files, passphrases) and the fingerprints that
-//! manifests record instead of keys.
+//! age recipients and identities: the shared `--recipient/--recipients-file/--passphrase/
+//! --no-encrypt` and `--identity/--passphrase` option groups, parsing what users pass (X25519
+//! `age1…`, SSH `ssh-ed25519`/`ssh-rsa` public keys, identity files, passphrases), and the
+//! fingerprints that manifests record instead of keys.
 
 use std::io::BufReader;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::Arc;
 
 use age::secrecy::SecretString;
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::error::{Error, IoContext, Result};
+use crate::pipeline::{Decryption, Encryption};
 
-pub type BoxRecipient = Box<dyn age::Recipient + Send + Sync>;
+pub type SharedRecipient = Arc<dyn age::Recipient + Send + Sync>;
 pub type BoxIdentity = Box<dyn age::Identity + Send + Sync>;
 
+/// How something is encrypted: `--recipient`/`--recipients-file`, `--passphrase` or
+/// `--no-encrypt`. Backups must choose; evidence bundles are plain unless recipients are given.
+#[derive(Debug, Clone, Default, clap::Args, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(default, rename_all = "kebab-case", deny_unknown_fields)]
+pub struct EncryptOptions {
+    /// age X25519 (age1…) or SSH (ssh-ed25519/ssh-rsa) public key; repeatable
+    #[arg(long = "recipient", alias = "encrypt-to", value_name = "RECIPIENT")]
+    pub recipients: Vec<String>,
+    /// File with one recipient per line (as `age -R`)
+    #[arg(long, value_name = "FILE")]
+    pub recipients_file: Option<PathBuf>,
+    /// Encrypt with a passphrase ($KIRT_PASSPHRASE or asked on the terminal)
+    #[arg(long)]
+    pub passphrase: bool,
+    /// Store unencrypted (not recommended: etcd holds every Secret of the cluster)
+    #[arg(long)]
+    pub no_encrypt: bool,
+}
+
+/// What manifests record about encryption: the mode and the recipients' fingerprints, never a key.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct EncryptionInfo {
+    pub algorithm: String,
+    /// "recipients" or "passphrase"
+    pub mode: String,
+    pub recipients: Vec<RecipientInfo>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct RecipientInfo {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub fingerprint: String,
+}
+
+/// Mode names recorded in `EncryptionInfo::mode`.
+pub const MODE_PASSPHRASE: &str = "passphrase";
+pub const MODE_RECIPIENTS: &str = "recipients";
+
+impl EncryptOptions {
+    /// Checks the combination and parses the keys, before anything is read or written. With
+    /// `required`, giving nothing is an error (backups); otherwise it means "not encrypted".
+    pub fn resolve(&self, required: bool) -> Result<(Encryption, Option<EncryptionInfo>)> {
+        let has_recipients = !self.recipients.is_empty() || self.recipients_file.is_some();
+        if self.no_encrypt && (has_recipients || self.passphrase) {
+            return Err(Error::usage(
+                "--no-encrypt cannot be combined with --recipient/--recipients-file/--passphrase",
+            ));
+        }
+        if self.passphrase && has_recipients {
+            return Err(Error::usage(
+                "--passphrase cannot be combined with recipients (age does not mix them)",
+            ));
+        }
+        if self.no_encrypt || (!required && !has_recipients && !self.passphrase) {
+            return Ok((Encryption::None, None));
+        }
+        if self.passphrase {
+            let p = passphrase(true)?;
+            let info = EncryptionInfo {
+                algorithm: "age".into(),
+                mode: MODE_PASSPHRASE.into(),
+                recipients: vec![],
+            };
+            return Ok((Encryption::Passphrase(p), Some(info)));
+        }
+        if !has_recipients {
+            return Err(Error::usage(
+                "backups are encrypted: give --recipient AGE_OR_SSH_KEY, --recipients-file F or --passphrase (or --no-encrypt)",
+            ));
+        }
+        let mut rs = self
+            .recipients
+            .iter()
+            .map(|r| parse_recipient(r))
+            .collect::<Result<Vec<_>>>()?;
+        if let Some(f) = &self.recipients_file {
+            rs.extend(recipients_file(f)?);
+        }
+        let info = EncryptionInfo {
+            algorithm: "age".into(),
+            mode: MODE_RECIPIENTS.into(),
+            recipients: rs
+                .iter()
+                .map(|r| RecipientInfo {
+                    kind: r.kind.into(),
+                    fingerprint: r.fingerprint.clone(),
+                })
+                .collect(),
+        };
+        Ok((Encryption::Recipients(rs), Some(info)))
+    }
+}
+
+/// How to decrypt (restore side): identity files or a passphrase.
+#[derive(Debug, Clone, Default, clap::Args, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(default, rename_all = "kebab-case", deny_unknown_fields)]
+pub struct DecryptOptions {
+    /// age or SSH identity file; repeatable
+    #[arg(long = "identity", short = 'i', value_name = "FILE")]
+    pub identities: Vec<PathBuf>,
+    /// Decrypt with a passphrase ($KIRT_PASSPHRASE or asked on the terminal)
+    #[arg(long)]
+    pub passphrase: bool,
+}
+
+impl DecryptOptions {
+    /// The decryption for an object encrypted in `mode` (`None`: not encrypted); `what` names the
+    /// object in messages ("this backup", "the bundle").
+    pub fn resolve(&self, mode: Option<&str>, what: &str) -> Result<Decryption> {
+        match mode {
+            None => Ok(Decryption::None),
+            Some(MODE_PASSPHRASE) => {
+                if !self.passphrase {
+                    return Err(Error::usage(format!(
+                        "{what} is passphrase-encrypted: pass --passphrase ($KIRT_PASSPHRASE)"
+                    )));
+                }
+                Ok(Decryption::Passphrase(passphrase(false)?))
+            }
+            Some(_) => {
+                if self.identities.is_empty() {
+                    return Err(Error::usage(format!(
+                        "{what} is encrypted: pass --identity FILE (age or SSH private key)"
+                    )));
+                }
+                let mut ids = Vec::new();
+                for f in &self.identities {
+                    ids.extend(load_identities(f)?);
+                }
+                Ok(Decryption::Identities(ids))
+            }
+        }
+    }
+}
+
 /// A parsed recipient with the fingerprint recorded in manifests.
+#[derive(Clone)]
 pub struct Recipient {
-    pub inner: BoxRecipient,
+    pub inner: SharedRecipient,
     pub kind: &'static str,
     pub fingerprint: String,
 }
@@ -33,7 +174,7 @@ pub fn parse_recipient(s: &str) -> Result<Recipient> {
         let r = age::x25519::Recipient::from_str(t)
             .map_err(|e| Error::usage(format!("malformed age recipient {}: {e}", abbreviate(t))))?;
         return Ok(Recipient {
-            inner: Box::new(r),
+            inner: Arc::new(r),
             kind: "x25519",
             fingerprint: fingerprint(t),
         });
@@ -50,7 +191,7 @@ pub fn parse_recipient(s: &str) -> Result<Recipient> {
             "ssh-rsa"
         };
         return Ok(Recipient {
-            inner: Box::new(r),
+            inner: Arc::new(r),
             kind,
             fingerprint: fingerprint(&key),
         });

@@ -3,9 +3,11 @@
 //! Rules:
 //! - Every variant says what went wrong *and* what to do next; context (namespace/pod, endpoint,
 //!   bucket/key) is part of the message, never only in a log line.
+//! - An error caused by another keeps it as its `#[source]` (the message already says what it
+//!   means for the user; the source is there for `-v` logs and for code that inspects it).
 //! - Exit codes are part of kirt's interface (docs/exit-codes.md) and never change meaning.
 //! - Secrets (tokens, keys, passphrases) never appear in a message.
-//! - The library never exits the process: `main` maps `Error::exit_code` once.
+//! - The library never exits the process: `main` maps `Error::exit` once.
 
 use std::process::ExitCode;
 
@@ -40,6 +42,10 @@ impl From<Exit> for ExitCode {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// A boxed cause, for errors of libraries whose types kirt does not name (the AWS SDK's are
+/// generic over each operation).
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("{0}")]
@@ -48,18 +54,8 @@ pub enum Error {
     #[error("not found: {what}{}", hint_suffix(.hint))]
     NotFound { what: String, hint: String },
 
-    #[error(
-        "forbidden: {identity} cannot {verb} {resource}{} — grant it with a Role/ClusterRole rule \
-         (verbs: [{verb}], resources: [{resource}]){}",
-        ns_suffix(.namespace), hint_suffix(.detail)
-    )]
-    Forbidden {
-        identity: String,
-        verb: String,
-        resource: String,
-        namespace: Option<String>,
-        detail: String,
-    },
+    #[error("{0}")]
+    Forbidden(Box<Denied>),
 
     #[error("cannot reach {what}{}: {reason} — {hint}", at_suffix(.endpoint))]
     Unreachable {
@@ -75,8 +71,9 @@ pub enum Error {
     #[error("verification failed: {0}")]
     VerifyFailed(String),
 
-    #[error("{done} succeeded, {failed} failed")]
-    Partial { done: usize, failed: usize },
+    /// SIGINT/SIGTERM stopped the command; what it was doing was undone.
+    #[error("{0}")]
+    Interrupted(String),
 
     #[error("kubernetes API: {context}: {source}")]
     Kube {
@@ -94,7 +91,12 @@ pub enum Error {
     },
 
     #[error("storage {location}: {message}")]
-    Store { location: String, message: String },
+    Store {
+        location: String,
+        message: String,
+        #[source]
+        source: Option<BoxError>,
+    },
 
     #[error("{context}: {source}")]
     Io {
@@ -103,8 +105,41 @@ pub enum Error {
         source: std::io::Error,
     },
 
+    /// Encoding or decoding JSON that kirt itself produces or must read.
+    #[error("{context}: {source}")]
+    Json {
+        context: String,
+        #[source]
+        source: serde_json::Error,
+    },
+
+    /// A task kirt spawned panicked or was cancelled (a bug, never the user's input).
+    #[error("{what} stopped unexpectedly: {source}")]
+    Task {
+        what: &'static str,
+        #[source]
+        source: tokio::task::JoinError,
+    },
+
     #[error("{0}")]
     Failed(String),
+}
+
+/// A permission the identity kirt acts as does not have.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "forbidden: {identity} cannot {verb} {resource}{} — grant it with a Role/ClusterRole rule \
+     ({}verbs: [{verb}], resources: [{resource}]){}",
+    ns_suffix(.namespace), group_rule(.group), hint_suffix(.detail)
+)]
+pub struct Denied {
+    pub identity: String,
+    pub verb: String,
+    pub resource: String,
+    /// API group of the resource ("" for the core group).
+    pub group: String,
+    pub namespace: Option<String>,
+    pub detail: String,
 }
 
 fn hint_suffix(s: &str) -> String {
@@ -130,19 +165,23 @@ fn ns_suffix(ns: &Option<String>) -> String {
     }
 }
 
+fn group_rule(group: &str) -> String {
+    if group.is_empty() {
+        String::new()
+    } else {
+        format!("apiGroups: [{group}], ")
+    }
+}
+
 impl Error {
     pub fn exit(&self) -> Exit {
         match self {
             Error::Usage(_) => Exit::Usage,
             Error::NotFound { .. } => Exit::NotFound,
-            Error::Forbidden { .. } => Exit::Forbidden,
+            Error::Forbidden(_) => Exit::Forbidden,
             Error::Unreachable { .. } => Exit::Unreachable,
             Error::Refused(_) => Exit::Refused,
             Error::VerifyFailed(_) => Exit::VerifyFailed,
-            Error::Partial { .. } => Exit::Partial,
-            Error::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
-                Exit::Failure
-            }
             _ => Exit::Failure,
         }
     }
@@ -166,6 +205,7 @@ impl Error {
         Error::Store {
             location: location.into(),
             message: message.into(),
+            source: None,
         }
     }
 
@@ -174,6 +214,17 @@ impl Error {
             context: context.into(),
             source,
         }
+    }
+
+    pub fn json(context: impl Into<String>, source: serde_json::Error) -> Self {
+        Error::Json {
+            context: context.into(),
+            source,
+        }
+    }
+
+    pub fn task(what: &'static str, source: tokio::task::JoinError) -> Self {
+        Error::Task { what, source }
     }
 }
 
@@ -189,6 +240,16 @@ impl<T> IoContext<T> for std::io::Result<T> {
             source,
         })
     }
+}
+
+/// Serializes kirt's own data (manifests, journal records, outputs) as JSON.
+pub fn to_json<T: serde::Serialize + ?Sized>(what: &str, v: &T) -> Result<Vec<u8>> {
+    serde_json::to_vec_pretty(v).map_err(|e| Error::json(format!("encoding {what}"), e))
+}
+
+/// Awaits a spawned task; a panic or cancellation is an `Error::Task`.
+pub async fn join<T>(what: &'static str, h: tokio::task::JoinHandle<T>) -> Result<T> {
+    h.await.map_err(|e| Error::task(what, e))
 }
 
 #[cfg(test)]
@@ -207,15 +268,30 @@ mod tests {
 
     #[test]
     fn forbidden_names_verb_and_resource() {
-        let e = Error::Forbidden {
+        let e = Error::Forbidden(Box::new(Denied {
             identity: "user alice".into(),
             verb: "patch".into(),
             resource: "pods".into(),
+            group: String::new(),
             namespace: Some("prod".into()),
             detail: String::new(),
-        };
+        }));
         let msg = e.to_string();
         assert!(msg.contains("cannot patch pods in namespace prod"), "{msg}");
+        assert!(msg.contains("(verbs: [patch], resources: [pods])"), "{msg}");
         assert_eq!(e.exit(), Exit::Forbidden);
+        let e = Error::Forbidden(Box::new(Denied {
+            identity: "user alice".into(),
+            verb: "list".into(),
+            resource: "rolebindings".into(),
+            group: "rbac.authorization.k8s.io".into(),
+            namespace: None,
+            detail: String::new(),
+        }));
+        assert!(
+            e.to_string()
+                .contains("(apiGroups: [rbac.authorization.k8s.io], verbs: [list], resources: [rolebindings])"),
+            "{e}"
+        );
     }
 }

@@ -2,6 +2,9 @@
 //!
 //! The library holds all logic; the `kirt` binary parses arguments, sets up logging and maps
 //! errors to exit codes. Actions (`actions::*`) are shared by subcommands and playbook steps.
+//! Layers, top down (docs/architecture.md): `cli` → `playbook` → `actions` →
+//! `pipeline` / `store` / `k8s` / `etcd` / `scratch`, with `error`, `output`, `progress` and
+//! `units` used everywhere.
 
 pub mod actions;
 pub mod cli;
@@ -15,9 +18,11 @@ pub mod output;
 pub mod pipeline;
 pub mod playbook;
 pub mod progress;
+pub mod scratch;
+pub mod signal;
 pub mod store;
 pub mod ui;
-pub mod util;
+pub mod units;
 
 pub use context::Ctx;
 pub use error::{Error, Exit, Result};

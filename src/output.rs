@@ -93,7 +93,7 @@ pub fn render<T: Render + ?Sized>(value: &T, format: Format) -> Result<String> {
         Format::Table => value.table().render(),
         Format::Json => {
             let mut s = serde_json::to_string_pretty(value)
-                .map_err(|e| crate::Error::failed(format!("JSON output: {e}")))?;
+                .map_err(|e| crate::Error::json("JSON output", e))?;
             s.push('\n');
             s
         }

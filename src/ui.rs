@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use crate::context::Confirm;
+use crate::context::Prompt;
 use crate::progress::{Progress, Stage};
 
 /// Bars on a terminal.
@@ -93,15 +93,15 @@ impl Stage for LogStage {
 }
 
 /// Asks on the terminal; refuses when stdin is not a terminal.
-pub struct TtyConfirm;
+pub struct TtyPrompt;
 
-impl Confirm for TtyConfirm {
-    fn ask(&self, prompt: &str) -> Option<bool> {
+impl Prompt for TtyPrompt {
+    fn ask(&self, question: &str) -> Option<bool> {
         if !std::io::stdin().is_terminal() {
             return None;
         }
         let mut err = std::io::stderr();
-        let _ = write!(err, "{prompt} [y/N] ");
+        let _ = write!(err, "{question} [y/N] ");
         let _ = err.flush();
         let mut line = String::new();
         std::io::stdin().lock().read_line(&mut line).ok()?;

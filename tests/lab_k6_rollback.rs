@@ -687,7 +687,7 @@ subjects:
 /// and nothing of the rollback lands (library-level, to put the change exactly in between).
 #[test]
 fn concurrent_change_between_read_and_patch_is_not_overwritten() {
-    use kirt::actions::rollback::{undo, Target, Workload};
+    use kirt::actions::rollback::{revert, Target, Workload};
     let Some(lab) = lab() else { return };
     let ns = lab.namespace("k6-guard");
     build_history(&lab, &ns, "Deployment");
@@ -702,7 +702,7 @@ fn concurrent_change_between_read_and_patch_is_not_overwritten() {
             kubeconfig: Some(lab.kubeconfig().into()),
             ..Default::default()
         });
-        let client = ctx.cluster().await.unwrap().client.clone();
+        let cluster = ctx.cluster().await.unwrap();
         for (target, change) in [
             (
                 "deployment/web",
@@ -714,12 +714,12 @@ fn concurrent_change_between_read_and_patch_is_not_overwritten() {
             ),
         ] {
             let t: Target = target.parse().unwrap();
-            let w = Workload::load(&client, &ns, &t).await.unwrap();
-            let rev = undo::select_revision(&w, 1).unwrap().clone();
+            let w = Workload::load(cluster, &ns, &t).await.unwrap();
+            let rev = revert::select_revision(&w, 1).unwrap().clone();
             let mut args = change.clone();
             args.extend(["-n", &ns]);
             lab.kubectl(&args).ok();
-            let err = undo::apply(&client, false, &w, &rev).await.unwrap_err();
+            let err = revert::apply(cluster, false, &w, &rev).await.unwrap_err();
             assert!(
                 err.to_string()
                     .contains("changed while kirt was rolling it back"),

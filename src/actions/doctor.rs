@@ -407,18 +407,7 @@ async fn kube_checks(ctx: &Ctx, r: &mut Report) {
             format!("version {} ({})", v.git_version, v.platform),
         ),
         Ok(Err(e)) => {
-            let err = crate::k8s::Op::new("get", "version").err(e);
-            let err = match err {
-                Error::Unreachable {
-                    what, reason, hint, ..
-                } => Error::Unreachable {
-                    what,
-                    endpoint: cluster.url.clone(),
-                    reason,
-                    hint,
-                },
-                other => other,
-            };
+            let err = cluster.op("get", "version", "").err(e);
             r.fail(
                 "kubernetes",
                 "apiserver reachable",
@@ -438,7 +427,7 @@ async fn kube_checks(ctx: &Ctx, r: &mut Report) {
             return;
         }
     }
-    match whoami(&client).await {
+    match cluster.whoami().await {
         Some(user) => r.ok("kubernetes", "identity", user),
         None => r.ok(
             "kubernetes",
@@ -490,13 +479,14 @@ async fn kube_checks(ctx: &Ctx, r: &mut Report) {
                         format!("namespace {ns}; used by {}", perm.used_by),
                     );
                 } else if perm.required {
-                    let err = Error::Forbidden {
+                    let err = Error::Forbidden(Box::new(crate::error::Denied {
                         identity: "kirt's identity".into(),
                         verb: perm.verb.into(),
                         resource: resource.clone(),
+                        group: perm.group.into(),
                         namespace: Some(ns.clone()),
                         detail: String::new(),
-                    };
+                    }));
                     r.push(
                         "rbac",
                         name,
@@ -525,7 +515,9 @@ async fn kube_checks(ctx: &Ctx, r: &mut Report) {
             Err(e) => r.fail(
                 "rbac",
                 name,
-                &crate::k8s::Op::new("create", "selfsubjectaccessreviews").err(e),
+                &cluster
+                    .op("create", "selfsubjectaccessreviews", "authorization.k8s.io")
+                    .err(e),
                 "",
             ),
         }
@@ -552,29 +544,6 @@ async fn kube_checks(ctx: &Ctx, r: &mut Report) {
     }
 }
 
-/// The authenticated user according to the server (SelfSubjectReview, Kubernetes 1.28+).
-pub(crate) async fn whoami(client: &kube::Client) -> Option<String> {
-    for version in ["v1", "v1beta1"] {
-        let body = serde_json::json!({"apiVersion": format!("authentication.k8s.io/{version}"), "kind": "SelfSubjectReview"});
-        let req = http::Request::post(format!(
-            "/apis/authentication.k8s.io/{version}/selfsubjectreviews"
-        ))
-        .header("Content-Type", "application/json")
-        .body(serde_json::to_vec(&body).ok()?)
-        .ok()?;
-        if let Ok(v) = client.request::<serde_json::Value>(req).await {
-            let ui = &v["status"]["userInfo"];
-            let user = ui["username"].as_str()?;
-            let groups: Vec<&str> = ui["groups"]
-                .as_array()
-                .map(|g| g.iter().filter_map(|x| x.as_str()).collect())
-                .unwrap_or_default();
-            return Some(format!("user {user} (groups: {})", groups.join(", ")));
-        }
-    }
-    None
-}
-
 async fn etcd_checks(opts: &EtcdOptions, r: &mut Report) {
     if let Err(e) = opts.validate() {
         r.fail("etcd", "options", &e, "");
@@ -590,7 +559,7 @@ async fn etcd_checks(opts: &EtcdOptions, r: &mut Report) {
                     st.version,
                     st.member_id,
                     st.cluster_id,
-                    crate::util::human_bytes(st.db_size as u64),
+                    crate::units::human_bytes(st.db_size as u64),
                     st.revision,
                     if ep.starts_with("https") {
                         ", TLS ok"

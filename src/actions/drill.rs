@@ -8,7 +8,6 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::Deployment;
@@ -18,44 +17,60 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use kube::api::{Api, ListParams};
 use serde::{Deserialize, Serialize};
 
-use crate::actions::backup::scratch::{etcdutl_restore, terminate, Ports, ScratchEtcd};
-use crate::actions::backup::verify::{locate, stream_and_check, Check, DecryptOptions};
+use crate::actions::backup::manifest::Manifest;
+use crate::actions::backup::source::BackupSource;
+use crate::actions::backup::verify::{stream_and_check, Check, ETCDUTL_BIN, ETCD_BIN, LATEST};
 use crate::context::Ctx;
-use crate::error::{Error, Exit, Result};
+use crate::crypto::DecryptOptions;
+use crate::error::{Error, Exit, IoContext, Result};
 use crate::output::{Render, Table};
-use crate::store::S3Options;
+use crate::scratch::{etcdutl_restore, Observed, Ports, ScratchApiserver, ScratchEtcd};
 
-#[derive(Debug, Clone, Default, clap::Args, Serialize, Deserialize, schemars::JsonSchema)]
+const APISERVER_BIN: &str = "kube-apiserver";
+const SERVICE_CIDR: &str = "10.0.0.0/16";
+
+#[derive(Debug, Clone, clap::Args, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(default, rename_all = "kebab-case", deny_unknown_fields)]
+#[schemars(extend("required" = ["from"]))]
 pub struct DrillSpec {
-    /// Store: s3://BUCKET/PREFIX, file:///DIR or a directory
-    #[arg(long, value_name = "URL")]
-    pub from: String,
     #[command(flatten)]
-    pub s3: S3Options,
+    #[serde(flatten)]
+    pub source: BackupSource,
     /// Backup id, CLUSTER/ID, or "latest"
-    #[arg(default_value = "latest", value_name = "ID")]
+    #[arg(default_value = LATEST, value_name = "ID")]
     pub backup: String,
-    /// Only look at this cluster
-    #[arg(long, value_name = "NAME")]
-    pub cluster_name: Option<String>,
     #[command(flatten)]
     pub decrypt: DecryptOptions,
     /// kube-apiserver binary for the scratch control plane (default: kube-apiserver on PATH)
-    #[arg(long, value_name = "PATH", default_value = "kube-apiserver")]
+    #[arg(long, value_name = "PATH", default_value = APISERVER_BIN)]
     pub apiserver_bin: PathBuf,
     /// etcd binary (default: etcd on PATH)
-    #[arg(long, value_name = "PATH", default_value = "etcd")]
+    #[arg(long, value_name = "PATH", default_value = ETCD_BIN)]
     pub etcd_bin: PathBuf,
     /// etcdutl binary (default: etcdutl on PATH)
-    #[arg(long, value_name = "PATH", default_value = "etcdutl")]
+    #[arg(long, value_name = "PATH", default_value = ETCDUTL_BIN)]
     pub etcdutl_bin: PathBuf,
     /// Service CIDR given to the scratch apiserver (use the source cluster's)
-    #[arg(long, value_name = "CIDR", default_value = "10.0.0.0/16")]
+    #[arg(long, value_name = "CIDR", default_value = SERVICE_CIDR)]
     pub service_cluster_ip_range: String,
     /// Also write the report here (.md for Markdown, .html for HTML)
     #[arg(long, value_name = "FILE")]
     pub report: Option<PathBuf>,
+}
+
+impl Default for DrillSpec {
+    fn default() -> Self {
+        DrillSpec {
+            source: BackupSource::default(),
+            backup: LATEST.into(),
+            decrypt: DecryptOptions::default(),
+            apiserver_bin: APISERVER_BIN.into(),
+            etcd_bin: ETCD_BIN.into(),
+            etcdutl_bin: ETCDUTL_BIN.into(),
+            service_cluster_ip_range: SERVICE_CIDR.into(),
+            report: None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -145,56 +160,91 @@ fn human_secs(s: f64) -> String {
 pub async fn run(ctx: &Ctx, spec: DrillSpec) -> Result<DrillReport> {
     let started = jiff::Timestamp::now();
     let t = Instant::now();
-    let loc = locate(
-        &spec.from,
-        &spec.s3,
-        &spec.backup,
-        spec.cluster_name.as_deref(),
-    )
-    .await?;
-    let decryption = spec.decrypt.resolve(&loc.manifest)?;
+    let loc = spec.source.locate(&spec.backup).await?;
+    let decryption = loc.decryption(&spec.decrypt)?;
     let tmp = tempfile::Builder::new()
         .prefix("kirt-drill-")
         .tempdir()
-        .map_err(|e| Error::io("creating a temp dir", e))?;
+        .ctx(|| "creating a temp dir".into())?;
     let snap = tmp.path().join("snapshot.db");
     let streamed = stream_and_check(ctx, &loc, decryption, Some(snap.clone())).await?;
     let verify_seconds = t.elapsed().as_secs_f64();
-    let mut checks = streamed.checks;
     if !streamed.ok {
         return Err(Error::VerifyFailed(format!(
             "backup {} does not match its manifest; drill stopped before restoring",
             loc.entry.id
         )));
     }
+    let mut checks = streamed.checks;
+    let restored = restore_and_serve(&spec, &loc.manifest, &snap, tmp.path()).await?;
+    checks.extend(restored.checks);
+    let resources = compare_counts(&loc.manifest, &restored.observed, restored.served);
+    let ok = checks.iter().all(|c| c.ok) && resources.iter().all(|r| r.ok);
+    let rpo = started
+        .duration_since(loc.manifest.finished_at)
+        .as_secs_f64()
+        .max(0.0);
+    let report = DrillReport {
+        backup: loc.entry.id.clone(),
+        cluster: loc.entry.cluster.clone(),
+        ok,
+        rpo_seconds: rpo,
+        rto_seconds: restored.rto_seconds,
+        verify_seconds,
+        apiserver_version: restored.version,
+        checks,
+        resources,
+    };
+    if let Some(path) = &spec.report {
+        write_report(path, &report)?;
+    }
+    Ok(report)
+}
 
+/// What the scratch control plane on the restored snapshot showed.
+struct Restored {
+    checks: Vec<Check>,
+    observed: Observed,
+    served: BTreeMap<String, i64>,
+    version: String,
+    rto_seconds: f64,
+}
+
+/// etcdutl restore → scratch etcd (keys and HashKV at the recorded revision) → scratch apiserver
+/// (objects it serves). Both servers are stopped before this returns, also on failure.
+async fn restore_and_serve(
+    spec: &DrillSpec,
+    m: &Manifest,
+    snap: &Path,
+    dir: &Path,
+) -> Result<Restored> {
     let restore_started = Instant::now();
-    let data = tmp.path().join("data");
+    let data = dir.join("data");
     let ports = Ports::free()?;
     etcdutl_restore(
         &spec.etcdutl_bin,
-        &snap,
+        snap,
         &data,
         &ports.restore_args("kirt-drill"),
     )
     .await?;
-    let _ = std::fs::remove_file(&snap);
-    let etcd = ScratchEtcd::start(&spec.etcd_bin, "kirt-drill", &data, &ports, tmp.path()).await?;
+    let _ = std::fs::remove_file(snap);
+    let etcd = ScratchEtcd::start(&spec.etcd_bin, "kirt-drill", &data, &ports, dir).await?;
     let result = async {
-        let observed = etcd.observe(loc.manifest.etcd.revision).await?;
-        checks.push(check(
-            "keys at revision",
-            loc.manifest.etcd.key_count,
-            observed.key_count,
-        ));
-        checks.push(check(
-            "HashKV at revision",
-            loc.manifest.etcd.hash_kv,
-            observed.hash_kv,
-        ));
-        let api = ScratchApiserver::start(&spec, &etcd.endpoint, tmp.path()).await?;
-        let rto = restore_started.elapsed().as_secs_f64();
-        let counted = count_objects(&api.client).await;
+        let observed = etcd.observe(m.etcd.revision).await?;
+        let checks = vec![
+            Check::new("keys at revision", m.etcd.key_count, observed.key_count),
+            Check::new("HashKV at revision", m.etcd.hash_kv, observed.hash_kv),
+        ];
+        let api = ScratchApiserver::start(
+            &spec.apiserver_bin,
+            &spec.service_cluster_ip_range,
+            &etcd.endpoint,
+            dir,
+        )
+        .await?;
+        let rto_seconds = restore_started.elapsed().as_secs_f64();
+        let served = count_objects(&api.client).await;
         let version = api
             .client
             .apiserver_version()
@@ -202,16 +252,29 @@ pub async fn run(ctx: &Ctx, spec: DrillSpec) -> Result<DrillReport> {
             .map(|v| v.git_version)
             .unwrap_or_default();
         api.stop().await;
-        Ok::<_, Error>((rto, counted?, version, observed))
+        Ok::<_, Error>(Restored {
+            checks,
+            observed,
+            served: served?,
+            version,
+            rto_seconds,
+        })
     }
     .await;
     etcd.stop().await;
-    let (rto, served_counts, version, observed) = result?;
+    result
+}
 
+/// Per resource: recorded vs restored at the backup's revision, served vs restored at the head.
+fn compare_counts(
+    m: &Manifest,
+    observed: &Observed,
+    served: BTreeMap<String, i64>,
+) -> Vec<ResourceCount> {
     let mut resources = Vec::new();
-    for (name, served) in served_counts {
+    for (name, served) in served {
         let (Some(&at_backup), Some(&restored), Some(&in_snapshot)) = (
-            loc.manifest.etcd.prefix_counts.get(&name),
+            m.etcd.prefix_counts.get(&name),
             observed.prefix_counts_at.get(&name),
             observed.prefix_counts_head.get(&name),
         ) else {
@@ -226,36 +289,7 @@ pub async fn run(ctx: &Ctx, spec: DrillSpec) -> Result<DrillReport> {
             served,
         });
     }
-    let ok = checks.iter().all(|c| c.ok) && resources.iter().all(|r| r.ok);
-    let rpo = started
-        .duration_since(loc.manifest.finished_at)
-        .as_secs_f64()
-        .max(0.0);
-    let report = DrillReport {
-        backup: loc.entry.id.clone(),
-        cluster: loc.entry.cluster.clone(),
-        ok,
-        rpo_seconds: rpo,
-        rto_seconds: rto,
-        verify_seconds,
-        apiserver_version: version,
-        checks,
-        resources,
-    };
-    if let Some(path) = &spec.report {
-        write_report(path, &report)?;
-    }
-    Ok(report)
-}
-
-fn check(name: &str, expected: impl ToString, actual: impl ToString) -> Check {
-    let (expected, actual) = (expected.to_string(), actual.to_string());
-    Check {
-        check: name.into(),
-        ok: expected == actual,
-        expected,
-        actual,
-    }
+    resources
 }
 
 /// Object counts per resource, read as metadata only (Secret values are never fetched).
@@ -268,7 +302,10 @@ async fn count_objects(client: &kube::Client) -> Result<BTreeMap<String, i64>> {
         let list = api
             .list_metadata(&ListParams::default())
             .await
-            .map_err(|e| crate::k8s::Op::new("list", &K::plural(&())).err(e))?;
+            .map_err(|e| {
+                crate::k8s::Op::new("list", &K::plural(&()), &K::group(&()), "scratch apiserver")
+                    .err(e)
+            })?;
         Ok(list.items.len() as i64)
     }
     let mut m = BTreeMap::new();
@@ -287,144 +324,6 @@ async fn count_objects(client: &kube::Client) -> Result<BTreeMap<String, i64>> {
         n::<CustomResourceDefinition>(client).await?,
     );
     Ok(m)
-}
-
-struct ScratchApiserver {
-    child: tokio::process::Child,
-    client: kube::Client,
-}
-
-impl ScratchApiserver {
-    async fn start(spec: &DrillSpec, etcd: &str, dir: &Path) -> Result<Self> {
-        let pki = dir.join("apiserver");
-        std::fs::create_dir_all(&pki)
-            .map_err(|e| Error::io("creating the scratch apiserver dir", e))?;
-        let key = rcgen::KeyPair::generate()
-            .map_err(|e| Error::failed(format!("generating a service-account key: {e}")))?;
-        std::fs::write(pki.join("sa.key"), key.serialize_pem())
-            .map_err(|e| Error::io("writing sa.key", e))?;
-        std::fs::write(pki.join("sa.pub"), key.public_key_pem())
-            .map_err(|e| Error::io("writing sa.pub", e))?;
-        let token = hex::encode(rand_bytes());
-        std::fs::write(
-            pki.join("tokens.csv"),
-            format!("{token},kirt-drill,kirt-drill,\"system:masters\"\n"),
-        )
-        .map_err(|e| Error::io("writing tokens.csv", e))?;
-        let port = Ports::free()?.client;
-        let version = tokio::process::Command::new(&spec.apiserver_bin)
-            .arg("--version")
-            .output()
-            .await
-            .map_err(|e| {
-                Error::usage(format!(
-                    "cannot run {}: {e} (pass --apiserver-bin PATH)",
-                    spec.apiserver_bin.display()
-                ))
-            })?;
-        let version = String::from_utf8_lossy(&version.stdout).to_string();
-        // --insecure-port exists (and must be 0) only before Kubernetes 1.24.
-        let minor: u32 = version
-            .split('.')
-            .nth(1)
-            .and_then(|m| m.parse().ok())
-            .unwrap_or(99);
-        let log = std::fs::File::create(dir.join("apiserver.log"))
-            .map_err(|e| Error::io("creating the apiserver log", e))?;
-        let mut cmd = tokio::process::Command::new(&spec.apiserver_bin);
-        cmd.arg(format!("--etcd-servers={etcd}"))
-            .args([
-                "--bind-address=127.0.0.1",
-                "--advertise-address=127.0.0.1",
-                &format!("--secure-port={port}"),
-            ])
-            .arg(format!("--cert-dir={}", pki.display()))
-            .arg(format!(
-                "--token-auth-file={}",
-                pki.join("tokens.csv").display()
-            ))
-            .arg("--authorization-mode=RBAC")
-            .arg(format!(
-                "--service-account-key-file={}",
-                pki.join("sa.pub").display()
-            ))
-            .arg(format!(
-                "--service-account-signing-key-file={}",
-                pki.join("sa.key").display()
-            ))
-            .arg("--service-account-issuer=https://kubernetes.default.svc")
-            .arg(format!(
-                "--service-cluster-ip-range={}",
-                spec.service_cluster_ip_range
-            ))
-            .args(["--allow-privileged=true", "--endpoint-reconciler-type=none"]);
-        if minor < 24 {
-            cmd.arg("--insecure-port=0");
-        }
-        let child = cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(|e| {
-                Error::usage(format!(
-                    "cannot run {}: {e} (pass --apiserver-bin PATH)",
-                    spec.apiserver_bin.display()
-                ))
-            })?;
-        let mut config = kube::Config::new(
-            format!("https://127.0.0.1:{port}")
-                .parse()
-                .map_err(|e| Error::failed(format!("{e}")))?,
-        );
-        config.accept_invalid_certs = true;
-        config.auth_info.token = Some(token.into());
-        let client = kube::Client::try_from(config)
-            .map_err(|e| Error::failed(format!("scratch apiserver client: {e}")))?;
-        let mut api = ScratchApiserver { child, client };
-        let deadline = Instant::now() + Duration::from_secs(90);
-        loop {
-            if let Ok(Some(st)) = api.child.try_wait() {
-                return Err(Error::VerifyFailed(format!(
-                    "the scratch kube-apiserver exited ({st}) on the restored data; log: {}",
-                    dir.join("apiserver.log").display()
-                )));
-            }
-            let req = http::Request::get("/readyz")
-                .body(Vec::new())
-                .map_err(|e| Error::failed(e.to_string()))?;
-            if api
-                .client
-                .request_text(req)
-                .await
-                .map(|t| t.trim() == "ok")
-                .unwrap_or(false)
-            {
-                return Ok(api);
-            }
-            if Instant::now() > deadline {
-                api.stop().await;
-                return Err(Error::VerifyFailed(
-                    "the scratch kube-apiserver did not become ready within 90s".into(),
-                ));
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    }
-
-    async fn stop(mut self) {
-        terminate(&mut self.child, Duration::from_secs(15)).await;
-    }
-}
-
-fn rand_bytes() -> [u8; 16] {
-    let mut b = [0u8; 16];
-    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
-        use std::io::Read;
-        let _ = f.read_exact(&mut b);
-    }
-    b
 }
 
 fn write_report(path: &Path, r: &DrillReport) -> Result<()> {

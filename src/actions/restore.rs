@@ -6,27 +6,26 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use crate::actions::backup::scratch::etcdutl_restore;
-use crate::actions::backup::verify::{locate, stream_and_check, Check, DecryptOptions};
+use crate::actions::backup::source::BackupSource;
+use crate::actions::backup::verify::{stream_and_check, Check, ETCDUTL_BIN};
 use crate::context::Ctx;
+use crate::crypto::DecryptOptions;
 use crate::error::{Error, Result};
 use crate::output::{Render, Table};
-use crate::store::S3Options;
+use crate::scratch::etcdutl_restore;
 
-#[derive(Debug, Clone, Default, clap::Args, Serialize, Deserialize, schemars::JsonSchema)]
+const CLUSTER_TOKEN: &str = "kirt-restored";
+
+#[derive(Debug, Clone, clap::Args, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(default, rename_all = "kebab-case", deny_unknown_fields)]
+#[schemars(extend("required" = ["from", "backup", "data-dir", "name", "initial-cluster", "initial-advertise-peer-urls"]))]
 pub struct RestoreSpec {
-    /// Store: s3://BUCKET/PREFIX, file:///DIR or a directory
-    #[arg(long, value_name = "URL")]
-    pub from: String,
     #[command(flatten)]
-    pub s3: S3Options,
+    #[serde(flatten)]
+    pub source: BackupSource,
     /// Backup id, CLUSTER/ID, or "latest"
     #[arg(value_name = "ID")]
     pub backup: String,
-    /// Only look at this cluster
-    #[arg(long, value_name = "NAME")]
-    pub cluster_name: Option<String>,
     #[command(flatten)]
     pub decrypt: DecryptOptions,
     /// New, empty data directory for the restored member
@@ -42,11 +41,27 @@ pub struct RestoreSpec {
     #[arg(long, value_name = "URL")]
     pub initial_advertise_peer_urls: String,
     /// Cluster token of the new cluster
-    #[arg(long, value_name = "TOKEN", default_value = "kirt-restored")]
+    #[arg(long, value_name = "TOKEN", default_value = CLUSTER_TOKEN)]
     pub initial_cluster_token: String,
     /// etcdutl binary (default: etcdutl on PATH)
-    #[arg(long, value_name = "PATH", default_value = "etcdutl")]
+    #[arg(long, value_name = "PATH", default_value = ETCDUTL_BIN)]
     pub etcdutl_bin: PathBuf,
+}
+
+impl Default for RestoreSpec {
+    fn default() -> Self {
+        RestoreSpec {
+            source: BackupSource::default(),
+            backup: String::new(),
+            decrypt: DecryptOptions::default(),
+            data_dir: PathBuf::new(),
+            name: String::new(),
+            initial_cluster: String::new(),
+            initial_advertise_peer_urls: String::new(),
+            initial_cluster_token: CLUSTER_TOKEN.into(),
+            etcdutl_bin: ETCDUTL_BIN.into(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -99,14 +114,8 @@ pub async fn run(ctx: &Ctx, spec: RestoreSpec) -> Result<RestoreResult> {
             data.display()
         )));
     }
-    let loc = locate(
-        &spec.from,
-        &spec.s3,
-        &spec.backup,
-        spec.cluster_name.as_deref(),
-    )
-    .await?;
-    let decryption = spec.decrypt.resolve(&loc.manifest)?;
+    let loc = spec.source.locate(&spec.backup).await?;
+    let decryption = loc.decryption(&spec.decrypt)?;
     // The plaintext snapshot is spooled next to the data dir (same disk), removed afterwards.
     let parent = data
         .parent()

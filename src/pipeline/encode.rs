@@ -33,6 +33,7 @@ impl Compression {
     }
 }
 
+#[derive(Clone)]
 pub enum Encryption {
     None,
     Recipients(Vec<Recipient>),

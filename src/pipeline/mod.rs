@@ -1,9 +1,12 @@
-//! The streaming byte pipeline shared by backup, verify and evidence:
-//! source → sha256 → zstd (multi-threaded) → age → sha256 → sink, with bounded buffers between
-//! stages so memory stays flat whatever the size, and every stage overlapping the others.
+//! The streaming byte pipeline shared by backup and evidence, and its orchestration:
+//! producer → (blocking) zstd → age → sha256 → upload, with bounded buffers between stages so
+//! memory stays flat whatever the size, and every stage overlapping the others.
 //!
-//! The CPU-heavy middle (compression, encryption) runs on a blocking thread; the ends (etcd
-//! stream, store upload) are async. Stages talk through bounded channels of `Bytes`.
+//! [`run`] owns the stages: it starts the blocking encoder and the uploader, races the producer
+//! against SIGINT/SIGTERM, joins everything, picks the root cause when something failed (a stage
+//! that stopped because the next one did is not the cause), aborts the upload on any failure, and
+//! otherwise hands back what was encoded for the caller to check and commit. The CPU-heavy middle
+//! runs on a blocking thread; the ends (etcd stream or Kubernetes API, store upload) are async.
 
 mod decode;
 mod encode;
@@ -11,16 +14,194 @@ mod encode;
 pub use decode::{open_reader, DecodeStats, Decoder, Decryption};
 pub use encode::{Compression, EncodeStats, Encoder, Encryption};
 
+use std::future::Future;
 use std::io::Write;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
+use crate::error::{join, Error, Result};
+use crate::store::Upload;
+
 /// Size of the chunks passed between stages.
 pub const CHUNK: usize = 1 << 20;
 /// Chunks buffered between two stages.
 pub const DEPTH: usize = 4;
+
+/// What to encode with and where the stored bytes go.
+pub struct Job {
+    pub compression: Compression,
+    pub encryption: Encryption,
+    /// The object being written; `None` in a dry run (everything is encoded and counted, nothing
+    /// stored).
+    pub upload: Option<Box<dyn Upload>>,
+    /// Items buffered between the producer and the encoder.
+    pub depth: usize,
+}
+
+/// The producer's end of the first channel.
+pub struct Feed<T> {
+    tx: mpsc::Sender<T>,
+    stopped: Arc<AtomicBool>,
+}
+
+impl<T> Feed<T> {
+    /// Hands an item to the encoding stage. Fails when that stage has stopped; its own error is
+    /// then the one reported, not this one.
+    pub async fn send(&self, item: T) -> Result<()> {
+        self.tx.send(item).await.map_err(|_| {
+            self.stopped.store(true, Ordering::SeqCst);
+            Error::failed("the encoding stage stopped")
+        })
+    }
+}
+
+/// How a pipeline run ended.
+pub enum Outcome<R> {
+    /// Every stage finished: the caller checks what it got and commits or aborts.
+    Done(Encoded<R>),
+    /// SIGINT/SIGTERM arrived: the upload was aborted.
+    Stopped,
+    /// A stage failed (this is the root cause); the upload was aborted.
+    Failed(Error),
+}
+
+impl<R> Outcome<R> {
+    /// `Done` as Ok; a signal as `Error::Interrupted` saying nothing was published.
+    pub fn into_result(self) -> Result<Encoded<R>> {
+        match self {
+            Outcome::Done(e) => Ok(e),
+            Outcome::Stopped => Err(Error::Interrupted(
+                "interrupted; nothing was published".into(),
+            )),
+            Outcome::Failed(e) => Err(e),
+        }
+    }
+}
+
+/// What a finished run produced; the upload is neither committed nor aborted yet.
+pub struct Encoded<R> {
+    /// What the producer returned.
+    pub output: R,
+    /// Digest and size of the stored bytes.
+    pub stats: EncodeStats,
+    pub upload: Pending,
+}
+
+/// An upload waiting for the caller's verdict. Dropping it uncommitted discards it.
+pub struct Pending(Option<Box<dyn Upload>>);
+
+impl Pending {
+    /// Makes the object visible (nothing to do in a dry run).
+    pub async fn commit(self) -> Result<()> {
+        if let Some(up) = self.0 {
+            up.commit().await?;
+        }
+        Ok(())
+    }
+
+    pub async fn abort(self) {
+        if let Some(up) = self.0 {
+            up.abort().await;
+        }
+    }
+}
+
+/// Runs one pipeline: `produce` feeds items, `encode` (on a blocking thread) writes them as
+/// plaintext into the encoder, whose stored bytes go to the upload.
+pub async fn run<T, R, E, P, Fut>(job: Job, encode: E, produce: P) -> Outcome<R>
+where
+    T: Send + 'static,
+    E: FnOnce(mpsc::Receiver<T>, &mut Encoder) -> Result<()> + Send + 'static,
+    P: FnOnce(Feed<T>) -> Fut,
+    Fut: Future<Output = Result<R>>,
+{
+    let (tx, rx) = mpsc::channel::<T>(job.depth.max(1));
+    let (stored_tx, stored_rx) = mpsc::channel::<Bytes>(DEPTH);
+    let (compression, encryption) = (job.compression, job.encryption);
+    let encoder = tokio::task::spawn_blocking(move || -> Result<EncodeStats> {
+        let mut enc = Encoder::new(ChannelWriter::new(stored_tx), &compression, &encryption)?;
+        encode(rx, &mut enc)?;
+        enc.finish()
+            .map_err(|e| Error::io("finishing compression/encryption", e))
+    });
+    let uploader = spawn_uploader(job.upload, stored_rx);
+    let stopped = Arc::new(AtomicBool::new(false));
+    let feed = Feed {
+        tx,
+        stopped: stopped.clone(),
+    };
+    // The producer's future (and with it the feed) is gone after this: the encoder sees the end
+    // of its input and finishes, the uploader drains.
+    let produced = tokio::select! {
+        r = produce(feed) => Some(r),
+        _ = crate::signal::shutdown() => None,
+    };
+    let encoded = join("the encoder", encoder).await.and_then(|r| r);
+    let uploaded = join("the uploader", uploader).await.and_then(|r| r);
+    let upload = match uploaded {
+        // the uploader aborted its upload itself
+        Err(e) => return Outcome::Failed(e),
+        Ok(up) => Pending(up),
+    };
+    match (produced, encoded) {
+        (None, _) => {
+            upload.abort().await;
+            Outcome::Stopped
+        }
+        (Some(Err(e)), encoded) => {
+            upload.abort().await;
+            match encoded {
+                Err(cause) if stopped.load(Ordering::SeqCst) => Outcome::Failed(cause),
+                _ => Outcome::Failed(e),
+            }
+        }
+        (Some(Ok(_)), Err(e)) => {
+            upload.abort().await;
+            Outcome::Failed(e)
+        }
+        (Some(Ok(output)), Ok(stats)) => Outcome::Done(Encoded {
+            output,
+            stats,
+            upload,
+        }),
+    }
+}
+
+/// The upload stage: writes what arrives on `rx` into `upload` (nothing in a dry run) and hands
+/// the upload back once the channel closes. On a write error the upload is aborted at once and the
+/// error returned; dropping `rx` then stops the stages before it.
+fn spawn_uploader(
+    upload: Option<Box<dyn Upload>>,
+    mut rx: mpsc::Receiver<Bytes>,
+) -> tokio::task::JoinHandle<Result<Option<Box<dyn Upload>>>> {
+    tokio::spawn(async move {
+        let mut upload = upload;
+        while let Some(chunk) = rx.recv().await {
+            if let Some(up) = upload.as_mut() {
+                if let Err(e) = up.write(chunk).await {
+                    if let Some(up) = upload.take() {
+                        up.abort().await;
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        Ok(upload)
+    })
+}
+
+/// The encoding stage for a byte stream: writes every chunk as it comes.
+pub fn copy_chunks(mut rx: mpsc::Receiver<Bytes>, enc: &mut Encoder) -> Result<()> {
+    while let Some(chunk) = rx.blocking_recv() {
+        enc.write_all(&chunk)
+            .map_err(|e| Error::io("compressing/encrypting", e))?;
+    }
+    Ok(())
+}
 
 /// Counts and hashes what passes through, then writes it on.
 pub struct HashCount<W> {
@@ -159,6 +340,115 @@ mod tests {
         let mut v = db.to_vec();
         v.extend_from_slice(&Sha256::digest(db));
         v
+    }
+
+    /// A local store in a temp dir and one object key, for the orchestration tests.
+    async fn store() -> (tempfile::TempDir, std::sync::Arc<dyn crate::store::Store>) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::open(dir.path().to_str().unwrap(), &Default::default())
+            .await
+            .unwrap();
+        (dir, store)
+    }
+
+    fn job(upload: Option<Box<dyn Upload>>, encryption: Encryption) -> Job {
+        Job {
+            compression: Compression::zstd(3, 2).unwrap(),
+            encryption,
+            upload,
+            depth: 4,
+        }
+    }
+
+    /// The producer's bytes, through zstd and age into a store, come back identical through the
+    /// decoder, and the digests agree on both sides.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn encode_then_decode_round_trips() {
+        let id = age::x25519::Identity::generate();
+        let recipient = crate::crypto::parse_recipient(&id.to_public().to_string()).unwrap();
+        let data: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+        let (_dir, store) = store().await;
+        let up = store.create("obj").await.unwrap();
+        let sent = data.clone();
+        let outcome = run(
+            job(Some(up), Encryption::Recipients(vec![recipient])),
+            copy_chunks,
+            |feed| async move {
+                for c in sent.chunks(100_000) {
+                    feed.send(Bytes::copy_from_slice(c)).await?;
+                }
+                Ok(sent.len())
+            },
+        )
+        .await;
+        let encoded = outcome.into_result().unwrap();
+        assert_eq!(encoded.output, data.len());
+        let stats = encoded.stats.clone();
+        encoded.upload.commit().await.unwrap();
+
+        let reader = store.get("obj").await.unwrap();
+        let (plain, decoded) = tokio::task::spawn_blocking(move || {
+            let mut dec = Decoder::new(
+                open_reader(reader),
+                Decryption::Identities(vec![Box::new(id)]),
+                true,
+            )
+            .unwrap();
+            let mut plain = Vec::new();
+            std::io::Read::read_to_end(&mut dec, &mut plain).unwrap();
+            (plain, dec.finish().unwrap())
+        })
+        .await
+        .unwrap();
+        assert!(plain == data, "the decoded bytes differ");
+        assert_eq!(decoded.stored_sha256, stats.stored_sha256);
+        assert_eq!(decoded.stored_size, stats.stored_size);
+    }
+
+    /// A failing encoder is the root cause (not the producer it stopped), and the upload is gone.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_stage_that_failed_is_reported_and_nothing_is_stored() {
+        let (dir, store) = store().await;
+        let up = store.create("obj").await.unwrap();
+        let outcome = run(
+            job(Some(up), Encryption::None),
+            |mut rx: mpsc::Receiver<Bytes>, _enc: &mut Encoder| {
+                let _ = rx.blocking_recv();
+                Err(Error::VerifyFailed("the encoder refused".into()))
+            },
+            |feed| async move {
+                loop {
+                    feed.send(Bytes::from_static(b"x")).await?;
+                }
+                #[allow(unreachable_code)]
+                Ok(())
+            },
+        )
+        .await;
+        match outcome {
+            Outcome::Failed(e) => assert!(e.to_string().contains("the encoder refused"), "{e}"),
+            _ => panic!("expected the encoder's failure"),
+        }
+        assert!(store.list("").await.unwrap().is_empty());
+        let leftovers: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+        assert!(leftovers.is_empty(), "{leftovers:?}");
+
+        // a failing producer is the root cause when the later stages were fine
+        let up = store.create("obj").await.unwrap();
+        let outcome = run(
+            job(Some(up), Encryption::None),
+            copy_chunks,
+            |feed| async move {
+                feed.send(Bytes::from_static(b"some")).await?;
+                Err::<(), _>(Error::failed("the source broke"))
+            },
+        )
+        .await;
+        match outcome {
+            Outcome::Failed(e) => assert_eq!(e.to_string(), "the source broke"),
+            _ => panic!("expected the producer's failure"),
+        }
+        assert!(store.list("").await.unwrap().is_empty());
     }
 
     #[test]

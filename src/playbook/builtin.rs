@@ -13,6 +13,7 @@ use crate::output::{Render, Table};
 
 #[derive(Debug, Clone, Default, clap::Args, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(default, rename_all = "kebab-case", deny_unknown_fields)]
+#[schemars(extend("required" = ["argv"]))]
 pub struct ExecSpec {
     /// Program and arguments (no shell: nothing is expanded)
     #[arg(required = true)]
@@ -24,8 +25,10 @@ pub struct ExecSpec {
     #[arg(long)]
     pub cwd: Option<String>,
     /// Kill the program after this long (e.g. 30s)
-    #[arg(long)]
-    pub timeout: Option<String>,
+    #[arg(long, value_parser = crate::units::parse_duration)]
+    #[serde(with = "crate::units::opt_duration_serde")]
+    #[schemars(with = "Option<String>")]
+    pub timeout: Option<Duration>,
     /// Exit codes counted as success (default: 0)
     #[arg(skip)]
     pub ok_codes: Vec<i32>,
@@ -68,12 +71,7 @@ pub async fn exec(ctx: &Ctx, spec: ExecSpec) -> Result<ExecResult> {
     if ctx.dry_run {
         return Ok(r);
     }
-    let timeout = spec
-        .timeout
-        .as_deref()
-        .map(crate::util::parse_duration)
-        .transpose()
-        .map_err(Error::usage)?;
+    let timeout = spec.timeout;
     let mut cmd = tokio::process::Command::new(prog);
     cmd.args(args)
         .envs(&spec.env)
@@ -88,7 +86,7 @@ pub async fn exec(ctx: &Ctx, spec: ExecSpec) -> Result<ExecResult> {
     let start = Instant::now();
     let child = cmd
         .spawn()
-        .map_err(|e| Error::failed(format!("exec {prog}: cannot start it: {e}")))?;
+        .map_err(|e| Error::io(format!("exec {prog}: cannot start it"), e))?;
     let out = match timeout {
         Some(t) => tokio::time::timeout(t, child.wait_with_output())
             .await
@@ -100,7 +98,7 @@ pub async fn exec(ctx: &Ctx, spec: ExecSpec) -> Result<ExecResult> {
             })?,
         None => child.wait_with_output().await,
     }
-    .map_err(|e| Error::failed(format!("exec {prog}: {e}")))?;
+    .map_err(|e| Error::io(format!("exec {prog}"), e))?;
     r.duration_seconds = start.elapsed().as_secs_f64();
     r.exit_code = out.status.code();
     r.stdout = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -132,6 +130,7 @@ fn tail(s: &str) -> &str {
 
 #[derive(Debug, Clone, Default, clap::Args, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(default, rename_all = "kebab-case", deny_unknown_fields)]
+#[schemars(extend("required" = ["url"]))]
 pub struct WebhookSpec {
     /// http:// or https:// URL to POST to (secret: never logged or journaled)
     #[arg(long, required = true)]
@@ -144,8 +143,10 @@ pub struct WebhookSpec {
     #[schemars(with = "Value")]
     pub body: Value,
     /// Give up after this long [default: 10s]
-    #[arg(long)]
-    pub timeout: Option<String>,
+    #[arg(long, value_parser = crate::units::parse_duration)]
+    #[serde(with = "crate::units::opt_duration_serde")]
+    #[schemars(with = "Option<String>")]
+    pub timeout: Option<Duration>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -170,10 +171,7 @@ pub async fn webhook(ctx: &Ctx, spec: WebhookSpec) -> Result<WebhookResult> {
             dry_run: true,
         });
     }
-    let timeout = match spec.timeout.as_deref() {
-        Some(t) => crate::util::parse_duration(t).map_err(Error::usage)?,
-        None => Duration::from_secs(10),
-    };
+    let timeout = spec.timeout.unwrap_or(Duration::from_secs(10));
     let url = url::Url::parse(&spec.url)
         .map_err(|e| Error::usage(format!("notify.webhook: the url is not a URL ({e})")))?;
     if url.scheme() != "http" && url.scheme() != "https" {
@@ -183,7 +181,7 @@ pub async fn webhook(ctx: &Ctx, spec: WebhookSpec) -> Result<WebhookResult> {
         )));
     }
     let body =
-        serde_json::to_vec(&spec.body).map_err(|e| Error::failed(format!("webhook body: {e}")))?;
+        serde_json::to_vec(&spec.body).map_err(|e| Error::json("encoding the webhook body", e))?;
     let mut headers = vec![
         ("Content-Type".to_string(), "application/json".to_string()),
         (

@@ -4,9 +4,10 @@
 use serde::Serialize;
 use serde_json::{json, Map, Value};
 
+use super::journal::{self, Entry, Record, StepStatus};
 use super::model::Playbook;
 use super::validate::{self, Params};
-use super::{journal, registry, resolve, SHIPPED};
+use super::{registry, resolve, SHIPPED};
 use crate::context::Ctx;
 use crate::error::{Error, Result};
 use crate::output::{Render, Table};
@@ -259,30 +260,34 @@ impl Render for RunList {
     }
 }
 
-fn info(run_id: &str, records: &[Value]) -> RunInfo {
-    let start = records
-        .iter()
-        .find(|r| r["type"] == "run-start")
-        .cloned()
-        .unwrap_or(Value::Null);
-    let status = records
+fn info(run_id: &str, entries: &[Entry]) -> RunInfo {
+    let start = entries.iter().find_map(|e| match &e.record {
+        Record::RunStart(s) => Some(s),
+        _ => None,
+    });
+    let status = entries
         .iter()
         .rev()
-        .find(|r| r["type"] == "run-end")
-        .and_then(|r| r["status"].as_str())
-        .unwrap_or("incomplete (killed or still running)")
-        .to_string();
+        .find_map(|e| match &e.record {
+            Record::RunEnd { status, .. } => Some(journal::name(status)),
+            _ => None,
+        })
+        .unwrap_or_else(|| "incomplete (killed or still running)".into());
     RunInfo {
         run_id: run_id.into(),
-        playbook: start["playbook"].as_str().unwrap_or("?").into(),
-        started_at: start["started_at"].as_str().unwrap_or("").into(),
+        playbook: start.map(|s| s.playbook.clone()).unwrap_or_else(|| "?".into()),
+        started_at: start.map(|s| s.started_at.clone()).unwrap_or_default(),
         status,
-        steps_done: records
+        steps_done: entries
             .iter()
-            .filter(|r| r["type"] == "step-end" && r["status"] != "failed")
+            .filter(|e| {
+                matches!(&e.record, Record::StepEnd { status, .. } if *status != StepStatus::Failed)
+            })
             .count(),
-        dry_run: start["dry_run"] == Value::Bool(true),
-        undone: records.iter().any(|r| r["type"] == "undo-end"),
+        dry_run: start.is_some_and(|s| s.dry_run),
+        undone: entries
+            .iter()
+            .any(|e| matches!(e.record, Record::UndoEnd { .. })),
     }
 }
 
@@ -299,8 +304,8 @@ pub fn runs_list(ctx: &Ctx) -> Result<RunList> {
             else {
                 continue;
             };
-            if let Ok(records) = journal::read(&p) {
-                runs.push(info(id, &records));
+            if let Ok(entries) = journal::read(&p) {
+                runs.push(info(id, &entries));
             }
         }
     }
@@ -315,49 +320,81 @@ pub fn runs_list(ctx: &Ctx) -> Result<RunList> {
 pub struct RunShow {
     pub run: RunInfo,
     pub journal: String,
-    pub records: Vec<Value>,
+    pub records: Vec<Entry>,
 }
 
 impl Render for RunShow {
     fn table(&self) -> Table {
         let mut t = Table::new(["TIME", "RECORD", "STEP", "DETAIL"]);
-        for r in &self.records {
-            let detail = match r["type"].as_str().unwrap_or("") {
-                "run-start" | "run-resume" => format!(
-                    "playbook {} {}",
-                    r["playbook"].as_str().unwrap_or(""),
-                    r["digest"].as_str().unwrap_or("")
-                ),
-                "step-end" => format!(
-                    "{} in {:.1}s{}",
-                    r["status"].as_str().unwrap_or(""),
-                    r["duration_seconds"].as_f64().unwrap_or(0.0),
-                    r["error"]
-                        .as_str()
-                        .map(|e| format!(": {e}"))
-                        .unwrap_or_default()
-                ),
-                "mutation" => format!("{} {}", r["action"].as_str().unwrap_or(""), r["object"]),
-                "run-end" | "undo-end" => r["status"].as_str().unwrap_or("").to_string(),
-                "undo-step" => format!(
-                    "{} {}",
-                    r["status"].as_str().unwrap_or(""),
-                    r["error"].as_str().unwrap_or("")
-                ),
-                _ => String::new(),
-            };
-            t.row([
-                r["time"].as_str().unwrap_or("").to_string(),
-                r["type"].as_str().unwrap_or("").to_string(),
-                r["step"].as_str().unwrap_or("").to_string(),
-                detail,
-            ]);
+        for e in &self.records {
+            let (kind, step, detail) = describe(&e.record);
+            t.row([e.time.clone(), kind.to_string(), step, detail]);
         }
         t.note(format!(
             "run {}: {} ({})",
             self.run.run_id, self.run.status, self.journal
         ));
         t
+    }
+}
+
+/// (record type, step, one-line detail) for `kirt runs show`.
+fn describe(r: &Record) -> (&'static str, String, String) {
+    match r {
+        Record::RunStart(s) => (
+            "run-start",
+            String::new(),
+            format!("playbook {} {}", s.playbook, s.digest),
+        ),
+        Record::RunResume(s) => (
+            "run-resume",
+            String::new(),
+            format!("playbook {} {}", s.playbook, s.digest),
+        ),
+        Record::StepStart { step, .. } => ("step-start", step.clone(), String::new()),
+        Record::StepItem { step, .. } => ("step-item", step.clone(), String::new()),
+        Record::StepRetry { step, .. } => ("step-retry", step.clone(), String::new()),
+        Record::Mutation {
+            step,
+            action,
+            object,
+            ..
+        } => ("mutation", step.clone(), format!("{action} {object}")),
+        Record::StepEnd {
+            step,
+            status,
+            duration_seconds,
+            error,
+            ..
+        } => (
+            "step-end",
+            step.clone(),
+            format!(
+                "{} in {duration_seconds:.1}s{}",
+                journal::name(status),
+                error
+                    .as_deref()
+                    .map(|e| format!(": {e}"))
+                    .unwrap_or_default()
+            ),
+        ),
+        Record::RunEnd { status, .. } => ("run-end", String::new(), journal::name(status)),
+        Record::UndoStart { .. } => ("undo-start", String::new(), String::new()),
+        Record::UndoStep {
+            step,
+            status,
+            error,
+            ..
+        } => (
+            "undo-step",
+            step.clone(),
+            format!(
+                "{} {}",
+                journal::name(status),
+                error.as_deref().unwrap_or("")
+            ),
+        ),
+        Record::UndoEnd { status, .. } => ("undo-end", String::new(), journal::name(status)),
     }
 }
 

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use serde_json::{json, Map, Value};
 
-use super::journal::{self, Journal, REDACTED};
+use super::journal::{self, Journal, Record, RunStart, RunStatus, StepStatus, REDACTED};
 use super::model::{Foreach, Playbook};
 use super::validate::{self, Params};
 use super::{registry, template};
@@ -181,6 +181,67 @@ fn collect_params(
     Ok(given)
 }
 
+/// Where a run starts from: a new run, or the journal of the run being resumed.
+struct Origin {
+    source: super::Source,
+    run_id: String,
+    started_at: String,
+    /// Steps the resumed run finished (ok or skipped): their step-end records.
+    done: BTreeMap<String, (StepStatus, Value)>,
+    recorded_params: Option<Map<String, Value>>,
+}
+
+impl Origin {
+    fn new(dir: &std::path::Path, spec: &RunSpec) -> Result<Origin> {
+        let Some(id) = &spec.resume else {
+            return Ok(Origin {
+                source: super::resolve(spec.playbook.as_deref().unwrap_or_default())?,
+                run_id: journal::new_run_id(),
+                started_at: jiff::Timestamp::now().to_string(),
+                done: BTreeMap::new(),
+                recorded_params: None,
+            });
+        };
+        let entries = journal::read(&journal::path(dir, id))?;
+        let start = entries
+            .iter()
+            .find_map(|e| match &e.record {
+                Record::RunStart(s) => Some(s),
+                _ => None,
+            })
+            .ok_or_else(|| Error::failed(format!("run journal {id} has no run-start record")))?;
+        let file = spec
+            .playbook
+            .clone()
+            .unwrap_or_else(|| start.source.clone());
+        let source = super::resolve(&file)?;
+        if source.digest != start.digest {
+            return Err(Error::Refused(format!(
+                "{} changed since run {id} started (digest {} now, {} then); resuming would run a different playbook — start a new run",
+                source.file, source.digest, start.digest)));
+        }
+        let mut done = BTreeMap::new();
+        for e in &entries {
+            if let Record::StepEnd {
+                step,
+                status: status @ (StepStatus::Ok | StepStatus::Skipped),
+                outputs,
+                ..
+            } = &e.record
+            {
+                done.insert(step.clone(), (*status, outputs.clone()));
+            }
+        }
+        Ok(Origin {
+            source,
+            run_id: id.clone(),
+            started_at: start.started_at.clone(),
+            done,
+            recorded_params: Some(start.params.clone()),
+        })
+    }
+}
+
 struct Runner<'a> {
     ctx: &'a Ctx,
     pb: &'a Playbook,
@@ -192,59 +253,18 @@ struct Runner<'a> {
 pub async fn run(ctx: &Ctx, spec: RunSpec) -> Result<RunSummary> {
     let dir = journal::dir(ctx);
     let started = Instant::now();
-    // what a resumed run already did
-    let mut done: BTreeMap<String, Value> = BTreeMap::new();
-    let mut recorded_params = None;
-    let (source, run_id, started_at) = match &spec.resume {
-        Some(id) => {
-            let records = journal::read(&journal::path(&dir, id))?;
-            let start = records
-                .iter()
-                .find(|r| r["type"] == "run-start")
-                .ok_or_else(|| {
-                    Error::failed(format!("run journal {id} has no run-start record"))
-                })?;
-            let file = spec
-                .playbook
-                .clone()
-                .unwrap_or_else(|| start["source"].as_str().unwrap_or("").to_string());
-            let source = super::resolve(&file)?;
-            if Value::String(source.digest.clone()) != start["digest"] {
-                return Err(Error::Refused(format!(
-                    "{} changed since run {id} started (digest {} now, {} then); resuming would run a different playbook — start a new run",
-                    source.file, source.digest, start["digest"].as_str().unwrap_or("?"))));
-            }
-            for r in &records {
-                if r["type"] == "step-end" && (r["status"] == "ok" || r["status"] == "skipped") {
-                    if let Some(s) = r["step"].as_str() {
-                        done.insert(s.to_string(), r.clone());
-                    }
-                }
-            }
-            recorded_params = start["params"].as_object().cloned();
-            (
-                source,
-                id.clone(),
-                start["started_at"].as_str().unwrap_or("").to_string(),
-            )
-        }
-        None => {
-            let file = spec.playbook.clone().unwrap_or_default();
-            (
-                super::resolve(&file)?,
-                journal::new_run_id(),
-                jiff::Timestamp::now().to_string(),
-            )
-        }
-    };
+    let origin = Origin::new(&dir, &spec)?;
+    let source = &origin.source;
+    let run_id = origin.run_id.clone();
 
+    // Everything is validated before the journal is opened or anything runs.
     let pb = validate::parse(&source.file, &source.text)?;
-    let given = collect_params(&pb, &spec, recorded_params.as_ref())?;
+    let given = collect_params(&pb, &spec, origin.recorded_params.as_ref())?;
     let problems = validate::check(&source.file, &source.text, &pb, Params::Given(&given));
     if !problems.list.is_empty() {
         return Err(problems.into());
     }
-    let mut params = given.clone();
+    let mut params = given;
     for (k, p) in &pb.params {
         if !params.contains_key(k) {
             if let Some(d) = &p.default {
@@ -257,17 +277,66 @@ pub async fn run(ctx: &Ctx, spec: RunSpec) -> Result<RunSummary> {
         .iter()
         .filter_map(|k| std::env::var(k).ok().map(|v| (k.clone(), Value::String(v))))
         .collect();
-
     let data = json!({"params": params, "env": env_values, "steps": {},
-                      "run": {"id": run_id, "started_at": started_at, "dry_run": ctx.dry_run}});
+                      "run": {"id": run_id, "started_at": origin.started_at, "dry_run": ctx.dry_run}});
     let problems = validate::check_rendered(&source.file, &source.text, &pb, &data);
     if !problems.list.is_empty() {
         return Err(problems.into());
     }
 
+    let journal = open_journal(ctx, &dir, &spec, &origin, &pb, &params, &env_values)?;
+    tracing::info!(
+        "run {run_id} of {} (journal {})",
+        pb.metadata.name,
+        journal.path.display()
+    );
+    let mut r = Runner {
+        ctx,
+        pb: &pb,
+        journal,
+        data,
+        env: template::env(),
+    };
+    let (steps, exit, status) = r.run_steps(&origin.done).await?;
+    let exit_code = exit;
+    r.journal.write(Record::RunEnd {
+        run: run_id.clone(),
+        status,
+        exit: exit_code as u8,
+    })?;
+    let mut summary = RunSummary {
+        run_id,
+        playbook: pb.metadata.name.clone(),
+        journal: r.journal.path.display().to_string(),
+        status: journal::name(&status),
+        dry_run: ctx.dry_run,
+        duration_seconds: started.elapsed().as_secs_f64(),
+        steps,
+        exit: exit_code,
+    };
+    for s in &mut summary.steps {
+        r.journal.redactor.value(&mut s.outputs);
+        if let Some(e) = &mut s.error {
+            *e = r.journal.redactor.str(e);
+        }
+    }
+    Ok(summary)
+}
+
+/// Opens (or, resuming, appends to) the journal, teaches it the secrets to redact, and writes the
+/// run-start (run-resume) record.
+fn open_journal(
+    ctx: &Ctx,
+    dir: &std::path::Path,
+    spec: &RunSpec,
+    origin: &Origin,
+    pb: &Playbook,
+    params: &Map<String, Value>,
+    env_values: &Map<String, Value>,
+) -> Result<Journal> {
     let mut journal = match &spec.resume {
-        Some(_) => Journal::append_to(&journal::path(&dir, &run_id))?,
-        None => Journal::create(&dir, &run_id)?,
+        Some(_) => Journal::append_to(&journal::path(dir, &origin.run_id))?,
+        None => Journal::create(dir, &origin.run_id)?,
     };
     for (k, p) in &pb.params {
         if p.secret {
@@ -286,114 +355,94 @@ pub async fn run(ctx: &Ctx, spec: RunSpec) -> Result<RunSummary> {
             (k.clone(), if secret { json!(REDACTED) } else { v.clone() })
         })
         .collect();
-    let _ = given;
-    journal.write(json!({
-        "type": if spec.resume.is_some() { "run-resume" } else { "run-start" },
-        "run": run_id, "started_at": started_at, "playbook": pb.metadata.name, "source": source.file,
-        "digest": source.digest, "params": shown_params, "dry_run": ctx.dry_run,
-        "user": std::env::var("USER").unwrap_or_default(),
-        "host": gethostname::gethostname().to_string_lossy(),
-        "kirt": crate::actions::version::VERSION,
-    }))?;
-    tracing::info!(
-        "run {run_id} of {} (journal {})",
-        pb.metadata.name,
-        journal.path.display()
-    );
-
-    let mut r = Runner {
-        ctx,
-        pb: &pb,
-        journal,
-        data,
-        env: template::env(),
-    };
-    let mut steps = Vec::new();
-    let mut exit = Exit::Ok;
-    let mut partial = false;
-    for (i, step) in pb.steps.iter().enumerate() {
-        if exit != Exit::Ok {
-            steps.push(StepSummary {
-                id: step.id.clone(),
-                action: step.action.clone(),
-                status: "not-run".into(),
-                duration_seconds: 0.0,
-                attempts: 0,
-                outputs: Value::Null,
-                error: None,
-            });
-            continue;
-        }
-        if let Some(rec) = done.get(&step.id) {
-            r.data["steps"][&step.id] = json!({"outputs": rec["outputs"], "status": rec["status"]});
-            steps.push(StepSummary {
-                id: step.id.clone(),
-                action: step.action.clone(),
-                status: format!("done ({})", rec["status"].as_str().unwrap_or("ok")),
-                duration_seconds: 0.0,
-                attempts: 0,
-                outputs: rec["outputs"].clone(),
-                error: None,
-            });
-            continue;
-        }
-        let s = r.step(i).await?;
-        if s.status == "failed" {
-            if step.continue_on_error {
-                partial = true;
-            } else {
-                exit = s.exit;
-            }
-        }
-        steps.push(s.summary);
-    }
-    let status = if exit != Exit::Ok {
-        "failed"
-    } else if partial {
-        "partial"
-    } else {
-        "ok"
-    };
-    if exit == Exit::Ok && partial {
-        exit = Exit::Partial;
-    }
-    let mut summary = RunSummary {
-        run_id: run_id.clone(),
+    let start = RunStart {
+        run: origin.run_id.clone(),
+        started_at: origin.started_at.clone(),
         playbook: pb.metadata.name.clone(),
-        journal: r.journal.path.display().to_string(),
-        status: status.into(),
+        source: origin.source.file.clone(),
+        digest: origin.source.digest.clone(),
+        params: shown_params,
         dry_run: ctx.dry_run,
-        duration_seconds: started.elapsed().as_secs_f64(),
-        steps,
-        exit,
+        user: std::env::var("USER").unwrap_or_default(),
+        host: gethostname::gethostname().to_string_lossy().into_owned(),
+        kirt: crate::actions::version::VERSION.into(),
     };
-    r.journal
-        .write(json!({"type": "run-end", "run": run_id, "status": status, "exit": exit as u8}))?;
-    for s in &mut summary.steps {
-        r.journal.redactor.value(&mut s.outputs);
-        if let Some(e) = &mut s.error {
-            *e = r.journal.redactor.str(e);
-        }
-    }
-    Ok(summary)
+    journal.write(if spec.resume.is_some() {
+        Record::RunResume(start)
+    } else {
+        Record::RunStart(start)
+    })?;
+    Ok(journal)
 }
 
+/// What one run of a step's action gave.
 struct StepOutcome {
-    status: &'static str,
+    status: StepStatus,
     exit: Exit,
     summary: StepSummary,
 }
 
 impl Runner<'_> {
+    /// Every step in order; steps a resumed run finished are replayed from their outputs, and
+    /// after a failure (not `continue_on_error`) the rest are not run.
+    async fn run_steps(
+        &mut self,
+        done: &BTreeMap<String, (StepStatus, Value)>,
+    ) -> Result<(Vec<StepSummary>, Exit, RunStatus)> {
+        let mut steps = Vec::new();
+        let mut exit = Exit::Ok;
+        let mut partial = false;
+        for (i, step) in self.pb.steps.iter().enumerate() {
+            let not_run = |status: String, outputs: Value| StepSummary {
+                id: step.id.clone(),
+                action: step.action.clone(),
+                status,
+                duration_seconds: 0.0,
+                attempts: 0,
+                outputs,
+                error: None,
+            };
+            if exit != Exit::Ok {
+                steps.push(not_run("not-run".into(), Value::Null));
+                continue;
+            }
+            if let Some((status, outputs)) = done.get(&step.id) {
+                let status = journal::name(status);
+                self.data["steps"][&step.id] = json!({"outputs": outputs, "status": status});
+                steps.push(not_run(format!("done ({status})"), outputs.clone()));
+                continue;
+            }
+            let s = self.step(i).await?;
+            if s.status == StepStatus::Failed {
+                if step.continue_on_error {
+                    partial = true;
+                } else {
+                    exit = s.exit;
+                }
+            }
+            steps.push(s.summary);
+        }
+        let status = if exit != Exit::Ok {
+            RunStatus::Failed
+        } else if partial {
+            exit = Exit::Partial;
+            RunStatus::Partial
+        } else {
+            RunStatus::Ok
+        };
+        Ok((steps, exit, status))
+    }
+
     async fn step(&mut self, i: usize) -> Result<StepOutcome> {
-        let pb = self.pb;
-        let step = &pb.steps[i];
+        let step = &self.pb.steps[i];
         let def = registry::get(&step.action)
             .ok_or_else(|| Error::usage(format!("unknown action {}", step.action)))?;
         let start = Instant::now();
-        self.journal.write(
-            json!({"type": "step-start", "step": step.id, "index": i, "action": step.action}),
-        )?;
+        self.journal.write(Record::StepStart {
+            step: step.id.clone(),
+            index: i,
+            action: step.action.clone(),
+        })?;
         let mut summary = StepSummary {
             id: step.id.clone(),
             action: step.action.clone(),
@@ -403,118 +452,25 @@ impl Runner<'_> {
             outputs: Value::Null,
             error: None,
         };
-
-        let result: Result<Option<Value>> = async {
-            if let Some(w) = &step.when {
-                let yes = template::truthy(&self.env, w, &self.data)
-                    .map_err(|e| Error::usage(format!("step {}: when: {e}", step.id)))?;
-                if !yes {
-                    return Ok(None);
-                }
-            }
-            let items = match &step.foreach {
-                None => vec![None],
-                Some(Foreach::Pods { pods }) => self
-                    .pods(&pods.namespace, &pods.selector)
-                    .await?
-                    .into_iter()
-                    .map(Some)
-                    .collect(),
-                Some(Foreach::Expr(f)) => match template::eval(&self.env, f, &self.data)
-                    .map_err(|e| Error::usage(format!("step {}: foreach: {e}", step.id)))?
-                {
-                    Value::Array(a) => a.into_iter().map(Some).collect(),
-                    Value::Null => vec![],
-                    other => {
-                        return Err(Error::usage(format!(
-                            "step {}: foreach gave {other}, not a list",
-                            step.id
-                        )))
-                    }
-                },
-            };
-            if step.confirm {
-                self.ctx.confirm(&format!(
-                    "playbook {} step {} ({})",
-                    self.pb.metadata.name, step.id, step.action
-                ))?;
-            }
-            let mut outs = Vec::new();
-            for item in &items {
-                let mut data = self.data.clone();
-                if let Some(it) = item {
-                    data["item"] = it.clone();
-                }
-                let rendered =
-                    template::render(&self.env, &Value::Object(step.with.clone()), &data)
-                        .map_err(|e| Error::usage(format!("step {}: {e}", step.id)))?;
-                let mut with = rendered.as_object().cloned().unwrap_or_default();
-                for f in def.secret_fields {
-                    if let Some(v) = with.get(*f) {
-                        self.journal.redactor.add_value(v);
-                    }
-                }
-                let missing = def.spec.missing(&with);
-                if !missing.is_empty() {
-                    return Err(Error::usage(format!(
-                        "step {}: {} needs {} (its template gave nothing)",
-                        step.id,
-                        def.name,
-                        missing.join(", ")
-                    )));
-                }
-                def.spec.prepare(&mut with);
-                let mut shown = Value::Object(with.clone());
-                for f in def.secret_fields {
-                    if let Some(v) = shown.get_mut(*f) {
-                        *v = json!(REDACTED);
-                    }
-                }
-                self.journal.write(
-                    json!({"type": "step-item", "step": step.id, "item": item, "with": shown}),
-                )?;
-                let (out, attempts) = self.attempt(step, def, Value::Object(with.clone())).await?;
-                summary.attempts = summary.attempts.max(attempts);
-                if def.mutates && !self.ctx.dry_run {
-                    let changed = def
-                        .mutation
-                        .map(|f| f(&Value::Object(with.clone()), &out))
-                        .unwrap_or_default();
-                    for m in changed {
-                        self.journal.write(
-                            json!({"type": "mutation", "step": step.id, "action": def.name,
-                                                  "object": m.object, "undo": m.undo}),
-                        )?;
-                    }
-                }
-                outs.push(out);
-            }
-            Ok(Some(if step.foreach.is_some() {
-                Value::Array(outs)
-            } else {
-                outs.pop().unwrap_or(Value::Null)
-            }))
-        }
-        .await;
-
+        let result = self.run_items(step, def, &mut summary.attempts).await;
         summary.duration_seconds = start.elapsed().as_secs_f64();
         let (status, exit) = match result {
             Ok(None) => {
                 summary.outputs = json!({});
-                ("skipped", Exit::Ok)
+                (StepStatus::Skipped, Exit::Ok)
             }
             Ok(Some(out)) => {
                 summary.outputs = out;
-                ("ok", Exit::Ok)
+                (StepStatus::Ok, Exit::Ok)
             }
             Err(e) => {
                 summary.error = Some(e.to_string());
-                ("failed", e.exit())
+                (StepStatus::Failed, e.exit())
             }
         };
-        summary.status = status.into();
+        summary.status = journal::name(&status);
         match status {
-            "failed" => tracing::error!(
+            StepStatus::Failed => tracing::error!(
                 "step {} ({}) failed: {}",
                 step.id,
                 step.action,
@@ -523,18 +479,24 @@ impl Runner<'_> {
                     .str(summary.error.as_deref().unwrap_or(""))
             ),
             _ => tracing::info!(
-                "step {} ({}): {status} in {:.1}s",
+                "step {} ({}): {} in {:.1}s",
                 step.id,
                 step.action,
+                summary.status,
                 summary.duration_seconds
             ),
         }
-        self.journal.write(
-            json!({"type": "step-end", "step": step.id, "status": status,
-            "duration_seconds": summary.duration_seconds, "attempts": summary.attempts,
-            "outputs": summary.outputs, "error": summary.error, "exit": exit as u8}),
-        )?;
-        self.data["steps"][&step.id] = json!({"outputs": summary.outputs, "status": status});
+        self.journal.write(Record::StepEnd {
+            step: step.id.clone(),
+            status,
+            duration_seconds: summary.duration_seconds,
+            attempts: summary.attempts,
+            outputs: summary.outputs.clone(),
+            error: summary.error.clone(),
+            exit: exit as u8,
+        })?;
+        self.data["steps"][&step.id] =
+            json!({"outputs": summary.outputs, "status": summary.status});
         Ok(StepOutcome {
             status,
             exit,
@@ -542,9 +504,124 @@ impl Runner<'_> {
         })
     }
 
+    /// `when`, `foreach` and `confirm`, then the action once per item. `None`: skipped by `when`.
+    async fn run_items(
+        &mut self,
+        step: &super::model::Step,
+        def: &registry::ActionDef,
+        attempts: &mut u32,
+    ) -> Result<Option<Value>> {
+        if let Some(w) = &step.when {
+            let yes = template::truthy(&self.env, w, &self.data)
+                .map_err(|e| Error::usage(format!("step {}: when: {e}", step.id)))?;
+            if !yes {
+                return Ok(None);
+            }
+        }
+        let items = self.items(step).await?;
+        if step.confirm {
+            self.ctx.confirm(&format!(
+                "playbook {} step {} ({})",
+                self.pb.metadata.name, step.id, step.action
+            ))?;
+        }
+        let mut outs = Vec::new();
+        for item in &items {
+            let (out, n) = self.run_item(step, def, item.as_ref()).await?;
+            *attempts = (*attempts).max(n);
+            outs.push(out);
+        }
+        Ok(Some(if step.foreach.is_some() {
+            Value::Array(outs)
+        } else {
+            outs.pop().unwrap_or(Value::Null)
+        }))
+    }
+
+    /// The elements a step runs for: one `None` without `foreach`.
+    async fn items(&self, step: &super::model::Step) -> Result<Vec<Option<Value>>> {
+        Ok(match &step.foreach {
+            None => vec![None],
+            Some(Foreach::Pods { pods }) => self
+                .pods(&pods.namespace, &pods.selector)
+                .await?
+                .into_iter()
+                .map(Some)
+                .collect(),
+            Some(Foreach::Expr(f)) => match template::eval(&self.env, f, &self.data)
+                .map_err(|e| Error::usage(format!("step {}: foreach: {e}", step.id)))?
+            {
+                Value::Array(a) => a.into_iter().map(Some).collect(),
+                Value::Null => vec![],
+                other => {
+                    return Err(Error::usage(format!(
+                        "step {}: foreach gave {other}, not a list",
+                        step.id
+                    )))
+                }
+            },
+        })
+    }
+
+    /// Renders `with:` for one item, journals it (secrets redacted), runs the action with retries
+    /// and journals what it changed.
+    async fn run_item(
+        &mut self,
+        step: &super::model::Step,
+        def: &registry::ActionDef,
+        item: Option<&Value>,
+    ) -> Result<(Value, u32)> {
+        let mut data = self.data.clone();
+        if let Some(it) = item {
+            data["item"] = it.clone();
+        }
+        let rendered = template::render(&self.env, &Value::Object(step.with.clone()), &data)
+            .map_err(|e| Error::usage(format!("step {}: {e}", step.id)))?;
+        let mut with = rendered.as_object().cloned().unwrap_or_default();
+        for f in def.secret_fields {
+            if let Some(v) = with.get(*f) {
+                self.journal.redactor.add_value(v);
+            }
+        }
+        let missing = def.spec.missing(&with);
+        if !missing.is_empty() {
+            return Err(Error::usage(format!(
+                "step {}: {} needs {} (its template gave nothing)",
+                step.id,
+                def.name,
+                missing.join(", ")
+            )));
+        }
+        def.spec.prepare(&mut with);
+        let mut shown = Value::Object(with.clone());
+        for f in def.secret_fields {
+            if let Some(v) = shown.get_mut(*f) {
+                *v = json!(REDACTED);
+            }
+        }
+        self.journal.write(Record::StepItem {
+            step: step.id.clone(),
+            item: item.cloned(),
+            with: shown,
+        })?;
+        let with = Value::Object(with);
+        let (out, attempts) = self.attempt(step, def, with.clone()).await?;
+        if def.mutates && !self.ctx.dry_run {
+            let changed = def.mutation.map(|f| f(&with, &out)).unwrap_or_default();
+            for m in changed {
+                self.journal.write(Record::Mutation {
+                    step: step.id.clone(),
+                    action: def.name.into(),
+                    object: m.object,
+                    undo: m.undo,
+                })?;
+            }
+        }
+        Ok((out, attempts))
+    }
+
     /// `foreach: {pods: …}`: the pods a label selector matches, as template items.
     async fn pods(&self, namespace: &str, selector: &str) -> Result<Vec<Value>> {
-        use crate::k8s::{KubeContext, Op};
         use k8s_openapi::api::core::v1::Pod;
         let render = |s: &str| match template::render_str(&self.env, s, &self.data) {
             Ok(Value::String(s)) => Ok(s),
@@ -552,14 +629,14 @@ impl Runner<'_> {
             Err(e) => Err(Error::usage(format!("foreach pods: {e}"))),
         };
         let (ns, sel) = (render(namespace)?, render(selector)?);
-        let api: kube::Api<Pod> =
-            kube::Api::namespaced(self.ctx.cluster().await?.client.clone(), &ns);
-        let list = api
-            .list(&kube::api::ListParams::default().labels(&sel))
-            .await
-            .op(Op::new("list", "pods").ns(&ns))?;
+        let list = self
+            .ctx
+            .cluster()
+            .await?
+            .namespaced::<Pod>(&ns)
+            .list_labelled(&sel)
+            .await?;
         let mut items: Vec<Value> = list
-            .items
             .iter()
             .map(|p| {
                 json!({
@@ -582,29 +659,17 @@ impl Runner<'_> {
         def: &registry::ActionDef,
         with: Value,
     ) -> Result<(Value, u32)> {
-        let timeout = step
-            .timeout
-            .as_deref()
-            .map(crate::util::parse_duration)
-            .transpose()
-            .map_err(Error::usage)?;
-        let mut delay = step
-            .retry_delay
-            .as_deref()
-            .map(crate::util::parse_duration)
-            .transpose()
-            .map_err(Error::usage)?
-            .unwrap_or(Duration::from_secs(2));
+        let mut delay = step.retry_delay.unwrap_or(Duration::from_secs(2));
         let mut attempt = 0;
         loop {
             attempt += 1;
             let fut = (def.run)(self.ctx, with.clone());
-            let res = match timeout {
+            let res = match step.timeout {
                 Some(t) => tokio::time::timeout(t, fut).await.unwrap_or_else(|_| {
                     Err(Error::failed(format!(
                         "step {} timed out after {}",
                         step.id,
-                        humantime::format_duration(t)
+                        crate::units::human_duration(t)
                     )))
                 }),
                 None => fut.await,
@@ -623,9 +688,13 @@ impl Runner<'_> {
                     tracing::warn!(
                         "step {} attempt {attempt} failed: {msg}; retrying in {}",
                         step.id,
-                        humantime::format_duration(delay)
+                        crate::units::human_duration(delay)
                     );
-                    self.journal.write(json!({"type": "step-retry", "step": step.id, "attempt": attempt, "error": msg}))?;
+                    self.journal.write(Record::StepRetry {
+                        step: step.id.clone(),
+                        attempt,
+                        error: msg,
+                    })?;
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(Duration::from_secs(300));
                 }

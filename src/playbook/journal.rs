@@ -6,8 +6,10 @@ use std::fs::{File, OpenOptions};
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
 
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
 
+use super::registry::UndoPlan;
 use crate::context::Ctx;
 use crate::error::{Error, IoContext, Result};
 
@@ -16,11 +18,146 @@ pub const REDACTED: &str = "[redacted]";
 pub fn dir(ctx: &Ctx) -> PathBuf {
     ctx.journal_dir
         .clone()
-        .unwrap_or_else(|| crate::util::state_dir().join("runs"))
+        .unwrap_or_else(|| crate::context::state_dir().join("runs"))
 }
 
 pub fn path(dir: &Path, run_id: &str) -> PathBuf {
     dir.join(format!("{run_id}.jsonl"))
+}
+
+/// How a step ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum StepStatus {
+    Ok,
+    Failed,
+    Skipped,
+}
+
+/// How a run (or an undo) ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RunStatus {
+    Ok,
+    /// A `continue_on_error` step failed.
+    Partial,
+    Failed,
+}
+
+/// What undoing one mutation did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum UndoStatus {
+    Undone,
+    Failed,
+    NotReversible,
+    DryRun,
+}
+
+/// The journal's name of a status (`ok`, `not-reversible` …), as serde writes it.
+pub fn name<T: Serialize>(status: &T) -> String {
+    match serde_json::to_value(status) {
+        Ok(Value::String(s)) => s,
+        _ => String::new(),
+    }
+}
+
+/// The start (or resumption) of a run.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunStart {
+    pub run: String,
+    pub started_at: String,
+    pub playbook: String,
+    /// The playbook file, or `playbooks/NAME.yaml` for a shipped one.
+    pub source: String,
+    pub digest: String,
+    /// Parameter values, secret ones replaced by `[redacted]`.
+    pub params: Map<String, Value>,
+    pub dry_run: bool,
+    pub user: String,
+    pub host: String,
+    pub kirt: String,
+}
+
+/// One line of a run journal. The JSON shape (`{"type": "step-end", …}`) is kirt's journal
+/// format; reading it back never trusts more than these fields.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "kebab-case")]
+pub enum Record {
+    RunStart(RunStart),
+    RunResume(RunStart),
+    StepStart {
+        step: String,
+        index: usize,
+        action: String,
+    },
+    /// One element of a step (one per `foreach` item): the `with:` it ran with.
+    StepItem {
+        step: String,
+        item: Option<Value>,
+        with: Value,
+    },
+    StepRetry {
+        step: String,
+        attempt: u32,
+        error: String,
+    },
+    /// An object the step changed, and the step that reverses it.
+    Mutation {
+        step: String,
+        action: String,
+        object: Value,
+        undo: Option<UndoPlan>,
+    },
+    StepEnd {
+        step: String,
+        status: StepStatus,
+        duration_seconds: f64,
+        attempts: u32,
+        outputs: Value,
+        error: Option<String>,
+        exit: u8,
+    },
+    RunEnd {
+        run: String,
+        status: RunStatus,
+        exit: u8,
+    },
+    UndoStart {
+        run: String,
+        mutations: usize,
+        dry_run: bool,
+    },
+    UndoStep {
+        /// The mutation's position in the journal.
+        mutation: u64,
+        step: String,
+        action: String,
+        status: UndoStatus,
+        outputs: Value,
+        error: Option<String>,
+    },
+    UndoEnd {
+        run: String,
+        status: RunStatus,
+    },
+}
+
+/// A record with the time it was written.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    pub time: String,
+    pub record: Record,
+}
+
+impl Serialize for Entry {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        let mut v = serde_json::to_value(&self.record).map_err(serde::ser::Error::custom)?;
+        if let Some(m) = v.as_object_mut() {
+            m.insert("time".into(), Value::String(self.time.clone()));
+        }
+        v.serialize(s)
+    }
 }
 
 /// Replaces known secret values wherever they appear inside strings.
@@ -118,14 +255,19 @@ impl Journal {
         })
     }
 
-    /// Appends one record (with its time) and fsyncs it.
-    pub fn write(&mut self, mut record: Value) -> Result<()> {
-        if let Some(m) = record.as_object_mut() {
-            m.insert("time".into(), json!(jiff::Timestamp::now().to_string()));
+    /// Appends one record (with its time), secrets redacted, and fsyncs it.
+    pub fn write(&mut self, record: Record) -> Result<()> {
+        let mut v = serde_json::to_value(&record)
+            .map_err(|e| Error::json("encoding a journal record", e))?;
+        if let Some(m) = v.as_object_mut() {
+            m.insert(
+                "time".into(),
+                Value::String(jiff::Timestamp::now().to_string()),
+            );
         }
-        self.redactor.value(&mut record);
-        let mut line = serde_json::to_vec(&record)
-            .map_err(|e| Error::failed(format!("encoding a journal record: {e}")))?;
+        self.redactor.value(&mut v);
+        let mut line =
+            serde_json::to_vec(&v).map_err(|e| Error::json("encoding a journal record", e))?;
         line.push(b'\n');
         self.file
             .write_all(&line)
@@ -134,8 +276,9 @@ impl Journal {
     }
 }
 
-/// Reads a journal; a torn last line (the run was killed mid-write) is ignored.
-pub fn read(path: &Path) -> Result<Vec<Value>> {
+/// Reads a journal. Lines that are not kirt records (a torn last line of a killed run, or text
+/// someone added) are skipped.
+pub fn read(path: &Path) -> Result<Vec<Entry>> {
     let f = File::open(path).map_err(|e| {
         if e.kind() == std::io::ErrorKind::NotFound {
             Error::not_found(
@@ -149,8 +292,16 @@ pub fn read(path: &Path) -> Result<Vec<Value>> {
     let mut out = Vec::new();
     for line in std::io::BufReader::new(f).lines() {
         let line = line.ctx(|| format!("reading the run journal {}", path.display()))?;
-        if let Ok(v) = serde_json::from_str::<Value>(&line) {
-            out.push(v);
+        let Ok(mut v) = serde_json::from_str::<Value>(&line) else {
+            continue;
+        };
+        let time = v
+            .as_object_mut()
+            .and_then(|m| m.remove("time"))
+            .and_then(|t| t.as_str().map(str::to_string))
+            .unwrap_or_default();
+        if let Ok(record) = serde_json::from_value::<Record>(v) {
+            out.push(Entry { time, record });
         }
     }
     Ok(out)
@@ -165,6 +316,35 @@ pub fn new_run_id() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn records_keep_the_journal_format() {
+        let r = Record::StepEnd {
+            step: "isolate".into(),
+            status: StepStatus::Ok,
+            duration_seconds: 1.5,
+            attempts: 1,
+            outputs: json!({"pods": []}),
+            error: None,
+            exit: 0,
+        };
+        let v = serde_json::to_value(&r).unwrap();
+        assert_eq!(v["type"], "step-end");
+        assert_eq!(v["status"], "ok");
+        let back: Record = serde_json::from_value(v).unwrap();
+        assert!(matches!(
+            back,
+            Record::StepEnd {
+                status: StepStatus::Ok,
+                ..
+            }
+        ));
+        // an edited record of an unknown type is not a record
+        assert!(
+            serde_json::from_value::<Record>(json!({"type": "exec-now", "argv": ["sh"]})).is_err()
+        );
+    }
 
     #[test]
     fn redacts_inside_strings_and_keys() {
@@ -183,7 +363,12 @@ mod tests {
     fn torn_last_line_is_ignored() {
         let d = tempfile::tempdir().unwrap();
         let mut j = Journal::create(d.path(), "r1").unwrap();
-        j.write(json!({"type": "run-start"})).unwrap();
+        j.write(Record::RunEnd {
+            run: "r1".into(),
+            status: RunStatus::Ok,
+            exit: 0,
+        })
+        .unwrap();
         std::fs::OpenOptions::new()
             .append(true)
             .open(&j.path)

@@ -2,6 +2,7 @@
 //! the meaning (actions, templates, references) is checked in `validate`.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -69,11 +70,13 @@ pub struct Step {
     #[serde(default)]
     pub retries: u32,
     /// First delay between attempts (e.g. 2s); doubles each time
-    #[serde(default)]
-    pub retry_delay: Option<String>,
+    #[serde(default, with = "crate::units::opt_duration_serde")]
+    #[schemars(with = "Option<String>")]
+    pub retry_delay: Option<Duration>,
     /// Give up on an attempt after this long (e.g. 5m); a child process is killed
-    #[serde(default)]
-    pub timeout: Option<String>,
+    #[serde(default, with = "crate::units::opt_duration_serde")]
+    #[schemars(with = "Option<String>")]
+    pub timeout: Option<Duration>,
     /// A failure is recorded and the run goes on (the run then exits 5)
     #[serde(default)]
     pub continue_on_error: bool,

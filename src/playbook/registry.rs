@@ -2,9 +2,9 @@
 //! `run` fn — the same ones its subcommand uses — so a step is exactly the command, never a second
 //! implementation. Adding an action is one `action!` line in `ACTIONS`.
 //!
-//! Specs are deserialized from the step's `with:` (kebab-case, unknown fields refused). Flags
-//! whose defaults live only in clap (`default_value`) get them from the spec's clap definition, and
-//! clap's required flags are required in `with:` too, so a step and its command agree.
+//! Specs are deserialized from the step's `with:` (kebab-case, unknown fields refused); a field
+//! left out takes the spec's `Default`, which is also the flag's default (a unit test holds the
+//! two together), and the fields a spec's schema marks required are required in `with:` too.
 
 use std::collections::BTreeMap;
 use std::sync::LazyLock;
@@ -48,9 +48,14 @@ pub struct ActionDef {
     pub check: fn(Value) -> std::result::Result<(), String>,
     pub mutation: Option<MutationFn>,
     pub spec: SpecInfo,
+    /// The subcommand's flags, and the spec's defaults as JSON: a unit test holds them together.
+    #[cfg(test)]
+    pub cli: fn() -> clap::Command,
+    #[cfg(test)]
+    pub defaults: fn() -> Value,
 }
 
-/// One `with:` field as clap and schemars describe it.
+/// One `with:` field as the spec's JSON Schema describes it.
 #[derive(Debug, Clone)]
 pub struct Field {
     /// Path in `with:` (nested option groups such as `s3` are objects).
@@ -58,7 +63,6 @@ pub struct Field {
     pub types: Vec<String>,
     /// Type of a list's elements.
     pub items: Option<String>,
-    pub default: Option<String>,
     pub required: bool,
 }
 
@@ -71,8 +75,13 @@ pub struct SpecInfo {
 }
 
 impl SpecInfo {
-    pub fn of<S: clap::Args + schemars::JsonSchema>() -> SpecInfo {
-        let mut schema = serde_json::to_value(schemars::schema_for!(S)).unwrap_or(Value::Null);
+    pub fn of<S: schemars::JsonSchema>() -> SpecInfo {
+        let schema = serde_json::to_value(schemars::schema_for!(S)).unwrap_or(Value::Null);
+        let required: Vec<&str> = schema
+            .get("required")
+            .and_then(Value::as_array)
+            .map(|r| r.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
         let mut fields = BTreeMap::new();
         let mut groups = Vec::new();
         let defs = schema.get("$defs").cloned().unwrap_or(Value::Null);
@@ -89,32 +98,16 @@ impl SpecInfo {
                         {
                             fields.insert(
                                 sub.clone(),
-                                Field::new(vec![name.clone(), sub.clone()], sp),
+                                Field::new(vec![name.clone(), sub.clone()], sp, false),
                             );
                         }
                     }
                     None => {
-                        fields.insert(name.clone(), Field::new(vec![name.clone()], p));
+                        let req = required.contains(&name.as_str());
+                        fields.insert(name.clone(), Field::new(vec![name.clone()], p, req));
                     }
                 }
             }
-        }
-        let cmd = S::augment_args(clap::Command::new("step"));
-        let mut required = Vec::new();
-        for arg in cmd.get_arguments() {
-            let name = arg.get_id().as_str().replace('_', "-");
-            if let Some(f) = fields.get_mut(&name) {
-                f.required = arg.is_required_set();
-                if let Some(d) = arg.get_default_values().first() {
-                    f.default = Some(d.to_string_lossy().into_owned());
-                }
-                if f.required && f.path.len() == 1 {
-                    required.push(Value::String(name));
-                }
-            }
-        }
-        if !required.is_empty() {
-            schema["required"] = Value::Array(required);
         }
         SpecInfo {
             schema,
@@ -123,29 +116,20 @@ impl SpecInfo {
         }
     }
 
-    /// Fills clap defaults and coerces scalars given as strings (`-p n=3`) to the field's type.
+    /// Coerces scalars given as strings (`-p n=3`) to the field's type; fields left out take the
+    /// spec's defaults when it is deserialized.
     pub fn prepare(&self, with: &mut Map<String, Value>) {
         for f in self.fields.values() {
             let (parent, leaf) = match f.path.as_slice() {
                 [leaf] => (&mut *with, leaf),
-                [group, leaf] => {
-                    let g = with
-                        .entry(group.clone())
-                        .or_insert_with(|| Value::Object(Map::new()));
-                    match g.as_object_mut() {
-                        Some(m) => (m, leaf),
-                        None => continue,
-                    }
-                }
+                [group, leaf] => match with.get_mut(group).and_then(Value::as_object_mut) {
+                    Some(m) => (m, leaf),
+                    None => continue,
+                },
                 _ => continue,
             };
-            match parent.get_mut(leaf) {
-                None => {
-                    if let Some(d) = &f.default {
-                        parent.insert(leaf.clone(), f.coerce(Value::String(d.clone())));
-                    }
-                }
-                Some(v) => *v = f.coerce(v.take()),
+            if let Some(v) = parent.get_mut(leaf) {
+                *v = f.coerce(v.take());
             }
         }
     }
@@ -154,7 +138,7 @@ impl SpecInfo {
     pub fn missing(&self, with: &Map<String, Value>) -> Vec<String> {
         self.fields
             .iter()
-            .filter(|(_, f)| f.required && f.default.is_none())
+            .filter(|(_, f)| f.required)
             .filter(|(_, f)| lookup(with, &f.path).is_none())
             .map(|(n, _)| n.clone())
             .collect()
@@ -180,7 +164,7 @@ impl SpecInfo {
 }
 
 impl Field {
-    fn new(path: Vec<String>, schema: &Value) -> Field {
+    fn new(path: Vec<String>, schema: &Value, required: bool) -> Field {
         let types = match schema.get("type") {
             Some(Value::String(t)) => vec![t.clone()],
             Some(Value::Array(ts)) => ts
@@ -198,8 +182,7 @@ impl Field {
             path,
             types,
             items,
-            default: None,
-            required: false,
+            required,
         }
     }
 
@@ -263,7 +246,7 @@ pub fn decode<S: serde::de::DeserializeOwned>(action: &str, with: Value) -> Resu
 }
 
 pub fn encode<T: serde::Serialize>(out: &T) -> Result<Value> {
-    serde_json::to_value(out).map_err(|e| Error::failed(format!("encoding step outputs: {e}")))
+    serde_json::to_value(out).map_err(|e| Error::json("encoding step outputs", e))
 }
 
 /// A result that implies a failure (a verification that found a mismatch) fails the step.
@@ -316,13 +299,17 @@ macro_rules! action {
             check,
             mutation,
             spec: SpecInfo::of::<$spec>(),
+            #[cfg(test)]
+            cli: || <$spec as clap::Args>::augment_args(clap::Command::new($name)),
+            #[cfg(test)]
+            defaults: || serde_json::to_value(<$spec>::default()).unwrap_or(Value::Null),
         }
     }};
 }
 
 static ACTIONS: LazyLock<Vec<ActionDef>> = LazyLock::new(|| {
     use actions::backup::{create, prune, verify};
-    use actions::rollback::{history, undo, wait};
+    use actions::rollback::{history, revert, wait};
     use actions::{evidence, quarantine};
     vec![
         action!("backup.create", create::BackupCreateSpec, create::run,
@@ -349,7 +336,7 @@ static ACTIONS: LazyLock<Vec<ActionDef>> = LazyLock::new(|| {
             actions::drill::run,
             "disaster-recovery drill with RPO/RTO report (kirt drill)"
         ),
-        action!("rollback.undo", undo::RollbackSpec, undo::run,
+        action!("rollback.undo", revert::RollbackSpec, revert::run,
             "roll a workload back to an earlier revision (kirt rollback)", mutates: rolled_back),
         action!(
             "rollback.history",
@@ -507,25 +494,91 @@ mod tests {
     use super::*;
 
     #[test]
-    fn clap_defaults_and_required_apply_to_steps() {
+    fn defaults_and_required_fields_apply_to_steps() {
         let a = get("backup.verify").unwrap();
         let mut with = Map::new();
         assert_eq!(a.spec.missing(&with), vec!["from".to_string()]);
         with.insert("from".into(), json!("/tmp/b"));
         a.spec.prepare(&mut with);
-        assert_eq!(with["backup"], "latest");
-        assert_eq!(with["etcd-bin"], "etcd");
+        let v: actions::backup::verify::BackupVerifySpec =
+            decode("backup.verify", Value::Object(with)).unwrap();
+        assert_eq!(v.backup, "latest");
+        assert_eq!(v.etcd_bin, std::path::PathBuf::from("etcd"));
         let c = get("backup.create").unwrap();
         let mut with = Map::new();
         with.insert("compression-level".into(), json!("5"));
         c.spec.prepare(&mut with);
         assert_eq!(with["compression-level"], 5);
-        assert_eq!(with["s3"]["concurrency"], 4);
+        let spec: actions::backup::create::BackupCreateSpec =
+            decode("backup.create", Value::Object(with)).unwrap();
+        assert_eq!(spec.compression_level, 5);
+        assert_eq!(spec.s3.concurrency, 4);
         let mut bad = Map::new();
         bad.insert("bogus".into(), json!(1));
         bad.insert("s3".into(), json!({"nope": 1, "region": "x"}));
         bad.insert("region".into(), json!("x"));
         assert_eq!(c.spec.unknown(&bad), vec!["bogus", "region", "s3.nope"]);
+    }
+
+    /// A step and its subcommand agree: every flag's default is the spec's `Default`, and every
+    /// flag clap requires is required in `with:`.
+    #[test]
+    fn flag_defaults_and_spec_defaults_agree() {
+        fn same(flag: &str, v: &Value) -> bool {
+            let text = match v {
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            text == flag
+                || matches!((flag.parse::<f64>(), text.parse::<f64>()), (Ok(a), Ok(b)) if a == b)
+                || matches!((crate::units::parse_size(flag), text.parse::<u64>()), (Ok(a), Ok(b)) if a == b)
+                || matches!((crate::units::parse_duration(flag), crate::units::parse_duration(&text)), (Ok(a), Ok(b)) if a == b)
+        }
+        for a in all() {
+            let cmd = (a.cli)();
+            let defaults = (a.defaults)();
+            for arg in cmd.get_arguments() {
+                let name = arg.get_id().as_str().replace('_', "-");
+                if name == "help" {
+                    continue;
+                }
+                let value = defaults.get(&name).or_else(|| {
+                    a.spec
+                        .fields
+                        .get(&name)
+                        .filter(|f| f.path.len() == 2)
+                        .and_then(|f| defaults.get(&f.path[0])?.get(&f.path[1]))
+                });
+                if let Some(d) = arg.get_default_values().first() {
+                    let d = d.to_string_lossy();
+                    let v =
+                        value.unwrap_or_else(|| panic!("{}: --{name} has no spec field", a.name));
+                    assert!(
+                        same(&d, v),
+                        "{}: --{name} defaults to {d} but the spec to {v}",
+                        a.name
+                    );
+                }
+                if arg.is_required_set() {
+                    assert!(
+                        a.spec.fields.get(&name).is_some_and(|f| f.required),
+                        "{}: {name} is required on the command line but not in `with:`",
+                        a.name
+                    );
+                }
+            }
+            for (name, f) in &a.spec.fields {
+                if f.required {
+                    assert!(
+                        cmd.get_arguments()
+                            .any(|arg| arg.get_id().as_str().replace('_', "-") == *name
+                                && arg.is_required_set()),
+                        "{}: {name} is required in `with:` but not on the command line",
+                        a.name
+                    );
+                }
+            }
+        }
     }
 
     #[test]

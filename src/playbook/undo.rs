@@ -3,9 +3,9 @@
 //! undone are not undone twice; the undo is journaled in the same file.
 
 use serde::Serialize;
-use serde_json::{json, Value};
+use serde_json::Value;
 
-use super::journal::{self, Journal};
+use super::journal::{self, Journal, Record, RunStatus, UndoStatus};
 use super::registry;
 use crate::context::Ctx;
 use crate::error::{Error, Exit, Result};
@@ -26,8 +26,7 @@ pub struct UndoItem {
     pub step: String,
     pub action: String,
     pub object: Value,
-    /// undone, failed, not-reversible, dry-run
-    pub status: String,
+    pub status: UndoStatus,
     pub outputs: Value,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
@@ -54,9 +53,10 @@ impl Render for UndoResult {
                     .map(|n| format!("in {n}"))
                     .unwrap_or_default()
             );
+            let status = journal::name(&i.status);
             let st = match &i.error {
-                Some(e) => format!("{} ({e})", i.status),
-                None => i.status.clone(),
+                Some(e) => format!("{status} ({e})"),
+                None => status.to_string(),
             };
             t.row([i.step.clone(), i.action.clone(), obj, st]);
         }
@@ -75,18 +75,24 @@ impl Render for UndoResult {
 
 pub async fn run(ctx: &Ctx, spec: UndoSpec) -> Result<UndoResult> {
     let path = journal::path(&journal::dir(ctx), &spec.run_id);
-    let records = journal::read(&path)?;
+    let entries = journal::read(&path)?;
     // mutations are numbered by their position in the journal; undone ones are recorded by it
-    let undone: Vec<u64> = records
+    let undone: Vec<u64> = entries
         .iter()
-        .filter(|r| r["type"] == "undo-step" && r["status"] == "undone")
-        .filter_map(|r| r["mutation"].as_u64())
+        .filter_map(|e| match &e.record {
+            Record::UndoStep {
+                mutation,
+                status: UndoStatus::Undone,
+                ..
+            } => Some(*mutation),
+            _ => None,
+        })
         .collect();
-    let todo: Vec<(u64, &Value)> = records
+    let todo: Vec<(u64, &Record)> = entries
         .iter()
         .enumerate()
-        .filter(|(_, r)| r["type"] == "mutation")
-        .map(|(i, r)| (i as u64, r))
+        .filter(|(_, e)| matches!(e.record, Record::Mutation { .. }))
+        .map(|(i, e)| (i as u64, &e.record))
         .filter(|(i, _)| !undone.contains(i))
         .collect();
     let mut result = UndoResult {
@@ -103,44 +109,69 @@ pub async fn run(ctx: &Ctx, spec: UndoSpec) -> Result<UndoResult> {
         spec.run_id
     ))?;
     let mut j = Journal::append_to(&path)?;
-    j.write(json!({"type": "undo-start", "run": spec.run_id, "mutations": todo.len(), "dry_run": ctx.dry_run}))?;
+    j.write(Record::UndoStart {
+        run: spec.run_id.clone(),
+        mutations: todo.len(),
+        dry_run: ctx.dry_run,
+    })?;
     let mut failed = 0;
     for (seq, m) in todo.into_iter().rev() {
+        let Record::Mutation {
+            step,
+            action,
+            object,
+            undo,
+        } = m
+        else {
+            continue;
+        };
         let mut item = UndoItem {
-            step: m["step"].as_str().unwrap_or("").into(),
-            action: m["action"].as_str().unwrap_or("").into(),
-            object: m["object"].clone(),
-            status: String::new(),
+            step: step.clone(),
+            action: action.clone(),
+            object: object.clone(),
+            status: UndoStatus::NotReversible,
             outputs: Value::Null,
             error: None,
         };
-        let plan: Option<registry::UndoPlan> = serde_json::from_value(m["undo"].clone()).ok();
-        match plan {
-            None => item.status = "not-reversible".into(),
-            Some(plan) => match run_plan(ctx, &plan).await {
+        if let Some(plan) = undo {
+            match run_plan(ctx, plan).await {
                 Ok(out) => {
-                    item.status = if ctx.dry_run { "dry-run" } else { "undone" }.into();
+                    item.status = if ctx.dry_run {
+                        UndoStatus::DryRun
+                    } else {
+                        UndoStatus::Undone
+                    };
                     item.outputs = out;
                 }
                 Err(e) => {
                     failed += 1;
-                    item.status = "failed".into();
+                    item.status = UndoStatus::Failed;
                     item.error = Some(e.to_string());
                     if result.exit == Exit::Ok {
                         result.exit = e.exit();
                     }
                 }
-            },
+            }
         }
-        j.write(
-            json!({"type": "undo-step", "mutation": seq, "step": item.step, "action": item.action,
-                       "status": item.status, "outputs": item.outputs, "error": item.error}),
-        )?;
+        j.write(Record::UndoStep {
+            mutation: seq,
+            step: item.step.clone(),
+            action: item.action.clone(),
+            status: item.status,
+            outputs: item.outputs.clone(),
+            error: item.error.clone(),
+        })?;
         result.items.push(item);
     }
-    let status = if failed == 0 { "ok" } else { "failed" };
     if !ctx.dry_run {
-        j.write(json!({"type": "undo-end", "run": spec.run_id, "status": status}))?;
+        j.write(Record::UndoEnd {
+            run: spec.run_id.clone(),
+            status: if failed == 0 {
+                RunStatus::Ok
+            } else {
+                RunStatus::Failed
+            },
+        })?;
     }
     if failed > 0 && failed < result.items.len() {
         result.exit = Exit::Partial;

@@ -295,20 +295,6 @@ pub fn check(file: &str, text: &str, pb: &Playbook, params: Params<'_>) -> Probl
                 ),
             );
         }
-        for (key, v) in [
-            ("timeout", &step.timeout),
-            ("retry_delay", &step.retry_delay),
-        ] {
-            if let Some(d) = v {
-                if let Err(e) = crate::util::parse_duration(d) {
-                    add(
-                        loc.step_key(i, key),
-                        format!("step {}: {key}: {e}", step.id),
-                    );
-                }
-            }
-        }
-
         // templates: syntax and what they refer to
         let mut templated: BTreeSet<Vec<String>> = BTreeSet::new();
         let mut exprs: Vec<(&str, Vec<String>, bool, &str)> = Vec::new();

@@ -94,9 +94,11 @@ impl Store for LocalStore {
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>> {
         let root = self.root.clone();
         let prefix = prefix.to_string();
-        tokio::task::spawn_blocking(move || list_dir(&root, &prefix))
-            .await
-            .map_err(|e| Error::failed(format!("listing task failed: {e}")))?
+        crate::error::join(
+            "listing",
+            tokio::task::spawn_blocking(move || list_dir(&root, &prefix)),
+        )
+        .await?
     }
 
     async fn delete(&self, key: &str) -> Result<()> {

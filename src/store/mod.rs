@@ -76,29 +76,6 @@ pub trait Upload: Send {
     async fn abort(self: Box<Self>);
 }
 
-/// The upload stage of a pipeline: writes what arrives on `rx` into `upload` (nothing in a dry
-/// run) and hands the upload back for commit once the channel closes. On a write error the upload
-/// is aborted at once and the error returned; dropping `rx` then stops the stages before it.
-pub fn spawn_uploader(
-    upload: Option<Box<dyn Upload>>,
-    mut rx: tokio::sync::mpsc::Receiver<Bytes>,
-) -> tokio::task::JoinHandle<Result<Option<Box<dyn Upload>>>> {
-    tokio::spawn(async move {
-        let mut upload = upload;
-        while let Some(chunk) = rx.recv().await {
-            if let Some(up) = upload.as_mut() {
-                if let Err(e) = up.write(chunk).await {
-                    if let Some(up) = upload.take() {
-                        up.abort().await;
-                    }
-                    return Err(e);
-                }
-            }
-        }
-        Ok(upload)
-    })
-}
-
 /// Opens `url`: `s3://bucket/prefix`, `file:///dir` or a plain directory path.
 pub async fn open(url: &str, s3: &S3Options) -> Result<Arc<dyn Store>> {
     if let Some(rest) = url.strip_prefix("s3://") {

@@ -40,8 +40,8 @@ pub struct S3Options {
     #[arg(long, value_name = "CLASS")]
     pub storage_class: Option<String>,
     /// Multipart part size, e.g. 8MiB (minimum 5MiB); memory ≈ part size × (concurrency + 1)
-    #[arg(long, value_name = "SIZE", default_value = "8MiB", value_parser = crate::util::parse_size)]
-    #[serde(with = "crate::util::size_serde")]
+    #[arg(long, value_name = "SIZE", default_value = "8MiB", value_parser = crate::units::parse_size)]
+    #[serde(with = "crate::units::size_serde")]
     #[schemars(with = "String")]
     pub part_size: u64,
     /// Parts uploaded at the same time
@@ -164,8 +164,13 @@ fn s3_err<E>(
     e: SdkError<E, aws_sdk_s3::config::http::HttpResponse>,
 ) -> Error
 where
-    E: ProvideErrorMetadata + std::error::Error + 'static,
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
 {
+    let with_source = |message: String, e| Error::Store {
+        location: loc.to_string(),
+        message,
+        source: Some(Box::new(e)),
+    };
     match &e {
         SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) => Error::Unreachable {
             what: "S3",
@@ -182,14 +187,17 @@ where
             match code {
                 "NoSuchBucket" => Error::not_found(format!("bucket of {loc}"), "create the bucket or fix the URL"),
                 "NoSuchKey" | "NotFound" => Error::not_found(format!("object {loc}"), "check the backup id (kirt backup list)"),
-                "AccessDenied" | "InvalidAccessKeyId" | "SignatureDoesNotMatch" => Error::store(
-                    loc,
+                "AccessDenied" | "InvalidAccessKeyId" | "SignatureDoesNotMatch" => with_source(
                     format!("{what}: access denied ({code}); check the credentials and the bucket policy"),
+                    e,
                 ),
                 _ if status == 404 && code.is_empty() => {
                     Error::not_found(loc.to_string(), "check the bucket and key")
                 }
-                _ => Error::store(loc, format!("{what} failed: {}", DisplayErrorContext(&e))),
+                _ => {
+                    let message = format!("{what} failed: {}", DisplayErrorContext(&e));
+                    with_source(message, e)
+                }
             }
         }
     }
@@ -514,7 +522,7 @@ mod pending {
     }
 
     fn dir() -> PathBuf {
-        crate::util::state_dir().join("pending-uploads")
+        crate::context::state_dir().join("pending-uploads")
     }
 
     fn path(endpoint: &str, bucket: &str, key: &str, id: &str) -> PathBuf {

@@ -395,7 +395,7 @@ pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
 
 /// A free TCP port on 127.0.0.1.
 pub fn free_port() -> u16 {
-    kirt::util::free_loopback_port().expect("a free loopback port")
+    kirt::scratch::free_loopback_port().expect("a free loopback port")
 }
 
 /// A server process this test started; killed (by its PID) when dropped.

@@ -3,7 +3,12 @@
 # what each step checked. Stops the lab again if it started it (KEEP_LAB=1 keeps it running).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-cargo build --workspace --quiet
+# The first build on a fresh machine compiles ~500 crates (10-20 minutes on 2 cores): say so and
+# let cargo show its progress instead of sitting silent.
+if [[ ! -x target/debug/kirt ]]; then
+  echo "== building kirt and the lab's simulated kubelet (first build: 10-20 minutes on 2 cores)"
+fi
+cargo build --workspace
 KIRT="$PWD/target/debug/kirt"
 LAB_DIR="${KIRT_LAB_DIR:-$PWD/.lab}"
 started_here=0

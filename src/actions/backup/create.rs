@@ -3,27 +3,34 @@
 //! object is committed only if every stage succeeded and etcd's trailer checks out; the manifest
 //! is written after it and is the commit marker.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Instant;
 
 use bytes::Bytes;
 use etcd_client::GetOptions;
 use serde::{Deserialize, Serialize};
-use tokio::sync::mpsc;
 
 use super::manifest::{self, Manifest};
 use super::metrics;
-use super::EncryptOptions;
 use crate::context::Ctx;
-use crate::error::{Error, Result};
-use crate::etcd::EtcdOptions;
+use crate::crypto::{EncryptOptions, EncryptionInfo};
+use crate::error::{join, to_json, Error, Result};
+use crate::etcd::{EtcdOptions, MemberStatus};
 use crate::output::{Render, Table};
-use crate::pipeline::{ChannelWriter, Compression, Encoder, TrailerCheck, DEPTH};
-use crate::store::{self, S3Options, Upload};
-use crate::util::human_bytes;
+use crate::pipeline::{
+    self, Compression, Encryption, Feed, Job, Pending, SnapshotDigest, TrailerCheck,
+};
+use crate::progress::Stage;
+use crate::store::{self, S3Options, Store};
+use crate::units::human_bytes;
 
-#[derive(Debug, Clone, Default, clap::Args, Serialize, Deserialize, schemars::JsonSchema)]
+/// zstd level when none is given: on etcd data as small as 3 at half the CPU (docs/backup.md).
+const COMPRESSION_LEVEL: i32 = 1;
+
+#[derive(Debug, Clone, clap::Args, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(default, rename_all = "kebab-case", deny_unknown_fields)]
+#[schemars(extend("required" = ["to"]))]
 pub struct BackupCreateSpec {
     #[command(flatten)]
     pub etcd: EtcdOptions,
@@ -42,7 +49,7 @@ pub struct BackupCreateSpec {
     #[arg(
         long,
         value_name = "N",
-        default_value_t = 1,
+        default_value_t = COMPRESSION_LEVEL,
         allow_negative_numbers = true
     )]
     pub compression_level: i32,
@@ -59,6 +66,23 @@ pub struct BackupCreateSpec {
     /// password from $KIRT_SIGN_PASSWORD if the key is encrypted)
     #[arg(long, value_name = "FILE")]
     pub sign_key: Option<PathBuf>,
+}
+
+impl Default for BackupCreateSpec {
+    fn default() -> Self {
+        BackupCreateSpec {
+            etcd: EtcdOptions::default(),
+            to: String::new(),
+            s3: S3Options::default(),
+            encryption: EncryptOptions::default(),
+            cluster_name: None,
+            compression_level: COMPRESSION_LEVEL,
+            threads: None,
+            metrics_file: None,
+            pushgateway: None,
+            sign_key: None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -119,96 +143,108 @@ impl Render for BackupResult {
 }
 
 pub async fn run(ctx: &Ctx, spec: BackupCreateSpec) -> Result<BackupResult> {
-    let started = jiff::Timestamp::now();
-    let result = create(ctx, &spec, started).await;
+    let result = create(ctx, &spec).await;
     if spec.metrics_file.is_some() || spec.pushgateway.is_some() {
-        let cluster = match &result {
-            Ok(r) => r.cluster.clone(),
-            Err(_) => spec
-                .cluster_name
-                .clone()
-                .unwrap_or_else(|| "unknown".into()),
-        };
-        let outcome = metrics::Outcome {
-            cluster: &cluster,
-            now: jiff::Timestamp::now(),
-            success: result
-                .as_ref()
-                .ok()
-                .filter(|r| !r.dry_run)
-                .map(|r| metrics::Success {
-                    duration_seconds: r.duration_seconds,
-                    snapshot_bytes: r.snapshot_size,
-                    stored_bytes: r.stored_size,
-                    revision: r.revision,
-                }),
-        };
-        let text = match &spec.metrics_file {
-            Some(path) => metrics::write(path, &outcome).unwrap_or_else(|e| {
-                tracing::error!(error = %e, "could not write the metrics file");
-                metrics::render("", &outcome)
-            }),
-            None => metrics::render("", &outcome),
-        };
-        if let Some(gw) = &spec.pushgateway {
-            if let Err(e) = metrics::push(gw, &cluster, &text).await {
-                tracing::error!(error = %e, "could not push metrics to the pushgateway");
-            }
-        }
+        report_metrics(&spec, &result).await;
     }
     result
 }
 
-async fn create(
-    ctx: &Ctx,
-    spec: &BackupCreateSpec,
-    started: jiff::Timestamp,
-) -> Result<BackupResult> {
-    let clock = Instant::now();
-    // Everything that can be wrong with the input is checked before etcd is touched.
-    if spec.to.is_empty() {
-        return Err(Error::usage(
-            "missing --to: where to store the backup (s3://BUCKET/PREFIX or a directory)",
-        ));
-    }
-    spec.etcd.validate()?;
-    let (encryption, enc_info) = spec.encryption.resolve()?;
-    let threads = spec.threads.unwrap_or_else(|| {
-        std::thread::available_parallelism()
-            .map(|n| n.get() as u32)
-            .unwrap_or(1)
-    });
-    let compression = Compression::zstd(spec.compression_level, threads)?;
-    if let Some(name) = &spec.cluster_name {
-        if name.is_empty() || name.contains(['/', '\\']) || name.starts_with('.') {
-            return Err(Error::usage(format!(
-                "invalid --cluster-name {name:?}: no slashes, not empty"
-            )));
+/// Textfile and/or Pushgateway metrics of this run, success or failure (never fails the run).
+async fn report_metrics(spec: &BackupCreateSpec, result: &Result<BackupResult>) {
+    let cluster = match result {
+        Ok(r) => r.cluster.clone(),
+        Err(_) => spec
+            .cluster_name
+            .clone()
+            .unwrap_or_else(|| "unknown".into()),
+    };
+    let outcome = metrics::Outcome {
+        cluster: &cluster,
+        now: jiff::Timestamp::now(),
+        success: result
+            .as_ref()
+            .ok()
+            .filter(|r| !r.dry_run)
+            .map(|r| metrics::Success {
+                duration_seconds: r.duration_seconds,
+                snapshot_bytes: r.snapshot_size,
+                stored_bytes: r.stored_size,
+                revision: r.revision,
+            }),
+    };
+    let text = match &spec.metrics_file {
+        Some(path) => metrics::write(path, &outcome).unwrap_or_else(|e| {
+            tracing::error!(error = %e, "could not write the metrics file");
+            metrics::render("", &outcome)
+        }),
+        None => metrics::render("", &outcome),
+    };
+    if let Some(gw) = &spec.pushgateway {
+        if let Err(e) = metrics::push(gw, &cluster, &text).await {
+            tracing::error!(error = %e, "could not push metrics to the pushgateway");
         }
     }
-    let signer = spec
-        .sign_key
-        .as_deref()
-        .map(super::signing::load_secret_key)
-        .transpose()?;
-    let store = store::open(&spec.to, &spec.s3).await?;
-    // Fail on a missing bucket, bad credentials or an unreachable store before etcd is touched.
-    store.check().await?;
+}
 
-    let (client, status) = spec.etcd.connect_healthy().await?;
-    let endpoint = status.endpoint.clone();
-    let etcd_err = |context: &str, e: etcd_client::Error| Error::Etcd {
-        endpoint: endpoint.clone(),
+/// Everything that can be wrong with the input, checked before etcd or the store is touched.
+struct Plan {
+    encryption: Encryption,
+    enc_info: Option<EncryptionInfo>,
+    compression: Compression,
+    signer: Option<minisign::SecretKey>,
+}
+
+impl Plan {
+    fn check(spec: &BackupCreateSpec) -> Result<Plan> {
+        if spec.to.is_empty() {
+            return Err(Error::usage(
+                "missing --to: where to store the backup (s3://BUCKET/PREFIX or a directory)",
+            ));
+        }
+        spec.etcd.validate()?;
+        let (encryption, enc_info) = spec.encryption.resolve(true)?;
+        let threads = spec.threads.unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(|n| n.get() as u32)
+                .unwrap_or(1)
+        });
+        let compression = Compression::zstd(spec.compression_level, threads)?;
+        if let Some(name) = &spec.cluster_name {
+            if name.is_empty() || name.contains(['/', '\\']) || name.starts_with('.') {
+                return Err(Error::usage(format!(
+                    "invalid --cluster-name {name:?}: no slashes, not empty"
+                )));
+            }
+        }
+        let signer = spec
+            .sign_key
+            .as_deref()
+            .map(super::signing::load_secret_key)
+            .transpose()?;
+        Ok(Plan {
+            encryption,
+            enc_info,
+            compression,
+            signer,
+        })
+    }
+}
+
+/// The revision read before the snapshot starts, and what etcd holds at it: the snapshot
+/// contains at least this revision, so a restore can reproduce these counts (and the HashKV).
+struct AtRevision {
+    revision: i64,
+    key_count: i64,
+    prefix_counts: BTreeMap<String, i64>,
+}
+
+async fn read_revision(client: &etcd_client::Client, status: &MemberStatus) -> Result<AtRevision> {
+    let etcd_err = |context: &str, e| Error::Etcd {
+        endpoint: status.endpoint.clone(),
         context: context.into(),
         source: e,
     };
-    let cluster = spec
-        .cluster_name
-        .clone()
-        .unwrap_or_else(|| format!("etcd-{}", status.cluster_id));
-
-    // The revision before the snapshot starts: the snapshot contains at least this revision, so
-    // key count and HashKV at it can be reproduced from a restore.
     let mut kv = client.kv_client();
     let head = kv
         .get(
@@ -221,129 +257,91 @@ async fn create(
         .header()
         .map(|h| h.revision())
         .unwrap_or(status.revision);
-    let key_count = head.count();
     let prefix_counts = manifest::count_prefixes(&mut kv, revision)
         .await
         .map_err(|e| etcd_err("counting keys", e))?;
+    Ok(AtRevision {
+        revision,
+        key_count: head.count(),
+        prefix_counts,
+    })
+}
+
+async fn create(ctx: &Ctx, spec: &BackupCreateSpec) -> Result<BackupResult> {
+    let started = jiff::Timestamp::now();
+    let clock = Instant::now();
+    let plan = Plan::check(spec)?;
+    let store = store::open(&spec.to, &spec.s3).await?;
+    // Fail on a missing bucket, bad credentials or an unreachable store before etcd is touched.
+    store.check().await?;
+
+    let (client, status) = spec.etcd.connect_healthy().await?;
+    let endpoint = status.endpoint.clone();
+    let cluster = spec
+        .cluster_name
+        .clone()
+        .unwrap_or_else(|| format!("etcd-{}", status.cluster_id));
+    let at = read_revision(&client, &status).await?;
     // HashKV walks the whole keyspace: run it beside the snapshot stream.
     let mut maint = client.maintenance_client();
+    let revision = at.revision;
     let hash_task = tokio::spawn(async move { maint.hash_kv(revision).await });
 
-    let id = manifest::backup_id(started, revision);
-    let encrypted = enc_info.is_some();
+    let id = manifest::backup_id(started, at.revision);
+    let encrypted = plan.enc_info.is_some();
     let object_key = manifest::object_key(&cluster, &id, encrypted);
-    tracing::info!(member = %endpoint, revision, keys = key_count, object = %object_key, "streaming snapshot");
+    tracing::info!(member = %endpoint, revision = at.revision, keys = at.key_count, object = %object_key, "streaming snapshot");
 
-    let dry_run = ctx.dry_run;
-    let upload: Option<Box<dyn Upload>> = if dry_run {
-        None
-    } else {
-        Some(store.create(&object_key).await?)
+    let job = Job {
+        compression: plan.compression,
+        encryption: plan.encryption,
+        upload: if ctx.dry_run {
+            None
+        } else {
+            Some(store.create(&object_key).await?)
+        },
+        depth: 64,
     };
-
-    // stage 2: compress + encrypt on a blocking thread
-    let (plain_tx, mut plain_rx) = mpsc::channel::<Bytes>(64);
-    let (stored_tx, stored_rx) = mpsc::channel::<Bytes>(DEPTH);
-    let encoder = tokio::task::spawn_blocking(move || -> Result<crate::pipeline::EncodeStats> {
-        let mut enc = Encoder::new(ChannelWriter::new(stored_tx), &compression, &encryption)?;
-        while let Some(chunk) = plain_rx.blocking_recv() {
-            enc.write_all(&chunk)
-                .map_err(|e| Error::io("compressing/encrypting", e))?;
-        }
-        enc.finish()
-            .map_err(|e| Error::io("finishing compression/encryption", e))
-    });
-    // stage 3: upload
-    let uploader = store::spawn_uploader(upload, stored_rx);
-
-    // stage 1: the snapshot stream, hashed on the fly
     let stage = ctx
         .progress
         .stage("snapshot", Some(status.db_size.max(0) as u64));
-    let mut trailer = TrailerCheck::default();
-    let stream_result: Result<()> = async {
-        let mut maint = client.maintenance_client();
-        let mut stream = maint.snapshot().await.map_err(|e| etcd_err("starting the snapshot", e))?;
-        let mut remaining = u64::MAX;
-        loop {
-            let msg = tokio::select! {
-                m = stream.message() => m,
-                _ = shutdown_signal() => return Err(Error::failed("interrupted; nothing was published")),
-            };
-            match msg.map_err(|e| etcd_err("snapshot stream broke", e))? {
-                Some(mut resp) => {
-                    remaining = resp.remaining_bytes();
-                    // Take the blob out of the message: no copy of the snapshot in kirt.
-                    let blob = Bytes::from(std::mem::take(&mut resp.0.blob));
-                    trailer.update(&blob);
-                    stage.inc(blob.len() as u64);
-                    if plain_tx.send(blob).await.is_err() {
-                        return Ok(()); // a later stage failed; its error is reported below
-                    }
-                }
-                None => break,
-            }
-        }
-        if remaining != 0 && remaining != u64::MAX {
-            return Err(Error::failed(format!("etcd {endpoint} ended the snapshot stream early ({remaining} bytes missing)")));
-        }
-        Ok(())
-    }
+    let outcome = pipeline::run(job, pipeline::copy_chunks, |feed| {
+        stream_snapshot(&client, &endpoint, feed, &*stage)
+    })
     .await;
     stage.finish();
-    drop(plain_tx);
-
-    let encoded = encoder
-        .await
-        .map_err(|e| Error::failed(format!("encoder task: {e}")))?;
-    let uploaded = uploader
-        .await
-        .map_err(|e| Error::failed(format!("upload task: {e}")))?;
-    let digest = trailer.finish();
-
-    // Decide: commit only if every stage succeeded. Report the root cause first.
-    let upload = match (stream_result, encoded, uploaded) {
-        (_, _, Err(e)) => return Err(e),
-        (Err(e), _, Ok(up)) => {
-            abort(up).await;
-            return Err(e);
+    let encoded = outcome.into_result()?;
+    let digest = encoded.output;
+    if !digest.trailer_ok {
+        encoded.upload.abort().await;
+        return Err(Error::VerifyFailed(format!(
+            "etcd {endpoint} sent a snapshot whose sha256 trailer does not match its content ({} bytes); nothing was published",
+            digest.size
+        )));
+    }
+    let hash = match join("HashKV", hash_task).await {
+        Ok(Ok(h)) => h,
+        Ok(Err(e)) => {
+            encoded.upload.abort().await;
+            return Err(Error::Etcd {
+                endpoint,
+                context: "HashKV".into(),
+                source: e,
+            });
         }
-        (Ok(()), Err(e), Ok(up)) => {
-            abort(up).await;
-            return Err(e);
-        }
-        (Ok(()), Ok(enc), Ok(up)) => {
-            if !digest.trailer_ok {
-                abort(up).await;
-                return Err(Error::VerifyFailed(format!(
-                    "etcd {endpoint} sent a snapshot whose sha256 trailer does not match its content ({} bytes); nothing was published",
-                    digest.size
-                )));
-            }
-            (up, enc)
-        }
-    };
-    let (upload, enc) = upload;
-    let hash = hash_task
-        .await
-        .map_err(|e| Error::failed(format!("HashKV task: {e}")))?
-        .map_err(|e| etcd_err("HashKV", e));
-    let hash = match hash {
-        Ok(h) => h,
         Err(e) => {
-            abort(upload).await;
+            encoded.upload.abort().await;
             return Err(e);
         }
     };
 
-    let finished = jiff::Timestamp::now();
     let m = Manifest {
         format: manifest::FORMAT.into(),
         id: id.clone(),
         cluster_name: cluster.clone(),
         object: object_key.clone(),
-        object_size: enc.stored_size,
-        object_sha256: enc.stored_sha256.clone(),
+        object_size: encoded.stats.stored_size,
+        object_sha256: encoded.stats.stored_sha256.clone(),
         snapshot: manifest::SnapshotInfo {
             size: digest.size,
             sha256: digest.file_sha256,
@@ -354,41 +352,27 @@ async fn create(
             version: status.version.clone(),
             cluster_id: status.cluster_id.clone(),
             member_id: status.member_id.clone(),
-            revision,
-            key_count,
+            revision: at.revision,
+            key_count: at.key_count,
             hash_kv: hash.hash(),
             compact_revision: hash.compact_version(),
             db_size: status.db_size,
-            prefix_counts,
+            prefix_counts: at.prefix_counts,
         },
         compression: manifest::CompressionInfo {
             algorithm: "zstd".into(),
             level: spec.compression_level,
         },
-        encryption: enc_info,
+        encryption: plan.enc_info,
         kirt_version: crate::actions::version::long(),
         started_at: started,
-        finished_at: finished,
+        finished_at: jiff::Timestamp::now(),
     };
     let manifest_key = manifest::manifest_key(&cluster, &id);
-    if let Some(upload) = upload {
-        upload.commit().await?;
-        let json =
-            serde_json::to_vec_pretty(&m).map_err(|e| Error::failed(format!("manifest: {e}")))?;
-        if let Some(sk) = &signer {
-            // the signature goes first: the manifest stays the last write, the commit marker
-            let sig = super::signing::sign(sk, &json, &id)?;
-            let sig_key = format!("{manifest_key}{}", super::signing::SUFFIX);
-            if let Err(e) = store.put(&sig_key, Bytes::from(sig)).await {
-                let _ = store.delete(&object_key).await;
-                return Err(e);
-            }
-        }
-        if let Err(e) = store.put(&manifest_key, Bytes::from(json)).await {
-            // Without its manifest the object is not a backup; remove it rather than leave an orphan.
-            let _ = store.delete(&object_key).await;
-            return Err(e);
-        }
+    if ctx.dry_run {
+        encoded.upload.abort().await;
+    } else {
+        publish(store.as_ref(), encoded.upload, &m, plan.signer.as_ref()).await?;
     }
     let result = BackupResult {
         id,
@@ -398,13 +382,13 @@ async fn create(
         manifest: manifest_key,
         member: endpoint,
         etcd_version: status.version,
-        revision,
-        key_count,
+        revision: at.revision,
+        key_count: at.key_count,
         snapshot_size: m.snapshot.size,
         stored_size: m.object_size,
         duration_seconds: clock.elapsed().as_secs_f64(),
         encrypted,
-        dry_run,
+        dry_run: ctx.dry_run,
     };
     tracing::info!(
         backup = %result.id, snapshot_bytes = result.snapshot_size, stored_bytes = result.stored_size,
@@ -413,24 +397,73 @@ async fn create(
     Ok(result)
 }
 
-async fn abort(up: Option<Box<dyn Upload>>) {
-    if let Some(up) = up {
-        up.abort().await;
+/// The producer: one member's snapshot stream, its etcd trailer checked on the fly.
+async fn stream_snapshot(
+    client: &etcd_client::Client,
+    endpoint: &str,
+    feed: Feed<Bytes>,
+    stage: &dyn Stage,
+) -> Result<SnapshotDigest> {
+    let etcd_err = |context: &str, e| Error::Etcd {
+        endpoint: endpoint.to_string(),
+        context: context.into(),
+        source: e,
+    };
+    let mut maint = client.maintenance_client();
+    let mut stream = maint
+        .snapshot()
+        .await
+        .map_err(|e| etcd_err("starting the snapshot", e))?;
+    let mut trailer = TrailerCheck::default();
+    let mut remaining = u64::MAX;
+    while let Some(mut resp) = stream
+        .message()
+        .await
+        .map_err(|e| etcd_err("snapshot stream broke", e))?
+    {
+        remaining = resp.remaining_bytes();
+        // Take the blob out of the message: no copy of the snapshot in kirt.
+        let blob = Bytes::from(std::mem::take(&mut resp.0.blob));
+        trailer.update(&blob);
+        stage.inc(blob.len() as u64);
+        feed.send(blob).await?;
     }
+    if remaining != 0 && remaining != u64::MAX {
+        return Err(Error::failed(format!(
+            "etcd {endpoint} ended the snapshot stream early ({remaining} bytes missing)"
+        )));
+    }
+    Ok(trailer.finish())
 }
 
-/// Resolves on SIGINT or SIGTERM (cron and Kubernetes stop jobs with SIGTERM).
-pub(crate) async fn shutdown_signal() {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
+/// Makes the backup exist: the object, then its signature, then the manifest — the commit
+/// marker, always the last write. If a later write fails, the object is removed again rather
+/// than left as an orphan.
+async fn publish(
+    store: &dyn Store,
+    upload: Pending,
+    m: &Manifest,
+    signer: Option<&minisign::SecretKey>,
+) -> Result<()> {
+    upload.commit().await?;
+    let json = to_json("the manifest", m)?;
+    let manifest_key = manifest::manifest_key(&m.cluster_name, &m.id);
+    if let Some(sk) = signer {
+        let written = match super::signing::sign(sk, &json, &m.id) {
+            Ok(sig) => {
+                let sig_key = format!("{manifest_key}{}", super::signing::SUFFIX);
+                store.put(&sig_key, Bytes::from(sig)).await
             }
-            Err(_) => std::future::pending::<()>().await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = written {
+            let _ = store.delete(&m.object).await;
+            return Err(e);
         }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term => {}
     }
+    if let Err(e) = store.put(&manifest_key, Bytes::from(json)).await {
+        let _ = store.delete(&m.object).await;
+        return Err(e);
+    }
+    Ok(())
 }

@@ -2,28 +2,24 @@
 //! flagged as incomplete (an interrupted or failed run), never shown as backups.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
 use super::manifest::{self, Manifest};
+use super::source::BackupSource;
 use crate::context::Ctx;
 use crate::error::{Error, Result};
 use crate::output::{Render, Table};
-use crate::store::{self, S3Options, Store};
-use crate::util::human_bytes;
+use crate::store::Store;
+use crate::units::human_bytes;
 
 #[derive(Debug, Clone, Default, clap::Args, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(default, rename_all = "kebab-case", deny_unknown_fields)]
+#[schemars(extend("required" = ["from"]))]
 pub struct BackupListSpec {
-    /// Store: s3://BUCKET/PREFIX, file:///DIR or a directory
-    #[arg(long, value_name = "URL")]
-    pub from: String,
     #[command(flatten)]
-    pub s3: S3Options,
-    /// Only this cluster
-    #[arg(long, value_name = "NAME")]
-    pub cluster_name: Option<String>,
+    #[serde(flatten)]
+    pub source: BackupSource,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -87,13 +83,8 @@ impl Render for BackupList {
 }
 
 pub async fn run(_ctx: &Ctx, spec: BackupListSpec) -> Result<BackupList> {
-    if spec.from.is_empty() {
-        return Err(Error::usage(
-            "missing --from: the store to list (s3://BUCKET/PREFIX or a directory)",
-        ));
-    }
-    let store = store::open(&spec.from, &spec.s3).await?;
-    let backups = scan(store.as_ref(), spec.cluster_name.as_deref()).await?;
+    let store = spec.source.open().await?;
+    let backups = spec.source.scan(store.as_ref()).await?;
     Ok(BackupList {
         location: store.url(),
         backups,
@@ -178,49 +169,4 @@ pub fn parse_manifest(store: &dyn Store, key: &str, bytes: &[u8]) -> Result<Mani
         )));
     }
     Ok(m)
-}
-
-/// Finds a backup by `latest`, `ID` or `CLUSTER/ID`.
-pub async fn find(
-    store: &Arc<dyn Store>,
-    which: &str,
-    cluster: Option<&str>,
-) -> Result<BackupEntry> {
-    let (cluster, id) = match which.split_once('/') {
-        Some((c, id)) => (Some(c), id),
-        None => (cluster, which),
-    };
-    let all = scan(store.as_ref(), cluster).await?;
-    let found = if id == "latest" {
-        let mut complete = all.into_iter().filter(|b| b.status == "complete");
-        let first = complete.next();
-        if let (Some(f), None) = (&first, cluster) {
-            if complete.any(|b| b.cluster != f.cluster) {
-                return Err(Error::usage(format!(
-                    "{} holds backups of several clusters: pass --cluster-name or CLUSTER/latest",
-                    store.url()
-                )));
-            }
-        }
-        first
-    } else {
-        let matching: Vec<BackupEntry> = all.into_iter().filter(|b| b.id == id).collect();
-        if matching.len() > 1 {
-            let names: Vec<String> = matching
-                .iter()
-                .map(|b| format!("{}/{}", b.cluster, b.id))
-                .collect();
-            return Err(Error::usage(format!(
-                "backup id {id} is ambiguous: use one of {}",
-                names.join(", ")
-            )));
-        }
-        matching.into_iter().next()
-    };
-    found.ok_or_else(|| {
-        Error::not_found(
-            format!("backup {which} in {}", store.url()),
-            "list the backups with kirt backup list --from URL",
-        )
-    })
 }

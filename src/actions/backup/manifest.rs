@@ -5,6 +5,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::crypto::{EncryptionInfo, RecipientInfo};
+
 pub const FORMAT: &str = "kirt.dev/etcd-backup/v1";
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -58,21 +60,6 @@ pub struct EtcdInfo {
 pub struct CompressionInfo {
     pub algorithm: String,
     pub level: i32,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct EncryptionInfo {
-    pub algorithm: String,
-    /// "recipients" or "passphrase"
-    pub mode: String,
-    pub recipients: Vec<RecipientInfo>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct RecipientInfo {
-    #[serde(rename = "type")]
-    pub kind: String,
-    pub fingerprint: String,
 }
 
 /// Kubernetes resource prefixes counted at backup time.

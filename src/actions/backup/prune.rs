@@ -5,41 +5,39 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::list::scan;
+use std::time::Duration;
+
 use super::retention::{self, KeepPolicy};
+use super::source::BackupSource;
 use crate::context::Ctx;
 use crate::error::{Error, Result};
 use crate::output::{Render, Table};
-use crate::store::{self, S3Options};
 
-#[derive(Debug, Clone, Default, clap::Args, Serialize, Deserialize, schemars::JsonSchema)]
+#[derive(Debug, Clone, clap::Args, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(default, rename_all = "kebab-case", deny_unknown_fields)]
+#[schemars(extend("required" = ["from"]))]
 pub struct BackupPruneSpec {
-    /// Store: s3://BUCKET/PREFIX, file:///DIR or a directory
-    #[arg(long, value_name = "URL")]
-    pub from: String,
     #[command(flatten)]
-    pub s3: S3Options,
-    /// Only this cluster
-    #[arg(long, value_name = "NAME")]
-    pub cluster_name: Option<String>,
+    #[serde(flatten)]
+    pub source: BackupSource,
     #[command(flatten)]
     pub keep: KeepPolicy,
     /// Incomplete objects younger than this are left alone (e.g. 24h)
-    #[arg(long, value_name = "DURATION", default_value = "24h", value_parser = crate::util::parse_duration)]
-    #[serde(with = "humantime_serde_compat")]
+    #[arg(long, value_name = "DURATION", default_value = ORPHAN_GRACE, value_parser = crate::units::parse_duration)]
+    #[serde(with = "crate::units::duration_serde")]
     #[schemars(with = "String")]
-    pub orphan_grace: std::time::Duration,
+    pub orphan_grace: Duration,
 }
 
-mod humantime_serde_compat {
-    use serde::{Deserialize, Deserializer, Serializer};
-    pub fn serialize<S: Serializer>(d: &std::time::Duration, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&humantime::format_duration(*d).to_string())
-    }
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<std::time::Duration, D::Error> {
-        let s = String::deserialize(d)?;
-        crate::util::parse_duration(&s).map_err(serde::de::Error::custom)
+const ORPHAN_GRACE: &str = "24h";
+
+impl Default for BackupPruneSpec {
+    fn default() -> Self {
+        BackupPruneSpec {
+            source: BackupSource::default(),
+            keep: KeepPolicy::default(),
+            orphan_grace: Duration::from_secs(24 * 3600),
+        }
     }
 }
 
@@ -84,16 +82,13 @@ impl Render for PruneResult {
 }
 
 pub async fn run(ctx: &Ctx, spec: BackupPruneSpec) -> Result<PruneResult> {
-    if spec.from.is_empty() {
-        return Err(Error::usage("missing --from: the store to prune"));
-    }
     if spec.keep.is_empty() {
         return Err(Error::usage(
             "no retention rule given: pass at least one of --keep-last/--keep-daily/--keep-weekly/--keep-monthly (prune never removes everything)",
         ));
     }
-    let store = store::open(&spec.from, &spec.s3).await?;
-    let entries = scan(store.as_ref(), spec.cluster_name.as_deref()).await?;
+    let store = spec.source.open().await?;
+    let entries = spec.source.scan(store.as_ref()).await?;
     let now = jiff::Timestamp::now();
     let mut decisions = Vec::new();
     let (mut kept, mut removed, mut orphans) = (0, 0, 0);

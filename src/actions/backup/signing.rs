@@ -6,7 +6,7 @@ use std::io::Cursor;
 use std::path::Path;
 
 use super::manifest;
-use super::verify::Located;
+use super::source::Located;
 use crate::error::{Error, Result};
 
 pub const SUFFIX: &str = ".minisig";

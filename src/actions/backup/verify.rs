@@ -11,70 +11,30 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
-use super::list::{find, parse_manifest, BackupEntry};
-use super::manifest::{self, Manifest};
-use super::scratch::ScratchEtcd;
+use super::manifest::Manifest;
+use super::source::{BackupSource, Located};
 use crate::context::Ctx;
-use crate::crypto;
-use crate::error::{Error, Result};
+use crate::crypto::DecryptOptions;
+use crate::error::{join, Error, Result};
 use crate::output::{Render, Table};
 use crate::pipeline::{open_reader, Decoder, Decryption, TrailerCheck};
-use crate::store::{self, S3Options, Store};
+use crate::scratch::{etcdutl_restore, Ports, ScratchEtcd};
 
-/// How to decrypt backups (restore side).
-#[derive(Debug, Clone, Default, clap::Args, Serialize, Deserialize, schemars::JsonSchema)]
+/// Defaults shared by the commands that restore.
+pub const LATEST: &str = "latest";
+pub const ETCD_BIN: &str = "etcd";
+pub const ETCDUTL_BIN: &str = "etcdutl";
+
+#[derive(Debug, Clone, clap::Args, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(default, rename_all = "kebab-case", deny_unknown_fields)]
-pub struct DecryptOptions {
-    /// age or SSH identity file; repeatable
-    #[arg(long = "identity", short = 'i', value_name = "FILE")]
-    pub identities: Vec<PathBuf>,
-    /// Decrypt with a passphrase ($KIRT_PASSPHRASE or asked on the terminal)
-    #[arg(long)]
-    pub passphrase: bool,
-}
-
-impl DecryptOptions {
-    pub fn resolve(&self, m: &Manifest) -> Result<Decryption> {
-        match &m.encryption {
-            None => Ok(Decryption::None),
-            Some(e) if e.mode == "passphrase" => {
-                if !self.passphrase {
-                    return Err(Error::usage(
-                        "this backup is passphrase-encrypted: pass --passphrase ($KIRT_PASSPHRASE)",
-                    ));
-                }
-                Ok(Decryption::Passphrase(crypto::passphrase(false)?))
-            }
-            Some(_) => {
-                if self.identities.is_empty() {
-                    return Err(Error::usage(
-                        "this backup is encrypted: pass --identity FILE (age or SSH private key)",
-                    ));
-                }
-                let mut ids = Vec::new();
-                for f in &self.identities {
-                    ids.extend(crypto::load_identities(f)?);
-                }
-                Ok(Decryption::Identities(ids))
-            }
-        }
-    }
-}
-
-#[derive(Debug, Clone, Default, clap::Args, Serialize, Deserialize, schemars::JsonSchema)]
-#[serde(default, rename_all = "kebab-case", deny_unknown_fields)]
+#[schemars(extend("required" = ["from"]))]
 pub struct BackupVerifySpec {
-    /// Store: s3://BUCKET/PREFIX, file:///DIR or a directory
-    #[arg(long, value_name = "URL")]
-    pub from: String,
     #[command(flatten)]
-    pub s3: S3Options,
+    #[serde(flatten)]
+    pub source: BackupSource,
     /// Backup id, CLUSTER/ID, or "latest"
-    #[arg(default_value = "latest", value_name = "ID")]
+    #[arg(default_value = LATEST, value_name = "ID")]
     pub backup: String,
-    /// Only look at this cluster
-    #[arg(long, value_name = "NAME")]
-    pub cluster_name: Option<String>,
     #[command(flatten)]
     pub decrypt: DecryptOptions,
     /// Also restore into a throwaway etcd and compare revision, key count and HashKV
@@ -84,11 +44,25 @@ pub struct BackupVerifySpec {
     #[arg(long, value_name = "FILE")]
     pub trusted_key: Option<PathBuf>,
     /// etcd binary for --restore (default: etcd on PATH)
-    #[arg(long, value_name = "PATH", default_value = "etcd")]
+    #[arg(long, value_name = "PATH", default_value = ETCD_BIN)]
     pub etcd_bin: PathBuf,
     /// etcdutl binary (default: etcdutl on PATH)
-    #[arg(long, value_name = "PATH", default_value = "etcdutl")]
+    #[arg(long, value_name = "PATH", default_value = ETCDUTL_BIN)]
     pub etcdutl_bin: PathBuf,
+}
+
+impl Default for BackupVerifySpec {
+    fn default() -> Self {
+        BackupVerifySpec {
+            source: BackupSource::default(),
+            backup: LATEST.into(),
+            decrypt: DecryptOptions::default(),
+            restore: false,
+            trusted_key: None,
+            etcd_bin: ETCD_BIN.into(),
+            etcdutl_bin: ETCDUTL_BIN.into(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -97,6 +71,19 @@ pub struct Check {
     pub expected: String,
     pub actual: String,
     pub ok: bool,
+}
+
+impl Check {
+    /// A comparison of what was recorded with what was found.
+    pub fn new(name: &str, expected: impl ToString, actual: impl ToString) -> Check {
+        let (expected, actual) = (expected.to_string(), actual.to_string());
+        Check {
+            check: name.into(),
+            ok: expected == actual,
+            expected,
+            actual,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -143,58 +130,6 @@ impl Render for VerifyResult {
     }
 }
 
-/// A backup that was found and whose manifest was read.
-pub struct Located {
-    pub store: Arc<dyn Store>,
-    pub entry: BackupEntry,
-    pub manifest: Manifest,
-    /// The manifest exactly as stored (what a signature covers).
-    pub manifest_bytes: Vec<u8>,
-}
-
-/// Finds the backup and reads its manifest; a missing manifest or object is a verification failure.
-pub async fn locate(
-    from: &str,
-    s3: &S3Options,
-    which: &str,
-    cluster: Option<&str>,
-) -> Result<Located> {
-    if from.is_empty() {
-        return Err(Error::usage("missing --from: the store holding the backup"));
-    }
-    let store = store::open(from, s3).await?;
-    let entry = find(&store, which, cluster).await?;
-    if entry.status != "complete" {
-        return Err(Error::VerifyFailed(format!(
-            "backup {}/{} has no (readable) manifest: it is not a complete backup (an interrupted run, or the manifest was removed)",
-            entry.cluster, entry.id
-        )));
-    }
-    let mkey = manifest::manifest_key(&entry.cluster, &entry.id);
-    let manifest_bytes = store.get_bytes(&mkey).await?;
-    let manifest = parse_manifest(store.as_ref(), &mkey, &manifest_bytes)?;
-    if manifest.id != entry.id || manifest.cluster_name != entry.cluster {
-        return Err(Error::VerifyFailed(format!(
-            "manifest {}/{} describes backup {}/{}: it was edited or swapped",
-            entry.cluster, entry.id, manifest.cluster_name, manifest.id
-        )));
-    }
-    if !entry.extra_keys.contains(&manifest.object) {
-        return Err(Error::VerifyFailed(format!(
-            "the object {} of backup {} is missing from {}",
-            manifest.object,
-            entry.id,
-            store.url()
-        )));
-    }
-    Ok(Located {
-        store,
-        entry,
-        manifest,
-        manifest_bytes,
-    })
-}
-
 /// What streaming a backup back found.
 pub struct Streamed {
     pub checks: Vec<Check>,
@@ -207,14 +142,9 @@ fn check(
     expected: impl ToString,
     actual: impl ToString,
 ) -> bool {
-    let (e, a) = (expected.to_string(), actual.to_string());
-    let ok = e == a;
-    checks.push(Check {
-        check: name.into(),
-        expected: e,
-        actual: a,
-        ok,
-    });
+    let c = Check::new(name, expected, actual);
+    let ok = c.ok;
+    checks.push(c);
     ok
 }
 
@@ -246,41 +176,43 @@ pub async fn stream_and_check(
     let stage = ctx.progress.stage("verify", Some(m.object_size));
     let stage: Arc<dyn crate::progress::Stage> = Arc::from(stage);
     let s = stage.clone();
-    let res = tokio::task::spawn_blocking(
-        move || -> Result<(TrailerCheck, Option<crate::pipeline::DecodeStats>)> {
-            let source = open_reader(reader);
-            let mut dec = Decoder::new(source, decryption, true)?;
-            let mut trailer = TrailerCheck::default();
-            let mut file = match &out {
-                Some(p) => Some(std::io::BufWriter::new(
-                    std::fs::File::create(p)
-                        .map_err(|e| Error::io(format!("creating {}", p.display()), e))?,
-                )),
-                None => None,
-            };
-            let mut buf = vec![0u8; 1 << 20];
-            loop {
-                let n = match dec.read(&mut buf) {
-                    Ok(0) => break,
-                    Ok(n) => n,
-                    Err(e) => return Err(decode_error(e)),
+    let res = join(
+        "verify",
+        tokio::task::spawn_blocking(
+            move || -> Result<(TrailerCheck, Option<crate::pipeline::DecodeStats>)> {
+                let source = open_reader(reader);
+                let mut dec = Decoder::new(source, decryption, true)?;
+                let mut trailer = TrailerCheck::default();
+                let mut file = match &out {
+                    Some(p) => Some(std::io::BufWriter::new(
+                        std::fs::File::create(p)
+                            .map_err(|e| Error::io(format!("creating {}", p.display()), e))?,
+                    )),
+                    None => None,
                 };
-                trailer.update(&buf[..n]);
-                s.inc(n as u64);
-                if let Some(f) = file.as_mut() {
-                    f.write_all(&buf[..n])
+                let mut buf = vec![0u8; 1 << 20];
+                loop {
+                    let n = match dec.read(&mut buf) {
+                        Ok(0) => break,
+                        Ok(n) => n,
+                        Err(e) => return Err(decode_error(e)),
+                    };
+                    trailer.update(&buf[..n]);
+                    s.inc(n as u64);
+                    if let Some(f) = file.as_mut() {
+                        f.write_all(&buf[..n])
+                            .map_err(|e| Error::io("writing the restored snapshot", e))?;
+                    }
+                }
+                if let Some(mut f) = file {
+                    f.flush()
                         .map_err(|e| Error::io("writing the restored snapshot", e))?;
                 }
-            }
-            if let Some(mut f) = file {
-                f.flush()
-                    .map_err(|e| Error::io("writing the restored snapshot", e))?;
-            }
-            Ok((trailer, dec.finish()))
-        },
+                Ok((trailer, dec.finish()))
+            },
+        ),
     )
-    .await
-    .map_err(|e| Error::failed(format!("verify task: {e}")))?;
+    .await?;
     stage.finish();
     let (trailer, stored) = res?;
     let digest = trailer.finish();
@@ -343,17 +275,11 @@ fn decode_error(e: std::io::Error) -> Error {
 
 pub async fn run(ctx: &Ctx, spec: BackupVerifySpec) -> Result<VerifyResult> {
     let t = Instant::now();
-    let loc = locate(
-        &spec.from,
-        &spec.s3,
-        &spec.backup,
-        spec.cluster_name.as_deref(),
-    )
-    .await?;
+    let loc = spec.source.locate(&spec.backup).await?;
     if let Some(key) = &spec.trusted_key {
         super::signing::verify(&loc, key).await?;
     }
-    let decryption = spec.decrypt.resolve(&loc.manifest)?;
+    let decryption = loc.decryption(&spec.decrypt)?;
     let tmp = if spec.restore {
         Some(
             tempfile::Builder::new()
@@ -409,9 +335,8 @@ pub async fn trial_restore(
     m: &Manifest,
 ) -> Result<(Vec<Check>, bool)> {
     let data = dir.join("data");
-    let ports = super::scratch::Ports::free()?;
-    super::scratch::etcdutl_restore(etcdutl_bin, snap, &data, &ports.restore_args("kirt-verify"))
-        .await?;
+    let ports = Ports::free()?;
+    etcdutl_restore(etcdutl_bin, snap, &data, &ports.restore_args("kirt-verify")).await?;
     let etcd = ScratchEtcd::start(etcd_bin, "kirt-verify", &data, &ports, dir).await?;
     let mut checks = Vec::new();
     let mut ok = true;

@@ -11,8 +11,8 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 
 use super::{sums_line, FileEntry, Manifest, Missing, MANIFEST, SUMS};
-use crate::error::{Error, IoContext, Result};
-use crate::pipeline::{ChannelWriter, Compression, EncodeStats, Encoder, Encryption};
+use crate::error::{to_json, Error, IoContext, Result};
+use crate::pipeline::{Encoder, Feed};
 use crate::progress::Stage;
 
 /// One file going into the tar: small JSON in memory, or a spooled log/checkpoint.
@@ -28,20 +28,18 @@ pub(super) enum Part {
     },
 }
 
-pub(super) const STOPPED: &str = "the bundle writer stopped";
-
 /// The collecting side of a bundle: records each file's digest and hands it to the tar thread.
-pub(super) struct BundleWriter {
-    pub(super) tx: mpsc::Sender<Part>,
+pub(super) struct BundleWriter<'s> {
+    pub(super) feed: Feed<Part>,
     /// Bytes of logs/checkpoints streamed so far (a bar on a terminal, log lines otherwise).
-    pub(super) stage: Box<dyn Stage>,
+    pub(super) stage: &'s dyn Stage,
     pub(super) files: Vec<FileEntry>,
     pub(super) missing: Vec<Missing>,
 }
 
-impl BundleWriter {
+impl BundleWriter<'_> {
     async fn send(&self, part: Part) -> Result<()> {
-        self.tx.send(part).await.map_err(|_| Error::failed(STOPPED))
+        self.feed.send(part).await
     }
 
     pub(super) async fn data(
@@ -67,8 +65,7 @@ impl BundleWriter {
     }
 
     pub(super) async fn json<T: Serialize>(&mut self, path: &str, value: &T) -> Result<()> {
-        let mut data = serde_json::to_vec_pretty(value)
-            .map_err(|e| Error::failed(format!("encoding {path}: {e}")))?;
+        let mut data = to_json(path, value)?;
         data.push(b'\n');
         self.data(path, data, true).await.map(|_| ())
     }
@@ -96,7 +93,7 @@ impl BundleWriter {
     ) -> Result<Option<T>> {
         match r {
             Ok(v) => Ok(Some(v)),
-            Err(e @ Error::Forbidden { .. }) if best_effort => {
+            Err(e @ Error::Forbidden(_)) if best_effort => {
                 self.missing(item, e.to_string());
                 Ok(None)
             }
@@ -141,7 +138,7 @@ pub(super) async fn spool<R: futures::AsyncRead + Unpin>(
         let n = r
             .read(&mut buf)
             .await
-            .map_err(|e| Error::failed(format!("{what}: the stream broke: {e}")))?;
+            .ctx(|| format!("{what}: the stream broke"))?;
         if n == 0 {
             break;
         }
@@ -165,16 +162,13 @@ pub(super) async fn spool<R: futures::AsyncRead + Unpin>(
     })
 }
 
-/// The blocking side: tar entries → zstd(+age) → channel to the uploader.
+/// The encoding stage: tar entries written into the pipeline's zstd(+age) encoder.
 pub(super) fn write_tar(
     mut rx: mpsc::Receiver<Part>,
-    out: ChannelWriter,
-    compression: Compression,
-    encryption: &Encryption,
+    enc: &mut Encoder,
     top: &str,
     mtime: u64,
-) -> Result<EncodeStats> {
-    let enc = Encoder::new(out, &compression, encryption)?;
+) -> Result<()> {
     let mut tar = tar::Builder::new(enc);
     let header = |size: u64| {
         let mut h = tar::Header::new_gnu();
@@ -207,15 +201,13 @@ pub(super) fn write_tar(
             }
         }
     }
-    let enc = tar.into_inner().map_err(io)?;
-    enc.finish()
-        .map_err(|e| Error::io("finishing compression/encryption", e))
+    tar.into_inner().map_err(io)?;
+    Ok(())
 }
 
 /// manifest.json, then SHA256SUMS covering every file including the manifest.
-pub(super) async fn finish_bundle(w: &mut BundleWriter, m: &Manifest) -> Result<()> {
-    let mut data = serde_json::to_vec_pretty(m)
-        .map_err(|e| Error::failed(format!("encoding {MANIFEST}: {e}")))?;
+pub(super) async fn finish_bundle(w: &mut BundleWriter<'_>, m: &Manifest) -> Result<()> {
+    let mut data = to_json(MANIFEST, m)?;
     data.push(b'\n');
     let entry = w.data(MANIFEST, data, false).await?;
     let sums: String = w
@@ -235,6 +227,7 @@ mod tests {
     use super::super::verify::{compare, scan};
     use super::super::{ClusterInfo, Collector, Options, PodRef, FORMAT};
     use super::*;
+    use crate::pipeline::{ChannelWriter, Compression, Encryption};
 
     const BUNDLE: &str = "evidence-ns-pod-20261123T130405Z";
 
@@ -293,14 +286,14 @@ mod tests {
         let (part_tx, part_rx) = mpsc::channel(4);
         let (stored_tx, mut stored_rx) = mpsc::channel::<Bytes>(4);
         let writer = std::thread::spawn(move || {
-            write_tar(
-                part_rx,
+            let mut enc = Encoder::new(
                 ChannelWriter::new(stored_tx),
-                Compression::zstd(3, 1).unwrap(),
+                &Compression::zstd(3, 1).unwrap(),
                 &Encryption::None,
-                BUNDLE,
-                0,
             )
+            .unwrap();
+            write_tar(part_rx, &mut enc, BUNDLE, 0).unwrap();
+            enc.finish().unwrap();
         });
         let sender = std::thread::spawn(move || {
             for (path, data) in parts {
@@ -312,7 +305,7 @@ mod tests {
             out.extend_from_slice(&chunk);
         }
         sender.join().unwrap();
-        writer.join().unwrap().unwrap();
+        writer.join().unwrap();
         out
     }
 

@@ -8,55 +8,51 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use k8s_openapi::api::core::v1::{ContainerStatus, Node, Pod};
-use kube::api::{Api, ListParams, LogParams};
-use kube::Client;
+use kube::api::LogParams;
+use kube::Resource;
 use serde::{Deserialize, Serialize};
-use tokio::sync::mpsc;
 
-use super::bundle::{finish_bundle, spool, write_tar, BundleWriter, Part, STOPPED};
+use super::bundle::{finish_bundle, spool, write_tar, BundleWriter};
 use super::gather;
 use super::{
     bundle_name, object_name, ClusterInfo, Collector, Manifest, Missing, Options, PodRef, FORMAT,
 };
 use crate::context::Ctx;
-use crate::crypto;
+use crate::crypto::EncryptOptions;
 use crate::error::{Error, Exit, Result};
-use crate::k8s::{KubeContext, Op};
+use crate::k8s::{name_of, node_of, status_code, Cluster, EventType, PodTarget, Recorder};
 use crate::output::{Render, Table};
-use crate::pipeline::{ChannelWriter, Compression, Encryption, DEPTH};
-use crate::store::{self, S3Options, Store, Upload};
-use crate::util::human_bytes;
+use crate::pipeline::{self, Compression, Encryption, Job};
+use crate::store::{self, S3Options, Store};
+use crate::units::human_bytes;
 
 #[derive(Debug, Clone, Default, clap::Args, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(default, rename_all = "kebab-case", deny_unknown_fields)]
+#[schemars(extend("required" = ["to"]))]
 pub struct EvidenceCollectSpec {
-    /// The pod to collect (or -l SELECTOR for one bundle per matching pod)
-    #[arg(value_name = "POD", required_unless_present = "selector")]
-    pub pod: Option<String>,
-    /// Namespace of the pod (on the command line: the global -n)
-    #[arg(skip)]
-    pub namespace: Option<String>,
-    /// Label selector: one bundle per matching pod
-    #[arg(short = 'l', long, value_name = "SELECTOR", conflicts_with = "pod")]
-    pub selector: Option<String>,
+    /// The pod to collect (one bundle per pod with -l)
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub target: PodTarget,
     /// Destination: a directory, file:///DIR or s3://BUCKET/PREFIX
     #[arg(long, value_name = "URL")]
     pub to: String,
     #[command(flatten)]
     pub s3: S3Options,
-    /// Encrypt the bundle to this age (age1…) or SSH public key; repeatable
-    #[arg(long = "encrypt-to", value_name = "RECIPIENT")]
-    pub encrypt_to: Vec<String>,
+    /// Bundles are plain unless recipients (or a passphrase) are given
+    #[command(flatten)]
+    pub encryption: EncryptOptions,
     /// Also checkpoint every container through the kubelet checkpoint API (KEP-2008)
     #[arg(long)]
     pub checkpoint: bool,
     /// Only log lines newer than this (e.g. 1h, 30m)
-    #[arg(long, value_name = "DURATION")]
-    pub since: Option<String>,
+    #[arg(long, value_name = "DURATION", value_parser = crate::units::parse_duration)]
+    #[serde(with = "crate::units::opt_duration_serde")]
+    #[schemars(with = "Option<String>")]
+    pub since: Option<Duration>,
     /// Only the last N lines of each log
     #[arg(long, value_name = "N")]
     pub tail_lines: Option<i64>,
@@ -152,114 +148,30 @@ impl Render for CollectResult {
     }
 }
 
-enum Target {
-    Pod(String),
-    Selector(String),
-}
-
 /// Checked options shared by every pod of one run.
 struct Plan {
-    encrypted: bool,
-    since_seconds: Option<i64>,
+    encryption: Encryption,
+    store: Arc<dyn Store>,
     spec: EvidenceCollectSpec,
 }
 
 pub async fn run(ctx: &Ctx, spec: EvidenceCollectSpec) -> Result<CollectResult> {
-    match collect(ctx, spec).await {
-        // Name the apiserver that could not be reached (the API layer does not know its URL).
-        Err(Error::Unreachable {
-            what,
-            endpoint,
-            reason,
-            hint,
-        }) if endpoint.is_empty() => Err(Error::Unreachable {
-            what,
-            endpoint: match ctx.cluster().await {
-                Ok(c) => c.url.trim_end_matches('/').to_string(),
-                Err(_) => "(unknown)".into(),
-            },
-            reason,
-            hint,
-        }),
-        other => other,
-    }
-}
-
-async fn collect(ctx: &Ctx, spec: EvidenceCollectSpec) -> Result<CollectResult> {
     // Input errors first: nothing is read or written before these pass.
     if spec.to.is_empty() {
         return Err(Error::usage(
             "missing --to: where to store the bundle (a directory, file:///DIR or s3://BUCKET/PREFIX)",
         ));
     }
-    let target = match (spec.pod.clone(), spec.selector.clone()) {
-        (Some(pod), None) => Target::Pod(pod),
-        (None, Some(selector)) => Target::Selector(selector),
-        _ => return Err(Error::usage("give either a POD name or -l SELECTOR")),
-    };
+    spec.target.validate()?;
     if spec.tail_lines.is_some_and(|n| n < 0) {
         return Err(Error::usage("--tail-lines must be 0 or more"));
     }
-    let since_seconds = match &spec.since {
-        Some(s) => Some(
-            crate::util::parse_duration(s)
-                .map_err(Error::usage)?
-                .as_secs()
-                .max(1) as i64,
-        ),
-        None => None,
-    };
-    let recipients = spec
-        .encrypt_to
-        .iter()
-        .map(|r| crypto::parse_recipient(r))
-        .collect::<Result<Vec<_>>>()?;
-    let encrypted = !recipients.is_empty();
+    let (encryption, _) = spec.encryption.resolve(false)?;
     let store = store::open(&spec.to, &spec.s3).await?;
-
-    let cluster = ctx.cluster().await?;
-    let ns = match &spec.namespace {
-        Some(ns) => ns.clone(),
-        None => ctx.namespace().await?,
-    };
-    let all_namespaces = ctx.kube.all_namespaces && spec.namespace.is_none();
-    let pods = match &target {
-        Target::Pod(_) if all_namespaces => {
-            return Err(Error::usage(
-                "-A works with -l SELECTOR; for one pod give its namespace with -n",
-            ))
-        }
-        Target::Pod(name) => vec![Api::<Pod>::namespaced(cluster.client.clone(), &ns)
-            .get(name)
-            .await
-            .op(Op::new("get", "pods").ns(&ns).name(name))?],
-        Target::Selector(sel) => {
-            let (api, op, scope) = if all_namespaces {
-                (
-                    Api::<Pod>::all(cluster.client.clone()),
-                    Op::new("list", "pods"),
-                    "any namespace".to_string(),
-                )
-            } else {
-                (
-                    Api::<Pod>::namespaced(cluster.client.clone(), &ns),
-                    Op::new("list", "pods").ns(&ns),
-                    format!("namespace {ns}"),
-                )
-            };
-            let list = api.list(&ListParams::default().labels(sel)).await.op(op)?;
-            if list.items.is_empty() {
-                return Err(Error::not_found(
-                    format!("pods matching {sel:?} in {scope}"),
-                    "check the selector and namespace (-n, -A)",
-                ));
-            }
-            list.items
-        }
-    };
+    let pods = spec.target.resolve(ctx).await?;
     let plan = Plan {
-        encrypted,
-        since_seconds,
+        encryption,
+        store,
         spec,
     };
     let mut result = CollectResult {
@@ -269,9 +181,8 @@ async fn collect(ctx: &Ctx, spec: EvidenceCollectSpec) -> Result<CollectResult> 
     let mut first_error = None;
     let several = pods.len() > 1;
     for pod in pods {
-        let name = pod.metadata.name.clone().unwrap_or_default();
-        let ns = pod.metadata.namespace.clone().unwrap_or_else(|| ns.clone());
-        match collect_one(ctx, &store, &plan, &ns, pod).await {
+        let (ns, name) = name_of(&pod);
+        match collect_one(ctx, &plan, pod).await {
             Ok(b) => result.bundles.push(b),
             Err(e) if !several => return Err(e),
             Err(e) => {
@@ -292,150 +203,61 @@ async fn collect(ctx: &Ctx, spec: EvidenceCollectSpec) -> Result<CollectResult> 
     Ok(result)
 }
 
-async fn collect_one(
-    ctx: &Ctx,
-    store: &Arc<dyn Store>,
-    plan: &Plan,
-    ns: &str,
-    pod: Pod,
-) -> Result<BundleResult> {
+/// One pod's bundle: gathered into the pipeline, committed only when everything succeeded.
+async fn collect_one(ctx: &Ctx, plan: &Plan, pod: Pod) -> Result<BundleResult> {
     let clock = Instant::now();
     let cluster = ctx.cluster().await?;
-    let name = pod.metadata.name.clone().unwrap_or_default();
-    let (started, bundle, object) = fresh_name(store.as_ref(), ns, &name, plan.encrypted).await;
+    let (ns, name) = name_of(&pod);
+    let encrypted = !matches!(plan.encryption, Encryption::None);
+    let (started, bundle, object) = fresh_name(plan.store.as_ref(), &ns, &name, encrypted).await;
     tracing::info!(pod = %format!("{ns}/{name}"), bundle = %object, "collecting evidence");
 
-    let upload: Option<Box<dyn Upload>> = if ctx.dry_run {
-        None
-    } else {
-        Some(store.create(&object).await?)
-    };
-    let (part_tx, part_rx) = mpsc::channel::<Part>(2);
-    let (stored_tx, stored_rx) = mpsc::channel::<Bytes>(DEPTH);
-    // Single-threaded zstd: multi-threaded zstd buffers several 8 MiB jobs, and a bundle's cost is
-    // dominated by streaming the logs anyway. Keeps a 100 MB log well under 64 MiB RSS.
-    let compression = Compression::zstd(3, 1)?;
-    // Recipients are not Clone: each bundle's writer gets its own (checked once in `run`).
-    let encryption = if plan.encrypted {
-        Encryption::Recipients(
-            plan.spec
-                .encrypt_to
-                .iter()
-                .map(|r| crypto::parse_recipient(r))
-                .collect::<Result<Vec<_>>>()?,
-        )
-    } else {
-        Encryption::None
+    let job = Job {
+        // Single-threaded zstd: multi-threaded zstd buffers several 8 MiB jobs, and a bundle's
+        // cost is dominated by streaming the logs anyway. Keeps a 100 MB log well under 64 MiB RSS.
+        compression: Compression::zstd(3, 1)?,
+        encryption: plan.encryption.clone(),
+        upload: if ctx.dry_run {
+            None
+        } else {
+            Some(plan.store.create(&object).await?)
+        },
+        depth: 2,
     };
     let top = bundle.clone();
     let mtime = started.as_second().max(0) as u64;
-    let writer = tokio::task::spawn_blocking(move || {
-        write_tar(
-            part_rx,
-            ChannelWriter::new(stored_tx),
-            compression,
-            &encryption,
-            &top,
-            mtime,
-        )
-    });
-    let uploader = store::spawn_uploader(upload, stored_rx);
-
-    let mut w = BundleWriter {
-        tx: part_tx,
-        stage: ctx.progress.stage(&format!("evidence {ns}/{name}"), None),
-        files: Vec::new(),
-        missing: Vec::new(),
-    };
-    let gathered = tokio::select! {
-        r = gather_all(&mut w, &cluster.client, ns, &pod, plan) => r,
-        _ = crate::actions::backup::create::shutdown_signal() => {
-            Err(Error::failed("interrupted; no bundle was published"))
-        }
-    };
-    let finished = jiff::Timestamp::now();
-    let manifest_result = match gathered {
-        Ok(quarantined) => {
-            let server_version = cluster
-                .client
-                .apiserver_version()
-                .await
-                .ok()
-                .map(|v| v.git_version);
-            let m = Manifest {
-                format: FORMAT.into(),
-                bundle: bundle.clone(),
-                case_id: plan.spec.case_id.clone(),
-                note: plan.spec.note.clone(),
-                collector: Collector {
-                    identity: cluster.configured_identity.clone(),
-                    host: gethostname::gethostname().to_string_lossy().into_owned(),
-                    kirt_version: crate::actions::version::long(),
-                },
-                cluster: ClusterInfo {
-                    url: cluster.url.clone(),
-                    server_version,
-                },
-                pod: PodRef {
-                    namespace: ns.to_string(),
-                    name: name.clone(),
-                    uid: pod.metadata.uid.clone().unwrap_or_default(),
-                    node: pod.spec.as_ref().and_then(|s| s.node_name.clone()),
-                    quarantined,
-                },
-                options: Options {
-                    since: plan.spec.since.clone(),
-                    tail_lines: plan.spec.tail_lines,
-                    checkpoint: plan.spec.checkpoint,
-                    encrypted: plan.encrypted,
-                    best_effort: plan.spec.best_effort,
-                },
-                started_at: started,
-                finished_at: finished,
-                files: w.files.clone(),
-                missing: w.missing.clone(),
+    let stage = ctx.progress.stage(&format!("evidence {ns}/{name}"), None);
+    let outcome = pipeline::run(
+        job,
+        move |rx, enc| write_tar(rx, enc, &top, mtime),
+        |feed| async {
+            let mut w = BundleWriter {
+                feed,
+                stage: &*stage,
+                files: Vec::new(),
+                missing: Vec::new(),
             };
-            finish_bundle(&mut w, &m).await
-        }
-        Err(e) => Err(e),
-    };
-    w.stage.finish();
-    let files = w.files.len() + 2;
-    let missing = w.missing.clone();
-    drop(w); // closes the tar: the writer finishes and the uploader drains
-
-    let encoded = writer
-        .await
-        .map_err(|e| Error::failed(format!("bundle writer task: {e}")))?;
-    let uploaded = uploader
-        .await
-        .map_err(|e| Error::failed(format!("upload task: {e}")))?;
-    // Commit only if every stage succeeded; report the root cause first.
-    let (upload, enc) = match (manifest_result, encoded, uploaded) {
-        (_, _, Err(e)) => return Err(e),
-        (Err(e), Err(we), Ok(up)) => {
-            abort(up).await;
-            return Err(if e.to_string() == STOPPED { we } else { e });
-        }
-        (Err(e), Ok(_), Ok(up)) | (Ok(()), Err(e), Ok(up)) => {
-            abort(up).await;
-            return Err(e);
-        }
-        (Ok(()), Ok(enc), Ok(up)) => (up, enc),
-    };
-    if let Some(up) = upload {
-        up.commit().await?;
-    }
+            let quarantined = gather_all(&mut w, cluster, &ns, &pod, &plan.spec).await?;
+            let m = manifest(cluster, plan, &pod, &bundle, started, quarantined, &w).await;
+            finish_bundle(&mut w, &m).await?;
+            Ok((w.files.len() + 2, w.missing))
+        },
+    )
+    .await;
+    stage.finish();
+    let encoded = outcome.into_result()?;
+    let (files, missing) = encoded.output;
+    encoded.upload.commit().await?;
     let mut result = BundleResult {
-        namespace: ns.to_string(),
+        namespace: ns.clone(),
         pod: name,
         bundle,
-        location: format!("{}/{object}", store.url().trim_end_matches('/')),
-        stored_size: enc.stored_size,
-        stored_sha256: enc.stored_sha256,
+        location: format!("{}/{object}", plan.store.url().trim_end_matches('/')),
+        stored_size: encoded.stats.stored_size,
+        stored_sha256: encoded.stats.stored_sha256,
         files,
         missing,
-        encrypted: plan.encrypted,
+        encrypted,
         duration_seconds: clock.elapsed().as_secs_f64(),
         dry_run: ctx.dry_run,
         event: None,
@@ -444,7 +266,7 @@ async fn collect_one(
         seconds = format!("{:.2}", result.duration_seconds), "evidence bundle stored");
     if plan.spec.record_event {
         // The bundle is already stored: failing to annotate the cluster is a warning, not a failure.
-        match record_event(ctx, &cluster.client, &pod, &result, plan).await {
+        match record_event(ctx, cluster, &pod, &result, plan).await {
             Ok(name) => result.event = Some(name),
             Err(e) => tracing::warn!(error = %e, "the bundle is stored but no Event was recorded"),
         }
@@ -452,67 +274,83 @@ async fn collect_one(
     Ok(result)
 }
 
+/// `manifest.json`: who collected what, when, from where, and what is missing.
+async fn manifest(
+    cluster: &Cluster,
+    plan: &Plan,
+    pod: &Pod,
+    bundle: &str,
+    started: jiff::Timestamp,
+    quarantined: bool,
+    w: &BundleWriter<'_>,
+) -> Manifest {
+    let (ns, name) = name_of(pod);
+    let server_version = cluster
+        .client
+        .apiserver_version()
+        .await
+        .ok()
+        .map(|v| v.git_version);
+    Manifest {
+        format: FORMAT.into(),
+        bundle: bundle.to_string(),
+        case_id: plan.spec.case_id.clone(),
+        note: plan.spec.note.clone(),
+        collector: Collector {
+            identity: cluster.configured_identity.clone(),
+            host: gethostname::gethostname().to_string_lossy().into_owned(),
+            kirt_version: crate::actions::version::long(),
+        },
+        cluster: ClusterInfo {
+            url: cluster.url.clone(),
+            server_version,
+        },
+        pod: PodRef {
+            namespace: ns,
+            name,
+            uid: pod.metadata.uid.clone().unwrap_or_default(),
+            node: node_of(pod).map(str::to_string),
+            quarantined,
+        },
+        options: Options {
+            since: plan.spec.since.map(crate::units::human_duration),
+            tail_lines: plan.spec.tail_lines,
+            checkpoint: plan.spec.checkpoint,
+            encrypted: !matches!(plan.encryption, Encryption::None),
+            best_effort: plan.spec.best_effort,
+        },
+        started_at: started,
+        finished_at: jiff::Timestamp::now(),
+        files: w.files.clone(),
+        missing: w.missing.clone(),
+    }
+}
+
 /// One Event on the pod saying that evidence was taken, where it went and its digest.
 async fn record_event(
     ctx: &Ctx,
-    client: &Client,
+    cluster: &Cluster,
     pod: &Pod,
     b: &BundleResult,
     plan: &Plan,
 ) -> Result<String> {
-    use k8s_openapi::api::core::v1::{Event, EventSource, ObjectReference};
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
-    let now = Time(k8s_openapi::jiff::Timestamp::now());
-    let stamp = b
-        .bundle
-        .rsplit('-')
-        .next()
-        .unwrap_or_default()
-        .to_ascii_lowercase();
-    let name = format!("{}.kirt-evidence-{stamp}", b.pod);
     let case = plan
         .spec
         .case_id
         .as_deref()
         .map(|c| format!(" for case {c}"))
         .unwrap_or_default();
-    let event = Event {
-        metadata: ObjectMeta {
-            name: Some(name.clone()),
-            namespace: Some(b.namespace.clone()),
-            ..Default::default()
-        },
-        involved_object: ObjectReference {
-            api_version: Some("v1".into()),
-            kind: Some("Pod".into()),
-            name: pod.metadata.name.clone(),
-            namespace: Some(b.namespace.clone()),
-            uid: pod.metadata.uid.clone(),
-            resource_version: pod.metadata.resource_version.clone(),
-            ..Default::default()
-        },
-        reason: Some("EvidenceCollected".into()),
-        message: Some(format!(
-            "kirt collected evidence{case}: {} (sha256 {})",
-            b.location, b.stored_sha256
-        )),
-        type_: Some("Normal".into()),
-        source: Some(EventSource {
-            component: Some(crate::k8s::FIELD_MANAGER.into()),
-            host: None,
-        }),
-        reporting_component: Some(crate::k8s::FIELD_MANAGER.into()),
-        reporting_instance: Some(gethostname::gethostname().to_string_lossy().into_owned()),
-        first_timestamp: Some(now.clone()),
-        last_timestamp: Some(now),
-        count: Some(1),
-        ..Default::default()
-    };
-    Api::<Event>::namespaced(client.clone(), &b.namespace)
-        .create(&crate::k8s::post_params(ctx.dry_run), &event)
+    Recorder::new(cluster, ctx.dry_run)
+        .publish(
+            pod.object_ref(&()),
+            EventType::Normal,
+            "EvidenceCollected",
+            &format!(
+                "kirt collected evidence{case}: {} (sha256 {})",
+                b.location, b.stored_sha256
+            ),
+        )
         .await
-        .op(Op::new("create", "events").ns(&b.namespace))?;
-    Ok(name)
 }
 
 /// A bundle name not yet in the store: never overwrite an earlier bundle of the same pod taken
@@ -546,38 +384,27 @@ async fn fresh_name(
     }
 }
 
-async fn abort(up: Option<Box<dyn Upload>>) {
-    if let Some(up) = up {
-        up.abort().await;
-    }
-}
-
 /// Everything but the manifest. Returns whether the pod was quarantined (original labels used).
 async fn gather_all(
-    w: &mut BundleWriter,
-    client: &Client,
+    w: &mut BundleWriter<'_>,
+    cluster: &Cluster,
     ns: &str,
     pod: &Pod,
-    plan: &Plan,
+    spec: &EvidenceCollectSpec,
 ) -> Result<bool> {
-    let name = pod.metadata.name.clone().unwrap_or_default();
-    let best_effort = plan.spec.best_effort;
+    let best_effort = spec.best_effort;
     w.json("pod.json", pod).await?;
     w.json("status.json", &pod.status).await?;
-    let events = gather::events(client, pod, ns).await;
+    let events = gather::events(cluster, pod, ns).await;
     if let Some(v) = w.optional("events.json", events, best_effort)? {
         w.json("events.json", &v).await?;
     }
 
-    logs(w, client, ns, pod, plan).await?;
+    logs(w, cluster, ns, pod, spec).await?;
 
-    match pod.spec.as_ref().and_then(|s| s.node_name.clone()) {
+    match node_of(pod) {
         Some(node) => {
-            let got = match Api::<Node>::all(client.clone()).get(&node).await {
-                Ok(n) => Ok(Some(n)),
-                Err(kube::Error::Api(s)) if s.code == 404 => Ok(None),
-                Err(e) => Err(Op::new("get", "nodes").name(&node).err(e)),
-            };
+            let got = cluster.all::<Node>().get_opt(node).await;
             match w.optional("node.json", got, best_effort)? {
                 Some(Some(n)) => w.json("node.json", &n).await?,
                 Some(None) => w.missing("node.json", format!("node {node} no longer exists")),
@@ -589,7 +416,7 @@ async fn gather_all(
 
     let (labels, quarantined) = gather::effective_labels(pod);
     let mut missing = Vec::new();
-    let owners = gather::owners(client, pod, ns, &labels, &mut missing).await;
+    let owners = gather::owners(cluster, pod, ns, &labels, &mut missing).await;
     for owner in w
         .optional("owners/", owners, best_effort)?
         .unwrap_or_default()
@@ -599,17 +426,17 @@ async fn gather_all(
     for m in missing {
         w.missing(&m.item, m.reason);
     }
-    let services = gather::services(client, ns, &labels).await;
+    let services = gather::services(cluster, ns, &labels).await;
     if let Some((services, endpoints)) = w.optional("services.json", services, best_effort)? {
         w.json("services.json", &services).await?;
         w.json("endpoints.json", &endpoints).await?;
     }
-    let policies = gather::network_policies(client, ns).await;
+    let policies = gather::network_policies(cluster, ns).await;
     if let Some(v) = w.optional("networkpolicies.json", policies, best_effort)? {
         w.json("networkpolicies.json", &v).await?;
     }
     let sa = gather::service_account_name(pod);
-    let account = gather::service_account(client, ns, &sa).await;
+    let account = gather::service_account(cluster, ns, &sa).await;
     match w.optional("serviceaccount.json", account, best_effort)? {
         Some(Some(obj)) => w.json("serviceaccount.json", &obj).await?,
         Some(None) => w.missing(
@@ -618,14 +445,14 @@ async fn gather_all(
         ),
         None => {}
     }
-    let rbac = gather::rbac(client, ns, &sa).await;
+    let rbac = gather::rbac(cluster, ns, &sa).await;
     if let Some(v) = w.optional("rbac.json", rbac, best_effort)? {
         w.json("rbac.json", &v).await?;
     }
     w.json("references.json", &gather::references(pod)).await?;
 
-    if plan.spec.checkpoint {
-        checkpoints(w, client, ns, &name, pod).await?;
+    if spec.checkpoint {
+        checkpoints(w, cluster, ns, pod).await?;
     }
     Ok(quarantined)
 }
@@ -673,14 +500,14 @@ fn has_previous(s: Option<&ContainerStatus>) -> bool {
 }
 
 async fn logs(
-    w: &mut BundleWriter,
-    client: &Client,
+    w: &mut BundleWriter<'_>,
+    cluster: &Cluster,
     ns: &str,
     pod: &Pod,
-    plan: &Plan,
+    spec: &EvidenceCollectSpec,
 ) -> Result<()> {
-    let name = pod.metadata.name.clone().unwrap_or_default();
-    let api: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let (_, name) = name_of(pod);
+    let pods = cluster.namespaced::<Pod>(ns);
     let statuses = statuses(pod);
     for c in containers(pod) {
         let mut wanted = vec![(false, format!("logs/{c}.log"))];
@@ -691,16 +518,16 @@ async fn logs(
             let lp = LogParams {
                 container: Some(c.clone()),
                 previous,
-                since_seconds: plan.since_seconds,
-                tail_lines: plan.spec.tail_lines,
+                since_seconds: spec.since.map(|d| d.as_secs().max(1) as i64),
+                tail_lines: spec.tail_lines,
                 ..Default::default()
             };
-            match api.log_stream(&name, &lp).await {
+            match pods.api().log_stream(&name, &lp).await {
                 Ok(stream) => {
                     let s = spool(
                         stream,
                         &format!("log of {ns}/{name} container {c}"),
-                        &*w.stage,
+                        w.stage,
                     )
                     .await?;
                     w.spooled(&path, s).await?;
@@ -711,8 +538,8 @@ async fn logs(
                     w.missing(&path, format!("the API answered {}: {}", s.code, s.message))
                 }
                 Err(e) => {
-                    let e = Op::new("get", "pods/log").ns(ns).name(&name).err(e);
-                    w.optional::<()>(&path, Err(e), plan.spec.best_effort)?;
+                    let e = pods.sub_op("get", "log", &name).err(e);
+                    w.optional::<()>(&path, Err(e), spec.best_effort)?;
                 }
             }
         }
@@ -723,13 +550,13 @@ async fn logs(
 /// Checkpoints through the apiserver's node proxy (POST …/proxy/checkpoint/NS/POD/CONTAINER).
 /// Unavailable is not a failure: the reason goes into the manifest.
 async fn checkpoints(
-    w: &mut BundleWriter,
-    client: &Client,
+    w: &mut BundleWriter<'_>,
+    cluster: &Cluster,
     ns: &str,
-    name: &str,
     pod: &Pod,
 ) -> Result<()> {
-    let node = pod.spec.as_ref().and_then(|s| s.node_name.clone());
+    let (_, name) = name_of(pod);
+    let node = node_of(pod);
     let regular: Vec<String> = pod
         .spec
         .as_ref()
@@ -737,18 +564,19 @@ async fn checkpoints(
         .unwrap_or_default();
     for c in regular {
         let path = format!("checkpoints/{c}.tar");
-        let Some(node) = node.as_deref() else {
+        let Some(node) = node else {
             w.missing(&path, "the pod is not scheduled to a node");
             continue;
         };
+        let op = cluster.op("create", "nodes/proxy", "").name(node);
         let url = format!("/api/v1/nodes/{node}/proxy/checkpoint/{ns}/{name}/{c}");
         let req = http::Request::post(url)
             .body(Vec::new())
             .map_err(|e| Error::failed(format!("building the checkpoint request: {e}")))?;
-        match client.request_stream(req).await {
+        match cluster.client.request_stream(req).await {
             Ok(stream) => {
                 let what = format!("checkpoint of {ns}/{name} container {c}");
-                let s = spool(stream, &what, &*w.stage).await?;
+                let s = spool(stream, &what, w.stage).await?;
                 if s.first == Some(b'{') {
                     // A real kubelet writes the archive on the node and answers with its path.
                     let p = format!("checkpoints/{c}.json");
@@ -758,25 +586,21 @@ async fn checkpoints(
                     w.spooled(&path, s).await?;
                 }
             }
-            Err(kube::Error::Api(s)) if s.code == 404 => w.missing(
-                &path,
-                format!(
-                    "the kubelet on node {node} does not serve the checkpoint API (HTTP 404: {}); it needs the ContainerCheckpoint feature (KEP-2008) and a CRI runtime that supports it",
-                    s.message
+            Err(e) => match (status_code(&e), e) {
+                (Some(404), kube::Error::Api(s)) => w.missing(
+                    &path,
+                    format!(
+                        "the kubelet on node {node} does not serve the checkpoint API (HTTP 404: {}); it needs the ContainerCheckpoint feature (KEP-2008) and a CRI runtime that supports it",
+                        s.message
+                    ),
                 ),
-            ),
-            Err(kube::Error::Api(s)) if s.code == 403 => w.missing(
-                &path,
-                Op::new("create", "nodes/proxy")
-                    .name(node)
-                    .err(kube::Error::Api(s))
-                    .to_string(),
-            ),
-            Err(kube::Error::Api(s)) => w.missing(
-                &path,
-                format!("the checkpoint API answered {}: {}", s.code, s.message),
-            ),
-            Err(e) => return Err(Op::new("create", "nodes/proxy").name(node).err(e)),
+                (Some(403), e) => w.missing(&path, op.err(e).to_string()),
+                (Some(code), kube::Error::Api(s)) => w.missing(
+                    &path,
+                    format!("the checkpoint API answered {code}: {}", s.message),
+                ),
+                (_, e) => return Err(op.err(e)),
+            },
         }
     }
     Ok(())

@@ -12,15 +12,16 @@ use k8s_openapi::api::rbac::v1::{
     ClusterRole, ClusterRoleBinding, Role, RoleBinding, RoleRef, Subject,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, OwnerReference};
-use kube::api::{Api, ListParams};
-use kube::core::{ApiResource, DynamicObject, GroupVersionKind};
-use kube::Client;
+use kube::api::ListParams;
+use kube::core::{ApiResource, GroupVersionKind};
 use serde::Serialize;
 use serde_json::{json, Value};
 
 use super::Missing;
 use crate::error::{Error, Result};
-use crate::k8s::{KubeContext, Op};
+use crate::k8s::keys::ORIGINAL_LABELS;
+use crate::k8s::selector::{self, Labels};
+use crate::k8s::Cluster;
 
 /// A k8s-style `List` that `kubectl` and `jq` users recognise.
 pub fn list_of<T: Serialize>(items: &[T]) -> Value {
@@ -28,64 +29,28 @@ pub fn list_of<T: Serialize>(items: &[T]) -> Value {
 }
 
 /// The labels that select this pod: the original ones if kirt quarantined it.
-pub fn effective_labels(pod: &Pod) -> (BTreeMap<String, String>, bool) {
-    let original = pod
-        .metadata
-        .annotations
-        .as_ref()
-        .and_then(|a| a.get(super::ORIGINAL_LABELS))
-        .and_then(|s| serde_json::from_str::<BTreeMap<String, String>>(s).ok());
+pub fn effective_labels(pod: &Pod) -> (Labels, bool) {
+    let original = crate::k8s::annotation(&pod.metadata, ORIGINAL_LABELS)
+        .and_then(|s| serde_json::from_str::<Labels>(s).ok());
     match original {
         Some(labels) => (labels, true),
         None => (pod.metadata.labels.clone().unwrap_or_default(), false),
     }
 }
 
-/// Kubernetes label-selector semantics (matchLabels AND every matchExpression).
-pub fn selector_matches(sel: &LabelSelector, labels: &BTreeMap<String, String>) -> bool {
-    let empty = sel.match_labels.as_ref().is_none_or(|m| m.is_empty())
-        && sel.match_expressions.as_ref().is_none_or(|e| e.is_empty());
-    if empty {
-        return false; // an empty controller selector selects nothing useful here
-    }
-    let labels_ok = sel
-        .match_labels
-        .iter()
-        .flatten()
-        .all(|(k, v)| labels.get(k) == Some(v));
-    let exprs_ok = sel.match_expressions.iter().flatten().all(|e| {
-        let values = e.values.clone().unwrap_or_default();
-        let have = labels.get(&e.key);
-        match e.operator.as_str() {
-            "In" => have.is_some_and(|v| values.contains(v)),
-            "NotIn" => have.is_none_or(|v| !values.contains(v)),
-            "Exists" => have.is_some(),
-            "DoesNotExist" => have.is_none(),
-            _ => false,
-        }
-    });
-    labels_ok && exprs_ok
+/// A controller's selector selects this pod (an empty one selects nothing useful here).
+fn controller_selects(sel: &LabelSelector, labels: &Labels) -> bool {
+    !selector::is_empty(sel) && selector::matches(sel, labels)
 }
 
-/// A Service selector (plain map) matches when non-empty and a subset of the labels.
-pub fn service_selects(
-    sel: Option<&BTreeMap<String, String>>,
-    labels: &BTreeMap<String, String>,
-) -> bool {
-    match sel {
-        Some(s) if !s.is_empty() => s.iter().all(|(k, v)| labels.get(k) == Some(v)),
-        _ => false,
-    }
-}
-
-pub async fn events(client: &Client, pod: &Pod, ns: &str) -> Result<Value> {
+pub async fn events(cluster: &Cluster, pod: &Pod, ns: &str) -> Result<Value> {
     let name = pod.metadata.name.clone().unwrap_or_default();
     let uid = pod.metadata.uid.clone().unwrap_or_default();
-    let api: Api<Event> = Api::namespaced(client.clone(), ns);
     let lp = ListParams::default().fields(&format!("involvedObject.name={name}"));
-    let list = api.list(&lp).await.op(Op::new("list", "events").ns(ns))?;
-    let mut items: Vec<Event> = list
-        .items
+    let mut items: Vec<Event> = cluster
+        .namespaced::<Event>(ns)
+        .list(&lp)
+        .await?
         .into_iter()
         .filter(|e| e.involved_object.kind.as_deref() == Some("Pod"))
         .filter(|e| {
@@ -125,133 +90,106 @@ fn owner_file(kind: &str, name: &str) -> String {
 /// was released by its controller, so its owners are found by matching the original labels
 /// against the namespace's ReplicaSets, StatefulSets and DaemonSets instead.
 pub async fn owners(
-    client: &Client,
+    cluster: &Cluster,
     pod: &Pod,
     ns: &str,
-    labels: &BTreeMap<String, String>,
+    labels: &Labels,
     missing: &mut Vec<Missing>,
 ) -> Result<Vec<Owner>> {
     let mut out = Vec::new();
     let mut queue: Vec<OwnerReference> = pod.metadata.owner_references.clone().unwrap_or_default();
-    if queue.is_empty()
-        && pod
-            .metadata
-            .annotations
-            .as_ref()
-            .is_some_and(|a| a.contains_key(super::ORIGINAL_LABELS))
-    {
-        queue = inferred_owners(client, ns, labels).await?;
+    if queue.is_empty() && crate::k8s::annotation(&pod.metadata, ORIGINAL_LABELS).is_some() {
+        queue = inferred_owners(cluster, ns, labels).await?;
     }
     let mut seen = BTreeSet::new();
     while let Some(r) = queue.pop() {
         if !seen.insert((r.kind.clone(), r.name.clone())) || seen.len() > 16 {
             continue;
         }
-        let ar = api_resource(&r);
-        let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns, &ar);
         let file = owner_file(&r.kind, &r.name);
-        match api.get(&r.name).await {
-            Ok(obj) => {
+        match cluster
+            .dynamic(ns, &api_resource(&r))
+            .get_opt(&r.name)
+            .await?
+        {
+            Some(obj) => {
                 queue.extend(obj.metadata.owner_references.clone().unwrap_or_default());
                 let object = serde_json::to_value(&obj)
-                    .map_err(|e| Error::failed(format!("encoding {file}: {e}")))?;
+                    .map_err(|e| Error::json(format!("encoding {file}"), e))?;
                 out.push(Owner { file, object });
             }
-            Err(kube::Error::Api(s)) if s.code == 404 => missing.push(Missing {
+            None => missing.push(Missing {
                 item: file,
                 reason: format!(
                     "owner {} {} no longer exists (or its API is not served)",
                     r.kind, r.name
                 ),
             }),
-            Err(e) => return Err(Op::new("get", &ar.plural).ns(ns).name(&r.name).err(e)),
         }
     }
     Ok(out)
 }
 
 async fn inferred_owners(
-    client: &Client,
+    cluster: &Cluster,
     ns: &str,
-    labels: &BTreeMap<String, String>,
+    labels: &Labels,
 ) -> Result<Vec<OwnerReference>> {
-    fn owner_ref(api_version: &str, kind: &str, name: Option<String>) -> OwnerReference {
+    fn owner_ref(kind: &str, name: Option<String>) -> OwnerReference {
         OwnerReference {
-            api_version: api_version.into(),
+            api_version: "apps/v1".into(),
             kind: kind.into(),
             name: name.unwrap_or_default(),
             ..Default::default()
         }
     }
     let mut refs = Vec::new();
-    let lp = ListParams::default();
-    let rs = Api::<ReplicaSet>::namespaced(client.clone(), ns)
-        .list(&lp)
-        .await
-        .op(Op::new("list", "replicasets").ns(ns))?;
-    for o in rs.items {
-        if selector_matches(&o.spec.selector, labels) {
-            refs.push(owner_ref("apps/v1", "ReplicaSet", o.metadata.name));
+    for o in cluster.namespaced::<ReplicaSet>(ns).list_all().await? {
+        if controller_selects(&o.spec.selector, labels) {
+            refs.push(owner_ref("ReplicaSet", o.metadata.name));
         }
     }
-    let sts = Api::<StatefulSet>::namespaced(client.clone(), ns)
-        .list(&lp)
-        .await
-        .op(Op::new("list", "statefulsets").ns(ns))?;
-    for o in sts.items {
-        if selector_matches(&o.spec.selector, labels) {
-            refs.push(owner_ref("apps/v1", "StatefulSet", o.metadata.name));
+    for o in cluster.namespaced::<StatefulSet>(ns).list_all().await? {
+        if controller_selects(&o.spec.selector, labels) {
+            refs.push(owner_ref("StatefulSet", o.metadata.name));
         }
     }
-    let ds = Api::<DaemonSet>::namespaced(client.clone(), ns)
-        .list(&lp)
-        .await
-        .op(Op::new("list", "daemonsets").ns(ns))?;
-    for o in ds.items {
-        if selector_matches(&o.spec.selector, labels) {
-            refs.push(owner_ref("apps/v1", "DaemonSet", o.metadata.name));
+    for o in cluster.namespaced::<DaemonSet>(ns).list_all().await? {
+        if controller_selects(&o.spec.selector, labels) {
+            refs.push(owner_ref("DaemonSet", o.metadata.name));
         }
     }
     Ok(refs)
 }
 
 /// Services whose selector matches the labels, and their Endpoints.
-pub async fn services(
-    client: &Client,
-    ns: &str,
-    labels: &BTreeMap<String, String>,
-) -> Result<(Value, Value)> {
-    let svcs = Api::<Service>::namespaced(client.clone(), ns)
-        .list(&ListParams::default())
-        .await
-        .op(Op::new("list", "services").ns(ns))?;
-    let matched: Vec<Service> = svcs
-        .items
+pub async fn services(cluster: &Cluster, ns: &str, labels: &Labels) -> Result<(Value, Value)> {
+    let matched: Vec<Service> = cluster
+        .namespaced::<Service>(ns)
+        .list_all()
+        .await?
         .into_iter()
-        .filter(|s| service_selects(s.spec.as_ref().and_then(|s| s.selector.as_ref()), labels))
+        .filter(|s| {
+            selector::map_selects(s.spec.as_ref().and_then(|s| s.selector.as_ref()), labels)
+        })
         .collect();
     let names: BTreeSet<String> = matched
         .iter()
         .filter_map(|s| s.metadata.name.clone())
         .collect();
-    let eps = Api::<Endpoints>::namespaced(client.clone(), ns)
-        .list(&ListParams::default())
-        .await
-        .op(Op::new("list", "endpoints").ns(ns))?;
-    let eps: Vec<Endpoints> = eps
-        .items
+    let eps: Vec<Endpoints> = cluster
+        .namespaced::<Endpoints>(ns)
+        .list_all()
+        .await?
         .into_iter()
         .filter(|e| e.metadata.name.as_ref().is_some_and(|n| names.contains(n)))
         .collect();
     Ok((list_of(&matched), list_of(&eps)))
 }
 
-pub async fn network_policies(client: &Client, ns: &str) -> Result<Value> {
-    let list = Api::<NetworkPolicy>::namespaced(client.clone(), ns)
-        .list(&ListParams::default())
-        .await
-        .op(Op::new("list", "networkpolicies").ns(ns))?;
-    Ok(list_of(&list.items))
+pub async fn network_policies(cluster: &Cluster, ns: &str) -> Result<Value> {
+    let list = cluster.namespaced::<NetworkPolicy>(ns).list_all().await?;
+    Ok(list_of(&list))
 }
 
 pub fn service_account_name(pod: &Pod) -> String {
@@ -263,14 +201,14 @@ pub fn service_account_name(pod: &Pod) -> String {
 }
 
 /// The ServiceAccount object (it lists its token Secrets by name only; they are never read).
-pub async fn service_account(client: &Client, ns: &str, sa: &str) -> Result<Option<Value>> {
-    let api: Api<ServiceAccount> = Api::namespaced(client.clone(), ns);
-    match api.get(sa).await {
-        Ok(o) => Ok(Some(serde_json::to_value(&o).map_err(|e| {
-            Error::failed(format!("encoding the ServiceAccount: {e}"))
-        })?)),
-        Err(kube::Error::Api(s)) if s.code == 404 => Ok(None),
-        Err(e) => Err(Op::new("get", "serviceaccounts").ns(ns).name(sa).err(e)),
+pub async fn service_account(cluster: &Cluster, ns: &str, sa: &str) -> Result<Option<Value>> {
+    match cluster.namespaced::<ServiceAccount>(ns).get_opt(sa).await? {
+        Some(o) => {
+            Ok(Some(serde_json::to_value(&o).map_err(|e| {
+                Error::json("encoding the ServiceAccount", e)
+            })?))
+        }
+        None => Ok(None),
     }
 }
 
@@ -331,20 +269,11 @@ fn matched_subjects(
 
 /// Every RoleBinding (any namespace) and ClusterRoleBinding that grants the ServiceAccount
 /// something, each with the rules of the role it refers to.
-pub async fn rbac(client: &Client, ns: &str, sa: &str) -> Result<Value> {
-    let rbs = Api::<RoleBinding>::all(client.clone())
-        .list(&ListParams::default())
-        .await
-        .op(Op::new("list", "rolebindings.rbac.authorization.k8s.io"))?;
-    let crbs = Api::<ClusterRoleBinding>::all(client.clone())
-        .list(&ListParams::default())
-        .await
-        .op(Op::new(
-            "list",
-            "clusterrolebindings.rbac.authorization.k8s.io",
-        ))?;
+pub async fn rbac(cluster: &Cluster, ns: &str, sa: &str) -> Result<Value> {
+    let rbs = cluster.all::<RoleBinding>().list_all().await?;
+    let crbs = cluster.all::<ClusterRoleBinding>().list_all().await?;
     let mut grants = Vec::new();
-    for b in rbs.items {
+    for b in rbs {
         let bns = b.metadata.namespace.clone();
         let matched = matched_subjects(b.subjects.as_deref(), ns, sa, bns.as_deref());
         if !matched.is_empty() {
@@ -357,7 +286,7 @@ pub async fn rbac(client: &Client, ns: &str, sa: &str) -> Result<Value> {
             });
         }
     }
-    for b in crbs.items {
+    for b in crbs {
         let matched = matched_subjects(b.subjects.as_deref(), ns, sa, None);
         if !matched.is_empty() {
             grants.push(Grant {
@@ -379,7 +308,7 @@ pub async fn rbac(client: &Client, ns: &str, sa: &str) -> Result<Value> {
         let rules = match rules_of.get(&key) {
             Some(r) => r.clone(),
             None => {
-                let r = role_rules(client, &key.0, key.1.as_deref(), &key.2).await?;
+                let r = role_rules(cluster, &key.0, key.1.as_deref(), &key.2).await?;
                 rules_of.insert(key, r.clone());
                 r
             }
@@ -396,27 +325,27 @@ pub async fn rbac(client: &Client, ns: &str, sa: &str) -> Result<Value> {
     Ok(json!({"serviceAccount": format!("{ns}/{sa}"), "bindings": bindings}))
 }
 
-async fn role_rules(client: &Client, kind: &str, ns: Option<&str>, name: &str) -> Result<Value> {
-    let not_found = || json!({"error": format!("{kind} {name} does not exist: the binding grants nothing until it is created")});
-    if kind == "Role" {
+async fn role_rules(cluster: &Cluster, kind: &str, ns: Option<&str>, name: &str) -> Result<Value> {
+    let rules = if kind == "Role" {
         let ns = ns.unwrap_or_default();
-        match Api::<Role>::namespaced(client.clone(), ns).get(name).await {
-            Ok(r) => Ok(json!(r.rules.unwrap_or_default())),
-            Err(kube::Error::Api(s)) if s.code == 404 => Ok(not_found()),
-            Err(e) => Err(Op::new("get", "roles.rbac.authorization.k8s.io")
-                .ns(ns)
-                .name(name)
-                .err(e)),
-        }
+        cluster
+            .namespaced::<Role>(ns)
+            .get_opt(name)
+            .await?
+            .map(|r| r.rules)
     } else {
-        match Api::<ClusterRole>::all(client.clone()).get(name).await {
-            Ok(r) => Ok(json!(r.rules.unwrap_or_default())),
-            Err(kube::Error::Api(s)) if s.code == 404 => Ok(not_found()),
-            Err(e) => Err(Op::new("get", "clusterroles.rbac.authorization.k8s.io")
-                .name(name)
-                .err(e)),
+        cluster
+            .all::<ClusterRole>()
+            .get_opt(name)
+            .await?
+            .map(|r| r.rules)
+    };
+    Ok(match rules {
+        Some(r) => json!(r.unwrap_or_default()),
+        None => {
+            json!({"error": format!("{kind} {name} does not exist: the binding grants nothing until it is created")})
         }
-    }
+    })
 }
 
 /// Names of the ConfigMaps and Secrets the pod refers to, and where from. Names only: values
@@ -551,15 +480,15 @@ mod tests {
                 values: Some(vec!["front".into()]),
             }]),
         };
-        assert!(selector_matches(&sel, &l));
+        assert!(controller_selects(&sel, &l));
         let mut sel2 = sel.clone();
         sel2.match_expressions.as_mut().unwrap()[0].operator = "NotIn".into();
-        assert!(!selector_matches(&sel2, &l));
-        assert!(!selector_matches(&LabelSelector::default(), &l));
-        assert!(service_selects(Some(&labels(&[("app", "web")])), &l));
-        assert!(!service_selects(Some(&labels(&[("app", "db")])), &l));
-        assert!(!service_selects(Some(&BTreeMap::new()), &l));
-        assert!(!service_selects(None, &l));
+        assert!(!controller_selects(&sel2, &l));
+        assert!(!controller_selects(&LabelSelector::default(), &l));
+        assert!(selector::map_selects(Some(&labels(&[("app", "web")])), &l));
+        assert!(!selector::map_selects(Some(&labels(&[("app", "db")])), &l));
+        assert!(!selector::map_selects(Some(&BTreeMap::new()), &l));
+        assert!(!selector::map_selects(None, &l));
     }
 
     #[test]

@@ -15,8 +15,6 @@ use serde::{Deserialize, Serialize};
 pub const FORMAT: &str = "kirt.dev/evidence/v1";
 pub const MANIFEST: &str = "manifest.json";
 pub const SUMS: &str = "SHA256SUMS";
-/// Annotation in which quarantine keeps a pod's original labels (JSON object).
-pub const ORIGINAL_LABELS: &str = "kirt.dev/original-labels";
 
 /// `manifest.json`: who collected what, when, from where, and what could not be collected.
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -4,32 +4,33 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Read;
-use std::path::{Component, Path, PathBuf};
+use std::path::{Component, Path};
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::{parse_object_name, parse_sums, Manifest, FORMAT, MANIFEST, SUMS};
 use crate::context::Ctx;
-use crate::crypto;
-use crate::error::{Error, Exit, Result};
+use crate::crypto::{DecryptOptions, MODE_PASSPHRASE, MODE_RECIPIENTS};
+use crate::error::{join, Error, Exit, Result};
 use crate::output::{Render, Table};
-use crate::pipeline::{open_reader, Decoder, Decryption};
+use crate::pipeline::{open_reader, Decoder};
 use crate::store::{self, S3Options};
-use crate::util::human_bytes;
+use crate::units::human_bytes;
 
 /// manifest.json and SHA256SUMS are read whole; anything bigger is not ours.
 const SMALL_FILE_LIMIT: u64 = 16 << 20;
 
 #[derive(Debug, Clone, Default, clap::Args, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(default, rename_all = "kebab-case", deny_unknown_fields)]
+#[schemars(extend("required" = ["bundle"]))]
 pub struct EvidenceVerifySpec {
     /// The bundle: a local file, file:///PATH or s3://BUCKET/KEY
     #[arg(value_name = "BUNDLE")]
     pub bundle: String,
-    /// age identity (or SSH private key) file for encrypted bundles; repeatable
-    #[arg(long = "identity", value_name = "FILE")]
-    pub identities: Vec<PathBuf>,
+    /// How to decrypt an encrypted (.age) bundle
+    #[command(flatten)]
+    pub decrypt: DecryptOptions,
     /// Also require the stored bytes to have this sha256 (as printed by `evidence collect`)
     #[arg(long, value_name = "HEX")]
     pub sha256: Option<String>,
@@ -218,20 +219,13 @@ pub async fn run(_ctx: &Ctx, spec: EvidenceVerifySpec) -> Result<VerifyResult> {
         )));
     };
     let bundle = bundle.to_string();
-    let decryption = if encrypted {
-        if spec.identities.is_empty() {
-            return Err(Error::usage(
-                "the bundle is encrypted (.age): give --identity FILE",
-            ));
-        }
-        let mut ids = Vec::new();
-        for f in &spec.identities {
-            ids.extend(crypto::load_identities(f)?);
-        }
-        Decryption::Identities(ids)
+    // The file name says whether it is encrypted, not how: the options say which key to use.
+    let mode = encrypted.then_some(if spec.decrypt.passphrase {
+        MODE_PASSPHRASE
     } else {
-        Decryption::None
-    };
+        MODE_RECIPIENTS
+    });
+    let decryption = spec.decrypt.resolve(mode, "the bundle (.age)")?;
     let store = store::open(&store_url, &spec.s3).await?;
     let reader = store.get(&key).await.map_err(|e| match e {
         Error::NotFound { .. } => Error::not_found(
@@ -241,7 +235,7 @@ pub async fn run(_ctx: &Ctx, spec: EvidenceVerifySpec) -> Result<VerifyResult> {
         e => e,
     })?;
     let location = spec.bundle.clone();
-    let (scan, stats) = tokio::task::spawn_blocking(move || -> Result<_> {
+    let (scan, stats) = join("verify", tokio::task::spawn_blocking(move || -> Result<_> {
         let mut dec = Decoder::new(open_reader(reader), decryption, true)?;
         let scan = scan(&mut dec).map_err(|e| {
             Error::VerifyFailed(format!(
@@ -249,9 +243,8 @@ pub async fn run(_ctx: &Ctx, spec: EvidenceVerifySpec) -> Result<VerifyResult> {
             ))
         })?;
         Ok((scan, dec.finish()))
-    })
-    .await
-    .map_err(|e| Error::failed(format!("verify task: {e}")))??;
+    }))
+    .await??;
     let stats = stats.ok_or_else(|| Error::failed("the bundle was not read to its end"))?;
     let mut result = compare(&bundle, &scan);
     result.stored_size = stats.stored_size;

@@ -5,8 +5,8 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{Node, Pod};
-use kube::api::{Api, Patch};
-use kube::Client;
+use kube::api::Patch;
+use kube::Resource;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
@@ -14,27 +14,24 @@ use super::policies::{
     allowance_policy, ensure_policy, namespace_policy, narrow_policies, PolicyChange,
 };
 use super::policy_eval::Labels;
-use super::*;
+use super::{is_quarantined, pod_label_value, Outcome, DEFAULT_CONCURRENCY};
 use crate::context::Ctx;
 use crate::error::{Error, Exit, Result};
-use crate::k8s::{patch_params, KubeContext, Op};
+use crate::k8s::keys::{
+    CORDONED_BY, ORIGINAL_LABELS, QUARANTINED, QUARANTINED_AT, QUARANTINED_BY, QUARANTINED_REASON,
+    QUARANTINE_POD,
+};
+use crate::k8s::write::retry_conflict;
+use crate::k8s::{bounded, labels_of, name_of, node_of, Cluster, EventType, PodTarget, Recorder};
 use crate::output::{Render, Table};
 
 #[derive(Debug, Clone, Default, clap::Args, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(default, rename_all = "kebab-case", deny_unknown_fields)]
 pub struct QuarantineSpec {
-    /// The pod to quarantine (or use -l)
-    #[arg(value_name = "POD")]
-    pub pod: Option<String>,
-    /// Quarantine every pod matching this label selector (with -A: in every namespace)
-    #[arg(short = 'l', long, value_name = "SELECTOR", conflicts_with = "pod")]
-    pub selector: Option<String>,
-    /// Namespace (playbooks; on the command line use -n)
-    #[arg(skip)]
-    pub namespace: Option<String>,
-    /// All namespaces (playbooks; on the command line use -A)
-    #[arg(skip)]
-    pub all_namespaces: bool,
+    /// The pod to quarantine (or every pod matching -l)
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub target: PodTarget,
     /// Why: recorded in the kirt.dev/quarantined-reason annotation and the Event
     #[arg(long, value_name = "TEXT")]
     pub reason: Option<String>,
@@ -70,14 +67,7 @@ impl QuarantineSpec {
     }
 
     fn validate(&self) -> Result<()> {
-        if self.pod.is_none() && self.selector.is_none() {
-            return Err(Error::usage(
-                "name a pod (kirt quarantine POD -n NS) or a label selector (-l app=x)",
-            ));
-        }
-        if self.pod.is_some() && self.selector.is_some() {
-            return Err(Error::usage("give either a pod name or -l, not both"));
-        }
+        self.target.validate()?;
         for cidr in &self.allow_from {
             validate_cidr(cidr)?;
         }
@@ -91,10 +81,10 @@ impl QuarantineSpec {
         } else {
             Labels::new()
         };
-        labels.insert(LABEL.into(), "true".into());
+        labels.insert(QUARANTINED.into(), "true".into());
         if self.has_allowances() {
             let (_, name) = name_of(pod);
-            labels.insert(POD_LABEL.into(), pod_label_value(&name));
+            labels.insert(QUARANTINE_POD.into(), pod_label_value(&name));
         }
         labels
     }
@@ -137,11 +127,7 @@ impl PodRow {
         PodRow {
             namespace,
             pod: name,
-            node: pod
-                .spec
-                .as_ref()
-                .and_then(|s| s.node_name.clone())
-                .unwrap_or_default(),
+            node: node_of(pod).unwrap_or_default().to_string(),
             outcome,
             detail: detail.into(),
             changes: Vec::new(),
@@ -275,45 +261,15 @@ pub(crate) fn aggregate_exit(exits: impl Iterator<Item = Exit>, failed: usize) -
     }
 }
 
-#[tracing::instrument(skip_all, fields(pod = ?spec.pod, selector = ?spec.selector))]
+#[tracing::instrument(skip_all, fields(pod = ?spec.target.pod, selector = ?spec.target.selector))]
 pub async fn run(ctx: &Ctx, spec: QuarantineSpec) -> Result<QuarantineReport> {
     spec.validate()?;
-    let client = ctx.cluster().await?.client.clone();
-    let scope = scope(ctx, &spec.namespace, spec.all_namespaces).await?;
-    let pods = match (&spec.pod, &spec.selector) {
-        (Some(pod), _) => {
-            let ns = scope
-                .as_deref()
-                .ok_or_else(|| Error::usage("-A needs -l SELECTOR, not a pod name"))?;
-            vec![get_pod(&client, ns, pod).await?]
-        }
-        (None, Some(sel)) => {
-            let pods = list_pods(&client, scope.as_deref(), sel).await?;
-            if pods.is_empty() {
-                if let Some(ns) = &scope {
-                    ensure_namespace(&client, ns).await?;
-                }
-                return Err(no_pods_match(scope.as_deref(), sel));
-            }
-            pods
-        }
-        (None, None) => return Err(Error::usage("name a pod or -l SELECTOR")),
-    };
-    let single = spec.pod.is_some();
-    let what = match (&spec.pod, &pods[..]) {
-        (Some(_), [pod]) => {
-            let (ns, name) = name_of(pod);
-            format!("quarantine pod {ns}/{name} (deny all its traffic, replace its labels)")
-        }
-        _ => format!(
-            "quarantine {} pods matching -l {} (deny all their traffic, replace their labels)",
-            pods.len(),
-            spec.selector.as_deref().unwrap_or_default()
-        ),
-    };
-    ctx.confirm(&what)?;
-    let by = identity(ctx).await?;
-    let at = now();
+    let pods = spec.target.resolve(ctx).await?;
+    let cluster = ctx.cluster().await?;
+    let single = spec.target.pod.is_some();
+    ctx.confirm(&describe(&spec, &pods))?;
+    let by = cluster.identity().await;
+    let at = crate::k8s::now();
 
     let mut by_ns: BTreeMap<String, Vec<Pod>> = BTreeMap::new();
     for pod in pods {
@@ -330,9 +286,9 @@ pub async fn run(ctx: &Ctx, spec: QuarantineSpec) -> Result<QuarantineReport> {
     let concurrency = spec.concurrency.unwrap_or(DEFAULT_CONCURRENCY);
     // The deny-all policy of each namespace exists before any pod carries the label it selects.
     let prepared = bounded(by_ns.into_iter().collect(), concurrency, |(ns, pods)| {
-        let (client, spec) = (&client, &spec);
+        let spec = &spec;
         async move {
-            let res = prepare_namespace(ctx, client, &ns, spec, &pods).await;
+            let res = prepare_namespace(cluster, ctx.dry_run, &ns, spec, &pods).await;
             (pods, res)
         }
     })
@@ -351,9 +307,9 @@ pub async fn run(ctx: &Ctx, spec: QuarantineSpec) -> Result<QuarantineReport> {
         }
     }
     let results = bounded(ready, concurrency, |pod| {
-        let (client, spec, by, at) = (&client, &spec, &by, &at);
+        let (spec, by, at) = (&spec, &by, &at);
         async move {
-            let res = quarantine_pod(ctx, client, spec, &pod, by, at).await;
+            let res = quarantine_pod(cluster, ctx.dry_run, spec, &pod, by, at).await;
             (pod, res)
         }
     })
@@ -375,18 +331,33 @@ pub async fn run(ctx: &Ctx, spec: QuarantineSpec) -> Result<QuarantineReport> {
     Ok(report)
 }
 
+/// What the confirmation asks about.
+fn describe(spec: &QuarantineSpec, pods: &[Pod]) -> String {
+    match (&spec.target.pod, pods) {
+        (Some(_), [pod]) => {
+            let (ns, name) = name_of(pod);
+            format!("quarantine pod {ns}/{name} (deny all its traffic, replace its labels)")
+        }
+        _ => format!(
+            "quarantine {} pods matching -l {} (deny all their traffic, replace their labels)",
+            pods.len(),
+            spec.target.selector.as_deref().unwrap_or_default()
+        ),
+    }
+}
+
 /// Namespace-level work before any pod is touched: the deny-all policy, then `--exclusive`.
 async fn prepare_namespace(
-    ctx: &Ctx,
-    client: &Client,
+    cluster: &Cluster,
+    dry: bool,
     ns: &str,
     spec: &QuarantineSpec,
     pods: &[Pod],
 ) -> Result<Vec<PolicyChange>> {
-    let mut changes = vec![ensure_policy(ctx, client, ns, namespace_policy()).await?];
+    let mut changes = vec![ensure_policy(cluster, dry, ns, namespace_policy()).await?];
     if spec.exclusive {
         let future: Vec<Labels> = pods.iter().map(|p| spec.future_labels(p)).collect();
-        changes.extend(narrow_policies(ctx, client, ns, &future).await?);
+        changes.extend(narrow_policies(cluster, dry, ns, &future).await?);
     }
     Ok(changes)
 }
@@ -408,13 +379,13 @@ pub fn pod_patch(pod: &Pod, spec: &QuarantineSpec, by: &str, at: &str) -> Value 
     }
     let mut annotations = serde_json::Map::new();
     annotations.insert(
-        ANN_ORIGINAL_LABELS.into(),
+        ORIGINAL_LABELS.into(),
         Value::String(serde_json::to_string(&original).unwrap_or_else(|_| "{}".into())),
     );
-    annotations.insert(ANN_AT.into(), Value::String(at.into()));
-    annotations.insert(ANN_BY.into(), Value::String(by.into()));
+    annotations.insert(QUARANTINED_AT.into(), Value::String(at.into()));
+    annotations.insert(QUARANTINED_BY.into(), Value::String(by.into()));
     if let Some(reason) = &spec.reason {
-        annotations.insert(ANN_REASON.into(), Value::String(reason.clone()));
+        annotations.insert(QUARANTINED_REASON.into(), Value::String(reason.clone()));
     }
     json!({"metadata": {
         "resourceVersion": pod.metadata.resource_version,
@@ -424,34 +395,33 @@ pub fn pod_patch(pod: &Pod, spec: &QuarantineSpec, by: &str, at: &str) -> Value 
 }
 
 async fn quarantine_pod(
-    ctx: &Ctx,
-    client: &Client,
+    cluster: &Cluster,
+    dry: bool,
     spec: &QuarantineSpec,
     pod: &Pod,
     by: &str,
     at: &str,
 ) -> Result<PodRow> {
     let (ns, name) = name_of(pod);
-    let dry = ctx.dry_run;
     let mut changes = Vec::new();
     if let Some(policy) = allowance_policy(&ns, &name, spec) {
-        let c = ensure_policy(ctx, client, &ns, policy).await?;
+        let c = ensure_policy(cluster, dry, &ns, policy).await?;
         if c.change != "unchanged" {
             changes.push(format!("networkpolicy {}: {}", c.name, c.change));
         }
     }
     if spec.cordon_node {
-        if let Some(node) = pod.spec.as_ref().and_then(|s| s.node_name.as_deref()) {
-            if let Some(c) = cordon(client, node, &ns, &name, dry).await? {
+        if let Some(node) = node_of(pod) {
+            if let Some(c) = cordon(cluster, dry, node, &ns, &name).await? {
                 changes.push(c);
             }
         }
     }
-    let api: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    let pods = cluster.namespaced::<Pod>(&ns);
     let applied: Option<(Pod, Value)> = retry_conflict(|n| {
-        let (api, ns, name) = (&api, &ns, &name);
+        let (pods, name) = (&pods, &name);
         async move {
-            let cur = current(api, pod, n).await?;
+            let cur = pods.current(pod, n).await?;
             let patch = if !is_quarantined(&cur) {
                 pod_patch(&cur, spec, by, at)
             } else if let Some(patch) = allowance_label_patch(&cur, spec) {
@@ -460,10 +430,7 @@ async fn quarantine_pod(
             } else {
                 return Ok(None);
             };
-            let patched = api
-                .patch(name, &patch_params(dry), &Patch::Merge(&patch))
-                .await
-                .op(Op::new("patch", "pods").ns(ns).name(name))?;
+            let patched = pods.patch(name, &Patch::Merge(&patch), dry).await?;
             Ok(Some((patched, patch)))
         }
     })
@@ -487,12 +454,19 @@ async fn quarantine_pod(
             .unwrap_or_default()
     );
     if !already {
-        emit_event(client, &patched, "Quarantined", &message, dry).await;
+        Recorder::new(cluster, dry)
+            .publish_or_warn(
+                patched.object_ref(&()),
+                EventType::Warning,
+                "Quarantined",
+                &message,
+            )
+            .await;
     }
     changes.insert(
         0,
         if already {
-            format!("already quarantined; label {POD_LABEL} added for the allowances")
+            format!("already quarantined; label {QUARANTINE_POD} added for the allowances")
         } else if spec.keep_labels {
             "label added".to_string()
         } else {
@@ -514,35 +488,31 @@ fn allowance_label_patch(pod: &Pod, spec: &QuarantineSpec) -> Option<Value> {
     }
     let (_, name) = name_of(pod);
     let want = pod_label_value(&name);
-    if labels_of(pod).get(POD_LABEL) == Some(&want) {
+    if labels_of(pod).get(QUARANTINE_POD) == Some(&want) {
         return None;
     }
     Some(json!({"metadata": {
         "resourceVersion": pod.metadata.resource_version,
-        "labels": {POD_LABEL: want},
+        "labels": {QUARANTINE_POD: want},
     }}))
 }
 
 /// Marks the node unschedulable and records which quarantined pod asked for it. A node that was
 /// already cordoned by someone else is left alone (and therefore not uncordoned on release).
 async fn cordon(
-    client: &Client,
+    cluster: &Cluster,
+    dry: bool,
     node: &str,
     ns: &str,
     pod: &str,
-    dry: bool,
 ) -> Result<Option<String>> {
-    let api: Api<Node> = Api::all(client.clone());
+    let nodes = cluster.all::<Node>();
     let me = format!("{ns}/{pod}");
     retry_conflict(|_| {
-        let (api, me) = (&api, &me);
+        let (nodes, me) = (&nodes, &me);
         async move {
-            let cur = api.get(node).await.op(Op::new("get", "nodes").name(node))?;
-            let mut by: Vec<String> = cur
-                .metadata
-                .annotations
-                .as_ref()
-                .and_then(|a| a.get(ANN_CORDONED))
+            let cur = nodes.get(node).await?;
+            let mut by: Vec<String> = crate::k8s::annotation(&cur.metadata, CORDONED_BY)
                 .and_then(|v| serde_json::from_str(v).ok())
                 .unwrap_or_default();
             let unschedulable = cur.spec.as_ref().and_then(|s| s.unschedulable) == Some(true);
@@ -558,13 +528,11 @@ async fn cordon(
             let patch = json!({
                 "metadata": {
                     "resourceVersion": cur.metadata.resource_version,
-                    "annotations": {ANN_CORDONED: serde_json::to_string(&by).unwrap_or_default()},
+                    "annotations": {CORDONED_BY: serde_json::to_string(&by).unwrap_or_default()},
                 },
                 "spec": {"unschedulable": true},
             });
-            api.patch(node, &patch_params(dry), &Patch::Merge(&patch))
-                .await
-                .op(Op::new("patch", "nodes").name(node))?;
+            nodes.patch(node, &Patch::Merge(&patch), dry).await?;
             Ok(Some(format!("node {node} cordoned")))
         }
     })
@@ -574,6 +542,7 @@ async fn cordon(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::actions::quarantine::pod_policy_name;
     use crate::actions::quarantine::policy_eval;
 
     fn pod(labels: Value) -> Pod {
@@ -594,14 +563,13 @@ mod tests {
         assert_eq!(patch["metadata"]["resourceVersion"], "42");
         assert_eq!(
             patch["metadata"]["labels"],
-            json!({"app": null, "pod-template-hash": null, LABEL: "true"})
+            json!({"app": null, "pod-template-hash": null, QUARANTINED: "true"})
         );
         let anns = &patch["metadata"]["annotations"];
-        let orig: Labels =
-            serde_json::from_str(anns[ANN_ORIGINAL_LABELS].as_str().unwrap()).unwrap();
+        let orig: Labels = serde_json::from_str(anns[ORIGINAL_LABELS].as_str().unwrap()).unwrap();
         assert_eq!(orig, labels_of(&p));
-        assert_eq!(anns[ANN_BY], "user alice");
-        assert_eq!(anns[ANN_REASON], "cryptominer");
+        assert_eq!(anns[QUARANTINED_BY], "user alice");
+        assert_eq!(anns[QUARANTINED_REASON], "cryptominer");
     }
 
     #[test]
@@ -615,9 +583,11 @@ mod tests {
         let patch = pod_patch(&p, &spec, "u", "t");
         assert_eq!(
             patch["metadata"]["labels"],
-            json!({LABEL: "true", POD_LABEL: "web-1"})
+            json!({QUARANTINED: "true", QUARANTINE_POD: "web-1"})
         );
-        assert!(patch["metadata"]["annotations"].get(ANN_REASON).is_none());
+        assert!(patch["metadata"]["annotations"]
+            .get(QUARANTINED_REASON)
+            .is_none());
     }
 
     #[test]
@@ -625,7 +595,7 @@ mod tests {
         let ns = serde_json::to_value(namespace_policy()).unwrap();
         assert_eq!(
             ns["spec"],
-            json!({"podSelector": {"matchLabels": {LABEL: "true"}}, "policyTypes": ["Ingress", "Egress"]})
+            json!({"podSelector": {"matchLabels": {QUARANTINED: "true"}}, "policyTypes": ["Ingress", "Egress"]})
         );
         assert!(allowance_policy("prod", "web-1", &QuarantineSpec::default()).is_none());
         let spec = QuarantineSpec {
@@ -646,7 +616,7 @@ mod tests {
         let q: Labels = spec.future_labels(&pod(json!({"app": "web"})));
         assert!(policy_eval::evaluate(&np, &q).selects);
         let mut other = q.clone();
-        other.insert(POD_LABEL.into(), "web-2".into());
+        other.insert(QUARANTINE_POD.into(), "web-2".into());
         assert!(!policy_eval::evaluate(&np, &other).selects);
     }
 
@@ -658,8 +628,11 @@ mod tests {
         assert!(validate_cidr("10.0.0.0").is_err());
         assert!(QuarantineSpec::default().validate().is_err());
         let both = QuarantineSpec {
-            pod: Some("a".into()),
-            selector: Some("app=x".into()),
+            target: PodTarget {
+                pod: Some("a".into()),
+                selector: Some("app=x".into()),
+                ..Default::default()
+            },
             ..Default::default()
         };
         assert!(both.validate().is_err());
@@ -671,7 +644,7 @@ mod tests {
             "{namespace: prod, pod: web-1, reason: INC-1, allow-dns: true, allow-from: [10.0.0.1/32], keep-labels: true}",
         )
         .unwrap();
-        assert_eq!(spec.namespace.as_deref(), Some("prod"));
+        assert_eq!(spec.target.namespace.as_deref(), Some("prod"));
         assert!(spec.allow_dns && spec.keep_labels && !spec.exclusive);
         assert!(spec.validate().is_ok());
         let err =

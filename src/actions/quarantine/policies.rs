@@ -2,18 +2,22 @@
 //! `--exclusive` narrowing of other policies. Every write is create-if-missing or a
 //! resourceVersion-guarded patch, so concurrent runs and edits are detected, not overwritten.
 
-use k8s_openapi::api::networking::v1::NetworkPolicy;
-use kube::api::{Api, ListParams};
-use kube::Client;
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::networking::v1::{NetworkPolicy, NetworkPolicySpec};
+use kube::api::Patch;
 use serde::Serialize;
 use serde_json::{json, Value};
 
 use super::apply::QuarantineSpec;
 use super::policy_eval::{self, Labels};
-use super::*;
-use crate::context::Ctx;
+use super::{pod_label_value, pod_policy_name, NS_POLICY};
 use crate::error::{Error, Result};
-use crate::k8s::{post_params, KubeContext, Op};
+use crate::k8s::keys::{
+    ALLOWANCE_FOR, DESCRIPTION, MANAGED_BY, ORIGINAL_SPEC, QUARANTINED, QUARANTINE_POD,
+};
+use crate::k8s::write::{merge_diff, retry_conflict, to_value};
+use crate::k8s::{Cluster, Objects};
 
 /// A policy kirt created, changed or would change.
 #[derive(Debug, Clone, Serialize)]
@@ -40,9 +44,9 @@ fn kirt_policy(name: &str, annotations: Value, spec: Value) -> NetworkPolicy {
 pub fn namespace_policy() -> NetworkPolicy {
     kirt_policy(
         NS_POLICY,
-        json!({"kirt.dev/description": "kirt quarantine: denies all traffic of pods labelled kirt.dev/quarantined=true; removed by `kirt release` when no quarantined pod remains"}),
+        json!({DESCRIPTION: "kirt quarantine: denies all traffic of pods labelled kirt.dev/quarantined=true; removed by `kirt release` when no quarantined pod remains"}),
         json!({
-            "podSelector": {"matchLabels": {LABEL: "true"}},
+            "podSelector": {"matchLabels": {QUARANTINED: "true"}},
             "policyTypes": ["Ingress", "Egress"],
         }),
     )
@@ -82,7 +86,7 @@ pub fn allowance_policy(ns: &str, pod: &str, spec: &QuarantineSpec) -> Option<Ne
     }
     let mut types = Vec::new();
     let mut body = json!({
-        "podSelector": {"matchLabels": {LABEL: "true", POD_LABEL: pod_label_value(pod)}},
+        "podSelector": {"matchLabels": {QUARANTINED: "true", QUARANTINE_POD: pod_label_value(pod)}},
     });
     if !ingress.is_empty() {
         types.push("Ingress");
@@ -95,21 +99,20 @@ pub fn allowance_policy(ns: &str, pod: &str, spec: &QuarantineSpec) -> Option<Ne
     body["policyTypes"] = json!(types);
     Some(kirt_policy(
         &pod_policy_name(pod),
-        json!({ ANN_ALLOWANCE_FOR: format!("{ns}/{pod}") }),
+        json!({ ALLOWANCE_FOR: format!("{ns}/{pod}") }),
         body,
     ))
 }
 
 /// Creates the policy, or replaces its spec when it differs; reports what happened.
 pub(crate) async fn ensure_policy(
-    ctx: &Ctx,
-    client: &Client,
+    cluster: &Cluster,
+    dry: bool,
     ns: &str,
     desired: NetworkPolicy,
 ) -> Result<PolicyChange> {
-    let api: Api<NetworkPolicy> = Api::namespaced(client.clone(), ns);
+    let policies = cluster.namespaced::<NetworkPolicy>(ns);
     let name = desired.metadata.name.clone().unwrap_or_default();
-    let dry = ctx.dry_run;
     let change = |change: &str, obj: Option<NetworkPolicy>| PolicyChange {
         namespace: ns.to_string(),
         name: name.clone(),
@@ -117,27 +120,18 @@ pub(crate) async fn ensure_policy(
         object: obj.filter(|_| dry).and_then(|o| preview(&o)),
     };
     retry_conflict(|_| {
-        let (api, desired, name, change) = (&api, &desired, &name, &change);
+        let (policies, desired, name, change) = (&policies, &desired, &name, &change);
         async move {
-            let existing = api
-                .get_opt(name)
-                .await
-                .op(Op::new("get", "networkpolicies").ns(ns).name(name))?;
-            match existing {
+            match policies.get_opt(name).await? {
                 None => {
-                    let created = api.create(&post_params(dry), desired).await.op(Op::new(
-                        "create",
-                        "networkpolicies",
-                    )
-                    .ns(ns)
-                    .name(name))?;
+                    let created = policies.create(desired, dry).await?;
                     let what = if dry { "would create" } else { "created" };
                     Ok(change(what, Some(created)))
                 }
                 Some(cur) if cur.spec == desired.spec => Ok(change("unchanged", None)),
                 Some(cur) => {
                     let anns = cur.metadata.annotations.clone().unwrap_or_default();
-                    let updated = patch_policy(api, ns, &cur, &desired.spec, &anns, dry).await?;
+                    let updated = patch_policy(policies, &cur, &desired.spec, &anns, dry).await?;
                     let what = if dry {
                         "would reset its spec"
                     } else {
@@ -164,18 +158,19 @@ pub(crate) fn is_kirt_policy(np: &NetworkPolicy) -> bool {
 /// select one of the pods (with their quarantine labels) and admit traffic. The original spec is
 /// saved once in `kirt.dev/original-spec`; release restores it when no quarantined pod remains.
 pub(crate) async fn narrow_policies(
-    ctx: &Ctx,
-    client: &Client,
+    cluster: &Cluster,
+    dry: bool,
     ns: &str,
     future: &[Labels],
 ) -> Result<Vec<PolicyChange>> {
-    let api: Api<NetworkPolicy> = Api::namespaced(client.clone(), ns);
-    let list = api
-        .list(&ListParams::default())
-        .await
-        .op(Op::new("list", "networkpolicies").ns(ns))?;
+    let policies = cluster.namespaced::<NetworkPolicy>(ns);
     let mut changes = Vec::new();
-    for np in list.items.iter().filter(|np| !is_kirt_policy(np)) {
+    for np in policies
+        .list_all()
+        .await?
+        .iter()
+        .filter(|np| !is_kirt_policy(np))
+    {
         let breaches = future.iter().any(|l| {
             let v = policy_eval::evaluate(np, l);
             v.selects && v.admits_traffic()
@@ -185,35 +180,57 @@ pub(crate) async fn narrow_policies(
         }
         let name = np.metadata.name.clone().unwrap_or_default();
         let updated = retry_conflict(|n| {
-            let (api, name) = (&api, &name);
+            let (policies, name) = (&policies, &name);
             async move {
-                let cur = current(api, np, n).await?;
+                let cur = policies.current(np, n).await?;
                 let Some(spec) = cur.spec.clone() else {
                     return Ok(cur);
                 };
                 let mut anns = cur.metadata.annotations.clone().unwrap_or_default();
-                if !anns.contains_key(ANN_ORIGINAL_SPEC) {
+                if !anns.contains_key(ORIGINAL_SPEC) {
                     let original = serde_json::to_string(&spec)
-                        .map_err(|e| Error::failed(format!("encoding policy {name}: {e}")))?;
-                    anns.insert(ANN_ORIGINAL_SPEC.into(), original);
+                        .map_err(|e| Error::json(format!("encoding policy {name}"), e))?;
+                    anns.insert(ORIGINAL_SPEC.into(), original);
                 }
-                let new_spec = Some(policy_eval::narrowed(&spec, LABEL));
-                patch_policy(api, ns, &cur, &new_spec, &anns, ctx.dry_run).await
+                let new_spec = Some(policy_eval::narrowed(&spec, QUARANTINED));
+                patch_policy(policies, &cur, &new_spec, &anns, dry).await
             }
         })
         .await?;
         changes.push(PolicyChange {
             namespace: ns.into(),
             name,
-            change: if ctx.dry_run {
+            change: if dry {
                 "would narrow (kirt.dev/quarantined DoesNotExist)".into()
             } else {
                 "narrowed (kirt.dev/quarantined DoesNotExist; original spec saved)".into()
             },
-            object: ctx.dry_run.then(|| preview(&updated)).flatten(),
+            object: dry.then(|| preview(&updated)).flatten(),
         });
     }
     Ok(changes)
+}
+
+/// Rewrites a policy's spec and annotations with one merge patch guarded by the resourceVersion
+/// of `cur` (so `patch networkpolicies` is the only write permission kirt needs on policies).
+pub(crate) async fn patch_policy(
+    policies: &Objects<'_, NetworkPolicy>,
+    cur: &NetworkPolicy,
+    new_spec: &Option<NetworkPolicySpec>,
+    new_annotations: &BTreeMap<String, String>,
+    dry: bool,
+) -> Result<NetworkPolicy> {
+    let name = cur.metadata.name.clone().unwrap_or_default();
+    let spec = merge_diff(&to_value(&cur.spec), &to_value(new_spec));
+    let anns = merge_diff(
+        &to_value(&cur.metadata.annotations.clone().unwrap_or_default()),
+        &to_value(new_annotations),
+    );
+    let patch = json!({
+        "metadata": {"resourceVersion": cur.metadata.resource_version, "annotations": anns},
+        "spec": spec,
+    });
+    policies.patch(&name, &Patch::Merge(&patch), dry).await
 }
 
 /// The object as the server would store it, without server bookkeeping (for dry-run output).

@@ -7,44 +7,15 @@
 //! a selected pod is isolated in a direction when any selecting policy covers that direction, and
 //! then admits exactly the union of the rules of all selecting policies for that direction.
 
-use std::collections::BTreeMap;
-
 use k8s_openapi::api::networking::v1::{
     NetworkPolicy, NetworkPolicyPeer, NetworkPolicyPort, NetworkPolicySpec,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, LabelSelectorRequirement};
+
+pub use crate::k8s::selector::Labels;
+use crate::k8s::selector::{describe as describe_selector, matches as selector_matches};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde::Serialize;
-
-pub type Labels = BTreeMap<String, String>;
-
-/// Whether a label selector matches a label set (matchLabels AND every matchExpression).
-/// An empty selector matches everything; an unknown operator matches nothing.
-pub fn selector_matches(sel: &LabelSelector, labels: &Labels) -> bool {
-    let labels_ok = sel
-        .match_labels
-        .iter()
-        .flatten()
-        .all(|(k, v)| labels.get(k) == Some(v));
-    labels_ok
-        && sel
-            .match_expressions
-            .iter()
-            .flatten()
-            .all(|r| requirement_matches(r, labels))
-}
-
-fn requirement_matches(r: &LabelSelectorRequirement, labels: &Labels) -> bool {
-    let values = r.values.as_deref().unwrap_or_default();
-    let value = labels.get(&r.key);
-    match r.operator.as_str() {
-        "In" => value.is_some_and(|v| values.contains(v)),
-        "NotIn" => value.is_none_or(|v| !values.contains(v)),
-        "Exists" => value.is_some(),
-        "DoesNotExist" => value.is_none(),
-        _ => false,
-    }
-}
 
 /// (covers ingress, covers egress) after the API's defaulting of policyTypes.
 pub fn policy_types(spec: &NetworkPolicySpec) -> (bool, bool) {
@@ -224,29 +195,6 @@ pub fn narrowed(spec: &NetworkPolicySpec, label: &str) -> NetworkPolicySpec {
     out
 }
 
-/// "app=web, tier In (a,b)" or "all pods" for an empty selector.
-pub fn describe_selector(sel: &LabelSelector, empty: &str) -> String {
-    let mut parts: Vec<String> = sel
-        .match_labels
-        .iter()
-        .flatten()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect();
-    for r in sel.match_expressions.iter().flatten() {
-        let values = r.values.as_deref().unwrap_or_default().join(",");
-        parts.push(match r.operator.as_str() {
-            "Exists" => r.key.clone(),
-            "DoesNotExist" => format!("!{}", r.key),
-            op => format!("{} {op} ({values})", r.key),
-        });
-    }
-    if parts.is_empty() {
-        empty.to_string()
-    } else {
-        parts.join(", ")
-    }
-}
-
 fn peers(list: Option<&[NetworkPolicyPeer]>, any: &str) -> String {
     let list = list.unwrap_or_default();
     if list.is_empty() {
@@ -300,64 +248,6 @@ fn ports(list: Option<&[NetworkPolicyPort]>) -> String {
         .join(",")
 }
 
-/// Parses a kubectl-style label selector string (`app=web,tier!=db,env in (a,b),!legacy,debug`).
-pub fn parse_selector(s: &str) -> Result<LabelSelector, String> {
-    let mut sel = LabelSelector::default();
-    let mut depth = 0;
-    let mut parts = Vec::new();
-    let mut cur = String::new();
-    for c in s.chars() {
-        match c {
-            '(' => depth += 1,
-            ')' => depth -= 1,
-            ',' if depth == 0 => {
-                parts.push(std::mem::take(&mut cur));
-                continue;
-            }
-            _ => {}
-        }
-        cur.push(c);
-    }
-    parts.push(cur);
-    let bad = |p: &str| format!("invalid label selector term {p:?} in {s:?}");
-    for part in parts.iter().map(|p| p.trim()).filter(|p| !p.is_empty()) {
-        let req = |key: &str, op: &str, values: Option<Vec<String>>| LabelSelectorRequirement {
-            key: key.trim().to_string(),
-            operator: op.into(),
-            values,
-        };
-        let exprs = sel.match_expressions.get_or_insert_with(Vec::new);
-        if let Some((k, v)) = part.split_once("!=") {
-            exprs.push(req(k, "NotIn", Some(vec![v.trim().to_string()])));
-        } else if let Some((k, v)) = part.split_once("==").or_else(|| part.split_once('=')) {
-            sel.match_labels
-                .get_or_insert_with(BTreeMap::new)
-                .insert(k.trim().to_string(), v.trim().to_string());
-        } else if let Some(k) = part.strip_prefix('!') {
-            exprs.push(req(k, "DoesNotExist", None));
-        } else if let Some(open) = part.find('(') {
-            let head: Vec<&str> = part[..open].split_whitespace().collect();
-            let inner = part[open + 1..]
-                .strip_suffix(')')
-                .ok_or_else(|| bad(part))?;
-            let values = inner.split(',').map(|v| v.trim().to_string()).collect();
-            match head.as_slice() {
-                [k, "in"] => exprs.push(req(k, "In", Some(values))),
-                [k, "notin"] => exprs.push(req(k, "NotIn", Some(values))),
-                _ => return Err(bad(part)),
-            }
-        } else if part.split_whitespace().count() == 1 {
-            exprs.push(req(part, "Exists", None));
-        } else {
-            return Err(bad(part));
-        }
-    }
-    if sel.match_expressions.as_ref().is_some_and(Vec::is_empty) {
-        sel.match_expressions = None;
-    }
-    Ok(sel)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -371,44 +261,6 @@ mod tests {
 
     fn np(yaml: &str) -> NetworkPolicy {
         serde_yaml_ng::from_str(yaml).unwrap()
-    }
-
-    #[test]
-    fn selector_operators() {
-        let l = labels(&[("app", "web"), ("tier", "front")]);
-        let s = |y: &str| -> LabelSelector { serde_yaml_ng::from_str(y).unwrap() };
-        assert!(selector_matches(&s("{}"), &l));
-        assert!(selector_matches(&s("matchLabels: {app: web}"), &l));
-        assert!(!selector_matches(&s("matchLabels: {app: db}"), &l));
-        assert!(selector_matches(
-            &s("matchExpressions: [{key: tier, operator: In, values: [front, back]}]"),
-            &l
-        ));
-        assert!(!selector_matches(
-            &s("matchExpressions: [{key: tier, operator: NotIn, values: [front]}]"),
-            &l
-        ));
-        assert!(selector_matches(
-            &s("matchExpressions: [{key: zone, operator: NotIn, values: [a]}]"),
-            &l
-        ));
-        assert!(selector_matches(
-            &s("matchExpressions: [{key: app, operator: Exists}]"),
-            &l
-        ));
-        assert!(!selector_matches(
-            &s("matchExpressions: [{key: app, operator: DoesNotExist}]"),
-            &l
-        ));
-        assert!(!selector_matches(
-            &s("matchExpressions: [{key: app, operator: Bogus}]"),
-            &l
-        ));
-        // matchLabels AND expressions
-        assert!(!selector_matches(
-            &s("{matchLabels: {app: web}, matchExpressions: [{key: tier, operator: DoesNotExist}]}"),
-            &l
-        ));
     }
 
     #[test]
@@ -495,19 +347,5 @@ mod tests {
             ["egress to pods [k8s-app=kube-dns] in namespaces [all] on UDP/53"]
         );
         assert_eq!(iso.breaches.len(), 1);
-    }
-
-    #[test]
-    fn parses_selector_strings() {
-        let s = parse_selector("app=web, tier!=db,env in (a, b),!legacy,debug,x==y").unwrap();
-        assert_eq!(
-            describe_selector(&s, ""),
-            "app=web, x=y, tier NotIn (db), env In (a,b), !legacy, debug"
-        );
-        let l = labels(&[("app", "web"), ("x", "y"), ("env", "b"), ("debug", "")]);
-        assert!(selector_matches(&s, &l));
-        assert!(parse_selector("a b c").is_err());
-        assert!(parse_selector("k weird (a)").is_err());
-        assert_eq!(parse_selector("").unwrap(), LabelSelector::default());
     }
 }

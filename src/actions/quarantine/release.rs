@@ -7,35 +7,37 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::api::core::v1::{Node, Pod};
 use k8s_openapi::api::networking::v1::{NetworkPolicy, NetworkPolicySpec};
-use kube::api::{Api, ListParams, Patch};
-use kube::Client;
+use kube::api::Patch;
+use kube::Resource;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use super::apply::{aggregate_exit, note_patches, note_totals, pod_table, PodRow};
-use super::policies::{is_kirt_policy, PolicyChange};
-use super::policy_eval::{self, Labels};
-use super::*;
+use super::policies::{is_kirt_policy, patch_policy, PolicyChange};
+use super::policy_eval::Labels;
+use super::{is_quarantined, pod_policy_name, Outcome, DEFAULT_CONCURRENCY, NS_POLICY};
 use crate::context::Ctx;
 use crate::error::{Error, Exit, Result};
-use crate::k8s::{delete_params, patch_params, KubeContext, Op};
+use crate::k8s::keys::{
+    CORDONED_BY, ORIGINAL_LABELS, ORIGINAL_SPEC, POD_ANNOTATIONS, QUARANTINED, QUARANTINE_POD,
+};
+use crate::k8s::write::retry_conflict;
+use crate::k8s::{
+    annotation, bounded, ensure_namespace, get_pod, labels_of, name_of, node_of, selector, Cluster,
+    EventType, PodTarget, Recorder,
+};
 use crate::output::{Render, Table};
 
 #[derive(Debug, Clone, Default, clap::Args, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(default, rename_all = "kebab-case", deny_unknown_fields)]
+#[command(mut_arg("selector", |a| a.help(
+    "Release every quarantined pod whose current or original labels match this selector"
+)))]
 pub struct ReleaseSpec {
-    /// The pod to release (or use -l)
-    #[arg(value_name = "POD")]
-    pub pod: Option<String>,
-    /// Release every quarantined pod whose current or original labels match this selector
-    #[arg(short = 'l', long, value_name = "SELECTOR", conflicts_with = "pod")]
-    pub selector: Option<String>,
-    /// Namespace (playbooks; on the command line use -n)
-    #[arg(skip)]
-    pub namespace: Option<String>,
-    /// All namespaces (playbooks; on the command line use -A)
-    #[arg(skip)]
-    pub all_namespaces: bool,
+    /// The pod to release, or every quarantined pod whose current or original labels match -l
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub target: PodTarget,
     /// Also release a pod that carries the quarantine label without kirt's record of its original
     /// labels: removes the quarantine label and kirt's annotations, keeps its other labels
     #[arg(long)]
@@ -92,11 +94,11 @@ impl Render for ReleaseReport {
     }
 }
 
-#[tracing::instrument(skip_all, fields(pod = ?spec.pod, selector = ?spec.selector))]
+#[tracing::instrument(skip_all, fields(pod = ?spec.target.pod, selector = ?spec.target.selector))]
 pub async fn run(ctx: &Ctx, spec: ReleaseSpec) -> Result<ReleaseReport> {
-    let client = ctx.cluster().await?.client.clone();
-    let scope = scope(ctx, &spec.namespace, spec.all_namespaces).await?;
-    let single = spec.pod.is_some();
+    spec.target.validate()?;
+    let cluster = ctx.cluster().await?;
+    let single = spec.target.pod.is_some();
     let mut report = ReleaseReport {
         dry_run: ctx.dry_run,
         released: 0,
@@ -107,36 +109,25 @@ pub async fn run(ctx: &Ctx, spec: ReleaseSpec) -> Result<ReleaseReport> {
         notes: Vec::new(),
         cleanup_errors: Vec::new(),
     };
-    let pods = match (&spec.pod, &spec.selector) {
-        (Some(_), Some(_)) => return Err(Error::usage("give either a pod name or -l, not both")),
-        (Some(pod), None) => {
-            let ns = scope
-                .as_deref()
-                .ok_or_else(|| Error::usage("-A needs -l SELECTOR, not a pod name"))?;
-            match get_pod(&client, ns, pod).await {
+    let pods = match (&spec.target.pod, &spec.target.selector) {
+        (Some(pod), _) => {
+            let ns = spec.target.single_namespace(ctx).await?;
+            match get_pod(cluster, &ns, pod).await {
                 Ok(p) => vec![p],
                 // The pod was deleted after the investigation: still remove what kirt left.
                 Err(e @ Error::NotFound { .. }) => {
-                    return release_leftovers(ctx, &client, ns, pod, e, report).await
+                    return release_leftovers(ctx, cluster, &ns, pod, e, report).await
                 }
                 Err(e) => return Err(e),
             }
         }
-        (None, Some(sel)) => {
-            let wanted = policy_eval::parse_selector(sel).map_err(Error::usage)?;
-            let quarantined =
-                list_pods(&client, scope.as_deref(), &format!("{LABEL}=true")).await?;
-            let pods: Vec<Pod> = quarantined
-                .into_iter()
-                .filter(|p| {
-                    policy_eval::selector_matches(&wanted, &labels_of(p))
-                        || original_labels(p)
-                            .is_some_and(|l| policy_eval::selector_matches(&wanted, &l))
-                })
-                .collect();
+        (None, sel) => {
+            let sel = sel.as_deref().unwrap_or_default();
+            let scope = spec.target.scope(ctx).await?;
+            let pods = quarantined_matching(cluster, scope.as_deref(), sel).await?;
             if pods.is_empty() {
                 if let Some(ns) = &scope {
-                    ensure_namespace(&client, ns).await?;
+                    ensure_namespace(cluster, ns).await?;
                 }
                 report.notes.push(format!(
                     "no quarantined pod matches -l {sel}; nothing to do"
@@ -144,11 +135,6 @@ pub async fn run(ctx: &Ctx, spec: ReleaseSpec) -> Result<ReleaseReport> {
                 return Ok(report);
             }
             pods
-        }
-        (None, None) => {
-            return Err(Error::usage(
-                "name a pod (kirt release POD -n NS) or a label selector (-l app=x)",
-            ))
         }
     };
     let what = match &pods[..] {
@@ -167,9 +153,9 @@ pub async fn run(ctx: &Ctx, spec: ReleaseSpec) -> Result<ReleaseReport> {
     let concurrency = spec.concurrency.unwrap_or(DEFAULT_CONCURRENCY);
     let pods: Vec<Pod> = by_ns.values().flatten().cloned().collect();
     let results = bounded(pods, concurrency, |pod| {
-        let (client, spec) = (&client, &spec);
+        let spec = &spec;
         async move {
-            let res = release_pod(ctx, client, spec, &pod).await;
+            let res = release_pod(cluster, ctx.dry_run, spec, &pod).await;
             (pod, res)
         }
     })
@@ -193,11 +179,16 @@ pub async fn run(ctx: &Ctx, spec: ReleaseSpec) -> Result<ReleaseReport> {
     }
     let namespaces: Vec<String> = by_ns.into_keys().collect();
     let cleanups = bounded(namespaces, concurrency, |ns| {
-        let (client, released) = (&client, &released);
+        let released = &released;
         async move {
             let empty = BTreeSet::new();
-            let res =
-                cleanup_namespace(ctx, client, &ns, released.get(&ns).unwrap_or(&empty)).await;
+            let res = cleanup_namespace(
+                cluster,
+                ctx.dry_run,
+                &ns,
+                released.get(&ns).unwrap_or(&empty),
+            )
+            .await;
             (ns, res)
         }
     })
@@ -222,8 +213,28 @@ pub async fn run(ctx: &Ctx, spec: ReleaseSpec) -> Result<ReleaseReport> {
     Ok(report)
 }
 
+/// Quarantined pods whose current or original labels match `selector`.
+async fn quarantined_matching(
+    cluster: &Cluster,
+    scope: Option<&str>,
+    selector: &str,
+) -> Result<Vec<Pod>> {
+    let wanted = selector::parse(selector).map_err(Error::usage)?;
+    let quarantined = cluster
+        .scoped::<Pod>(scope)
+        .list_labelled(&format!("{QUARANTINED}=true"))
+        .await?;
+    Ok(quarantined
+        .into_iter()
+        .filter(|p| {
+            selector::matches(&wanted, &labels_of(p))
+                || original_labels(p).is_some_and(|l| selector::matches(&wanted, &l))
+        })
+        .collect())
+}
+
 fn original_labels(pod: &Pod) -> Option<Labels> {
-    annotation(pod, ANN_ORIGINAL_LABELS).and_then(|v| serde_json::from_str(v).ok())
+    annotation(&pod.metadata, ORIGINAL_LABELS).and_then(|v| serde_json::from_str(v).ok())
 }
 
 /// The merge patch that restores `target` labels exactly and removes kirt's annotations.
@@ -240,7 +251,7 @@ pub fn release_patch(pod: &Pod, target: &Labels) -> Value {
     }
     let annotations: serde_json::Map<String, Value> = POD_ANNOTATIONS
         .iter()
-        .filter(|k| annotation(pod, k).is_some())
+        .filter(|k| annotation(&pod.metadata, k).is_some())
         .map(|k| (k.to_string(), Value::Null))
         .collect();
     json!({"metadata": {
@@ -250,15 +261,21 @@ pub fn release_patch(pod: &Pod, target: &Labels) -> Value {
     }})
 }
 
-async fn release_pod(ctx: &Ctx, client: &Client, spec: &ReleaseSpec, pod: &Pod) -> Result<PodRow> {
+async fn release_pod(
+    cluster: &Cluster,
+    dry: bool,
+    spec: &ReleaseSpec,
+    pod: &Pod,
+) -> Result<PodRow> {
     let (ns, name) = name_of(pod);
-    let dry = ctx.dry_run;
-    let api: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    let pods = cluster.namespaced::<Pod>(&ns);
     let applied: Option<(Pod, Value)> = retry_conflict(|n| {
-        let (api, ns, name) = (&api, &ns, &name);
+        let (pods, ns, name) = (&pods, &ns, &name);
         async move {
-            let cur = current(api, pod, n).await?;
-            let has_record = POD_ANNOTATIONS.iter().any(|k| annotation(&cur, k).is_some());
+            let cur = pods.current(pod, n).await?;
+            let has_record = POD_ANNOTATIONS
+                .iter()
+                .any(|k| annotation(&cur.metadata, k).is_some());
             if !is_quarantined(&cur) && !has_record {
                 return Ok(None);
             }
@@ -266,34 +283,31 @@ async fn release_pod(ctx: &Ctx, client: &Client, spec: &ReleaseSpec, pod: &Pod) 
                 Some(orig) => orig,
                 None if spec.force => {
                     let mut l = labels_of(&cur);
-                    l.remove(LABEL);
-                    l.remove(POD_LABEL);
+                    l.remove(QUARANTINED);
+                    l.remove(QUARANTINE_POD);
                     l
                 }
                 None => {
                     return Err(Error::Refused(format!(
-                        "pod {ns}/{name} carries {LABEL} but not kirt's record of its original labels \
-                         ({ANN_ORIGINAL_LABELS}): kirt did not quarantine it, so it cannot restore it. \
+                        "pod {ns}/{name} carries {QUARANTINED} but not kirt's record of its original labels \
+                         ({ORIGINAL_LABELS}): kirt did not quarantine it, so it cannot restore it. \
                          --force removes the quarantine label and kirt's annotations and keeps the other labels"
                     )))
                 }
             };
             let patch = release_patch(&cur, &target);
-            let patched = api
-                .patch(name, &patch_params(dry), &Patch::Merge(&patch))
-                .await
-                .op(Op::new("patch", "pods").ns(ns).name(name))?;
+            let patched = pods.patch(name, &Patch::Merge(&patch), dry).await?;
             Ok(Some((patched, patch)))
         }
     })
     .await?;
 
     let mut changes = Vec::new();
-    if let Some(c) = delete_allowance_policy(client, &ns, &name, dry).await? {
+    if let Some(c) = delete_allowance_policy(cluster, dry, &ns, &name).await? {
         changes.push(c);
     }
-    if let Some(node) = pod.spec.as_ref().and_then(|s| s.node_name.as_deref()) {
-        if let Some(c) = uncordon(client, node, &ns, &name, dry).await? {
+    if let Some(node) = node_of(pod) {
+        if let Some(c) = uncordon(cluster, dry, node, &ns, &name).await? {
             changes.push(c);
         }
     }
@@ -307,14 +321,14 @@ async fn release_pod(ctx: &Ctx, client: &Client, spec: &ReleaseSpec, pod: &Pod) 
         row.changes = changes;
         return Ok(row);
     };
-    emit_event(
-        client,
-        &patched,
-        "Released",
-        "released from quarantine by kirt",
-        dry,
-    )
-    .await;
+    Recorder::new(cluster, dry)
+        .publish_or_warn(
+            patched.object_ref(&()),
+            EventType::Warning,
+            "Released",
+            "released from quarantine by kirt",
+        )
+        .await;
     changes.insert(
         0,
         "original labels restored, kirt annotations removed".into(),
@@ -327,34 +341,19 @@ async fn release_pod(ctx: &Ctx, client: &Client, spec: &ReleaseSpec, pod: &Pod) 
 }
 
 async fn delete_allowance_policy(
-    client: &Client,
+    cluster: &Cluster,
+    dry: bool,
     ns: &str,
     pod: &str,
-    dry: bool,
 ) -> Result<Option<String>> {
-    let api: Api<NetworkPolicy> = Api::namespaced(client.clone(), ns);
+    let policies = cluster.namespaced::<NetworkPolicy>(ns);
     let name = pod_policy_name(pod);
-    let existing = api
-        .get_opt(&name)
-        .await
-        .op(Op::new("get", "networkpolicies").ns(ns).name(&name))?;
-    match existing {
+    match policies.get_opt(&name).await? {
         Some(np) if is_kirt_policy(&np) => {
-            delete_policy(&api, ns, &name, dry).await?;
+            policies.delete(&name, dry).await?;
             Ok(Some(format!("networkpolicy {name} deleted")))
         }
         _ => Ok(None),
-    }
-}
-
-async fn delete_policy(api: &Api<NetworkPolicy>, ns: &str, name: &str, dry: bool) -> Result<()> {
-    match api.delete(name, &delete_params(dry)).await {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
-        Err(e) => Err(Op::new("delete", "networkpolicies")
-            .ns(ns)
-            .name(name)
-            .err(e)),
     }
 }
 
@@ -363,58 +362,38 @@ async fn delete_policy(api: &Api<NetworkPolicy>, ns: &str, name: &str, dry: bool
 /// behind means the pod is simply unknown: `not_found` is returned.
 async fn release_leftovers(
     ctx: &Ctx,
-    client: &Client,
+    cluster: &Cluster,
     ns: &str,
     pod: &str,
     not_found: Error,
     mut report: ReleaseReport,
 ) -> Result<ReleaseReport> {
     let dry = ctx.dry_run;
-    let allowance: Api<NetworkPolicy> = Api::namespaced(client.clone(), ns);
-    let has_allowance = allowance
+    let policies = cluster.namespaced::<NetworkPolicy>(ns);
+    let has_allowance = policies
         .get_opt(&pod_policy_name(pod))
-        .await
-        .op(Op::new("get", "networkpolicies").ns(ns))?
+        .await?
         .is_some_and(|np| is_kirt_policy(&np));
     let me = format!("{ns}/{pod}");
-    let nodes: Vec<String> = match Api::<Node>::all(client.clone())
-        .list(&ListParams::default())
-        .await
-    {
+    let nodes: Vec<String> = match cluster.all::<Node>().list_all().await {
         Ok(list) => list
-            .items
             .iter()
             .filter(|n| {
-                n.metadata
-                    .annotations
-                    .as_ref()
-                    .and_then(|a| a.get(ANN_CORDONED))
+                annotation(&n.metadata, CORDONED_BY)
                     .is_some_and(|v| v.contains(&format!("\"{me}\"")))
             })
             .filter_map(|n| n.metadata.name.clone())
             .collect(),
         Err(e) => {
-            tracing::warn!(
-                "cannot look for nodes kirt cordoned for {me}: {}",
-                Op::new("list", "nodes").err(e)
-            );
+            tracing::warn!("cannot look for nodes kirt cordoned for {me}: {e}");
             Vec::new()
         }
     };
-    let ns_objects = Api::<NetworkPolicy>::namespaced(client.clone(), ns)
-        .list(&ListParams::default())
-        .await
-        .op(Op::new("list", "networkpolicies").ns(ns))?
-        .items
+    let ns_objects = policies
+        .list_all()
+        .await?
         .iter()
-        .any(|np| {
-            is_kirt_policy(np)
-                || np
-                    .metadata
-                    .annotations
-                    .as_ref()
-                    .is_some_and(|a| a.contains_key(ANN_ORIGINAL_SPEC))
-        });
+        .any(|np| is_kirt_policy(np) || annotation(&np.metadata, ORIGINAL_SPEC).is_some());
     if !has_allowance && nodes.is_empty() && !ns_objects {
         return Err(not_found);
     }
@@ -422,19 +401,19 @@ async fn release_leftovers(
         "pod {me} is gone: remove the quarantine objects kirt left for it"
     ))?;
     let mut changes = Vec::new();
-    if let Some(c) = delete_allowance_policy(client, ns, pod, dry).await? {
+    if let Some(c) = delete_allowance_policy(cluster, dry, ns, pod).await? {
         changes.push(c);
     }
     for node in &nodes {
-        if let Some(c) = uncordon(client, node, ns, pod, dry).await? {
+        if let Some(c) = uncordon(cluster, dry, node, ns, pod).await? {
             changes.push(c);
         }
     }
-    let (policies, note) = cleanup_namespace(ctx, client, ns, &BTreeSet::new()).await?;
+    let (policies, note) = cleanup_namespace(cluster, dry, ns, &BTreeSet::new()).await?;
     report.policies.extend(policies);
     report.notes.extend(note);
     let ghost: Pod = serde_json::from_value(json!({"metadata": {"name": pod, "namespace": ns}}))
-        .map_err(|e| Error::failed(format!("pod {me}: {e}")))?;
+        .map_err(|e| Error::json(format!("pod {me}"), e))?;
     let detail = if changes.is_empty() {
         "pod no longer exists".to_string()
     } else {
@@ -449,30 +428,21 @@ async fn release_leftovers(
 
 /// Removes this pod from the node's kirt cordon record; uncordons when nobody is left.
 async fn uncordon(
-    client: &Client,
+    cluster: &Cluster,
+    dry: bool,
     node: &str,
     ns: &str,
     pod: &str,
-    dry: bool,
 ) -> Result<Option<String>> {
-    let api: Api<Node> = Api::all(client.clone());
+    let nodes = cluster.all::<Node>();
     let me = format!("{ns}/{pod}");
     let res = retry_conflict(|_| {
-        let (api, me) = (&api, &me);
+        let (nodes, me) = (&nodes, &me);
         async move {
-            let Some(cur) = api
-                .get_opt(node)
-                .await
-                .op(Op::new("get", "nodes").name(node))?
-            else {
+            let Some(cur) = nodes.get_opt(node).await? else {
                 return Ok(None);
             };
-            let Some(raw) = cur
-                .metadata
-                .annotations
-                .as_ref()
-                .and_then(|a| a.get(ANN_CORDONED))
-            else {
+            let Some(raw) = annotation(&cur.metadata, CORDONED_BY) else {
                 return Ok(None);
             };
             let mut by: Vec<String> = serde_json::from_str(raw).unwrap_or_default();
@@ -483,7 +453,7 @@ async fn uncordon(
             let (patch, what) = if by.is_empty() {
                 (
                     json!({
-                        "metadata": {"resourceVersion": cur.metadata.resource_version, "annotations": {ANN_CORDONED: null}},
+                        "metadata": {"resourceVersion": cur.metadata.resource_version, "annotations": {CORDONED_BY: null}},
                         "spec": {"unschedulable": null},
                     }),
                     format!("node {node} uncordoned"),
@@ -492,7 +462,7 @@ async fn uncordon(
                 (
                     json!({
                         "metadata": {"resourceVersion": cur.metadata.resource_version,
-                                     "annotations": {ANN_CORDONED: serde_json::to_string(&by).unwrap_or_default()}},
+                                     "annotations": {CORDONED_BY: serde_json::to_string(&by).unwrap_or_default()}},
                     }),
                     format!(
                         "node {node} stays cordoned for {} other quarantined pod(s)",
@@ -500,16 +470,14 @@ async fn uncordon(
                     ),
                 )
             };
-            api.patch(node, &patch_params(dry), &Patch::Merge(&patch))
-                .await
-                .op(Op::new("patch", "nodes").name(node))?;
+            nodes.patch(node, &Patch::Merge(&patch), dry).await?;
             Ok(Some(what))
         }
     })
     .await;
     match res {
         // Reading nodes is optional for quarantine without --cordon-node; do not fail the release.
-        Err(Error::Forbidden { .. }) => {
+        Err(Error::Forbidden(_)) => {
             tracing::warn!(
                 "cannot check node {node} for a kirt cordon (forbidden); uncordon it yourself if kirt cordoned it"
             );
@@ -522,13 +490,14 @@ async fn uncordon(
 /// When no quarantined pod remains in the namespace: delete the deny-all policy and restore every
 /// policy narrowed by `--exclusive` to its recorded spec.
 async fn cleanup_namespace(
-    ctx: &Ctx,
-    client: &Client,
+    cluster: &Cluster,
+    dry: bool,
     ns: &str,
     released: &BTreeSet<String>,
 ) -> Result<(Vec<PolicyChange>, Option<String>)> {
-    let dry = ctx.dry_run;
-    let remaining: Vec<String> = list_pods(client, Some(ns), &format!("{LABEL}=true"))
+    let remaining: Vec<String> = cluster
+        .namespaced::<Pod>(ns)
+        .list_labelled(&format!("{QUARANTINED}=true"))
         .await?
         .iter()
         .map(|p| name_of(p).1)
@@ -543,11 +512,7 @@ async fn cleanup_namespace(
             )),
         ));
     }
-    let api: Api<NetworkPolicy> = Api::namespaced(client.clone(), ns);
-    let list = api
-        .list(&ListParams::default())
-        .await
-        .op(Op::new("list", "networkpolicies").ns(ns))?;
+    let policies = cluster.namespaced::<NetworkPolicy>(ns);
     let mut changes = Vec::new();
     let change = |name: &str, what: &str| PolicyChange {
         namespace: ns.into(),
@@ -555,18 +520,13 @@ async fn cleanup_namespace(
         change: what.into(),
         object: None,
     };
-    for np in &list.items {
+    for np in &policies.list_all().await? {
         let name = np.metadata.name.clone().unwrap_or_default();
         if name == NS_POLICY && is_kirt_policy(np) {
-            delete_policy(&api, ns, &name, dry).await?;
+            policies.delete(&name, dry).await?;
             changes.push(change(&name, if dry { "would delete" } else { "deleted" }));
-        } else if np
-            .metadata
-            .annotations
-            .as_ref()
-            .is_some_and(|a| a.contains_key(ANN_ORIGINAL_SPEC))
-        {
-            restore_policy(&api, ns, np, dry).await?;
+        } else if annotation(&np.metadata, ORIGINAL_SPEC).is_some() {
+            restore_policy(cluster, dry, ns, np).await?;
             changes.push(change(
                 &name,
                 if dry {
@@ -580,27 +540,23 @@ async fn cleanup_namespace(
     Ok((changes, None))
 }
 
-async fn restore_policy(
-    api: &Api<NetworkPolicy>,
-    ns: &str,
-    np: &NetworkPolicy,
-    dry: bool,
-) -> Result<()> {
+async fn restore_policy(cluster: &Cluster, dry: bool, ns: &str, np: &NetworkPolicy) -> Result<()> {
+    let policies = cluster.namespaced::<NetworkPolicy>(ns);
     let name = np.metadata.name.clone().unwrap_or_default();
     retry_conflict(|n| {
-        let name = &name;
+        let (policies, name) = (&policies, &name);
         async move {
-            let cur = current(api, np, n).await?;
+            let cur = policies.current(np, n).await?;
             let mut anns = cur.metadata.annotations.clone().unwrap_or_default();
-            let Some(raw) = anns.remove(ANN_ORIGINAL_SPEC) else {
+            let Some(raw) = anns.remove(ORIGINAL_SPEC) else {
                 return Ok(());
             };
             let original: NetworkPolicySpec = serde_json::from_str(&raw).map_err(|e| {
                 Error::failed(format!(
-                    "networkpolicy {ns}/{name}: annotation {ANN_ORIGINAL_SPEC} is not a valid spec ({e}); restore it by hand"
+                    "networkpolicy {ns}/{name}: annotation {ORIGINAL_SPEC} is not a valid spec ({e}); restore it by hand"
                 ))
             })?;
-            patch_policy(api, ns, &cur, &Some(original), &anns, dry).await?;
+            patch_policy(policies, &cur, &Some(original), &anns, dry).await?;
             Ok(())
         }
     })
@@ -615,19 +571,19 @@ mod tests {
     fn release_patch_restores_exactly() {
         let pod: Pod = serde_json::from_value(json!({"metadata": {
             "name": "web-1", "resourceVersion": "7",
-            "labels": {LABEL: "true", "added-later": "x", "app": "other"},
-            "annotations": {ANN_ORIGINAL_LABELS: "{\"app\":\"web\",\"tier\":\"front\"}", ANN_AT: "t", "keep": "me"},
+            "labels": {QUARANTINED: "true", "added-later": "x", "app": "other"},
+            "annotations": {ORIGINAL_LABELS: "{\"app\":\"web\",\"tier\":\"front\"}", crate::k8s::keys::QUARANTINED_AT: "t", "keep": "me"},
         }}))
         .unwrap();
         let target = original_labels(&pod).unwrap();
         let patch = release_patch(&pod, &target);
         assert_eq!(
             patch["metadata"]["labels"],
-            json!({LABEL: null, "added-later": null, "app": "web", "tier": "front"})
+            json!({QUARANTINED: null, "added-later": null, "app": "web", "tier": "front"})
         );
         assert_eq!(
             patch["metadata"]["annotations"],
-            json!({ANN_ORIGINAL_LABELS: null, ANN_AT: null})
+            json!({ORIGINAL_LABELS: null, crate::k8s::keys::QUARANTINED_AT: null})
         );
         assert_eq!(patch["metadata"]["resourceVersion"], "7");
     }

@@ -1,11 +1,15 @@
 //! `kirt quarantine status [-n NS | -A]`: which pods are quarantined, since when, by whom, why,
 //! where they run and whether they still run.
 
+use k8s_openapi::api::core::v1::Pod;
 use serde::{Deserialize, Serialize};
 
-use super::*;
 use crate::context::Ctx;
 use crate::error::Result;
+use crate::k8s::keys::{
+    ORIGINAL_LABELS, QUARANTINED, QUARANTINED_AT, QUARANTINED_BY, QUARANTINED_REASON,
+};
+use crate::k8s::{annotation, ensure_namespace, name_of, node_of, PodTarget};
 use crate::output::{Render, Table};
 
 #[derive(Debug, Clone, Default, clap::Args, Serialize, Deserialize, schemars::JsonSchema)]
@@ -75,37 +79,40 @@ impl Render for StatusReport {
 }
 
 pub async fn run(ctx: &Ctx, spec: StatusSpec) -> Result<StatusReport> {
-    let client = ctx.cluster().await?.client.clone();
-    let scope = scope(ctx, &spec.namespace, spec.all_namespaces).await?;
-    let selector = format!("{LABEL}=true");
-    let pods = list_pods(&client, scope.as_deref(), &selector).await?;
+    let cluster = ctx.cluster().await?;
+    let target = PodTarget {
+        namespace: spec.namespace.clone(),
+        all_namespaces: spec.all_namespaces,
+        ..Default::default()
+    };
+    let scope = target.scope(ctx).await?;
+    let pods = cluster
+        .scoped::<Pod>(scope.as_deref())
+        .list_labelled(&format!("{QUARANTINED}=true"))
+        .await?;
     if pods.is_empty() {
         if let Some(ns) = &scope {
-            ensure_namespace(&client, ns).await?;
+            ensure_namespace(cluster, ns).await?;
         }
     }
     let mut rows: Vec<QuarantinedPod> = pods
         .iter()
         .map(|p| {
             let (namespace, pod) = name_of(p);
-            let ann = |k| annotation(p, k).unwrap_or_default().to_string();
+            let ann = |k| annotation(&p.metadata, k).unwrap_or_default().to_string();
             QuarantinedPod {
                 namespace,
                 pod,
-                since: ann(ANN_AT),
-                by: ann(ANN_BY),
-                reason: ann(ANN_REASON),
-                node: p
-                    .spec
-                    .as_ref()
-                    .and_then(|s| s.node_name.clone())
-                    .unwrap_or_default(),
+                since: ann(QUARANTINED_AT),
+                by: ann(QUARANTINED_BY),
+                reason: ann(QUARANTINED_REASON),
+                node: node_of(p).unwrap_or_default().to_string(),
                 phase: p
                     .status
                     .as_ref()
                     .and_then(|s| s.phase.clone())
                     .unwrap_or_default(),
-                releasable: annotation(p, ANN_ORIGINAL_LABELS).is_some(),
+                releasable: annotation(&p.metadata, ORIGINAL_LABELS).is_some(),
             }
         })
         .collect();

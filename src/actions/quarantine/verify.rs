@@ -2,19 +2,22 @@
 //! current labels and says whether the pod is isolated apart from its declared allowances (kirt's
 //! per-pod policy). Exit 3 when it is not. Enforcement itself is the CNI's job; this checks intent.
 
+use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
-use kube::api::{Api, ListParams};
 use serde::{Deserialize, Serialize};
 
+use super::is_quarantined;
+use super::policies::is_kirt_policy;
 use super::policy_eval::{self, PolicyVerdict};
-use super::*;
 use crate::context::Ctx;
 use crate::error::{Error, Exit, Result};
-use crate::k8s::{KubeContext, Op};
+use crate::k8s::keys::{ALLOWANCE_FOR, QUARANTINED};
+use crate::k8s::{annotation, labels_of, PodTarget};
 use crate::output::{Render, Table};
 
 #[derive(Debug, Clone, Default, clap::Args, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(default, rename_all = "kebab-case", deny_unknown_fields)]
+#[schemars(extend("required" = ["pod"]))]
 pub struct VerifySpec {
     /// The pod to check
     #[arg(value_name = "POD")]
@@ -77,7 +80,7 @@ impl Render for VerifyReport {
         }
         if !self.quarantined {
             t.note(format!(
-                "note: {target} does not carry {LABEL}=true (not quarantined)"
+                "note: {target} does not carry {QUARANTINED}=true (not quarantined)"
             ));
         }
         t
@@ -94,14 +97,8 @@ impl Render for VerifyReport {
 
 /// Whether a policy is the declared allowance policy of this pod.
 fn is_allowance_of(np: &NetworkPolicy, ns: &str, pod: &str) -> bool {
-    super::policies::is_kirt_policy(np)
-        && np
-            .metadata
-            .annotations
-            .as_ref()
-            .and_then(|a| a.get(ANN_ALLOWANCE_FOR))
-            .map(String::as_str)
-            == Some(format!("{ns}/{pod}").as_str())
+    is_kirt_policy(np)
+        && annotation(&np.metadata, ALLOWANCE_FOR) == Some(format!("{ns}/{pod}").as_str())
 }
 
 #[tracing::instrument(skip_all, fields(pod = %spec.pod))]
@@ -109,19 +106,18 @@ pub async fn run(ctx: &Ctx, spec: VerifySpec) -> Result<VerifyReport> {
     if spec.pod.is_empty() {
         return Err(Error::usage("name the pod to verify"));
     }
-    let client = ctx.cluster().await?.client.clone();
-    let ns = match &spec.namespace {
-        Some(ns) => ns.clone(),
-        None => ctx.namespace().await?,
-    };
-    let pod = get_pod(&client, &ns, &spec.pod).await?;
-    let api: Api<NetworkPolicy> = Api::namespaced(client, &ns);
-    let policies = api
-        .list(&ListParams::default())
-        .await
-        .op(Op::new("list", "networkpolicies").ns(&ns))?
-        .items;
-    let labels = labels_of(&pod);
+    let pods: Vec<Pod> = PodTarget::pod(&spec.pod, spec.namespace.clone())
+        .resolve(ctx)
+        .await?;
+    let pod = &pods[0];
+    let ns = pod.metadata.namespace.clone().unwrap_or_default();
+    let policies = ctx
+        .cluster()
+        .await?
+        .namespaced::<NetworkPolicy>(&ns)
+        .list_all()
+        .await?;
+    let labels = labels_of(pod);
     let iso = policy_eval::assess(&policies, &labels, |np| is_allowance_of(np, &ns, &spec.pod));
     let mut problems = iso.problems();
     // NetworkPolicies do not apply to pods in the node's network namespace.
@@ -139,7 +135,7 @@ pub async fn run(ctx: &Ctx, spec: VerifySpec) -> Result<VerifyReport> {
     Ok(VerifyReport {
         namespace: ns.clone(),
         pod: spec.pod.clone(),
-        quarantined: is_quarantined(&pod),
+        quarantined: is_quarantined(pod),
         isolated: iso.isolated() && !host_network,
         ingress_isolated: iso.ingress_isolated,
         egress_isolated: iso.egress_isolated,

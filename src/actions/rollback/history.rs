@@ -10,6 +10,7 @@ use crate::output::{Render, Table};
 
 #[derive(Debug, Clone, Default, clap::Args, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(default, rename_all = "kebab-case", deny_unknown_fields)]
+#[schemars(extend("required" = ["target"]))]
 pub struct HistorySpec {
     /// The workload: deployment/NAME, statefulset/NAME or daemonset/NAME (deploy, sts, ds too)
     #[arg(value_name = "KIND/NAME")]
@@ -65,8 +66,7 @@ pub async fn run(ctx: &Ctx, spec: HistorySpec) -> Result<History> {
         Some(ns) => ns,
         None => ctx.namespace().await?,
     };
-    let client = ctx.cluster().await?.client.clone();
-    let w = Workload::load(&client, &ns, &target).await?;
+    let w = Workload::load(ctx.cluster().await?, &ns, &target).await?;
     Ok(History {
         kind: target.kind.lower().into(),
         name: target.name.clone(),

@@ -6,7 +6,7 @@
 
 pub mod diff;
 pub mod history;
-pub mod undo;
+pub mod revert;
 pub mod wait;
 
 use std::collections::BTreeMap;
@@ -16,12 +16,12 @@ use std::str::FromStr;
 use k8s_openapi::api::apps::v1::{
     ControllerRevision, DaemonSet, Deployment, ReplicaSet, StatefulSet,
 };
-use kube::api::{Api, ApiResource, DynamicObject, ListParams};
+use kube::api::{ApiResource, DynamicObject, ListParams};
 use serde::Serialize;
 use serde_json::Value;
 
 use crate::error::{Error, Result};
-use crate::k8s::{KubeContext, Op};
+use crate::k8s::Cluster;
 
 /// Label the Deployment controller adds to each ReplicaSet's template; never part of a Deployment's.
 pub const POD_TEMPLATE_HASH: &str = "pod-template-hash";
@@ -156,14 +156,11 @@ pub struct Workload {
 
 impl Workload {
     /// Reads the workload and every revision it controls. Only reads: safe before any confirmation.
-    pub async fn load(client: &kube::Client, namespace: &str, target: &Target) -> Result<Self> {
-        let res = target.kind.resource();
-        let api: Api<DynamicObject> =
-            Api::namespaced_with(client.clone(), namespace, &target.kind.api_resource());
-        let obj = api
+    pub async fn load(cluster: &Cluster, namespace: &str, target: &Target) -> Result<Self> {
+        let obj = cluster
+            .dynamic(namespace, &target.kind.api_resource())
             .get(&target.name)
-            .await
-            .op(Op::new("get", res).ns(namespace).name(&target.name))?;
+            .await?;
         let uid = obj.metadata.uid.clone().unwrap_or_default();
         let spec = &obj.data["spec"];
         let template = spec["template"].clone();
@@ -172,17 +169,11 @@ impl Workload {
         let lp = ListParams::default().labels(&selector);
         let mut revisions = match target.kind {
             Kind::Deployment => {
-                let rs: Api<DynamicObject> = Api::namespaced_with(
-                    client.clone(),
-                    namespace,
-                    &ApiResource::erase::<ReplicaSet>(&()),
-                );
-                let list = rs
+                let list = cluster
+                    .dynamic(namespace, &ApiResource::erase::<ReplicaSet>(&()))
                     .list(&lp)
-                    .await
-                    .op(Op::new("list", "replicasets").ns(namespace))?;
+                    .await?;
                 let mut owned: Vec<DynamicObject> = list
-                    .items
                     .into_iter()
                     .filter(|r| controlled_by(&r.metadata, &uid))
                     .collect();
@@ -222,18 +213,12 @@ impl Workload {
                 out
             }
             Kind::StatefulSet | Kind::DaemonSet => {
-                let cr: Api<DynamicObject> = Api::namespaced_with(
-                    client.clone(),
-                    namespace,
-                    &ApiResource::erase::<ControllerRevision>(&()),
-                );
-                let list = cr
+                let list = cluster
+                    .dynamic(namespace, &ApiResource::erase::<ControllerRevision>(&()))
                     .list(&lp)
-                    .await
-                    .op(Op::new("list", "controllerrevisions").ns(namespace))?;
+                    .await?;
                 let current_patch = revision_patch(&template);
-                list.items
-                    .into_iter()
+                list.into_iter()
                     .filter(|r| controlled_by(&r.metadata, &uid))
                     .map(|r| {
                         let data = r.data["data"].clone();
@@ -405,14 +390,8 @@ pub fn label_selector(sel: &Value) -> std::result::Result<String, String> {
     Ok(parts.join(","))
 }
 
-/// Parses `--timeout` (`90s`, `5m`, `1h`).
-pub fn parse_timeout(s: Option<&str>) -> Result<std::time::Duration> {
-    match s {
-        None => Ok(std::time::Duration::from_secs(300)),
-        Some(s) => humantime::parse_duration(s)
-            .map_err(|e| Error::usage(format!("--timeout {s:?}: {e} (examples: 90s, 5m, 1h)"))),
-    }
-}
+/// How long `--wait` waits for a rollout unless told otherwise.
+pub const WAIT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
 
 #[cfg(test)]
 mod tests {

@@ -6,13 +6,13 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::{Api, ListParams};
+
 use serde::{Deserialize, Serialize};
 
-use super::{label_selector, parse_timeout, Kind, Target};
+use super::{label_selector, Kind, Target, WAIT_TIMEOUT};
 use crate::context::Ctx;
 use crate::error::{Error, Result};
-use crate::k8s::{KubeContext, Op};
+use crate::k8s::Cluster;
 use crate::output::{Render, Table};
 
 /// The Progressing condition reason the Deployment controller sets when the deadline passes.
@@ -20,13 +20,16 @@ pub const PROGRESS_DEADLINE_EXCEEDED: &str = "ProgressDeadlineExceeded";
 
 #[derive(Debug, Clone, Default, clap::Args, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(default, rename_all = "kebab-case", deny_unknown_fields)]
+#[schemars(extend("required" = ["target"]))]
 pub struct WaitSpec {
     /// The workload: deployment/NAME, statefulset/NAME or daemonset/NAME (deploy, sts, ds too)
     #[arg(value_name = "KIND/NAME")]
     pub target: String,
     /// Give up after this long (e.g. 90s, 5m) [default: 5m]
-    #[arg(long, value_name = "DURATION")]
-    pub timeout: Option<String>,
+    #[arg(long, value_name = "DURATION", value_parser = crate::units::parse_duration)]
+    #[serde(with = "crate::units::opt_duration_serde")]
+    #[schemars(with = "Option<String>")]
+    pub timeout: Option<Duration>,
     /// Namespace (playbooks; on the command line use -n)
     #[arg(skip)]
     pub namespace: Option<String>,
@@ -88,12 +91,8 @@ pub enum Verdict {
 
 pub async fn run(ctx: &Ctx, spec: WaitSpec) -> Result<WaitResult> {
     let target: Target = spec.target.parse()?;
-    let timeout = parse_timeout(spec.timeout.as_deref())?;
-    let ns = match spec.namespace {
-        Some(ns) => ns,
-        None => ctx.namespace().await?,
-    };
-    wait_for(ctx, &ns, &target, timeout).await
+    let ns = ctx.namespace_or(&spec.namespace).await?;
+    wait_for(ctx, &ns, &target, spec.timeout.unwrap_or(WAIT_TIMEOUT)).await
 }
 
 /// Polls the workload until kubectl would call the rollout complete; fails on the progress
@@ -104,12 +103,12 @@ pub async fn wait_for(
     target: &Target,
     timeout: Duration,
 ) -> Result<WaitResult> {
-    let client = ctx.cluster().await?.client.clone();
+    let cluster = ctx.cluster().await?;
     let start = Instant::now();
     let stage = ctx.progress.stage("rollout", None);
     let mut last = String::new();
     loop {
-        let (verdict, counts, selector) = match judge(&client, ns, target).await {
+        let (verdict, counts, selector) = match judge(cluster, ns, target).await {
             Ok(j) => j,
             // A blip (apiserver restarting, a 5xx) is not the rollout's verdict: keep polling
             // until the timeout; missing objects and permissions end the wait at once.
@@ -156,7 +155,7 @@ pub async fn wait_for(
             }
             Verdict::Failed(message) => {
                 stage.finish();
-                let pods = not_ready_pods(&client, ns, &selector).await;
+                let pods = not_ready_pods(cluster, ns, &selector).await;
                 return Err(Error::failed(format!(
                     "rollout of {target} in namespace {ns} failed: {message}{}",
                     pods_suffix(&pods)
@@ -165,7 +164,7 @@ pub async fn wait_for(
             Verdict::Waiting(message) => {
                 if start.elapsed() >= timeout {
                     stage.finish();
-                    let pods = not_ready_pods(&client, ns, &selector).await;
+                    let pods = not_ready_pods(cluster, ns, &selector).await;
                     return Err(Error::failed(format!(
                         "rollout of {target} in namespace {ns} did not complete within {}: {message}{}",
                         humantime::format_duration(timeout),
@@ -187,38 +186,31 @@ fn pods_suffix(pods: &[String]) -> String {
 }
 
 /// Reads the workload once and judges it; also returns its pod selector.
-async fn judge(
-    client: &kube::Client,
-    ns: &str,
-    target: &Target,
-) -> Result<(Verdict, Counts, String)> {
-    let op = Op::new("get", target.kind.resource())
-        .ns(ns)
-        .name(&target.name);
+async fn judge(cluster: &Cluster, ns: &str, target: &Target) -> Result<(Verdict, Counts, String)> {
     match target.kind {
         Kind::Deployment => {
-            let d = Api::<Deployment>::namespaced(client.clone(), ns)
+            let d = cluster
+                .namespaced::<Deployment>(ns)
                 .get(&target.name)
-                .await
-                .op(op)?;
+                .await?;
             let sel = selector_of(&d.spec.selector)?;
             let (v, c) = deployment_verdict(&d);
             Ok((v, c, sel))
         }
         Kind::StatefulSet => {
-            let s = Api::<StatefulSet>::namespaced(client.clone(), ns)
+            let s = cluster
+                .namespaced::<StatefulSet>(ns)
                 .get(&target.name)
-                .await
-                .op(op)?;
+                .await?;
             let sel = selector_of(&s.spec.selector)?;
             let (v, c) = statefulset_verdict(&s);
             Ok((v, c, sel))
         }
         Kind::DaemonSet => {
-            let d = Api::<DaemonSet>::namespaced(client.clone(), ns)
+            let d = cluster
+                .namespaced::<DaemonSet>(ns)
                 .get(&target.name)
-                .await
-                .op(op)?;
+                .await?;
             let sel = selector_of(&d.spec.selector)?;
             let (v, c) = daemonset_verdict(&d);
             Ok((v, c, sel))
@@ -446,18 +438,14 @@ pub fn daemonset_verdict(d: &DaemonSet) -> (Verdict, Counts) {
 
 /// The workload's pods that are not Ready, each with why (best effort: a failure to list is
 /// reported in the list rather than hiding the rollout's own error).
-async fn not_ready_pods(client: &kube::Client, ns: &str, selector: &str) -> Vec<String> {
-    let api: Api<Pod> = Api::namespaced(client.clone(), ns);
-    match api.list(&ListParams::default().labels(selector)).await {
+async fn not_ready_pods(cluster: &Cluster, ns: &str, selector: &str) -> Vec<String> {
+    match cluster.namespaced::<Pod>(ns).list_labelled(selector).await {
         Ok(list) => {
-            let mut pods: Vec<String> = list.items.iter().filter_map(describe_not_ready).collect();
+            let mut pods: Vec<String> = list.iter().filter_map(describe_not_ready).collect();
             pods.sort();
             pods
         }
-        Err(e) => vec![format!(
-            "(cannot list pods: {})",
-            Op::new("list", "pods").ns(ns).err(e)
-        )],
+        Err(e) => vec![format!("(cannot list pods: {e})")],
     }
 }
 

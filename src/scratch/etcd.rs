@@ -1,5 +1,5 @@
-//! Throwaway servers for trial restores and drills: `etcdutl snapshot restore` into an empty
-//! directory and an etcd on free loopback ports, stopped (by its PID) and cleaned up afterwards.
+//! `etcdutl snapshot restore` into an empty directory, and a one-member etcd on it that answers
+//! what a restored member holds at the recorded revision.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -8,46 +8,8 @@ use std::time::Duration;
 
 use etcd_client::GetOptions;
 
+use super::{Ports, Server};
 use crate::error::{Error, Result};
-
-/// Client and peer ports on 127.0.0.1, free when chosen.
-pub struct Ports {
-    pub client: u16,
-    pub peer: u16,
-}
-
-impl Ports {
-    pub fn free() -> Result<Self> {
-        let pick = || {
-            crate::util::free_loopback_port()
-                .map_err(|e| Error::io("finding a free loopback port", e))
-        };
-        Ok(Ports {
-            client: pick()?,
-            peer: pick()?,
-        })
-    }
-
-    pub fn client_url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.client)
-    }
-
-    pub fn peer_url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.peer)
-    }
-
-    /// Membership flags for `etcdutl snapshot restore` of a one-member scratch cluster.
-    pub fn restore_args(&self, name: &str) -> Vec<String> {
-        vec![
-            "--name".into(),
-            name.into(),
-            "--initial-cluster".into(),
-            format!("{name}={}", self.peer_url()),
-            "--initial-advertise-peer-urls".into(),
-            self.peer_url(),
-        ]
-    }
-}
 
 /// Runs `etcdutl snapshot restore SNAP --data-dir DATA ARGS` (with etcd's hash check). Refuses a
 /// non-empty data dir, as etcdutl does, so nothing existing is ever overwritten.
@@ -110,11 +72,12 @@ pub struct Observed {
 }
 
 pub struct ScratchEtcd {
-    child: tokio::process::Child,
+    server: Server,
     pub endpoint: String,
 }
 
 impl ScratchEtcd {
+    /// Starts etcd on the restored `data` dir; its log goes to `logdir/etcd.log`.
     pub async fn start(
         etcd: &Path,
         name: &str,
@@ -122,10 +85,8 @@ impl ScratchEtcd {
         ports: &Ports,
         logdir: &Path,
     ) -> Result<Self> {
-        let log = std::fs::File::create(logdir.join("etcd.log"))
-            .map_err(|e| Error::io("creating the scratch etcd log", e))?;
-        let child = tokio::process::Command::new(etcd)
-            .args(["--name", name, "--data-dir"])
+        let mut cmd = tokio::process::Command::new(etcd);
+        cmd.args(["--name", name, "--data-dir"])
             .arg(data)
             .args([
                 "--listen-client-urls",
@@ -138,43 +99,23 @@ impl ScratchEtcd {
                 &ports.peer_url(),
                 "--initial-advertise-peer-urls",
                 &ports.peer_url(),
-            ])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(|e| {
-                Error::usage(format!(
-                    "cannot run {}: {e} (install etcd or pass --etcd-bin)",
-                    etcd.display()
-                ))
-            })?;
-        let mut s = ScratchEtcd {
-            child,
-            endpoint: ports.client_url(),
-        };
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Ok(Some(status)) = s.child.try_wait() {
-                return Err(Error::VerifyFailed(format!(
-                    "the restored etcd exited ({status}) before serving; log: {}",
-                    logdir.join("etcd.log").display()
-                )));
-            }
-            if let Ok(mut c) = etcd_client::Client::connect([s.endpoint.as_str()], None).await {
-                if c.status().await.is_ok() {
-                    return Ok(s);
+            ]);
+        let mut server = Server::spawn(
+            cmd,
+            "restored etcd",
+            &logdir.join("etcd.log"),
+            "install etcd or pass --etcd-bin",
+        )?;
+        let endpoint = ports.client_url();
+        server
+            .wait_ready(Duration::from_secs(30), || async {
+                match etcd_client::Client::connect([endpoint.as_str()], None).await {
+                    Ok(mut c) => c.status().await.is_ok(),
+                    Err(_) => false,
                 }
-            }
-            if tokio::time::Instant::now() > deadline {
-                s.stop().await;
-                return Err(Error::VerifyFailed(
-                    "the restored etcd did not serve within 30s".into(),
-                ));
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+            })
+            .await?;
+        Ok(ScratchEtcd { server, endpoint })
     }
 
     /// Revision, live keys and HashKV at `revision`.
@@ -212,7 +153,7 @@ impl ScratchEtcd {
             .await
             .map_err(|e| err("HashKV", e))?;
         let mut kv = c.kv_client();
-        let count = super::manifest::count_prefixes;
+        let count = crate::actions::backup::manifest::count_prefixes;
         let prefix_counts_at = count(&mut kv, revision)
             .await
             .map_err(|e| err("counting keys", e))?;
@@ -229,20 +170,6 @@ impl ScratchEtcd {
     }
 
     pub async fn stop(mut self) {
-        // SIGTERM first so etcd closes its db cleanly; then make sure.
-        terminate(&mut self.child, Duration::from_secs(10)).await;
-    }
-}
-
-/// Stops a scratch server this process started: SIGTERM, then SIGKILL after `grace`.
-pub async fn terminate(child: &mut tokio::process::Child, grace: Duration) {
-    if let Some(pid) = child.id() {
-        let _ = std::process::Command::new("kill")
-            .arg("-TERM")
-            .arg(pid.to_string())
-            .status();
-        if tokio::time::timeout(grace, child.wait()).await.is_err() {
-            let _ = child.kill().await;
-        }
+        self.server.terminate(Duration::from_secs(10)).await;
     }
 }

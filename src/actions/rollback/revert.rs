@@ -4,19 +4,19 @@
 //! a resourceVersion guard, an Event on the workload, and an optional wait for a healthy rollout.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{Event, EventSource, ObjectReference};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
-use kube::api::{Api, DynamicObject, Patch};
+use k8s_openapi::api::core::v1::ObjectReference;
+use kube::api::Patch;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use super::diff::template_diff;
 use super::wait::{wait_for, WaitResult};
-use super::{parse_timeout, Kind, Revision, Target, Workload};
+use super::{Kind, Revision, Target, Workload, WAIT_TIMEOUT};
 use crate::context::Ctx;
-use crate::error::{Error, Result};
-use crate::k8s::{self, KubeContext, Op, FIELD_MANAGER};
+use crate::error::{to_json, Error, Result};
+use crate::k8s::{status_code, Cluster, EventType, KubeContext, Recorder, FIELD_MANAGER};
 use crate::output::{Render, Table};
 
 /// Annotations a Deployment keeps from itself rather than taking from the ReplicaSet
@@ -32,6 +32,7 @@ pub const ANNOTATIONS_TO_SKIP: &[&str] = &[
 
 #[derive(Debug, Clone, Default, clap::Args, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(default, rename_all = "kebab-case", deny_unknown_fields)]
+#[schemars(extend("required" = ["target"]))]
 pub struct RollbackSpec {
     /// The workload: deployment/NAME, statefulset/NAME or daemonset/NAME (deploy, sts, ds too)
     #[arg(value_name = "KIND/NAME")]
@@ -43,8 +44,10 @@ pub struct RollbackSpec {
     #[arg(long)]
     pub wait: bool,
     /// How long --wait waits (e.g. 90s, 5m) [default: 5m]
-    #[arg(long, value_name = "DURATION")]
-    pub timeout: Option<String>,
+    #[arg(long, value_name = "DURATION", value_parser = crate::units::parse_duration)]
+    #[serde(with = "crate::units::opt_duration_serde")]
+    #[schemars(with = "Option<String>")]
+    pub timeout: Option<Duration>,
     /// Only if the workload's spec is still at this metadata.generation (the one a rollback
     /// reported; `kirt undo` passes it): refuses, changing nothing, if it moved on since
     #[arg(long, value_name = "N")]
@@ -117,16 +120,13 @@ impl Render for RollbackResult {
 
 pub async fn run(ctx: &Ctx, spec: RollbackSpec) -> Result<RollbackResult> {
     let target: Target = spec.target.parse()?;
-    let timeout = parse_timeout(spec.timeout.as_deref())?;
+    let timeout = spec.timeout.unwrap_or(WAIT_TIMEOUT);
     if spec.to_revision < 0 {
         return Err(revision_not_found(spec.to_revision, &target));
     }
-    let ns = match &spec.namespace {
-        Some(ns) => ns.clone(),
-        None => ctx.namespace().await?,
-    };
-    let client = ctx.cluster().await?.client.clone();
-    let w = Workload::load(&client, &ns, &target).await?;
+    let ns = ctx.namespace_or(&spec.namespace).await?;
+    let cluster = ctx.cluster().await?;
+    let w = Workload::load(cluster, &ns, &target).await?;
     if let Some(expected) = spec.if_generation {
         if w.generation != expected {
             return Err(Error::Refused(format!(
@@ -183,7 +183,7 @@ pub async fn run(ctx: &Ctx, spec: RollbackSpec) -> Result<RollbackResult> {
             "roll back {target} in namespace {ns} to revision {}",
             rev.revision
         ))?;
-        result.generation = apply(&client, ctx.dry_run, &w, &rev).await?;
+        result.generation = apply(cluster, ctx.dry_run, &w, &rev).await?;
         if ctx.dry_run {
             result.outcome = Outcome::DryRun;
             result.message = format!(
@@ -193,7 +193,7 @@ pub async fn run(ctx: &Ctx, spec: RollbackSpec) -> Result<RollbackResult> {
         } else {
             result.outcome = Outcome::RolledBack;
             result.message = format!("rolled back to revision {}", rev.revision);
-            emit_event(&client, &w, &result).await;
+            record_event(cluster, &w, &result).await;
         }
     }
 
@@ -284,14 +284,14 @@ pub fn controller_revision_patch(w: &Workload, rev: &Revision) -> Value {
 
 /// Sends kubectl's rollback patch for `rev` (guarded by the resourceVersion `w` was read at).
 pub async fn apply(
-    client: &kube::Client,
+    cluster: &Cluster,
     dry_run: bool,
     w: &Workload,
     rev: &Revision,
 ) -> Result<Option<i64>> {
     let ns = w.namespace.as_str();
     let name = w.target.name.as_str();
-    let op = Op::new("patch", w.target.kind.resource()).ns(ns).name(name);
+    let workloads = cluster.dynamic(ns, &w.target.kind.api_resource());
     let res = match w.target.kind {
         Kind::Deployment => {
             let patch = deployment_patch(w, rev);
@@ -301,22 +301,26 @@ pub async fn apply(
             if dry_run {
                 url.push_str("&dryRun=All");
             }
-            let body = serde_json::to_vec(&patch)
-                .map_err(|e| Error::failed(format!("encoding the rollback patch: {e}")))?;
+            let body = to_json("the rollback patch", &patch)?;
             let req = http::Request::patch(url)
                 .header("Content-Type", "application/json-patch+json")
                 .body(body)
                 .map_err(|e| Error::failed(format!("building the rollback request: {e}")))?;
-            client
+            cluster
+                .client
                 .request::<Value>(req)
                 .await
                 .map(|o| o["metadata"]["generation"].as_i64())
         }
         Kind::StatefulSet | Kind::DaemonSet => {
-            let api: Api<DynamicObject> =
-                Api::namespaced_with(client.clone(), ns, &w.target.kind.api_resource());
             let patch = controller_revision_patch(w, rev);
-            api.patch(name, &k8s::patch_params(dry_run), &Patch::Strategic(&patch))
+            workloads
+                .api()
+                .patch(
+                    name,
+                    &crate::k8s::patch_params(dry_run),
+                    &Patch::Strategic(&patch),
+                )
                 .await
                 .map(|o| o.metadata.generation)
         }
@@ -329,36 +333,36 @@ pub async fn apply(
     };
     match res {
         Err(kube::Error::Api(s)) if s.code == 409 => Err(changed(&s.message)),
-        Err(kube::Error::Api(s)) if s.code == 422 || s.code == 400 => {
+        Err(e) if matches!(status_code(&e), Some(422 | 400)) => {
             // A failed JSON-patch `test` answers 422 without saying which operation failed: look
             // whether the resourceVersion moved on.
-            if w.target.kind == Kind::Deployment && resource_version_moved(client, w).await {
+            let moved = match workloads.get(name).await {
+                Ok(o) => {
+                    o.metadata.resource_version.as_deref() != Some(w.resource_version.as_str())
+                }
+                Err(_) => false,
+            };
+            if w.target.kind == Kind::Deployment && moved {
                 return Err(changed(
                     "its resourceVersion is no longer the one kirt read",
                 ));
             }
+            let message = match e {
+                kube::Error::Api(s) => s.message,
+                other => other.to_string(),
+            };
             Err(Error::failed(format!(
-                "failed restoring revision {} of {} in namespace {ns}: {} (nothing was changed)",
-                rev.revision, w.target, s.message
+                "failed restoring revision {} of {} in namespace {ns}: {message} (nothing was changed)",
+                rev.revision, w.target
             )))
         }
-        other => other.op(op),
-    }
-}
-
-async fn resource_version_moved(client: &kube::Client, w: &Workload) -> bool {
-    let api: Api<DynamicObject> =
-        Api::namespaced_with(client.clone(), &w.namespace, &w.target.kind.api_resource());
-    match api.get(&w.target.name).await {
-        Ok(o) => o.metadata.resource_version.as_deref() != Some(w.resource_version.as_str()),
-        Err(_) => false,
+        other => other.op(&workloads.op("patch", Some(name))),
     }
 }
 
 /// Records the rollback on the workload (`kubectl describe` / `kubectl get events` show it).
 /// Best effort: a missing `create events` permission is a warning, not a failed rollback.
-async fn emit_event(client: &kube::Client, w: &Workload, r: &RollbackResult) {
-    let now = Time(jiff::Timestamp::now());
+async fn record_event(cluster: &Cluster, w: &Workload, r: &RollbackResult) {
     let mut message = format!(
         "kirt rolled back {} from revision {} to revision {}",
         w.target,
@@ -371,47 +375,17 @@ async fn emit_event(client: &kube::Client, w: &Workload, r: &RollbackResult) {
         message.push_str(": ");
         message.push_str(&r.changes.join("; "));
     }
-    if message.len() > 1000 {
-        let mut cut = 997;
-        while !message.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        message.truncate(cut);
-        message.push_str("...");
-    }
-    let ev = Event {
-        metadata: ObjectMeta {
-            generate_name: Some(format!("{}.", w.target.name)),
-            namespace: Some(w.namespace.clone()),
-            ..Default::default()
-        },
-        involved_object: ObjectReference {
-            api_version: Some("apps/v1".into()),
-            kind: Some(w.target.kind.name().into()),
-            name: Some(w.target.name.clone()),
-            namespace: Some(w.namespace.clone()),
-            uid: Some(w.uid.clone()),
-            ..Default::default()
-        },
-        reason: Some("RolledBack".into()),
-        message: Some(message),
-        type_: Some("Normal".into()),
-        source: Some(EventSource {
-            component: Some(FIELD_MANAGER.into()),
-            host: None,
-        }),
-        first_timestamp: Some(now.clone()),
-        last_timestamp: Some(now),
-        count: Some(1),
-        reporting_component: Some(FIELD_MANAGER.into()),
-        reporting_instance: Some(gethostname::gethostname().to_string_lossy().into_owned()),
+    let regarding = ObjectReference {
+        api_version: Some("apps/v1".into()),
+        kind: Some(w.target.kind.name().into()),
+        name: Some(w.target.name.clone()),
+        namespace: Some(w.namespace.clone()),
+        uid: Some(w.uid.clone()),
         ..Default::default()
     };
-    let api: Api<Event> = Api::namespaced(client.clone(), &w.namespace);
-    if let Err(e) = api.create(&k8s::post_params(false), &ev).await {
-        let e = Op::new("create", "events").ns(&w.namespace).err(e);
-        tracing::warn!("the rollback happened but its Event could not be recorded: {e}");
-    }
+    Recorder::new(cluster, false)
+        .publish_or_warn(regarding, EventType::Normal, "RolledBack", &message)
+        .await;
 }
 
 #[cfg(test)]

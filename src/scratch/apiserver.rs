@@ -1,0 +1,117 @@
+//! A kube-apiserver on a restored etcd, reachable only by kirt: loopback, a random port, a
+//! random bearer token, RBAC on. Used by `kirt drill` to see what a control plane would serve.
+
+use std::path::Path;
+use std::time::Duration;
+
+use super::Server;
+use crate::error::{Error, IoContext, Result};
+
+pub struct ScratchApiserver {
+    server: Server,
+    pub client: kube::Client,
+}
+
+impl ScratchApiserver {
+    /// Starts `bin` on the etcd at `etcd`; certificates, keys and the log go under `dir`.
+    pub async fn start(bin: &Path, service_cidr: &str, etcd: &str, dir: &Path) -> Result<Self> {
+        let pki = dir.join("apiserver");
+        std::fs::create_dir_all(&pki).ctx(|| "creating the scratch apiserver dir".into())?;
+        let key = rcgen::KeyPair::generate()
+            .map_err(|e| Error::failed(format!("generating a service-account key: {e}")))?;
+        std::fs::write(pki.join("sa.key"), key.serialize_pem()).ctx(|| "writing sa.key".into())?;
+        std::fs::write(pki.join("sa.pub"), key.public_key_pem()).ctx(|| "writing sa.pub".into())?;
+        let token = hex::encode(random_bytes()?);
+        std::fs::write(
+            pki.join("tokens.csv"),
+            format!("{token},kirt-drill,kirt-drill,\"system:masters\"\n"),
+        )
+        .ctx(|| "writing tokens.csv".into())?;
+        let port = super::port()?;
+        let hint = "pass --apiserver-bin PATH";
+        let version = tokio::process::Command::new(bin)
+            .arg("--version")
+            .output()
+            .await
+            .map_err(|e| Error::usage(format!("cannot run {}: {e} ({hint})", bin.display())))?;
+        let version = String::from_utf8_lossy(&version.stdout).to_string();
+        // --insecure-port exists (and must be 0) only before Kubernetes 1.24.
+        let minor: u32 = version
+            .split('.')
+            .nth(1)
+            .and_then(|m| m.parse().ok())
+            .unwrap_or(99);
+        let mut cmd = tokio::process::Command::new(bin);
+        cmd.arg(format!("--etcd-servers={etcd}"))
+            .args([
+                "--bind-address=127.0.0.1",
+                "--advertise-address=127.0.0.1",
+                &format!("--secure-port={port}"),
+            ])
+            .arg(format!("--cert-dir={}", pki.display()))
+            .arg(format!(
+                "--token-auth-file={}",
+                pki.join("tokens.csv").display()
+            ))
+            .arg("--authorization-mode=RBAC")
+            .arg(format!(
+                "--service-account-key-file={}",
+                pki.join("sa.pub").display()
+            ))
+            .arg(format!(
+                "--service-account-signing-key-file={}",
+                pki.join("sa.key").display()
+            ))
+            .arg("--service-account-issuer=https://kubernetes.default.svc")
+            .arg(format!("--service-cluster-ip-range={service_cidr}"))
+            .args(["--allow-privileged=true", "--endpoint-reconciler-type=none"]);
+        if minor < 24 {
+            cmd.arg("--insecure-port=0");
+        }
+        let mut server = Server::spawn(
+            cmd,
+            "scratch kube-apiserver",
+            &dir.join("apiserver.log"),
+            hint,
+        )?;
+        let mut config = kube::Config::new(
+            format!("https://127.0.0.1:{port}")
+                .parse()
+                .map_err(|e| Error::failed(format!("scratch apiserver URL: {e}")))?,
+        );
+        config.accept_invalid_certs = true;
+        config.auth_info.token = Some(token.into());
+        let client = kube::Client::try_from(config)
+            .map_err(|e| Error::failed(format!("scratch apiserver client: {e}")))?;
+        let c = client.clone();
+        server
+            .wait_ready(Duration::from_secs(90), || {
+                let c = c.clone();
+                async move {
+                    let Ok(req) = http::Request::get("/readyz").body(Vec::new()) else {
+                        return false;
+                    };
+                    c.request_text(req)
+                        .await
+                        .map(|t| t.trim() == "ok")
+                        .unwrap_or(false)
+                }
+            })
+            .await?;
+        Ok(ScratchApiserver { server, client })
+    }
+
+    pub async fn stop(mut self) {
+        self.server.terminate(Duration::from_secs(15)).await;
+    }
+}
+
+/// 16 bytes from the kernel's CSPRNG (the scratch apiserver's bearer token).
+fn random_bytes() -> Result<[u8; 16]> {
+    use std::io::Read;
+    let mut b = [0u8; 16];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut b))
+        .ctx(|| "reading /dev/urandom for the scratch apiserver's token".into())?;
+    Ok(b)
+}
