@@ -1,11 +1,10 @@
 //! K6: `kirt rollback` against the lab, compared with the real `kubectl rollout undo` on twin
 //! namespaces with identical histories; refusals, dry-run, waits and permission errors.
 
-mod common;
-
+use crate::common;
 use std::path::Path;
 
-use common::{lab, Lab};
+use crate::common::{lab, Lab};
 use serde_json::Value;
 
 /// One revision of the test workloads: differs in image, env and a template annotation.

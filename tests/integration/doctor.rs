@@ -1,10 +1,9 @@
 //! K1: the lab itself and `kirt doctor` against it (real etcd, apiserver, S3; checked with kubectl).
 
-mod common;
-
+use crate::common;
 use std::time::Duration;
 
-use common::{lab, wait_until};
+use crate::common::{lab, wait_until};
 
 #[test]
 fn doctor_against_the_lab_passes_and_reports_versions() {

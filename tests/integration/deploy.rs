@@ -1,13 +1,12 @@
 //! K8: the deploy/ manifests against the lab apiserver, impersonation, the kubectl plugin, and
 //! metrics pushed to a real Prometheus Pushgateway.
 
-mod common;
-
+use crate::common;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{lab, sh};
+use crate::common::{lab, sh};
 
 fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))

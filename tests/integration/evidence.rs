@@ -1,13 +1,12 @@
 //! K5: forensic evidence bundles against the lab (real apiserver, simulated kubelet, moto S3),
 //! checked with independent tools: age, zstd, tar, sha256sum, kubectl and the S3 API.
 
-mod common;
-
+use crate::common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use common::{lab, wait_until, Lab};
+use crate::common::{lab, wait_until, Lab};
 
 const SECRET_VALUE: &str = "k5-Sup3r-S3cret-value-do-not-leak";
 

@@ -2,13 +2,12 @@
 //! and its undo on a Deployment with three revisions — plus validation errors with file:line,
 //! resume after SIGKILL, webhook delivery, exec timeouts, and no secret in any journal.
 
-mod common;
-
+use crate::common;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::{lab, wait_until, Lab};
+use crate::common::{lab, wait_until, Lab};
 use serde_json::Value;
 
 const SECRET_TOKEN: &str = "k7-secret-token-5f3a9c";

@@ -1,12 +1,11 @@
 //! K2: etcd backups against real etcd 3.4/3.5 and real S3 servers, checked with the real age,
 //! zstd and etcdutl CLIs and the S3 API.
 
-mod common;
-
+use crate::common;
 use std::path::Path;
 use std::time::Duration;
 
-use common::{lab, populate_etcd, sh, Lab};
+use crate::common::{lab, populate_etcd, sh, Lab};
 
 fn age_key(lab: &Lab, name: &str) -> (String, String) {
     let key = lab.dir.path().join(name);

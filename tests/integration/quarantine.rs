@@ -2,12 +2,11 @@
 //! with the real kubectl. Each test has its own namespace. (No CNI enforces NetworkPolicy in the
 //! lab: tests check the objects kirt writes and the verdicts of `kirt quarantine verify`.)
 
-mod common;
-
+use crate::common;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use common::{lab, wait_until, Lab};
+use crate::common::{lab, wait_until, Lab};
 use serde_json::Value;
 
 const QLABEL: &str = "kirt.dev/quarantined";

@@ -1,11 +1,10 @@
 //! K3: verify, trial restore, real restore and the DR drill against real etcd 3.4/3.5 and S3;
 //! every corruption is detected with its own message and exit 3, leaving nothing behind.
 
-mod common;
-
+use crate::common;
 use std::path::{Path, PathBuf};
 
-use common::{lab, populate_etcd, sh, Lab, Run};
+use crate::common::{lab, populate_etcd, sh, Lab, Run};
 
 struct Backup {
     dir: PathBuf,

@@ -1,7 +1,6 @@
 //! CLI surface tests that need no lab: help, version, completions, man page, usage errors.
 
-mod common;
-
+use crate::common;
 use std::process::Command;
 
 fn kirt(args: &[&str]) -> common::Run {
