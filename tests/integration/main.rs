@@ -12,6 +12,7 @@ mod cli;
 mod deploy;
 mod doctor;
 mod evidence;
+mod lab_sanity;
 mod playbooks;
 mod quarantine;
 mod restore;

@@ -1,14 +1,18 @@
-//! K7: playbooks run end to end on the lab — etcd-backup on a private etcd, rollback-bad-deploy
-//! and its undo on a Deployment with three revisions — plus validation errors with file:line,
-//! resume after SIGKILL, webhook delivery, exec timeouts, and no secret in any journal.
+//! `kirt run|undo|runs|playbook`: playbooks run end to end on the lab — etcd-backup on a private
+//! etcd, rollback-bad-deploy and its undo on a Deployment with three revisions — plus validation
+//! errors with file:line, resume after SIGKILL, webhook delivery, exec timeouts, and no secret in
+//! any journal.
 
-use crate::common;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::common::{lab, wait_until, Lab};
 use serde_json::Value;
+
+use crate::common::etcd::populate_etcd;
+use crate::common::k8s::labels;
+use crate::common::keys::age_key;
+use crate::common::{self, lab, wait_until, Lab};
 
 const SECRET_TOKEN: &str = "k7-secret-token-5f3a9c";
 const SECRET_PATH: &str = "k7-secret-hook-path-81be";
@@ -428,27 +432,12 @@ fn resource_version(lab: &Lab, ns: &str) -> String {
 #[test]
 fn rollback_bad_deploy_runs_dry_runs_and_undoes() {
     let Some(lab) = lab() else { return };
-    let ns = lab.namespace("k7-rb");
+    let ns = lab.namespace("pb-rollback");
     for rev in 5..=7 {
         lab.apply(&ns, &deployment(rev));
-        lab.kubectl([
-            "rollout",
-            "status",
-            "deploy/web",
-            "-n",
-            &ns,
-            "--timeout=90s",
-        ])
-        .ok();
+        lab.rollout_status(&ns, "deploy/web");
     }
-    wait_until(Duration::from_secs(30), "3 ReplicaSets", || {
-        lab.kubectl(["get", "rs", "-n", &ns, "-o", "name"])
-            .ok()
-            .stdout()
-            .lines()
-            .count()
-            >= 3
-    });
+    lab.wait_for_replicasets(&ns, 3);
     assert_eq!(image(&lab, &ns), "nginx:1.27");
     let (nsp, dp) = (
         format!("namespace={}", ns.name),
@@ -527,15 +516,7 @@ fn rollback_bad_deploy_runs_dry_runs_and_undoes() {
     // undo: back to the revision that ran before (kubectl shows it)
     let r = kirt_j(&lab, &["undo", &run_id, "--yes", "-o", "json"]).ok();
     assert_eq!(r.json()["items"][0]["status"], "undone", "{}", r.dump());
-    lab.kubectl([
-        "rollout",
-        "status",
-        "deploy/web",
-        "-n",
-        &ns,
-        "--timeout=90s",
-    ])
-    .ok();
+    lab.rollout_status(&ns, "deploy/web");
     assert_eq!(image(&lab, &ns), "nginx:1.27");
     let hist = lab
         .kubectl(["rollout", "history", "deploy/web", "-n", &ns])
@@ -601,7 +582,7 @@ fn backup_ids(lab: &Lab, dir: &Path) -> Vec<String> {
 fn etcd_backup_playbook_end_to_end() {
     let Some(lab) = lab() else { return };
     let etcd = lab.private_etcd("3.5");
-    common::populate_etcd(&etcd.endpoint, "/k7", 300);
+    populate_etcd(&etcd.endpoint, "/k7", 300);
     let store = lab.dir.path().join("store");
     let metrics = lab.dir.path().join("backup.prom");
     let params = [
@@ -651,19 +632,13 @@ fn etcd_backup_playbook_end_to_end() {
 #[test]
 fn encrypted_etcd_backup_then_dr_drill_with_report() {
     let Some(lab) = lab() else { return };
-    let key = lab.dir.path().join("age.key");
-    common::sh(&format!("age-keygen -o {} 2>/dev/null", key.display())).ok();
-    let recipient = common::sh(&format!("age-keygen -y {}", key.display()))
-        .ok()
-        .stdout()
-        .trim()
-        .to_string();
+    let (key, recipient) = age_key(&lab);
     let store = lab.dir.path().join("drill-store");
     let (ep, to, rcp, id) = (
         format!("etcd_endpoints={}", lab.get("KIRT_LAB_ETCD")),
         format!("to={}", store.display()),
         format!("recipient={recipient}"),
-        format!("identity={}", key.display()),
+        format!("identity={key}"),
     );
     let r = kirt_j(
         &lab,
@@ -724,20 +699,12 @@ fn encrypted_etcd_backup_then_dr_drill_with_report() {
 #[test]
 fn foreach_runs_once_per_pod_a_selector_matches() {
     let Some(lab) = lab() else { return };
-    let ns = lab.namespace("k7-each");
+    let ns = lab.namespace("pb-each");
     lab.apply(
         &ns,
         "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web}\nspec:\n  replicas: 2\n  selector: {matchLabels: {app: web}}\n  template:\n    metadata: {labels: {app: web}}\n    spec: {containers: [{name: web, image: nginx}]}\n",
     );
-    lab.kubectl([
-        "rollout",
-        "status",
-        "deploy/web",
-        "-n",
-        &ns,
-        "--timeout=90s",
-    ])
-    .ok();
+    lab.rollout_status(&ns, "deploy/web");
     let file = write(
         &lab,
         "each.yaml",
@@ -788,18 +755,14 @@ steps:
     assert_eq!(s["steps"][1]["outputs"]["stdout"], "2\n");
 }
 
-fn labels(lab: &Lab, ns: &str, pod: &str) -> Value {
-    let out = lab
-        .kubectl(["get", "pod", pod, "-n", ns, "-o", "json"])
-        .ok()
-        .stdout();
-    serde_json::from_str::<Value>(&out).unwrap()["metadata"]["labels"].clone()
+fn pod(lab: &Lab, ns: &str, name: &str) -> Value {
+    lab.get_json(&["pod", name, "-n", ns])
 }
 
 #[test]
 fn isolate_compromised_pod_runs_dry_runs_and_undo_releases_exactly() {
     let Some(lab) = lab() else { return };
-    let ns = lab.namespace("k7-iso");
+    let ns = lab.namespace("pb-isolate");
     lab.apply(
         &ns,
         "apiVersion: v1\nkind: Pod\nmetadata: {name: victim, labels: {app: shop, tier: web}}\nspec: {containers: [{name: c, image: nginx}]}\n",
@@ -818,7 +781,7 @@ fn isolate_compromised_pod_runs_dry_runs_and_undo_releases_exactly() {
         .trim()
         .is_empty()
     });
-    let before = labels(&lab, &ns, "victim");
+    let before = labels(&pod(&lab, &ns, "victim"));
     let evidence = lab.dir.path().join("evidence");
     let (nsp, ev) = (
         format!("namespace={}", ns.name),
@@ -840,7 +803,7 @@ fn isolate_compromised_pod_runs_dry_runs_and_undo_releases_exactly() {
     let mut dry = args.to_vec();
     dry.extend(["--dry-run"]);
     kirt_j(&lab, &dry).ok();
-    assert_eq!(labels(&lab, &ns, "victim"), before);
+    assert_eq!(labels(&pod(&lab, &ns, "victim")), before);
     let policies = lab
         .kubectl(["get", "networkpolicy", "-n", &ns, "-o", "name"])
         .ok()
@@ -850,7 +813,7 @@ fn isolate_compromised_pod_runs_dry_runs_and_undo_releases_exactly() {
     // confirm: true on the quarantine step: refused without --yes (after the evidence step)
     let r = kirt_j(&lab, &args).code_is(4);
     assert_eq!(r.json()["steps"][1]["status"], "failed", "{}", r.dump());
-    assert_eq!(labels(&lab, &ns, "victim"), before);
+    assert_eq!(labels(&pod(&lab, &ns, "victim")), before);
 
     let mut yes = args.to_vec();
     yes.push("--yes");
@@ -863,7 +826,12 @@ fn isolate_compromised_pod_runs_dry_runs_and_undo_releases_exactly() {
         .map(|x| x["status"].as_str().unwrap())
         .collect();
     assert_eq!(st, ["ok", "ok", "ok", "skipped"], "{}", r.dump());
-    assert_eq!(labels(&lab, &ns, "victim")["kirt.dev/quarantined"], "true");
+    assert_eq!(
+        labels(&pod(&lab, &ns, "victim"))
+            .get("kirt.dev/quarantined")
+            .map(String::as_str),
+        Some("true")
+    );
     lab.kirt(["quarantine", "verify", "victim", "-n", &ns]).ok();
     assert!(std::fs::read_dir(&evidence).unwrap().count() > 0);
 
@@ -873,7 +841,7 @@ fn isolate_compromised_pod_runs_dry_runs_and_undo_releases_exactly() {
     let undone = items.iter().filter(|i| i["status"] == "undone").count();
     assert_eq!(undone, 1, "{}", r.dump());
     assert_eq!(
-        labels(&lab, &ns, "victim"),
+        labels(&pod(&lab, &ns, "victim")),
         before,
         "release restores the labels exactly"
     );

@@ -1,10 +1,12 @@
-//! K3: verify, trial restore, real restore and the DR drill against real etcd 3.4/3.5 and S3;
-//! every corruption is detected with its own message and exit 3, leaving nothing behind.
+//! `kirt backup verify`, `kirt restore`, `kirt drill`: verify, trial restore, real restore and the
+//! DR drill against real etcd 3.4/3.5 and S3; every corruption is detected with its own message
+//! and exit 3, leaving nothing behind.
 
-use crate::common;
 use std::path::{Path, PathBuf};
 
-use crate::common::{lab, populate_etcd, sh, Lab, Run};
+use crate::common::etcd::populate_etcd;
+use crate::common::keys::{age_key, ssh_key};
+use crate::common::{self, lab, repo_root, sh, Lab, Run};
 
 struct Backup {
     dir: PathBuf,
@@ -29,17 +31,6 @@ impl Backup {
             .join(&self.cluster)
             .join(format!("{}.manifest.json", self.id))
     }
-}
-
-fn age_key(lab: &Lab) -> (String, String) {
-    let key = lab.dir.path().join(common::unique("key"));
-    sh(&format!("age-keygen -o {} 2>/dev/null", key.display())).ok();
-    let public = sh(&format!("age-keygen -y {}", key.display()))
-        .ok()
-        .stdout()
-        .trim()
-        .to_string();
-    (key.display().to_string(), public)
 }
 
 fn backup(lab: &Lab, endpoint: &str, dir: &Path, cluster: &str, enc: &[&str], key: &str) -> Backup {
@@ -110,13 +101,7 @@ fn assert_clean(lab: &Lab) {
 fn verify_and_trial_restore_pass_on_good_backups_of_both_versions() {
     let Some(lab) = lab() else { return };
     let (key, recipient) = age_key(&lab);
-    let ssh = lab.dir.path().join("id_ed25519");
-    sh(&format!(
-        "ssh-keygen -q -t ed25519 -N '' -f {}",
-        ssh.display()
-    ))
-    .ok();
-    let ssh_pub = std::fs::read_to_string(format!("{}.pub", ssh.display())).unwrap();
+    let (ssh, ssh_pub) = ssh_key(&lab);
     for version in ["3.4", "3.5"] {
         let etcd = lab.private_etcd(version);
         populate_etcd(&etcd.endpoint, "/kirt-test", 3_000);
@@ -135,8 +120,8 @@ fn verify_and_trial_restore_pass_on_good_backups_of_both_versions() {
                 &etcd.endpoint,
                 &dir,
                 "ssh",
-                &["--recipient", ssh_pub.trim()],
-                ssh.to_str().unwrap(),
+                &["--recipient", &ssh_pub],
+                &ssh,
             ),
             backup(&lab, &etcd.endpoint, &dir, "pass", &["--passphrase"], ""),
         ];
@@ -180,15 +165,7 @@ fn verify_and_trial_restore_pass_on_good_backups_of_both_versions() {
 fn verify_from_s3() {
     let Some(lab) = lab() else { return };
     let (key, recipient) = age_key(&lab);
-    let bucket = common::unique("k3-s3");
-    common::block_on(async {
-        lab.moto()
-            .create_bucket()
-            .bucket(&bucket)
-            .send()
-            .await
-            .unwrap()
-    });
+    let bucket = lab.moto_bucket("restore-s3");
     let ep = lab.get("KIRT_LAB_S3_ENDPOINT");
     let url = format!("s3://{bucket}/p");
     lab.kirt([
@@ -419,7 +396,7 @@ fn restore_starts_a_working_etcd_with_the_data() {
 #[test]
 fn drill_restores_the_lab_and_counts_match_kubectl() {
     let Some(lab) = lab() else { return };
-    let ns = lab.namespace("k3-drill");
+    let ns = lab.namespace("restore-drill");
     lab.apply(&ns, "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: drill}\ndata: {a: b}\n---\napiVersion: v1\nkind: Secret\nmetadata: {name: drill}\nstringData: {password: hunter2}\n");
     let (key, recipient) = age_key(&lab);
     let dir = lab.dir.path().join("drill");
@@ -589,9 +566,7 @@ fn documented_restore_without_kirt_works() {
         &key,
     );
     // run exactly the commands of docs/restore.md's "Restore without kirt" block
-    let doc =
-        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/restore.md"))
-            .unwrap();
+    let doc = std::fs::read_to_string(repo_root().join("docs/restore.md")).unwrap();
     let section = doc.split("## Restore without kirt").nth(1).unwrap();
     let block = section
         .split("```sh\n")
