@@ -10,7 +10,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::common::etcd::populate_etcd;
-use crate::common::k8s::labels;
+use crate::common::k8s::{desired_state, labels};
 use crate::common::keys::age_key;
 use crate::common::{self, lab, wait_until, Lab};
 
@@ -416,17 +416,10 @@ fn image(lab: &Lab, ns: &str) -> String {
     .stdout()
 }
 
-fn resource_version(lab: &Lab, ns: &str) -> String {
-    lab.kubectl([
-        "get",
-        "deploy/web",
-        "-n",
-        ns,
-        "-o",
-        "jsonpath={.metadata.resourceVersion}",
-    ])
-    .ok()
-    .stdout()
+/// What kirt could change on the Deployment (metadata and spec), without the status its
+/// controller keeps writing.
+fn deployment_desired(lab: &Lab, ns: &str) -> Value {
+    desired_state(&lab.get_json(&["deploy/web", "-n", ns]))
 }
 
 #[test]
@@ -445,7 +438,7 @@ fn rollback_bad_deploy_runs_dry_runs_and_undoes() {
     );
 
     // dry run: nothing changes
-    let rv = resource_version(&lab, &ns);
+    let before = deployment_desired(&lab, &ns);
     let r = kirt_j(
         &lab,
         &[
@@ -468,7 +461,7 @@ fn rollback_bad_deploy_runs_dry_runs_and_undoes() {
         r.dump()
     );
     assert_eq!(image(&lab, &ns), "nginx:1.27");
-    assert_eq!(resource_version(&lab, &ns), rv);
+    assert_eq!(deployment_desired(&lab, &ns), before);
 
     // without --yes and without a terminal the rollback refuses (exit 4)
     kirt_j(&lab, &["run", "rollback-bad-deploy", "-p", &nsp, "-p", &dp]).code_is(4);

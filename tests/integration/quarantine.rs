@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::common::k8s::{annotations, labels, resource_version};
+use crate::common::k8s::{annotations, desired_state, labels, resource_version};
 use crate::common::{self, lab, wait_until, Lab};
 
 const QLABEL: &str = "kirt.dev/quarantined";
@@ -17,7 +17,15 @@ fn pod(lab: &Lab, ns: &str, name: &str) -> Value {
     lab.get_json(&["pod", name, "-n", ns])
 }
 
-/// name → resourceVersion of every NetworkPolicy in the namespace.
+/// What kirt could change on the pod (metadata and spec). Not its resourceVersion: the simulated
+/// kubelet writes the pod's status and the ReplicaSet controller its ownerReferences, each on
+/// its own schedule.
+fn pod_desired(lab: &Lab, ns: &str, name: &str) -> Value {
+    desired_state(&pod(lab, ns, name))
+}
+
+/// name → resourceVersion of every NetworkPolicy in the namespace. (No controller writes
+/// NetworkPolicies, so an unchanged resourceVersion means nobody wrote them.)
 fn netpols(lab: &Lab, ns: &str) -> BTreeMap<String, String> {
     lab.get_json(&["networkpolicies", "-n", ns])["items"]
         .as_array()
@@ -170,9 +178,17 @@ fn deployment_pod_quarantine_then_release_exactly_and_idempotently() {
     let web = lab.pod_names(&ns, "app=web");
     assert_eq!(web.len(), 3, "{web:?}");
     assert!(!web.contains(&victim));
-    assert!(after["metadata"]["ownerReferences"]
-        .as_array()
-        .is_none_or(|o| o.is_empty()));
+    // (the ReplicaSet controller drops its ownerReference after kirt has returned, in its own
+    // time: wait for it rather than expect it in the version read right after the quarantine)
+    wait_until(
+        Duration::from_secs(60),
+        "the ReplicaSet to release the pod",
+        || {
+            pod(&lab, &ns, &victim)["metadata"]["ownerReferences"]
+                .as_array()
+                .is_none_or(|o| o.is_empty())
+        },
+    );
     lab.wait_pod_running(&ns, &victim);
 
     // an Event on the pod
@@ -192,13 +208,10 @@ fn deployment_pod_quarantine_then_release_exactly_and_idempotently() {
     assert!(events.contains("crypto miner"), "{events}");
 
     // again: a no-op that says so
-    let (pod_rv, pols) = (
-        resource_version(&pod(&lab, &ns, &victim)),
-        netpols(&lab, &ns),
-    );
+    let (pod_before, pols) = (pod_desired(&lab, &ns, &victim), netpols(&lab, &ns));
     let r = lab.kirt(["quarantine", &victim, "-n", &ns, "--yes"]).ok();
     assert!(r.stdout().contains("already quarantined"), "{}", r.dump());
-    assert_eq!(resource_version(&pod(&lab, &ns, &victim)), pod_rv);
+    assert_eq!(pod_desired(&lab, &ns, &victim), pod_before);
     assert_eq!(netpols(&lab, &ns), pols);
 
     lab.kirt(["quarantine", "verify", &victim, "-n", &ns]).ok();
@@ -372,13 +385,10 @@ spec:
     lab.kirt(["release", "suspect", "-n", &ns, "--yes"]).ok();
     assert_eq!(spec_of("allow-all"), allow_spec);
     // twice: nothing changes
-    let (prv, pols) = (
-        resource_version(&pod(&lab, &ns, "suspect")),
-        netpols(&lab, &ns),
-    );
+    let (pod_before, pols) = (pod_desired(&lab, &ns, "suspect"), netpols(&lab, &ns));
     let r = lab.kirt(["release", "suspect", "-n", &ns, "--yes"]).ok();
     assert!(r.stdout().contains("nothing to release"), "{}", r.dump());
-    assert_eq!(resource_version(&pod(&lab, &ns, "suspect")), prv);
+    assert_eq!(pod_desired(&lab, &ns, "suspect"), pod_before);
     assert_eq!(netpols(&lab, &ns), pols);
     let restored = lab.get_json(&["networkpolicy", "allow-all", "-n", &ns]);
     assert!(!annotations(&restored).contains_key("kirt.dev/original-spec"));
@@ -441,10 +451,7 @@ fn dry_run_changes_nothing_and_prints_the_policy_and_patch() {
     ] {
         assert!(out.contains(want), "missing {want:?}:\n{}", r.dump());
     }
-    assert_eq!(
-        resource_version(&pod(&lab, &ns, "suspect")),
-        resource_version(&before)
-    );
+    assert_eq!(pod_desired(&lab, &ns, "suspect"), desired_state(&before));
     assert_eq!(netpols(&lab, &ns), pols);
     let unsched = lab
         .kubectl(["get", "node", &node, "-o", "jsonpath={.spec.unschedulable}"])
@@ -463,10 +470,7 @@ fn dry_run_changes_nothing_and_prints_the_policy_and_patch() {
         "{}",
         r.dump()
     );
-    assert_eq!(
-        resource_version(&pod(&lab, &ns, "suspect")),
-        resource_version(&q)
-    );
+    assert_eq!(pod_desired(&lab, &ns, "suspect"), desired_state(&q));
     assert_eq!(netpols(&lab, &ns), pols);
 }
 
@@ -479,19 +483,13 @@ fn refuses_without_a_terminal_or_yes() {
     let before = pod(&lab, &ns, "suspect");
     let r = lab.kirt(["quarantine", "suspect", "-n", &ns]).code_is(4);
     assert!(r.stderr().contains("--yes"), "{}", r.dump());
-    assert_eq!(
-        resource_version(&pod(&lab, &ns, "suspect")),
-        resource_version(&before)
-    );
+    assert_eq!(pod_desired(&lab, &ns, "suspect"), desired_state(&before));
     assert!(netpols(&lab, &ns).is_empty());
 
     lab.kirt(["quarantine", "suspect", "-n", &ns, "--yes"]).ok();
     let q = pod(&lab, &ns, "suspect");
     lab.kirt(["release", "suspect", "-n", &ns]).code_is(4);
-    assert_eq!(
-        resource_version(&pod(&lab, &ns, "suspect")),
-        resource_version(&q)
-    );
+    assert_eq!(pod_desired(&lab, &ns, "suspect"), desired_state(&q));
 }
 
 #[test]
@@ -620,10 +618,7 @@ subjects: [{kind: ServiceAccount, name: nopatch, namespace: NS}]
         "{}",
         r.dump()
     );
-    assert_eq!(
-        resource_version(&pod(&lab, &ns, "suspect")),
-        resource_version(&before)
-    );
+    assert_eq!(pod_desired(&lab, &ns, "suspect"), desired_state(&before));
 
     // with policy rights but no `patch pods`: the verb named is patch
     let token = lab.service_account_token(&ns, "nopatch");
@@ -640,10 +635,7 @@ subjects: [{kind: ServiceAccount, name: nopatch, namespace: NS}]
         ])
         .code_is(7);
     assert!(r.stderr().contains("cannot patch pods"), "{}", r.dump());
-    assert_eq!(
-        resource_version(&pod(&lab, &ns, "suspect")),
-        resource_version(&before)
-    );
+    assert_eq!(pod_desired(&lab, &ns, "suspect"), desired_state(&before));
 }
 
 #[test]
@@ -757,9 +749,17 @@ spec:
     assert!(lab.pod_names(&ns, "app=lone").is_empty());
     for p in ["lone", "db-0", agent.as_str()] {
         lab.wait_pod_running(&ns, p);
-        assert!(pod(&lab, &ns, p)["metadata"]["ownerReferences"]
-            .as_array()
-            .is_none_or(|o| o.is_empty()));
+        // each controller releases its pod in its own time (the DaemonSet's already has: it
+        // made a replacement)
+        wait_until(
+            Duration::from_secs(60),
+            &format!("{p} without an owner"),
+            || {
+                pod(&lab, &ns, p)["metadata"]["ownerReferences"]
+                    .as_array()
+                    .is_none_or(|o| o.is_empty())
+            },
+        );
     }
     let st = lab
         .kirt(["quarantine", "status", "-n", &ns, "-o", "json"])
@@ -984,9 +984,14 @@ subjects: [{kind: ServiceAccount, name: responder, namespace: NS}]
     );
     let token = lab.service_account_token(&ok_ns, "responder");
     let kc = lab.kubeconfig_for_token("responder", &token);
-    let before: Vec<String> = ["p0", "p1"]
+    // the simulated kubelet binds the new pods (spec.nodeName) and starts them in its own time:
+    // let it finish before taking the "before" picture
+    for p in ["p0", "p1"] {
+        lab.wait_pod_running(&denied_ns, p);
+    }
+    let before: Vec<Value> = ["p0", "p1"]
         .iter()
-        .map(|p| resource_version(&pod(&lab, &denied_ns, p)))
+        .map(|p| pod_desired(&lab, &denied_ns, p))
         .collect();
     let sel = format!("app={app}");
     let r = lab
@@ -1015,9 +1020,9 @@ subjects: [{kind: ServiceAccount, name: responder, namespace: NS}]
         }
     }
     assert_eq!(lab.pod_names(&ok_ns, &format!("{QLABEL}=true")).len(), 2);
-    let after: Vec<String> = ["p0", "p1"]
+    let after: Vec<Value> = ["p0", "p1"]
         .iter()
-        .map(|p| resource_version(&pod(&lab, &denied_ns, p)))
+        .map(|p| pod_desired(&lab, &denied_ns, p))
         .collect();
     assert_eq!(before, after);
 }

@@ -6,6 +6,7 @@ use std::path::Path;
 
 use serde_json::Value;
 
+use crate::common::k8s::desired_state;
 use crate::common::process::kirt_without_lab;
 use crate::common::{self, lab, Lab};
 
@@ -88,11 +89,10 @@ fn object(lab: &Lab, ns: &str, target: &str) -> Value {
     lab.get_json(&[target, "-n", ns])
 }
 
-fn resource_version(lab: &Lab, ns: &str, target: &str) -> String {
-    object(lab, ns, target)["metadata"]["resourceVersion"]
-        .as_str()
-        .unwrap()
-        .to_string()
+/// What kirt could change on the workload (metadata and spec). Not its resourceVersion: the
+/// workload's controller updates its status on its own schedule, e.g. after `rollout pause`.
+fn desired(lab: &Lab, ns: &str, target: &str) -> Value {
+    desired_state(&object(lab, ns, target))
 }
 
 /// `kubectl rollout history` without its first line (which names nothing namespace-specific anyway).
@@ -138,7 +138,7 @@ fn twin_test(kind: &str) {
     assert_eq!(history(&lab, &a, &target), history(&lab, &b, &target));
 
     // a server-side dry run changes nothing
-    let rv = resource_version(&lab, &b, &target);
+    let before = desired(&lab, &b, &target);
     let r = lab
         .kirt(["rollback", &target, "-n", &b, "--dry-run", "-o", "json"])
         .ok();
@@ -148,7 +148,7 @@ fn twin_test(kind: &str) {
         "{}",
         r.dump()
     );
-    assert_eq!(resource_version(&lab, &b, &target), rv);
+    assert_eq!(desired(&lab, &b, &target), before);
 
     // undo to the previous revision
     lab.kubectl(["rollout", "undo", &target, "-n", &a]).ok();
@@ -191,10 +191,7 @@ fn twin_test(kind: &str) {
 
     // rolling back to the revision that is current is skipped, as kubectl does, and changes nothing
     let current = object(&lab, &b, &target);
-    let rv = current["metadata"]["resourceVersion"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let before = desired_state(&current);
     let hist = lab
         .kirt(["rollback", "history", &target, "-n", &b, "-o", "json"])
         .ok()
@@ -227,7 +224,7 @@ fn twin_test(kind: &str) {
         "{}",
         r.dump()
     );
-    assert_eq!(resource_version(&lab, &b, &target), rv);
+    assert_eq!(desired(&lab, &b, &target), before);
 
     // history marks the current revision and shows change-causes and images
     let revs = hist["revisions"].as_array().unwrap();
@@ -267,7 +264,7 @@ fn paused_deployment_and_unknown_revision_are_refused() {
     let Some(lab) = lab() else { return };
     let ns = lab.namespace("rollback-refuse");
     build_history(&lab, &ns, "Deployment");
-    let rv = resource_version(&lab, &ns, "deployment/web");
+    let before = desired(&lab, &ns, "deployment/web");
 
     let r = lab
         .kirt([
@@ -300,11 +297,13 @@ fn paused_deployment_and_unknown_revision_are_refused() {
         "kubectl says the same: {}",
         k.dump()
     );
-    assert_eq!(resource_version(&lab, &ns, "deployment/web"), rv);
+    assert_eq!(desired(&lab, &ns, "deployment/web"), before);
 
     lab.kubectl(["rollout", "pause", "deployment/web", "-n", &ns])
         .ok();
-    let rv = resource_version(&lab, &ns, "deployment/web");
+    // (the controller records the pause in the status whenever it gets to it: compare the
+    // desired state, not the resourceVersion)
+    let before = desired(&lab, &ns, "deployment/web");
     let r = lab
         .kirt(["rollback", "deployment/web", "-n", &ns, "--yes"])
         .code_is(4);
@@ -315,7 +314,7 @@ fn paused_deployment_and_unknown_revision_are_refused() {
         "{}",
         r.dump()
     );
-    assert_eq!(resource_version(&lab, &ns, "deployment/web"), rv);
+    assert_eq!(desired(&lab, &ns, "deployment/web"), before);
     let img = object(&lab, &ns, "deployment/web")["spec"]["template"]["spec"]["containers"][0]
         ["image"]
         .clone();
@@ -327,7 +326,7 @@ fn dry_run_changes_nothing_and_prints_the_diff() {
     let Some(lab) = lab() else { return };
     let ns = lab.namespace("rollback-dry");
     build_history(&lab, &ns, "Deployment");
-    let rv = resource_version(&lab, &ns, "deployment/web");
+    let before = desired(&lab, &ns, "deployment/web");
     let r = lab
         .kirt([
             "rollback",
@@ -351,7 +350,7 @@ fn dry_run_changes_nothing_and_prints_the_diff() {
     ] {
         assert!(err.contains(line), "missing {line:?}:\n{}", r.dump());
     }
-    assert_eq!(resource_version(&lab, &ns, "deployment/web"), rv);
+    assert_eq!(desired(&lab, &ns, "deployment/web"), before);
     // no Event either
     let ev = kubectl_ok(
         &lab,
@@ -373,7 +372,7 @@ fn dry_run_changes_nothing_and_prints_the_diff() {
         .kirt(["rollback", "deployment/web", "-n", &ns])
         .code_is(4);
     assert!(r.stderr().contains("--yes"), "{}", r.dump());
-    assert_eq!(resource_version(&lab, &ns, "deployment/web"), rv);
+    assert_eq!(desired(&lab, &ns, "deployment/web"), before);
 
     // --if-generation: refused when the spec moved on, nothing changed
     let generation = object(&lab, &ns, "deployment/web")["metadata"]["generation"]
@@ -394,7 +393,7 @@ fn dry_run_changes_nothing_and_prints_the_diff() {
     };
     let r = rollback_if(generation - 1).code_is(4);
     assert!(r.stderr().contains("changed since"), "{}", r.dump());
-    assert_eq!(resource_version(&lab, &ns, "deployment/web"), rv);
+    assert_eq!(desired(&lab, &ns, "deployment/web"), before);
 
     // the real rollback (at the expected generation) records an Event on the Deployment and
     // reports the generation it left
@@ -552,7 +551,7 @@ fn forbidden_not_found_and_unreachable_change_nothing() {
     let Some(lab) = lab() else { return };
     let ns = lab.namespace("rollback-rbac");
     build_history(&lab, &ns, "Deployment");
-    let rv = resource_version(&lab, &ns, "deployment/web");
+    let before = desired(&lab, &ns, "deployment/web");
 
     // can read everything a rollback reads, but not patch the Deployment
     lab.apply(
@@ -606,7 +605,7 @@ subjects:
         "{}",
         r.dump()
     );
-    assert_eq!(resource_version(&lab, &ns, "deployment/web"), rv);
+    assert_eq!(desired(&lab, &ns, "deployment/web"), before);
 
     // only `get deployments`: the ReplicaSet listing is what is missing
     let token = lab.service_account_token(&ns, "nobody");
@@ -639,7 +638,7 @@ subjects:
         "{}",
         r.dump()
     );
-    assert_eq!(resource_version(&lab, &ns, "deployment/web"), rv);
+    assert_eq!(desired(&lab, &ns, "deployment/web"), before);
 }
 
 /// The resourceVersion guard: a change between kirt's read and its patch makes the patch fail

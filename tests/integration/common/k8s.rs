@@ -58,6 +58,22 @@ pub fn resource_version(obj: &Value) -> String {
         .to_string()
 }
 
+/// Everything a client such as kirt can change on an object — metadata (labels, annotations,
+/// ownerReferences, generation …) and spec — without the status that controllers and the kubelet
+/// keep updating, and without the bookkeeping that every such update changes (resourceVersion,
+/// managedFields). Equal before and after means kirt wrote nothing a client can write.
+pub fn desired_state(obj: &Value) -> Value {
+    let mut v = obj.clone();
+    if let Some(o) = v.as_object_mut() {
+        o.remove("status");
+    }
+    if let Some(m) = v["metadata"].as_object_mut() {
+        m.remove("resourceVersion");
+        m.remove("managedFields");
+    }
+    v
+}
+
 impl Lab {
     /// A fresh namespace (with its default ServiceAccount ready); deleted when dropped.
     pub fn namespace(&self, prefix: &str) -> Namespace<'_> {
