@@ -17,3 +17,4 @@ mod playbooks;
 mod quarantine;
 mod restore;
 mod rollback;
+mod store_contract;

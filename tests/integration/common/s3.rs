@@ -25,6 +25,17 @@ pub fn client(endpoint: &str, key: &str, secret: &str) -> Client {
     Client::from_conf(conf)
 }
 
+/// The same client without retries: for probes whose expected answer is an error the SDK
+/// would retry (moto answers 500 for parts of an aborted multipart upload).
+pub fn without_retries(c: &Client) -> Client {
+    let conf = c
+        .config()
+        .to_builder()
+        .retry_config(aws_sdk_s3::config::retry::RetryConfig::disabled())
+        .build();
+    Client::from_conf(conf)
+}
+
 /// Creates `bucket`.
 #[track_caller]
 pub fn create_bucket(c: &Client, bucket: &str) {
