@@ -192,19 +192,10 @@ fn deployment_pod_quarantine_then_release_exactly_and_idempotently() {
     lab.wait_pod_running(&ns, &victim);
 
     // an Event on the pod
-    let events = lab
-        .kubectl([
-            "get",
-            "events",
-            "-n",
-            &ns,
-            "--field-selector",
-            &format!("involvedObject.name={victim},reason=Quarantined"),
-            "-o",
-            "jsonpath={.items[*].message}",
-        ])
-        .ok()
-        .stdout();
+    let events = lab.event_messages(
+        &ns,
+        &format!("involvedObject.name={victim},reason=Quarantined"),
+    );
     assert!(events.contains("crypto miner"), "{events}");
 
     // again: a no-op that says so
