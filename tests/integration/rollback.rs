@@ -1,12 +1,14 @@
-//! K6: `kirt rollback` against the lab, compared with the real `kubectl rollout undo` on twin
-//! namespaces with identical histories; refusals, dry-run, waits and permission errors.
-
-mod common;
+//! `kirt rollback` and `kirt rollout wait` against the lab, compared with the real
+//! `kubectl rollout undo` on twin namespaces with identical histories; refusals, dry-run, waits
+//! and permission errors.
 
 use std::path::Path;
 
-use common::{lab, Lab};
 use serde_json::Value;
+
+use crate::common::k8s::desired_state;
+use crate::common::process::kirt_without_lab;
+use crate::common::{self, lab, Lab};
 
 /// One revision of the test workloads: differs in image, env and a template annotation.
 struct Rev {
@@ -73,43 +75,24 @@ fn kubectl_ok(lab: &Lab, args: &[&str]) -> String {
     lab.kubectl(args).ok().stdout()
 }
 
-fn rollout_status(lab: &Lab, ns: &str, target: &str) {
-    lab.kubectl(["rollout", "status", target, "-n", ns, "--timeout=90s"])
-        .ok();
-}
-
 /// Creates the workload with three revisions, each rolled out before the next.
 fn build_history(lab: &Lab, ns: &str, kind: &str) {
     let target = format!("{}/web", kind.to_lowercase());
     for rev in &REVS {
         lab.apply(ns, &workload_yaml(kind, rev, ""));
-        rollout_status(lab, ns, &target);
+        lab.rollout_status(ns, &target);
     }
 }
 
-/// Waits until the namespace holds `n` ReplicaSets (the Deployment controller has caught up).
-fn wait_for_replicasets(lab: &Lab, ns: &str, n: usize) {
-    common::wait_until(
-        std::time::Duration::from_secs(30),
-        &format!("{n} ReplicaSets"),
-        || {
-            kubectl_ok(lab, &["get", "rs", "-n", ns, "-o", "name"])
-                .lines()
-                .count()
-                >= n
-        },
-    );
+/// The workload `target` (e.g. `deployment/web`) in `ns`.
+fn object(lab: &Lab, ns: &str, target: &str) -> Value {
+    lab.get_json(&[target, "-n", ns])
 }
 
-fn get_json(lab: &Lab, ns: &str, target: &str) -> Value {
-    serde_json::from_str(&kubectl_ok(lab, &["get", target, "-n", ns, "-o", "json"])).unwrap()
-}
-
-fn resource_version(lab: &Lab, ns: &str, target: &str) -> String {
-    get_json(lab, ns, target)["metadata"]["resourceVersion"]
-        .as_str()
-        .unwrap()
-        .to_string()
+/// What kirt could change on the workload (metadata and spec). Not its resourceVersion: the
+/// workload's controller updates its status on its own schedule, e.g. after `rollout pause`.
+fn desired(lab: &Lab, ns: &str, target: &str) -> Value {
+    desired_state(&object(lab, ns, target))
 }
 
 /// `kubectl rollout history` without its first line (which names nothing namespace-specific anyway).
@@ -120,9 +103,9 @@ fn history(lab: &Lab, ns: &str, target: &str) -> String {
 /// The twins must agree on the pod template, the change-cause and the revisions kubectl shows.
 #[track_caller]
 fn assert_twins_equal(lab: &Lab, a: &str, b: &str, target: &str) {
-    rollout_status(lab, a, target);
-    rollout_status(lab, b, target);
-    let (ja, jb) = (get_json(lab, a, target), get_json(lab, b, target));
+    lab.rollout_status(a, target);
+    lab.rollout_status(b, target);
+    let (ja, jb) = (object(lab, a, target), object(lab, b, target));
     assert_eq!(
         ja["spec"]["template"], jb["spec"]["template"],
         "pod templates differ after kubectl (left) and kirt (right)"
@@ -147,15 +130,15 @@ fn assert_twins_equal(lab: &Lab, a: &str, b: &str, target: &str) {
 
 fn twin_test(kind: &str) {
     let Some(lab) = lab() else { return };
-    let a = lab.namespace("k6-kubectl");
-    let b = lab.namespace("k6-kirt");
+    let a = lab.namespace("rollback-kubectl");
+    let b = lab.namespace("rollback-kirt");
     let target = format!("{}/web", kind.to_lowercase());
     build_history(&lab, &a, kind);
     build_history(&lab, &b, kind);
     assert_eq!(history(&lab, &a, &target), history(&lab, &b, &target));
 
     // a server-side dry run changes nothing
-    let rv = resource_version(&lab, &b, &target);
+    let before = desired(&lab, &b, &target);
     let r = lab
         .kirt(["rollback", &target, "-n", &b, "--dry-run", "-o", "json"])
         .ok();
@@ -165,7 +148,7 @@ fn twin_test(kind: &str) {
         "{}",
         r.dump()
     );
-    assert_eq!(resource_version(&lab, &b, &target), rv);
+    assert_eq!(desired(&lab, &b, &target), before);
 
     // undo to the previous revision
     lab.kubectl(["rollout", "undo", &target, "-n", &a]).ok();
@@ -183,22 +166,10 @@ fn twin_test(kind: &str) {
         r.dump()
     );
     assert_twins_equal(&lab, &a, &b, &target);
-    let ev = kubectl_ok(
-        &lab,
-        &[
-            "get",
-            "events",
-            "-n",
-            &b,
-            "--field-selector",
-            &format!("reason=RolledBack,involvedObject.kind={kind}"),
-            "-o",
-            "jsonpath={.items[*].message}",
-        ],
-    );
+    let ev = lab.event_messages(&b, &format!("reason=RolledBack,involvedObject.kind={kind}"));
     assert!(ev.contains("from revision 3 to revision 2"), "event: {ev}");
     let img =
-        get_json(&lab, &b, &target)["spec"]["template"]["spec"]["containers"][0]["image"].clone();
+        object(&lab, &b, &target)["spec"]["template"]["spec"]["containers"][0]["image"].clone();
     assert_eq!(img, "nginx:1.26");
 
     // undo to an explicit revision
@@ -219,11 +190,8 @@ fn twin_test(kind: &str) {
     assert_twins_equal(&lab, &a, &b, &target);
 
     // rolling back to the revision that is current is skipped, as kubectl does, and changes nothing
-    let current = get_json(&lab, &b, &target);
-    let rv = current["metadata"]["resourceVersion"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let current = object(&lab, &b, &target);
+    let before = desired_state(&current);
     let hist = lab
         .kirt(["rollback", "history", &target, "-n", &b, "-o", "json"])
         .ok()
@@ -256,7 +224,7 @@ fn twin_test(kind: &str) {
         "{}",
         r.dump()
     );
-    assert_eq!(resource_version(&lab, &b, &target), rv);
+    assert_eq!(desired(&lab, &b, &target), before);
 
     // history marks the current revision and shows change-causes and images
     let revs = hist["revisions"].as_array().unwrap();
@@ -294,9 +262,9 @@ fn daemonset_rollback_matches_kubectl_rollout_undo() {
 #[test]
 fn paused_deployment_and_unknown_revision_are_refused() {
     let Some(lab) = lab() else { return };
-    let ns = lab.namespace("k6-refuse");
+    let ns = lab.namespace("rollback-refuse");
     build_history(&lab, &ns, "Deployment");
-    let rv = resource_version(&lab, &ns, "deployment/web");
+    let before = desired(&lab, &ns, "deployment/web");
 
     let r = lab
         .kirt([
@@ -329,11 +297,13 @@ fn paused_deployment_and_unknown_revision_are_refused() {
         "kubectl says the same: {}",
         k.dump()
     );
-    assert_eq!(resource_version(&lab, &ns, "deployment/web"), rv);
+    assert_eq!(desired(&lab, &ns, "deployment/web"), before);
 
     lab.kubectl(["rollout", "pause", "deployment/web", "-n", &ns])
         .ok();
-    let rv = resource_version(&lab, &ns, "deployment/web");
+    // (the controller records the pause in the status whenever it gets to it: compare the
+    // desired state, not the resourceVersion)
+    let before = desired(&lab, &ns, "deployment/web");
     let r = lab
         .kirt(["rollback", "deployment/web", "-n", &ns, "--yes"])
         .code_is(4);
@@ -344,8 +314,8 @@ fn paused_deployment_and_unknown_revision_are_refused() {
         "{}",
         r.dump()
     );
-    assert_eq!(resource_version(&lab, &ns, "deployment/web"), rv);
-    let img = get_json(&lab, &ns, "deployment/web")["spec"]["template"]["spec"]["containers"][0]
+    assert_eq!(desired(&lab, &ns, "deployment/web"), before);
+    let img = object(&lab, &ns, "deployment/web")["spec"]["template"]["spec"]["containers"][0]
         ["image"]
         .clone();
     assert_eq!(img, "nginx:1.27");
@@ -354,9 +324,9 @@ fn paused_deployment_and_unknown_revision_are_refused() {
 #[test]
 fn dry_run_changes_nothing_and_prints_the_diff() {
     let Some(lab) = lab() else { return };
-    let ns = lab.namespace("k6-dry");
+    let ns = lab.namespace("rollback-dry");
     build_history(&lab, &ns, "Deployment");
-    let rv = resource_version(&lab, &ns, "deployment/web");
+    let before = desired(&lab, &ns, "deployment/web");
     let r = lab
         .kirt([
             "rollback",
@@ -380,7 +350,7 @@ fn dry_run_changes_nothing_and_prints_the_diff() {
     ] {
         assert!(err.contains(line), "missing {line:?}:\n{}", r.dump());
     }
-    assert_eq!(resource_version(&lab, &ns, "deployment/web"), rv);
+    assert_eq!(desired(&lab, &ns, "deployment/web"), before);
     // no Event either
     let ev = kubectl_ok(
         &lab,
@@ -402,10 +372,10 @@ fn dry_run_changes_nothing_and_prints_the_diff() {
         .kirt(["rollback", "deployment/web", "-n", &ns])
         .code_is(4);
     assert!(r.stderr().contains("--yes"), "{}", r.dump());
-    assert_eq!(resource_version(&lab, &ns, "deployment/web"), rv);
+    assert_eq!(desired(&lab, &ns, "deployment/web"), before);
 
     // --if-generation: refused when the spec moved on, nothing changed
-    let generation = get_json(&lab, &ns, "deployment/web")["metadata"]["generation"]
+    let generation = object(&lab, &ns, "deployment/web")["metadata"]["generation"]
         .as_i64()
         .unwrap();
     let rollback_if = |generation: i64| {
@@ -423,25 +393,13 @@ fn dry_run_changes_nothing_and_prints_the_diff() {
     };
     let r = rollback_if(generation - 1).code_is(4);
     assert!(r.stderr().contains("changed since"), "{}", r.dump());
-    assert_eq!(resource_version(&lab, &ns, "deployment/web"), rv);
+    assert_eq!(desired(&lab, &ns, "deployment/web"), before);
 
     // the real rollback (at the expected generation) records an Event on the Deployment and
     // reports the generation it left
     let r = rollback_if(generation).ok();
     assert_eq!(r.json()["generation"], generation + 1, "{}", r.dump());
-    let ev = kubectl_ok(
-        &lab,
-        &[
-            "get",
-            "events",
-            "-n",
-            &ns,
-            "--field-selector",
-            "reason=RolledBack,involvedObject.name=web",
-            "-o",
-            "jsonpath={.items[*].message}",
-        ],
-    );
+    let ev = lab.event_messages(&ns, "reason=RolledBack,involvedObject.name=web");
     assert!(
         ev.contains("from revision 3 to revision 2"),
         "event message: {ev}"
@@ -451,16 +409,16 @@ fn dry_run_changes_nothing_and_prints_the_diff() {
 #[test]
 fn wait_succeeds_when_pods_become_ready() {
     let Some(lab) = lab() else { return };
-    let ns = lab.namespace("k6-wait");
+    let ns = lab.namespace("rollback-wait");
     lab.apply(&ns, &workload_yaml("Deployment", &REVS[0], ""));
-    rollout_status(&lab, &ns, "deployment/web");
+    lab.rollout_status(&ns, "deployment/web");
     // a bad release: the image cannot be pulled
     let mut bad = workload_yaml("Deployment", &REVS[1], "");
     bad = bad.replace("nginx:1.26", "nginx:1.26-broken");
     lab.apply(&ns, &bad);
     // the controller must have recorded the bad release as revision 2 before there is anything to
     // go back from (kubectl rollout undo would say "no rollout history found" just the same)
-    wait_for_replicasets(&lab, &ns, 2);
+    lab.wait_for_replicasets(&ns, 2);
     let r = lab
         .kirt([
             "rollback",
@@ -483,7 +441,7 @@ fn wait_succeeds_when_pods_become_ready() {
         "progress lines on stderr: {}",
         r.dump()
     );
-    let d = get_json(&lab, &ns, "deployment/web");
+    let d = object(&lab, &ns, "deployment/web");
     assert_eq!(d["status"]["availableReplicas"], 2);
     assert_eq!(
         d["spec"]["template"]["spec"]["containers"][0]["image"],
@@ -499,7 +457,7 @@ fn wait_succeeds_when_pods_become_ready() {
 #[test]
 fn wait_fails_on_progress_deadline_and_names_stuck_pods() {
     let Some(lab) = lab() else { return };
-    let ns = lab.namespace("k6-stuck");
+    let ns = lab.namespace("rollback-stuck");
     // revision 1: pods that never become ready; revision 2: fine
     let stuck = workload_yaml(
         "Deployment",
@@ -511,9 +469,9 @@ fn wait_fails_on_progress_deadline_and_names_stuck_pods() {
     let good = workload_yaml("Deployment", &REVS[1], "")
         .replace("progressDeadlineSeconds: 30", "progressDeadlineSeconds: 5");
     // wait until revision 1 has created its ReplicaSet, then go to revision 2 and let it settle
-    wait_for_replicasets(&lab, &ns, 1);
+    lab.wait_for_replicasets(&ns, 1);
     lab.apply(&ns, &good);
-    rollout_status(&lab, &ns, "deployment/web");
+    lab.rollout_status(&ns, "deployment/web");
 
     let r = lab
         .kirt([
@@ -568,10 +526,10 @@ fn wait_fails_on_progress_deadline_and_names_stuck_pods() {
 #[test]
 fn wait_times_out_with_the_reason() {
     let Some(lab) = lab() else { return };
-    let ns = lab.namespace("k6-timeout");
+    let ns = lab.namespace("rollback-timeout");
     // a DaemonSet has no progress deadline: only the timeout ends the wait
     lab.apply(&ns, &workload_yaml("DaemonSet", &REVS[0], ""));
-    rollout_status(&lab, &ns, "daemonset/web");
+    lab.rollout_status(&ns, "daemonset/web");
     lab.apply(
         &ns,
         &workload_yaml("DaemonSet", &REVS[1], "").replace("nginx:1.26", "nginx:1.26-broken"),
@@ -591,9 +549,9 @@ fn wait_times_out_with_the_reason() {
 #[test]
 fn forbidden_not_found_and_unreachable_change_nothing() {
     let Some(lab) = lab() else { return };
-    let ns = lab.namespace("k6-rbac");
+    let ns = lab.namespace("rollback-rbac");
     build_history(&lab, &ns, "Deployment");
-    let rv = resource_version(&lab, &ns, "deployment/web");
+    let before = desired(&lab, &ns, "deployment/web");
 
     // can read everything a rollback reads, but not patch the Deployment
     lab.apply(
@@ -647,7 +605,7 @@ subjects:
         "{}",
         r.dump()
     );
-    assert_eq!(resource_version(&lab, &ns, "deployment/web"), rv);
+    assert_eq!(desired(&lab, &ns, "deployment/web"), before);
 
     // only `get deployments`: the ReplicaSet listing is what is missing
     let token = lab.service_account_token(&ns, "nobody");
@@ -680,7 +638,7 @@ subjects:
         "{}",
         r.dump()
     );
-    assert_eq!(resource_version(&lab, &ns, "deployment/web"), rv);
+    assert_eq!(desired(&lab, &ns, "deployment/web"), before);
 }
 
 /// The resourceVersion guard: a change between kirt's read and its patch makes the patch fail
@@ -689,12 +647,12 @@ subjects:
 fn concurrent_change_between_read_and_patch_is_not_overwritten() {
     use kirt::actions::rollback::{revert, Target, Workload};
     let Some(lab) = lab() else { return };
-    let ns = lab.namespace("k6-guard");
+    let ns = lab.namespace("rollback-guard");
     build_history(&lab, &ns, "Deployment");
     lab.apply(&ns, &workload_yaml("DaemonSet", &REVS[0], ""));
-    rollout_status(&lab, &ns, "daemonset/web");
+    lab.rollout_status(&ns, "daemonset/web");
     lab.apply(&ns, &workload_yaml("DaemonSet", &REVS[1], ""));
-    rollout_status(&lab, &ns, "daemonset/web");
+    lab.rollout_status(&ns, "daemonset/web");
 
     let _ = rustls::crypto::ring::default_provider().install_default();
     common::block_on(async {
@@ -725,7 +683,7 @@ fn concurrent_change_between_read_and_patch_is_not_overwritten() {
                     .contains("changed while kirt was rolling it back"),
                 "{target}: {err}"
             );
-            let img = get_json(&lab, &ns, target)["spec"]["template"]["spec"]["containers"][0]
+            let img = object(&lab, &ns, target)["spec"]["template"]["spec"]["containers"][0]
                 ["image"]
                 .clone();
             assert_ne!(
@@ -739,15 +697,7 @@ fn concurrent_change_between_read_and_patch_is_not_overwritten() {
 /// Usage errors are found before any cluster is contacted (no lab needed).
 #[test]
 fn usage_errors_need_no_cluster() {
-    let dir = tempfile::tempdir().unwrap();
-    let run = |args: &[&str]| {
-        let mut c = std::process::Command::new(common::kirt_bin());
-        c.current_dir(dir.path())
-            .env_remove("KUBECONFIG")
-            .env("HOME", dir.path())
-            .args(args);
-        common::run(c, format!("kirt {}", args.join(" ")))
-    };
+    let run = kirt_without_lab;
     let r = run(&["rollback", "pod/web", "--yes"]).code_is(2);
     assert!(
         r.stderr()

@@ -1,11 +1,12 @@
-//! K3: verify, trial restore, real restore and the DR drill against real etcd 3.4/3.5 and S3;
-//! every corruption is detected with its own message and exit 3, leaving nothing behind.
-
-mod common;
+//! `kirt backup verify`, `kirt restore`, `kirt drill`: verify, trial restore, real restore and the
+//! DR drill against real etcd 3.4/3.5 and S3; every corruption is detected with its own message
+//! and exit 3, leaving nothing behind.
 
 use std::path::{Path, PathBuf};
 
-use common::{lab, populate_etcd, sh, Lab, Run};
+use crate::common::etcd::populate_etcd;
+use crate::common::keys::{age_key, ssh_key};
+use crate::common::{self, lab, repo_root, sh, Lab, Run};
 
 struct Backup {
     dir: PathBuf,
@@ -30,17 +31,6 @@ impl Backup {
             .join(&self.cluster)
             .join(format!("{}.manifest.json", self.id))
     }
-}
-
-fn age_key(lab: &Lab) -> (String, String) {
-    let key = lab.dir.path().join(common::unique("key"));
-    sh(&format!("age-keygen -o {} 2>/dev/null", key.display())).ok();
-    let public = sh(&format!("age-keygen -y {}", key.display()))
-        .ok()
-        .stdout()
-        .trim()
-        .to_string();
-    (key.display().to_string(), public)
 }
 
 fn backup(lab: &Lab, endpoint: &str, dir: &Path, cluster: &str, enc: &[&str], key: &str) -> Backup {
@@ -111,13 +101,7 @@ fn assert_clean(lab: &Lab) {
 fn verify_and_trial_restore_pass_on_good_backups_of_both_versions() {
     let Some(lab) = lab() else { return };
     let (key, recipient) = age_key(&lab);
-    let ssh = lab.dir.path().join("id_ed25519");
-    sh(&format!(
-        "ssh-keygen -q -t ed25519 -N '' -f {}",
-        ssh.display()
-    ))
-    .ok();
-    let ssh_pub = std::fs::read_to_string(format!("{}.pub", ssh.display())).unwrap();
+    let (ssh, ssh_pub) = ssh_key(&lab);
     for version in ["3.4", "3.5"] {
         let etcd = lab.private_etcd(version);
         populate_etcd(&etcd.endpoint, "/kirt-test", 3_000);
@@ -136,8 +120,8 @@ fn verify_and_trial_restore_pass_on_good_backups_of_both_versions() {
                 &etcd.endpoint,
                 &dir,
                 "ssh",
-                &["--recipient", ssh_pub.trim()],
-                ssh.to_str().unwrap(),
+                &["--recipient", &ssh_pub],
+                &ssh,
             ),
             backup(&lab, &etcd.endpoint, &dir, "pass", &["--passphrase"], ""),
         ];
@@ -181,15 +165,7 @@ fn verify_and_trial_restore_pass_on_good_backups_of_both_versions() {
 fn verify_from_s3() {
     let Some(lab) = lab() else { return };
     let (key, recipient) = age_key(&lab);
-    let bucket = common::unique("k3-s3");
-    common::block_on(async {
-        lab.moto()
-            .create_bucket()
-            .bucket(&bucket)
-            .send()
-            .await
-            .unwrap()
-    });
+    let bucket = lab.moto_bucket("restore-s3");
     let ep = lab.get("KIRT_LAB_S3_ENDPOINT");
     let url = format!("s3://{bucket}/p");
     lab.kirt([
@@ -418,25 +394,24 @@ fn restore_starts_a_working_etcd_with_the_data() {
 }
 
 #[test]
-fn drill_restores_the_lab_and_counts_match_kubectl() {
+fn drill_restores_the_lab_and_counts_match_etcdctl_and_kubectl() {
     let Some(lab) = lab() else { return };
-    let ns = lab.namespace("k3-drill");
+    let ns = lab.namespace("restore-drill");
     lab.apply(&ns, "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: drill}\ndata: {a: b}\n---\napiVersion: v1\nkind: Secret\nmetadata: {name: drill}\nstringData: {password: hunter2}\n");
     let (key, recipient) = age_key(&lab);
     let dir = lab.dir.path().join("drill");
-    let count = |res: &str| {
-        lab.kubectl(["get", res, "-A", "--no-headers"])
+    // What kubectl sees in this test's own namespace (no other test writes there).
+    let in_ns = |res: &str| {
+        lab.kubectl(["get", res, "-n", &ns, "--no-headers"])
             .ok()
             .stdout()
             .lines()
             .count() as i64
     };
-    // counts as kubectl sees them, right before the backup (other tests may change the cluster
-    // afterwards; the drill compares with the counts recorded at backup time)
-    let before: Vec<(&str, i64)> = ["namespaces", "configmaps", "secrets", "services"]
-        .iter()
-        .map(|r| (*r, count(r)))
-        .collect();
+    let ours = [
+        ("configmaps", in_ns("configmaps")),
+        ("secrets", in_ns("secrets")),
+    ];
     let b = backup(
         &lab,
         &lab.get("KIRT_LAB_ETCD"),
@@ -467,17 +442,46 @@ fn drill_restores_the_lab_and_counts_match_kubectl() {
     assert!(v["rto_seconds"].as_f64().unwrap() > 0.0);
     assert!(v["rpo_seconds"].as_f64().unwrap() >= 0.0);
     let resources = v["resources"].as_array().unwrap();
-    for (res, kubectl_count) in before {
+    // The live etcd read at the backup's revision by an independent client (etcdctl): exact,
+    // whatever parallel tests did to the cluster since.
+    let m: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(b.manifest()).unwrap()).unwrap();
+    let rev = m["etcd"]["revision"].as_i64().unwrap().to_string();
+    let etcdctl_count = |prefix: &str| -> i64 {
+        let r = lab.etcdctl(&[
+            "get",
+            prefix,
+            "--prefix",
+            "--count-only",
+            "--rev",
+            &rev,
+            "-w",
+            "fields",
+        ]);
+        let out = r.stdout();
+        out.lines()
+            .find_map(|l| l.strip_prefix("\"Count\" : "))
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no count in etcdctl's output:\n{out}"))
+    };
+    // etcd's keys are what kubectl lists: our namespace's objects, counted both ways
+    for (res, kubectl_count) in ours {
+        let prefix = format!("/registry/{res}/{}/", &*ns);
+        assert_eq!(etcdctl_count(&prefix), kubectl_count, "{res} in {}", &*ns);
+    }
+    for res in ["namespaces", "configmaps", "secrets", "services"] {
         let row = resources.iter().find(|r| r["resource"] == res).unwrap();
-        // the cluster is shared with parallel tests: allow for objects created or deleted between
-        // kubectl's count and the backup, but the restored count must equal the recorded one
         assert_eq!(row["restored"], row["at_backup"], "{row}");
         assert_eq!(row["served"], row["in_snapshot"], "{row}");
-        let diff = (row["restored"].as_i64().unwrap() - kubectl_count).abs();
-        assert!(
-            diff <= 5,
-            "{res}: kubectl saw {kubectl_count}, drill restored {}",
-            row["restored"]
+        let prefix = kirt::actions::backup::manifest::PREFIXES
+            .iter()
+            .find(|(n, _)| *n == res)
+            .unwrap()
+            .1;
+        assert_eq!(
+            row["restored"].as_i64().unwrap(),
+            etcdctl_count(prefix),
+            "{res}: the drill's restored count differs from etcdctl at revision {rev}"
         );
     }
     let md = std::fs::read_to_string(&report).unwrap();
@@ -590,9 +594,7 @@ fn documented_restore_without_kirt_works() {
         &key,
     );
     // run exactly the commands of docs/restore.md's "Restore without kirt" block
-    let doc =
-        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/restore.md"))
-            .unwrap();
+    let doc = std::fs::read_to_string(repo_root().join("docs/restore.md")).unwrap();
     let section = doc.split("## Restore without kirt").nth(1).unwrap();
     let block = section
         .split("```sh\n")

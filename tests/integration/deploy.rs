@@ -1,22 +1,19 @@
-//! K8: the deploy/ manifests against the lab apiserver, impersonation, the kubectl plugin, and
-//! metrics pushed to a real Prometheus Pushgateway.
-
-mod common;
+//! deploy/: the manifests against the lab apiserver (least privilege, rule by rule),
+//! impersonation, the kubectl plugin, the container image, and metrics pushed to a real
+//! Prometheus Pushgateway.
 
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::Duration;
 
-use common::{lab, sh};
-
-fn root() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
+use crate::common::etcd::populate_etcd;
+use crate::common::k8s::Namespace;
+use crate::common::process::wait_serving;
+use crate::common::{self, lab, repo_root, sh, Lab, Run};
 
 #[test]
 fn manifests_apply_and_the_responder_is_least_privilege() {
     let Some(lab) = lab() else { return };
-    let deploy = root().join("deploy/kubernetes");
+    let deploy = repo_root().join("deploy/kubernetes");
     lab.kubectl([
         "apply",
         "-f",
@@ -107,7 +104,7 @@ fn manifests_apply_and_the_responder_is_least_privilege() {
 #[test]
 fn impersonation_acts_as_the_given_account() {
     let Some(lab) = lab() else { return };
-    let ns = lab.namespace("k8-as");
+    let ns = lab.namespace("deploy-as");
     lab.apply(&ns, "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web}\nspec:\n  replicas: 1\n  selector: {matchLabels: {app: web}}\n  template:\n    metadata: {labels: {app: web}}\n    spec: {containers: [{name: web, image: 'nginx:1.25'}]}\n");
     // a user without any rights: forbidden, naming the impersonated user and the permission
     let r = lab
@@ -156,7 +153,7 @@ fn kubectl_finds_kirt_as_a_plugin() {
     let kirt = common::kirt_bin();
     let r = sh(&format!(
         "make -s -C {} install PREFIX={} KIRT_BIN={}",
-        root().display(),
+        repo_root().display(),
         prefix.display(),
         kirt.display()
     ))
@@ -199,11 +196,9 @@ fn backup_metrics_arrive_in_the_pushgateway() {
         .spawn()
         .expect("prometheus-pushgateway (make lab-deps installs it)");
     let url = format!("http://127.0.0.1:{port}");
-    common::wait_until(Duration::from_secs(20), "pushgateway", || {
-        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-    });
+    wait_serving(&mut gw, port, "pushgateway");
     let etcd = lab.private_etcd("3.5");
-    let rev = common::populate_etcd(&etcd.endpoint, "/push", 10);
+    let rev = populate_etcd(&etcd.endpoint, "/push", 10);
     let dir = lab.dir.path().join("b");
     lab.kirt([
         "backup",
@@ -272,7 +267,7 @@ fn the_image_builds_offline_and_runs_kirt() {
         "IMAGE={image} KIRT_BIN={} ETCDUTL={}/etcdutl bash {}/deploy/build-image.sh",
         common::kirt_bin().display(),
         lab.get("KIRT_LAB_ETCD35_BIN"),
-        root().display()
+        repo_root().display()
     ))
     .ok();
     let _ = r;
@@ -306,12 +301,12 @@ fn the_image_builds_offline_and_runs_kirt() {
 /// The responder's commands, in the order an incident runs them, against `ns` (pod `victim`,
 /// Deployment `web` with two revisions). Returns (command, run) for each.
 fn responder_session(
-    lab: &common::Lab,
+    lab: &Lab,
     ns: &str,
     identity: &str,
     pod: &str,
     out: &Path,
-) -> Vec<(String, common::Run)> {
+) -> Vec<(String, Run)> {
     let as_flag = format!("--as={identity}");
     let cmds: Vec<Vec<String>> = vec![
         vec![
@@ -368,32 +363,16 @@ fn responder_session(
         .collect()
 }
 
-fn responder_namespace<'a>(lab: &'a common::Lab, prefix: &str) -> (common::Namespace<'a>, String) {
+fn responder_namespace<'a>(lab: &'a Lab, prefix: &str) -> (Namespace<'a>, String) {
     let ns = lab.namespace(prefix);
     let deploy = |image: &str| {
         format!("apiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: web}}\nspec:\n  replicas: 1\n  selector: {{matchLabels: {{app: web}}}}\n  template:\n    metadata: {{labels: {{app: web}}}}\n    spec: {{serviceAccountName: app, containers: [{{name: web, image: '{image}'}}]}}\n")
     };
     lab.apply(&ns, &format!("apiVersion: v1\nkind: ServiceAccount\nmetadata: {{name: app}}\n---\napiVersion: rbac.authorization.k8s.io/v1\nkind: Role\nmetadata: {{name: app}}\nrules: [{{apiGroups: [''], resources: [configmaps], verbs: [get]}}]\n---\napiVersion: rbac.authorization.k8s.io/v1\nkind: RoleBinding\nmetadata: {{name: app}}\nroleRef: {{apiGroup: rbac.authorization.k8s.io, kind: Role, name: app}}\nsubjects: [{{kind: ServiceAccount, name: app, namespace: {}}}]\n---\napiVersion: v1\nkind: Service\nmetadata: {{name: web}}\nspec: {{selector: {{app: web}}, ports: [{{port: 80}}]}}\n", &*ns));
     lab.apply(&ns, &deploy("nginx:1.25"));
-    lab.kubectl([
-        "rollout",
-        "status",
-        "deployment/web",
-        "-n",
-        &ns,
-        "--timeout=60s",
-    ])
-    .ok();
+    lab.rollout_status(&ns, "deployment/web");
     lab.apply(&ns, &deploy("nginx:1.26"));
-    lab.kubectl([
-        "rollout",
-        "status",
-        "deployment/web",
-        "-n",
-        &ns,
-        "--timeout=60s",
-    ])
-    .ok();
+    lab.rollout_status(&ns, "deployment/web");
     let pod = lab
         .kubectl([
             "get",
@@ -414,7 +393,7 @@ fn responder_namespace<'a>(lab: &'a common::Lab, prefix: &str) -> (common::Names
 fn each_responder_rule_is_needed_by_the_command_it_names() {
     let Some(lab) = lab() else { return };
     let text =
-        std::fs::read_to_string(root().join("deploy/kubernetes/base/responder.yaml")).unwrap();
+        std::fs::read_to_string(repo_root().join("deploy/kubernetes/base/responder.yaml")).unwrap();
     let role: serde_json::Value = text
         .split("\n---\n")
         .filter_map(|d| serde_yaml_ng::from_str::<serde_json::Value>(d).ok())
@@ -424,13 +403,13 @@ fn each_responder_rule_is_needed_by_the_command_it_names() {
     assert!(rules.len() >= 8);
 
     // with the whole role, the responder's session succeeds
-    let (ns, pod) = responder_namespace(&lab, "k8-full");
+    let (ns, pod) = responder_namespace(&lab, "deploy-full");
     let name = common::unique("full");
     lab.apply(&ns, &format!("apiVersion: v1\nkind: ServiceAccount\nmetadata: {{name: {name}}}\n---\napiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRoleBinding\nmetadata: {{name: {name}}}\nroleRef: {{apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: kirt-responder}}\nsubjects: [{{kind: ServiceAccount, name: {name}, namespace: {}}}]\n", &*ns));
     lab.kubectl([
         "apply",
         "-f",
-        root()
+        repo_root()
             .join("deploy/kubernetes/base/responder.yaml")
             .to_str()
             .unwrap(),
@@ -439,7 +418,7 @@ fn each_responder_rule_is_needed_by_the_command_it_names() {
     lab.kubectl([
         "apply",
         "-f",
-        root()
+        repo_root()
             .join("deploy/kubernetes/base/namespace.yaml")
             .to_str()
             .unwrap(),
@@ -448,7 +427,7 @@ fn each_responder_rule_is_needed_by_the_command_it_names() {
     lab.kubectl([
         "apply",
         "-f",
-        root()
+        repo_root()
             .join("deploy/kubernetes/base/responder.yaml")
             .to_str()
             .unwrap(),
@@ -467,7 +446,7 @@ fn each_responder_rule_is_needed_by_the_command_it_names() {
 
     // without any one rule, a command fails with kirt's permission message naming that rule
     for (i, rule) in rules.iter().enumerate() {
-        let (ns, pod) = responder_namespace(&lab, &format!("k8-minus{i}"));
+        let (ns, pod) = responder_namespace(&lab, &format!("deploy-minus{i}"));
         let name = common::unique(&format!("minus{i}"));
         let mut reduced = role.clone();
         reduced["metadata"] = serde_json::json!({"name": name});
@@ -495,7 +474,7 @@ fn each_responder_rule_is_needed_by_the_command_it_names() {
             .iter()
             .map(|r| r.as_str().unwrap().to_string())
             .collect();
-        let forbidden: Vec<&(String, common::Run)> =
+        let forbidden: Vec<&(String, Run)> =
             session.iter().filter(|(_, r)| r.code() == 7).collect();
         assert!(
             !forbidden.is_empty(),

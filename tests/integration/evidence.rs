@@ -1,19 +1,20 @@
-//! K5: forensic evidence bundles against the lab (real apiserver, simulated kubelet, moto S3),
-//! checked with independent tools: age, zstd, tar, sha256sum, kubectl and the S3 API.
-
-mod common;
+//! `kirt evidence collect|verify|list`: forensic evidence bundles against the lab (real
+//! apiserver, simulated kubelet, moto S3), checked with independent tools: age, zstd, tar,
+//! sha256sum, kubectl and the S3 API.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use common::{lab, wait_until, Lab};
+use crate::common::{self, lab, s3, wait_until, Lab};
 
 const SECRET_VALUE: &str = "k5-Sup3r-S3cret-value-do-not-leak";
 
-/// Runs a shell pipeline with the real tools; panics with its output on failure.
+/// Runs a shell script with the real tools in `cwd`, stopping at the first failing command
+/// (`sh -e`), and returns its stdout; panics with its output on failure. (`common::sh` runs
+/// `bash -c` where the caller is, and leaves the exit code to the caller.)
 #[track_caller]
-fn sh(cwd: &Path, script: &str) -> String {
+fn sh_in(cwd: &Path, script: &str) -> String {
     let out = Command::new("sh")
         .arg("-ec")
         .arg(script)
@@ -30,8 +31,10 @@ fn sh(cwd: &Path, script: &str) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// Waits until the simulated kubelet has scheduled the pod and reported every container.
-fn wait_running(lab: &Lab, ns: &str, pod: &str, containers: usize) {
+/// Waits until the simulated kubelet has scheduled the pod and reported every container. Unlike
+/// `Lab::wait_pod_running` it does not wait for phase Running: a container whose image cannot be
+/// pulled keeps its pod Pending, and such pods are collected too.
+fn wait_containers_reported(lab: &Lab, ns: &str, pod: &str, containers: usize) {
     wait_until(
         Duration::from_secs(60),
         &format!("pod {ns}/{pod} running"),
@@ -85,7 +88,7 @@ fn assert_empty(dir: &Path) {
 /// Extracts a plain (unencrypted) bundle with zstd + tar; returns the top directory.
 fn extract_plain(bundle: &Path, into: &Path) -> PathBuf {
     std::fs::create_dir_all(into).unwrap();
-    sh(
+    sh_in(
         into,
         &format!("zstd -d -c '{}' | tar xf -", bundle.display()),
     );
@@ -196,14 +199,14 @@ fn web_pod(lab: &Lab, ns: &str) -> String {
             .to_string();
         !pod.is_empty()
     });
-    wait_running(lab, ns, &pod, 2);
+    wait_containers_reported(lab, ns, &pod, 2);
     pod
 }
 
 #[test]
 fn crashlooping_pod_bundle_is_complete_encrypted_and_checks_with_standard_tools() {
     let Some(lab) = lab() else { return };
-    let ns = lab.namespace("k5-full");
+    let ns = lab.namespace("evid-full");
     lab.apply(&ns, &app_yaml("sidecar"));
     let pod = web_pod(&lab, &ns);
     wait_until(Duration::from_secs(30), "sidecar restarts", || {
@@ -219,8 +222,8 @@ fn crashlooping_pod_bundle_is_complete_encrypted_and_checks_with_standard_tools(
         r.stdout().trim().parse::<u32>().unwrap_or(0) > 0
     });
     let work = lab.dir.path();
-    sh(work, "age-keygen -o key.txt 2>/dev/null");
-    let recipient = sh(work, "age-keygen -y key.txt").trim().to_string();
+    sh_in(work, "age-keygen -o key.txt 2>/dev/null");
+    let recipient = sh_in(work, "age-keygen -y key.txt").trim().to_string();
 
     let out = work.join("bundles");
     let r = lab
@@ -253,7 +256,7 @@ fn crashlooping_pod_bundle_is_complete_encrypted_and_checks_with_standard_tools(
         "{name}"
     );
     // the stored bytes' digest printed for the case notes is the file's
-    let sum = sh(work, &format!("sha256sum '{}'", bundle.display()));
+    let sum = sh_in(work, &format!("sha256sum '{}'", bundle.display()));
     assert_eq!(
         sum.split_whitespace().next(),
         b["stored_sha256"].as_str(),
@@ -263,7 +266,7 @@ fn crashlooping_pod_bundle_is_complete_encrypted_and_checks_with_standard_tools(
     // decrypt, decompress, untar and check with the standard tools only
     let x = work.join("x");
     std::fs::create_dir_all(&x).unwrap();
-    sh(
+    sh_in(
         &x,
         &format!(
             "age -d -i ../key.txt '{}' | zstd -d | tar xf -",
@@ -275,7 +278,7 @@ fn crashlooping_pod_bundle_is_complete_encrypted_and_checks_with_standard_tools(
         top.file_name().unwrap().to_string_lossy(),
         name.trim_end_matches(".tar.zst.age")
     );
-    let checked = sh(&top, "sha256sum -c SHA256SUMS");
+    let checked = sh_in(&top, "sha256sum -c SHA256SUMS");
     assert!(checked.contains("manifest.json: OK"), "{checked}");
 
     for f in [
@@ -302,7 +305,7 @@ fn crashlooping_pod_bundle_is_complete_encrypted_and_checks_with_standard_tools(
     }
     // SHA256SUMS covers every file but itself
     let sums = std::fs::read_to_string(top.join("SHA256SUMS")).unwrap();
-    let all = sh(&top, "find . -type f ! -name SHA256SUMS | wc -l");
+    let all = sh_in(&top, "find . -type f ! -name SHA256SUMS | wc -l");
     assert_eq!(
         sums.lines().count(),
         all.trim().parse::<usize>().unwrap(),
@@ -323,14 +326,14 @@ fn crashlooping_pod_bundle_is_complete_encrypted_and_checks_with_standard_tools(
     );
     assert!(!top.join("logs/main.previous.log").exists());
     // the checkpoint is the kubelet's tar
-    let listing = sh(&top, "tar tf checkpoints/main.tar");
+    let listing = sh_in(&top, "tar tf checkpoints/main.tar");
     assert!(listing.contains("config.json"), "{listing}");
 
     let pod_json = read_json(&top.join("pod.json"));
     assert_eq!(pod_json["metadata"]["name"], pod.as_str());
     assert_eq!(read_json(&top.join("node.json"))["kind"], "Node");
     // owner chain ReplicaSet → Deployment
-    let owners = sh(&top, "ls owners");
+    let owners = sh_in(&top, "ls owners");
     assert!(owners.contains("replicaset-web-"), "{owners}");
     assert!(owners.contains("deployment-web.json"), "{owners}");
     assert_eq!(
@@ -418,7 +421,7 @@ fn crashlooping_pod_bundle_is_complete_encrypted_and_checks_with_standard_tools(
     assert_eq!(m["missing"].as_array().unwrap().len(), 0, "{m:#}");
 
     // no Secret value anywhere: not in the files, not in the checkpoint tars, not base64-encoded
-    let b64 = sh(work, &format!("printf %s '{SECRET_VALUE}' | base64 -w0"));
+    let b64 = sh_in(work, &format!("printf %s '{SECRET_VALUE}' | base64 -w0"));
     for needle in [SECRET_VALUE, b64.trim()] {
         let r = Command::new("grep")
             .args(["-r", "-a", "-l", needle, "."])
@@ -482,7 +485,7 @@ fn simple_bundle(lab: &Lab, ns: &str, annotations: &str, extra: &[&str]) -> (Pat
             "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {pod}\n  labels: {{app: solo}}\n  annotations: {{{annotations}}}\nspec:\n  containers:\n  - {{name: main, image: nginx}}\n"
         ),
     );
-    wait_running(lab, ns, pod, 1);
+    wait_containers_reported(lab, ns, pod, 1);
     let out = lab.dir.path().join(format!("b-{ns}"));
     let mut args = vec![
         "evidence",
@@ -527,12 +530,12 @@ fn grant_pods_only(lab: &Lab, ns: &str, sa: &str) {
 #[test]
 fn hundred_megabyte_log_stays_under_64_mib_rss() {
     let Some(lab) = lab() else { return };
-    let ns = lab.namespace("k5-big");
+    let ns = lab.namespace("evid-big");
     lab.apply(
         &ns,
         "apiVersion: v1\nkind: Pod\nmetadata:\n  name: chatty\n  annotations: {lab.kirt.dev/log-bytes: \"104857600\"}\nspec:\n  containers:\n  - {name: main, image: nginx}\n",
     );
-    wait_running(&lab, &ns, "chatty", 1);
+    wait_containers_reported(&lab, &ns, "chatty", 1);
     let out = lab.dir.path().join("big");
     let mut cmd = Command::new("/usr/bin/time");
     cmd.current_dir(lab.dir.path())
@@ -572,7 +575,7 @@ fn hundred_megabyte_log_stays_under_64_mib_rss() {
         std::fs::metadata(top.join("logs/main.log")).unwrap().len(),
         104_857_600
     );
-    sh(&top, "sha256sum -c --quiet SHA256SUMS");
+    sh_in(&top, "sha256sum -c --quiet SHA256SUMS");
 
     // SIGTERM (cron, Kubernetes) in the middle of the stream: nothing is published, no .part left
     let cut = lab.dir.path().join("interrupted");
@@ -594,7 +597,7 @@ fn hundred_megabyte_log_stays_under_64_mib_rss() {
         std::fs::read_dir(&cut).is_ok_and(|mut d| d.next().is_some())
     });
     std::thread::sleep(Duration::from_millis(300)); // into the log stream
-    sh(lab.dir.path(), &format!("kill -TERM {}", child.id()));
+    sh_in(lab.dir.path(), &format!("kill -TERM {}", child.id()));
     let status = child.wait().unwrap();
     assert_eq!(status.code(), Some(1));
     let mut err = String::new();
@@ -606,7 +609,7 @@ fn hundred_megabyte_log_stays_under_64_mib_rss() {
 #[test]
 fn verify_names_changed_removed_and_added_files() {
     let Some(lab) = lab() else { return };
-    let ns = lab.namespace("k5-verify");
+    let ns = lab.namespace("evid-verify");
     let (bundle, _) = simple_bundle(&lab, &ns, "", &[]);
     let name = bundle.file_name().unwrap().to_string_lossy().into_owned();
     let r = lab
@@ -628,11 +631,11 @@ fn verify_names_changed_removed_and_added_files() {
     for (case, edit, file) in cases {
         let dir = work.join(format!("t-{case}"));
         let top = extract_plain(&bundle, &dir.join("x"));
-        sh(&top, edit);
+        sh_in(&top, edit);
         // rebuild with the real tar and zstd, under the same bundle name
         let rebuilt = dir.join("out").join(&name);
         std::fs::create_dir_all(rebuilt.parent().unwrap()).unwrap();
-        sh(
+        sh_in(
             &dir.join("x"),
             &format!(
                 "tar cf - '{}' | zstd -q -o '{}'",
@@ -674,7 +677,7 @@ fn verify_names_changed_removed_and_added_files() {
 #[test]
 fn checkpoint_unsupported_is_recorded_not_fatal() {
     let Some(lab) = lab() else { return };
-    let ns = lab.namespace("k5-ckpt");
+    let ns = lab.namespace("evid-ckpt");
     let (bundle, _) = simple_bundle(
         &lab,
         &ns,
@@ -682,7 +685,7 @@ fn checkpoint_unsupported_is_recorded_not_fatal() {
         &["--checkpoint", "--tail-lines", "5"],
     );
     let top = extract_plain(&bundle, &lab.dir.path().join("x"));
-    sh(&top, "sha256sum -c --quiet SHA256SUMS");
+    sh_in(&top, "sha256sum -c --quiet SHA256SUMS");
     assert!(!top.join("checkpoints/main.tar").exists());
     let m = read_json(&top.join("manifest.json"));
     let missing = m["missing"].as_array().unwrap();
@@ -707,18 +710,10 @@ fn checkpoint_unsupported_is_recorded_not_fatal() {
 #[test]
 fn s3_target_list_and_verify() {
     let Some(lab) = lab() else { return };
-    let ns = lab.namespace("k5-s3");
+    let ns = lab.namespace("evid-s3");
     lab.apply(&ns, "apiVersion: v1\nkind: Pod\nmetadata: {name: web}\nspec:\n  containers:\n  - {name: main, image: nginx}\n");
-    wait_running(&lab, &ns, "web", 1);
-    let bucket = common::unique("k5-evidence");
-    common::block_on(async {
-        lab.moto()
-            .create_bucket()
-            .bucket(&bucket)
-            .send()
-            .await
-            .unwrap()
-    });
+    wait_containers_reported(&lab, &ns, "web", 1);
+    let bucket = lab.moto_bucket("evid-s3");
     let ep = lab.get("KIRT_LAB_S3_ENDPOINT");
     let url = format!("s3://{bucket}/cases/inc-1");
     let s3 = ["--endpoint-url", ep.as_str(), "--path-style"];
@@ -727,18 +722,7 @@ fn s3_target_list_and_verify() {
     ];
     args.extend_from_slice(&s3);
     let v = lab.kirt(&args).ok().json();
-    let keys: Vec<String> = common::block_on(async {
-        lab.moto()
-            .list_objects_v2()
-            .bucket(&bucket)
-            .send()
-            .await
-            .unwrap()
-    })
-    .contents()
-    .iter()
-    .filter_map(|o| o.key().map(str::to_string))
-    .collect();
+    let keys = s3::keys(&lab.moto(), &bucket);
     assert_eq!(keys.len(), 1, "{keys:?}");
     assert!(
         keys[0].starts_with(&format!("cases/inc-1/evidence-{}-web-", &*ns))
@@ -789,23 +773,12 @@ fn s3_target_list_and_verify() {
     args.extend_from_slice(&s3);
     let r = lab.kirt(&args).code_is(7);
     assert!(r.stderr().contains("cannot list events"), "{}", r.dump());
-    let (after, pending) = common::block_on(async {
-        let objects = lab
-            .moto()
-            .list_objects_v2()
-            .bucket(&bucket)
-            .send()
-            .await
-            .unwrap();
-        let uploads = lab
-            .moto()
-            .list_multipart_uploads()
-            .bucket(&bucket)
-            .send()
-            .await
-            .unwrap();
-        (objects.contents().len(), uploads.uploads().len())
-    });
+    let after = s3::keys(&lab.moto(), &bucket).len();
+    // (moto lists multipart uploads; s3s-fs could not)
+    let pending = common::block_on(lab.moto().list_multipart_uploads().bucket(&bucket).send())
+        .unwrap()
+        .uploads()
+        .len();
     assert_eq!(
         (after, pending),
         (1, 0),
@@ -835,9 +808,9 @@ fn s3_target_list_and_verify() {
 #[test]
 fn unknown_pod_forbidden_and_unreachable_write_nothing() {
     let Some(lab) = lab() else { return };
-    let ns = lab.namespace("k5-err");
+    let ns = lab.namespace("evid-err");
     lab.apply(&ns, "apiVersion: v1\nkind: Pod\nmetadata: {name: web}\nspec:\n  containers:\n  - {name: main, image: nginx}\n");
-    wait_running(&lab, &ns, "web", 1);
+    wait_containers_reported(&lab, &ns, "web", 1);
     let out = lab.dir.path().join("nothing");
     let to = out.to_str().unwrap();
 
@@ -870,7 +843,7 @@ fn unknown_pod_forbidden_and_unreachable_write_nothing() {
     // … unless asked to collect what it may: then the gaps are in the manifest, with the reason
     let r = collect_as(&kc, &["--best-effort"]).ok();
     let top = extract_plain(&only_file(&out), &lab.dir.path().join("be"));
-    sh(&top, "sha256sum -c --quiet SHA256SUMS");
+    sh_in(&top, "sha256sum -c --quiet SHA256SUMS");
     assert!(top.join("logs/main.log").is_file(), "{}", r.dump());
     assert!(!top.join("events.json").exists());
     let m = read_json(&top.join("manifest.json"));
@@ -897,7 +870,7 @@ fn unknown_pod_forbidden_and_unreachable_write_nothing() {
 #[test]
 fn quarantined_pod_uses_original_labels_and_selector_collects_each_pod() {
     let Some(lab) = lab() else { return };
-    let ns = lab.namespace("k5-quar");
+    let ns = lab.namespace("evid-quar");
     lab.apply(
         &ns,
         r#"
@@ -937,7 +910,7 @@ spec:
             .to_string();
         !pod.is_empty()
     });
-    wait_running(&lab, &ns, &pod, 1);
+    wait_containers_reported(&lab, &ns, &pod, 1);
     // quarantine it the way kirt does: original labels saved in the annotation, `app` replaced
     let labels = lab
         .kubectl([
@@ -994,7 +967,7 @@ spec:
     let top = extract_plain(&only_file(&out), &lab.dir.path().join("qx"));
     let services = std::fs::read_to_string(top.join("services.json")).unwrap();
     assert!(services.contains("\"shop\""), "{services}");
-    let owners = sh(&top, "ls owners");
+    let owners = sh_in(&top, "ls owners");
     assert!(
         owners.contains("replicaset-shop-") && owners.contains("deployment-shop.json"),
         "{owners}"
@@ -1028,12 +1001,12 @@ spec:
 #[test]
 fn log_the_api_cannot_give_is_recorded_missing() {
     let Some(lab) = lab() else { return };
-    let ns = lab.namespace("k5-wait");
+    let ns = lab.namespace("evid-wait");
     lab.apply(
         &ns,
         "apiVersion: v1\nkind: Pod\nmetadata: {name: half}\nspec:\n  containers:\n  - {name: main, image: nginx}\n  - {name: stuck, image: 'nginx:broken'}\n",
     );
-    wait_running(&lab, &ns, "half", 2);
+    wait_containers_reported(&lab, &ns, "half", 2);
     let out = lab.dir.path().join("w");
     let v = lab
         .kirt([
@@ -1116,6 +1089,8 @@ fn usage_errors_exit_2_and_touch_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out");
     let to = out.to_str().unwrap();
+    // stricter than `common::process::kirt_without_lab`: no environment at all and a kubeconfig
+    // that does not exist, so any attempt to reach a cluster fails loudly
     let kirt = |args: &[&str]| {
         let mut c = Command::new(common::kirt_bin());
         c.current_dir(dir.path())
@@ -1167,17 +1142,17 @@ fn usage_errors_exit_2_and_touch_nothing() {
 #[test]
 fn all_namespaces_with_a_selector() {
     let Some(lab) = lab() else { return };
-    let a = lab.namespace("k5-all-a");
-    let b = lab.namespace("k5-all-b");
+    let a = lab.namespace("evid-all-a");
+    let b = lab.namespace("evid-all-b");
     let tag = a.name.clone();
     for ns in [&a, &b] {
         lab.apply(
             ns,
-            &format!("apiVersion: v1\nkind: Pod\nmetadata: {{name: p, labels: {{k5-run: {tag}}}}}\nspec:\n  containers:\n  - {{name: main, image: nginx}}\n"),
+            &format!("apiVersion: v1\nkind: Pod\nmetadata: {{name: p, labels: {{evid-run: {tag}}}}}\nspec:\n  containers:\n  - {{name: main, image: nginx}}\n"),
         );
     }
     let out = lab.dir.path().join("all");
-    let sel = format!("k5-run={tag}");
+    let sel = format!("evid-run={tag}");
     let v = lab
         .kirt([
             "evidence",

@@ -1,15 +1,18 @@
-//! K7: playbooks run end to end on the lab — etcd-backup on a private etcd, rollback-bad-deploy
-//! and its undo on a Deployment with three revisions — plus validation errors with file:line,
-//! resume after SIGKILL, webhook delivery, exec timeouts, and no secret in any journal.
-
-mod common;
+//! `kirt run|undo|runs|playbook`: playbooks run end to end on the lab — etcd-backup on a private
+//! etcd, rollback-bad-deploy and its undo on a Deployment with three revisions — plus validation
+//! errors with file:line, resume after SIGKILL, webhook delivery, exec timeouts, and no secret in
+//! any journal.
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::{lab, wait_until, Lab};
 use serde_json::Value;
+
+use crate::common::etcd::populate_etcd;
+use crate::common::k8s::{desired_state, labels};
+use crate::common::keys::age_key;
+use crate::common::{self, lab, wait_until, Lab};
 
 const SECRET_TOKEN: &str = "k7-secret-token-5f3a9c";
 const SECRET_PATH: &str = "k7-secret-hook-path-81be";
@@ -413,43 +416,21 @@ fn image(lab: &Lab, ns: &str) -> String {
     .stdout()
 }
 
-fn resource_version(lab: &Lab, ns: &str) -> String {
-    lab.kubectl([
-        "get",
-        "deploy/web",
-        "-n",
-        ns,
-        "-o",
-        "jsonpath={.metadata.resourceVersion}",
-    ])
-    .ok()
-    .stdout()
+/// What kirt could change on the Deployment (metadata and spec), without the status its
+/// controller keeps writing.
+fn deployment_desired(lab: &Lab, ns: &str) -> Value {
+    desired_state(&lab.get_json(&["deploy/web", "-n", ns]))
 }
 
 #[test]
 fn rollback_bad_deploy_runs_dry_runs_and_undoes() {
     let Some(lab) = lab() else { return };
-    let ns = lab.namespace("k7-rb");
+    let ns = lab.namespace("pb-rollback");
     for rev in 5..=7 {
         lab.apply(&ns, &deployment(rev));
-        lab.kubectl([
-            "rollout",
-            "status",
-            "deploy/web",
-            "-n",
-            &ns,
-            "--timeout=90s",
-        ])
-        .ok();
+        lab.rollout_status(&ns, "deploy/web");
     }
-    wait_until(Duration::from_secs(30), "3 ReplicaSets", || {
-        lab.kubectl(["get", "rs", "-n", &ns, "-o", "name"])
-            .ok()
-            .stdout()
-            .lines()
-            .count()
-            >= 3
-    });
+    lab.wait_for_replicasets(&ns, 3);
     assert_eq!(image(&lab, &ns), "nginx:1.27");
     let (nsp, dp) = (
         format!("namespace={}", ns.name),
@@ -457,7 +438,7 @@ fn rollback_bad_deploy_runs_dry_runs_and_undoes() {
     );
 
     // dry run: nothing changes
-    let rv = resource_version(&lab, &ns);
+    let before = deployment_desired(&lab, &ns);
     let r = kirt_j(
         &lab,
         &[
@@ -480,7 +461,7 @@ fn rollback_bad_deploy_runs_dry_runs_and_undoes() {
         r.dump()
     );
     assert_eq!(image(&lab, &ns), "nginx:1.27");
-    assert_eq!(resource_version(&lab, &ns), rv);
+    assert_eq!(deployment_desired(&lab, &ns), before);
 
     // without --yes and without a terminal the rollback refuses (exit 4)
     kirt_j(&lab, &["run", "rollback-bad-deploy", "-p", &nsp, "-p", &dp]).code_is(4);
@@ -528,15 +509,7 @@ fn rollback_bad_deploy_runs_dry_runs_and_undoes() {
     // undo: back to the revision that ran before (kubectl shows it)
     let r = kirt_j(&lab, &["undo", &run_id, "--yes", "-o", "json"]).ok();
     assert_eq!(r.json()["items"][0]["status"], "undone", "{}", r.dump());
-    lab.kubectl([
-        "rollout",
-        "status",
-        "deploy/web",
-        "-n",
-        &ns,
-        "--timeout=90s",
-    ])
-    .ok();
+    lab.rollout_status(&ns, "deploy/web");
     assert_eq!(image(&lab, &ns), "nginx:1.27");
     let hist = lab
         .kubectl(["rollout", "history", "deploy/web", "-n", &ns])
@@ -602,7 +575,7 @@ fn backup_ids(lab: &Lab, dir: &Path) -> Vec<String> {
 fn etcd_backup_playbook_end_to_end() {
     let Some(lab) = lab() else { return };
     let etcd = lab.private_etcd("3.5");
-    common::populate_etcd(&etcd.endpoint, "/k7", 300);
+    populate_etcd(&etcd.endpoint, "/k7", 300);
     let store = lab.dir.path().join("store");
     let metrics = lab.dir.path().join("backup.prom");
     let params = [
@@ -652,19 +625,13 @@ fn etcd_backup_playbook_end_to_end() {
 #[test]
 fn encrypted_etcd_backup_then_dr_drill_with_report() {
     let Some(lab) = lab() else { return };
-    let key = lab.dir.path().join("age.key");
-    common::sh(&format!("age-keygen -o {} 2>/dev/null", key.display())).ok();
-    let recipient = common::sh(&format!("age-keygen -y {}", key.display()))
-        .ok()
-        .stdout()
-        .trim()
-        .to_string();
+    let (key, recipient) = age_key(&lab);
     let store = lab.dir.path().join("drill-store");
     let (ep, to, rcp, id) = (
         format!("etcd_endpoints={}", lab.get("KIRT_LAB_ETCD")),
         format!("to={}", store.display()),
         format!("recipient={recipient}"),
-        format!("identity={}", key.display()),
+        format!("identity={key}"),
     );
     let r = kirt_j(
         &lab,
@@ -725,20 +692,12 @@ fn encrypted_etcd_backup_then_dr_drill_with_report() {
 #[test]
 fn foreach_runs_once_per_pod_a_selector_matches() {
     let Some(lab) = lab() else { return };
-    let ns = lab.namespace("k7-each");
+    let ns = lab.namespace("pb-each");
     lab.apply(
         &ns,
         "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web}\nspec:\n  replicas: 2\n  selector: {matchLabels: {app: web}}\n  template:\n    metadata: {labels: {app: web}}\n    spec: {containers: [{name: web, image: nginx}]}\n",
     );
-    lab.kubectl([
-        "rollout",
-        "status",
-        "deploy/web",
-        "-n",
-        &ns,
-        "--timeout=90s",
-    ])
-    .ok();
+    lab.rollout_status(&ns, "deploy/web");
     let file = write(
         &lab,
         "each.yaml",
@@ -789,18 +748,14 @@ steps:
     assert_eq!(s["steps"][1]["outputs"]["stdout"], "2\n");
 }
 
-fn labels(lab: &Lab, ns: &str, pod: &str) -> Value {
-    let out = lab
-        .kubectl(["get", "pod", pod, "-n", ns, "-o", "json"])
-        .ok()
-        .stdout();
-    serde_json::from_str::<Value>(&out).unwrap()["metadata"]["labels"].clone()
+fn pod(lab: &Lab, ns: &str, name: &str) -> Value {
+    lab.get_json(&["pod", name, "-n", ns])
 }
 
 #[test]
 fn isolate_compromised_pod_runs_dry_runs_and_undo_releases_exactly() {
     let Some(lab) = lab() else { return };
-    let ns = lab.namespace("k7-iso");
+    let ns = lab.namespace("pb-isolate");
     lab.apply(
         &ns,
         "apiVersion: v1\nkind: Pod\nmetadata: {name: victim, labels: {app: shop, tier: web}}\nspec: {containers: [{name: c, image: nginx}]}\n",
@@ -819,7 +774,7 @@ fn isolate_compromised_pod_runs_dry_runs_and_undo_releases_exactly() {
         .trim()
         .is_empty()
     });
-    let before = labels(&lab, &ns, "victim");
+    let before = labels(&pod(&lab, &ns, "victim"));
     let evidence = lab.dir.path().join("evidence");
     let (nsp, ev) = (
         format!("namespace={}", ns.name),
@@ -841,7 +796,7 @@ fn isolate_compromised_pod_runs_dry_runs_and_undo_releases_exactly() {
     let mut dry = args.to_vec();
     dry.extend(["--dry-run"]);
     kirt_j(&lab, &dry).ok();
-    assert_eq!(labels(&lab, &ns, "victim"), before);
+    assert_eq!(labels(&pod(&lab, &ns, "victim")), before);
     let policies = lab
         .kubectl(["get", "networkpolicy", "-n", &ns, "-o", "name"])
         .ok()
@@ -851,7 +806,7 @@ fn isolate_compromised_pod_runs_dry_runs_and_undo_releases_exactly() {
     // confirm: true on the quarantine step: refused without --yes (after the evidence step)
     let r = kirt_j(&lab, &args).code_is(4);
     assert_eq!(r.json()["steps"][1]["status"], "failed", "{}", r.dump());
-    assert_eq!(labels(&lab, &ns, "victim"), before);
+    assert_eq!(labels(&pod(&lab, &ns, "victim")), before);
 
     let mut yes = args.to_vec();
     yes.push("--yes");
@@ -864,7 +819,12 @@ fn isolate_compromised_pod_runs_dry_runs_and_undo_releases_exactly() {
         .map(|x| x["status"].as_str().unwrap())
         .collect();
     assert_eq!(st, ["ok", "ok", "ok", "skipped"], "{}", r.dump());
-    assert_eq!(labels(&lab, &ns, "victim")["kirt.dev/quarantined"], "true");
+    assert_eq!(
+        labels(&pod(&lab, &ns, "victim"))
+            .get("kirt.dev/quarantined")
+            .map(String::as_str),
+        Some("true")
+    );
     lab.kirt(["quarantine", "verify", "victim", "-n", &ns]).ok();
     assert!(std::fs::read_dir(&evidence).unwrap().count() > 0);
 
@@ -874,7 +834,7 @@ fn isolate_compromised_pod_runs_dry_runs_and_undo_releases_exactly() {
     let undone = items.iter().filter(|i| i["status"] == "undone").count();
     assert_eq!(undone, 1, "{}", r.dump());
     assert_eq!(
-        labels(&lab, &ns, "victim"),
+        labels(&pod(&lab, &ns, "victim")),
         before,
         "release restores the labels exactly"
     );

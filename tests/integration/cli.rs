@@ -1,18 +1,7 @@
-//! CLI surface tests that need no lab: help, version, completions, man page, usage errors.
+//! The CLI surface, with no lab and no cluster: help, version, completions, man page, usage
+//! errors. (Usage errors of one feature live in that feature's module.)
 
-mod common;
-
-use std::process::Command;
-
-fn kirt(args: &[&str]) -> common::Run {
-    let dir = tempfile::tempdir().unwrap();
-    let mut c = Command::new(common::kirt_bin());
-    c.current_dir(dir.path())
-        .env_remove("KUBECONFIG")
-        .env("HOME", dir.path())
-        .args(args);
-    common::run(c, format!("kirt {}", args.join(" ")))
-}
+use crate::common::process::kirt_without_lab as kirt;
 
 #[test]
 fn help_lists_only_working_commands() {

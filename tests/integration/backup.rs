@@ -1,81 +1,13 @@
-//! K2: etcd backups against real etcd 3.4/3.5 and real S3 servers, checked with the real age,
-//! zstd and etcdutl CLIs and the S3 API.
-
-mod common;
+//! `kirt backup create|list|prune`: etcd backups against real etcd 3.4/3.5 and real S3 servers,
+//! checked with the real age, zstd and etcdutl CLIs and the S3 API.
 
 use std::path::Path;
 use std::time::Duration;
 
-use common::{lab, populate_etcd, sh, Lab};
-
-fn age_key(lab: &Lab, name: &str) -> (String, String) {
-    let key = lab.dir.path().join(name);
-    sh(&format!("age-keygen -o {} 2>/dev/null", key.display())).ok();
-    let public = sh(&format!("age-keygen -y {}", key.display()))
-        .ok()
-        .stdout()
-        .trim()
-        .to_string();
-    (key.display().to_string(), public)
-}
-
-fn ssh_key(lab: &Lab, name: &str) -> (String, String) {
-    let key = lab.dir.path().join(name);
-    sh(&format!(
-        "ssh-keygen -q -t ed25519 -N '' -C kirt-test -f {}",
-        key.display()
-    ))
-    .ok();
-    let public = std::fs::read_to_string(format!("{}.pub", key.display()))
-        .unwrap()
-        .trim()
-        .to_string();
-    (key.display().to_string(), public)
-}
-
-fn create_bucket(client: &aws_sdk_s3::Client, bucket: &str) {
-    common::block_on(async {
-        client
-            .create_bucket()
-            .bucket(bucket)
-            .send()
-            .await
-            .expect("create bucket")
-    });
-}
-
-fn s3_keys(client: &aws_sdk_s3::Client, bucket: &str) -> Vec<String> {
-    common::block_on(async {
-        let out = client
-            .list_objects_v2()
-            .bucket(bucket)
-            .send()
-            .await
-            .expect("list");
-        out.contents()
-            .iter()
-            .filter_map(|o| o.key().map(String::from))
-            .collect()
-    })
-}
-
-fn s3_get(client: &aws_sdk_s3::Client, bucket: &str, key: &str, to: &Path) {
-    let bytes = common::block_on(async {
-        client
-            .get_object()
-            .bucket(bucket)
-            .key(key)
-            .send()
-            .await
-            .expect("get")
-            .body
-            .collect()
-            .await
-            .unwrap()
-            .into_bytes()
-    });
-    std::fs::write(to, bytes).unwrap();
-}
+use crate::common::etcd::{populate_etcd, populate_random};
+use crate::common::keys::{age_key, ssh_key};
+use crate::common::s3::{self, create_bucket};
+use crate::common::{self, files_under, lab, sh, Lab};
 
 /// Decrypts with the age CLI, decompresses with the zstd CLI, checks the result with etcdutl
 /// against the manifest, and restores it (with etcdutl's hash check).
@@ -134,10 +66,9 @@ fn etcd35_to_s3_with_x25519_restores_with_cli_tools() {
     let Some(lab) = lab() else { return };
     let etcd = lab.private_etcd("3.5");
     let rev = populate_etcd(&etcd.endpoint, "/kirt-test", 50_000);
-    let (identity, recipient) = age_key(&lab, "x25519.key");
-    let bucket = common::unique("k2-s3");
+    let (identity, recipient) = age_key(&lab);
     let s3 = lab.moto();
-    create_bucket(&s3, &bucket);
+    let bucket = lab.moto_bucket("backup-s3");
     let metrics = lab.dir.path().join("kirt.prom");
     let r = lab
         .kirt([
@@ -166,7 +97,7 @@ fn etcd35_to_s3_with_x25519_restores_with_cli_tools() {
     assert_eq!(res["revision"], rev);
     assert_eq!(res["key_count"], 50_000);
     let id = res["id"].as_str().unwrap();
-    let mut keys = s3_keys(&s3, &bucket);
+    let mut keys = s3::keys(&s3, &bucket);
     keys.sort();
     assert_eq!(
         keys,
@@ -176,9 +107,9 @@ fn etcd35_to_s3_with_x25519_restores_with_cli_tools() {
         ]
     );
     let obj = lab.dir.path().join("obj.age");
-    s3_get(&s3, &bucket, &keys[0], &obj);
+    s3::download(&s3, &bucket, &keys[0], &obj);
     let mpath = lab.dir.path().join("manifest.json");
-    s3_get(&s3, &bucket, &keys[1], &mpath);
+    s3::download(&s3, &bucket, &keys[1], &mpath);
     let manifest: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&mpath).unwrap()).unwrap();
     assert_eq!(manifest["etcd"]["version"].as_str().unwrap()[..4], *"3.5.");
@@ -242,8 +173,8 @@ fn etcd34_to_local_dir_with_ssh_and_two_recipients() {
     let Some(lab) = lab() else { return };
     let etcd = lab.private_etcd("3.4");
     populate_etcd(&etcd.endpoint, "/kirt-test", 50_000);
-    let (ssh_id, ssh_pub) = ssh_key(&lab, "id_ed25519");
-    let (age_id, age_pub) = age_key(&lab, "second.key");
+    let (ssh_id, ssh_pub) = ssh_key(&lab);
+    let (age_id, age_pub) = age_key(&lab);
     let dir = lab.dir.path().join("backups");
     let r = lab
         .kirt([
@@ -501,11 +432,10 @@ fn bad_input_is_refused_before_anything_is_written() {
 fn multipart_upload_of_many_parts_verifies() {
     let Some(lab) = lab() else { return };
     let etcd = lab.private_etcd("3.5");
-    common::populate_random(&etcd.endpoint, "/kirt-test/blob", 40);
-    let (identity, recipient) = age_key(&lab, "parts.key");
-    let bucket = common::unique("k2-parts");
+    populate_random(&etcd.endpoint, "/kirt-test/blob", 40);
+    let (identity, recipient) = age_key(&lab);
     let s3 = lab.moto();
-    create_bucket(&s3, &bucket);
+    let bucket = lab.moto_bucket("backup-parts");
     let ep = lab.get("KIRT_LAB_S3_ENDPOINT");
     // by default parts go unsigned with a CRC32 (S3 keeps the object's checksum); with checksums
     // turned down (servers that reject them) they are signed instead
@@ -588,9 +518,8 @@ fn etcd_dying_mid_stream_publishes_nothing() {
     let mut etcd = lab.private_etcd("3.5");
     populate_etcd(&etcd.endpoint, "/kirt-test", 30_000);
     let dir = lab.dir.path().join("mid");
-    let bucket = common::unique("k2-mid");
     let s3 = lab.moto();
-    create_bucket(&s3, &bucket);
+    let bucket = lab.moto_bucket("backup-mid");
     let mut local = lab.kirt_cmd([
         "backup",
         "create",
@@ -638,9 +567,9 @@ fn etcd_dying_mid_stream_publishes_nothing() {
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains("etcd"), "{name}: {err}");
     }
-    let leftovers: Vec<_> = walk(&dir);
+    let leftovers: Vec<_> = files_under(&dir);
     assert!(leftovers.is_empty(), "local store has {leftovers:?}");
-    assert!(s3_keys(&s3, &bucket).is_empty());
+    assert!(s3::keys(&s3, &bucket).is_empty());
     let pending = common::block_on(async {
         s3.list_multipart_uploads()
             .bucket(&bucket)
@@ -655,27 +584,13 @@ fn etcd_dying_mid_stream_publishes_nothing() {
     );
 }
 
-fn walk(dir: &Path) -> Vec<String> {
-    let mut out = Vec::new();
-    if let Ok(rd) = std::fs::read_dir(dir) {
-        for e in rd.flatten() {
-            if e.path().is_dir() {
-                out.extend(walk(&e.path()));
-            } else {
-                out.push(e.path().display().to_string());
-            }
-        }
-    }
-    out
-}
-
 #[test]
 fn s3_dying_mid_upload_leaves_nothing_once_it_is_back() {
     let Some(lab) = lab() else { return };
     let etcd = lab.private_etcd("3.5");
-    common::populate_random(&etcd.endpoint, "/big", 40);
+    populate_random(&etcd.endpoint, "/big", 40);
     let mut s3s = lab.private_s3s(None);
-    let client = lab.s3_client(&s3s.endpoint, "kirt-test", "kirt-test-secret");
+    let client = s3::client(&s3s.endpoint, s3::PRIVATE_KEY.0, s3::PRIVATE_KEY.1);
     create_bucket(&client, "crash");
     let mut cmd = lab.kirt_cmd([
         "backup",
@@ -693,8 +608,8 @@ fn s3_dying_mid_upload_leaves_nothing_once_it_is_back() {
         "--compression-level",
         "1",
     ]);
-    cmd.env("AWS_ACCESS_KEY_ID", "kirt-test")
-        .env("AWS_SECRET_ACCESS_KEY", "kirt-test-secret");
+    cmd.env("AWS_ACCESS_KEY_ID", s3::PRIVATE_KEY.0)
+        .env("AWS_SECRET_ACCESS_KEY", s3::PRIVATE_KEY.1);
     let child = cmd
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
@@ -705,10 +620,10 @@ fn s3_dying_mid_upload_leaves_nothing_once_it_is_back() {
     common::wait_until(
         Duration::from_secs(30),
         "a multipart upload to start",
-        || walk(&pending_dir).len() == 1,
+        || files_under(&pending_dir).len() == 1,
     );
     let record: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&walk(&pending_dir)[0]).unwrap()).unwrap();
+        serde_json::from_slice(&std::fs::read(&files_under(&pending_dir)[0]).unwrap()).unwrap();
     let (data, port) = (s3s.dir.clone(), s3s.port);
     s3s.kill();
     let out = child.wait_with_output().unwrap();
@@ -720,7 +635,7 @@ fn s3_dying_mid_upload_leaves_nothing_once_it_is_back() {
     // the server comes back with its disk state
     let s3s = lab.private_s3s(Some((&data, port)));
     assert!(
-        s3_keys(&client, "crash").is_empty(),
+        s3::keys(&client, "crash").is_empty(),
         "an object became visible"
     );
     // the next kirt run against the bucket aborts the upload it could not abort before
@@ -733,8 +648,8 @@ fn s3_dying_mid_upload_leaves_nothing_once_it_is_back() {
         &s3s.endpoint,
         "--path-style",
     ]);
-    list.env("AWS_ACCESS_KEY_ID", "kirt-test")
-        .env("AWS_SECRET_ACCESS_KEY", "kirt-test-secret");
+    list.env("AWS_ACCESS_KEY_ID", s3::PRIVATE_KEY.0)
+        .env("AWS_SECRET_ACCESS_KEY", s3::PRIVATE_KEY.1);
     let listed = common::run(list, "kirt backup list".into()).ok();
     assert!(
         listed
@@ -744,7 +659,7 @@ fn s3_dying_mid_upload_leaves_nothing_once_it_is_back() {
         listed.dump()
     );
     assert!(
-        walk(&pending_dir).is_empty(),
+        files_under(&pending_dir).is_empty(),
         "pending upload record still there"
     );
     let parts = common::block_on(async {
@@ -762,7 +677,7 @@ fn s3_dying_mid_upload_leaves_nothing_once_it_is_back() {
         "the multipart upload still exists: {parts:?}"
     );
     // and nothing of the upload is left on the server's disk
-    let files = walk(&data);
+    let files = files_under(&data);
     assert!(files.is_empty(), "s3s-fs still holds {files:?}");
 }
 
@@ -783,7 +698,7 @@ fn write_error_on_the_local_store_publishes_nothing() {
     ));
     assert_ne!(r.code(), 0, "{}", r.dump());
     assert!(r.stderr().contains("nothing was published"), "{}", r.dump());
-    assert!(walk(&dir).is_empty(), "{:?}", walk(&dir));
+    assert!(files_under(&dir).is_empty(), "{:?}", files_under(&dir));
 }
 
 #[test]
@@ -839,7 +754,7 @@ fn prune_keeps_what_the_rules_say_and_removes_orphans() {
     );
 
     // dry run changes nothing
-    let before = walk(&dir).len();
+    let before = files_under(&dir).len();
     lab.kirt([
         "backup",
         "prune",
@@ -850,7 +765,7 @@ fn prune_keeps_what_the_rules_say_and_removes_orphans() {
         "--dry-run",
     ])
     .ok();
-    assert_eq!(walk(&dir).len(), before);
+    assert_eq!(files_under(&dir).len(), before);
 
     let p = lab
         .kirt([
@@ -880,9 +795,9 @@ fn prune_keeps_what_the_rules_say_and_removes_orphans() {
         .map(|b| b["id"].as_str().unwrap())
         .collect();
     assert_eq!(complete, [ids[2].as_str(), ids[1].as_str()]);
-    let mut files: Vec<String> = walk(&dir.join("c"))
+    let mut files: Vec<String> = files_under(&dir.join("c"))
         .into_iter()
-        .map(|f| f.rsplit('/').next().unwrap().to_string())
+        .map(|f| f.file_name().unwrap().to_string_lossy().into_owned())
         .collect();
     files.sort();
     let mut want = vec![

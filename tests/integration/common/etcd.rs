@@ -1,0 +1,108 @@
+//! etcd for backup and restore tests: a private server per test (either version) and data to
+//! fill it with.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use super::process::wait_serving;
+use super::{block_on, free_port, unique, Lab, Proc};
+
+impl Lab {
+    /// An etcd of the given version (3.4 or 3.5) for this test alone, in its temp dir.
+    pub fn private_etcd(&self, version: &str) -> Proc {
+        let bin = if version == "3.4" {
+            PathBuf::from("/usr/bin/etcd")
+        } else {
+            Path::new(&self.get("KIRT_LAB_ETCD35_BIN")).join("etcd")
+        };
+        let (port, peer) = (free_port(), free_port());
+        let dir = self.dir.path().join(unique("etcd"));
+        let name = "private";
+        let child = Command::new(bin)
+            .args(["--name", name, "--data-dir"])
+            .arg(&dir)
+            .args([
+                "--listen-client-urls",
+                &format!("http://127.0.0.1:{port}"),
+                "--advertise-client-urls",
+                &format!("http://127.0.0.1:{port}"),
+            ])
+            .args([
+                "--listen-peer-urls",
+                &format!("http://127.0.0.1:{peer}"),
+                "--initial-advertise-peer-urls",
+                &format!("http://127.0.0.1:{peer}"),
+            ])
+            .args([
+                "--initial-cluster",
+                &format!("{name}=http://127.0.0.1:{peer}"),
+                "--quota-backend-bytes",
+                "4294967296",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start etcd");
+        let mut p = Proc {
+            child,
+            endpoint: format!("http://127.0.0.1:{port}"),
+            dir,
+            port,
+        };
+        wait_serving(&mut p.child, port, "private etcd");
+        p
+    }
+}
+
+/// Writes `n` keys under `prefix` into an etcd: mostly ~200-byte JSON-like values, every 500th
+/// a ~100 KiB value. Returns the revision after the last write.
+pub fn populate_etcd(endpoint: &str, prefix: &str, n: usize) -> i64 {
+    block_on(async {
+        let mut c = etcd_client::Client::connect([endpoint], None)
+            .await
+            .expect("etcd connect");
+        let mut rev = 0;
+        for batch in (0..n).collect::<Vec<_>>().chunks(100) {
+            let ops: Vec<etcd_client::TxnOp> = batch
+                .iter()
+                .map(|i| {
+                    let v = if i % 500 == 0 {
+                        (0..100 * 1024).map(|j| b"abcdefghijklmnopqrstuvwxyz0123456789"[(j * 7 + i) % 36]).collect::<Vec<u8>>()
+                    } else {
+                        format!(r#"{{"kind":"ConfigMap","metadata":{{"name":"cm-{i}","uid":"{:016x}"}},"data":{{"k":"value {i}"}}}}"#, i * 2654435761).into_bytes()
+                    };
+                    etcd_client::TxnOp::put(format!("{prefix}/{i:08}"), v, None)
+                })
+                .collect();
+            let r = c
+                .txn(etcd_client::Txn::new().and_then(ops))
+                .await
+                .expect("txn");
+            rev = r.header().map(|h| h.revision()).unwrap_or(rev);
+        }
+        rev
+    })
+}
+
+/// Writes `mib` values of 1 MiB of incompressible bytes (makes slow, large snapshots).
+pub fn populate_random(endpoint: &str, prefix: &str, mib: usize) {
+    block_on(async {
+        let mut c = etcd_client::Client::connect([endpoint], None)
+            .await
+            .expect("etcd connect");
+        let mut x: u64 = 0x9E3779B97F4A7C15;
+        for i in 0..mib {
+            let v: Vec<u8> = (0..1 << 20)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    x as u8
+                })
+                .collect();
+            c.put(format!("{prefix}/{i:06}"), v, None)
+                .await
+                .expect("put");
+        }
+    })
+}

@@ -1,0 +1,201 @@
+//! Running things: the built kirt (against the lab, or with no cluster at all), kubectl, shell
+//! pipelines; polling until a condition holds; server processes a test starts and must stop.
+
+use std::ffi::{OsStr, OsString};
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use super::Lab;
+
+pub fn kirt_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_kirt"))
+}
+
+/// The result of a command, with helpers that print everything on failure.
+pub struct Run {
+    pub out: Output,
+    pub what: String,
+}
+
+impl Run {
+    pub fn code(&self) -> i32 {
+        self.out.status.code().unwrap_or(-1)
+    }
+    pub fn stdout(&self) -> String {
+        String::from_utf8_lossy(&self.out.stdout).into_owned()
+    }
+    pub fn stderr(&self) -> String {
+        String::from_utf8_lossy(&self.out.stderr).into_owned()
+    }
+    pub fn dump(&self) -> String {
+        format!(
+            "$ {}\nexit {}\n--- stdout\n{}\n--- stderr\n{}",
+            self.what,
+            self.code(),
+            self.stdout(),
+            self.stderr()
+        )
+    }
+    #[track_caller]
+    pub fn ok(self) -> Self {
+        assert!(
+            self.out.status.success(),
+            "command failed:\n{}",
+            self.dump()
+        );
+        self
+    }
+    #[track_caller]
+    pub fn code_is(self, code: i32) -> Self {
+        assert_eq!(self.code(), code, "unexpected exit code:\n{}", self.dump());
+        self
+    }
+    #[track_caller]
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.out.stdout)
+            .unwrap_or_else(|e| panic!("stdout is not JSON ({e}):\n{}", self.dump()))
+    }
+}
+
+/// Runs `cmd` to completion with no stdin; `what` names it in failure messages.
+pub fn run(mut cmd: Command, what: String) -> Run {
+    cmd.stdin(Stdio::null());
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {what}: {e}"));
+    Run { out, what }
+}
+
+/// Runs a shell pipeline (`bash -c`) and returns its output; the caller checks the exit code.
+pub fn sh(script: &str) -> Run {
+    let mut c = Command::new("bash");
+    c.args(["-c", script]);
+    run(c, script.to_string())
+}
+
+/// `kirt ARGS` with no cluster at all (no KUBECONFIG) in a fresh temp dir: for usage errors and
+/// the CLI surface, which must not need a lab.
+pub fn kirt_without_lab(args: &[&str]) -> Run {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = Command::new(kirt_bin());
+    c.current_dir(dir.path())
+        .env_remove("KUBECONFIG")
+        .env("HOME", dir.path())
+        .args(args);
+    run(c, format!("kirt {}", args.join(" ")))
+}
+
+fn describe(tool: &str, args: &[OsString]) -> String {
+    let args: Vec<_> = args.iter().map(|a| a.to_string_lossy()).collect();
+    format!("{tool} {}", args.join(" "))
+}
+
+impl Lab {
+    /// `kirt ARGS` against the lab, in this test's temp dir, with a clean environment.
+    pub fn kirt_cmd<I, S>(&self, args: I) -> Command
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        let mut c = Command::new(kirt_bin());
+        c.current_dir(self.dir.path())
+            .env_clear()
+            .env("PATH", self.path())
+            .env("HOME", self.dir.path())
+            .env("KUBECONFIG", self.kubeconfig())
+            .env("AWS_ACCESS_KEY_ID", "kirt-test")
+            .env("AWS_SECRET_ACCESS_KEY", "kirt-test-secret")
+            .env("AWS_REGION", "us-east-1")
+            // never let the AWS credential chain reach for a cloud metadata address
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .args(args);
+        c
+    }
+
+    pub fn kirt<I, S>(&self, args: I) -> Run
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        let args: Vec<OsString> = args.into_iter().map(|a| a.as_ref().to_owned()).collect();
+        run(self.kirt_cmd(&args), describe("kirt", &args))
+    }
+
+    /// The real kubectl as the lab's admin.
+    pub fn kubectl<I, S>(&self, args: I) -> Run
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        let args: Vec<OsString> = args.into_iter().map(|a| a.as_ref().to_owned()).collect();
+        let mut c = Command::new("kubectl");
+        c.env("KUBECONFIG", self.kubeconfig()).args(&args);
+        run(c, describe("kubectl", &args))
+    }
+
+    /// The real etcdctl (3.5) against the lab's etcd (the one behind the apiserver).
+    #[track_caller]
+    pub fn etcdctl(&self, args: &[&str]) -> Run {
+        let bin = std::path::Path::new(&self.get("KIRT_LAB_ETCD35_BIN")).join("etcdctl");
+        let mut c = Command::new(bin);
+        c.env("ETCDCTL_API", "3")
+            .arg("--endpoints")
+            .arg(self.get("KIRT_LAB_ETCD"))
+            .args(args);
+        let owned: Vec<OsString> = args.iter().map(OsString::from).collect();
+        run(c, describe("etcdctl", &owned)).ok()
+    }
+}
+
+/// Polls `f` until it returns true, panicking with `what` after `timeout`.
+#[track_caller]
+pub fn wait_until(timeout: Duration, what: &str, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !f() {
+        assert!(
+            start.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+/// Waits until the server `child` listens on 127.0.0.1:`port`. The child must still be running
+/// afterwards: a server that could not bind its port (another process took it) exits at once,
+/// and what answers on the port then is not ours.
+#[track_caller]
+pub fn wait_serving(child: &mut std::process::Child, port: u16, what: &str) {
+    let alive = |child: &mut std::process::Child| {
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("{what} exited ({status}) instead of serving on 127.0.0.1:{port}");
+        }
+    };
+    wait_until(Duration::from_secs(20), what, || {
+        alive(child);
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    alive(child);
+}
+
+/// A server process this test started; killed (by its PID) when dropped.
+pub struct Proc {
+    pub child: std::process::Child,
+    pub endpoint: String,
+    pub dir: PathBuf,
+    pub port: u16,
+}
+
+impl Proc {
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
