@@ -11,12 +11,12 @@ use k8s_openapi::api::authorization::v1::{
     ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec,
 };
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::{Api, ListParams};
 use serde::{Deserialize, Serialize};
 
 use crate::context::Ctx;
 use crate::error::{Error, Exit, Result};
 use crate::etcd::EtcdOptions;
+use crate::k8s::Cluster;
 use crate::output::{Render, Table};
 use crate::store::S3Options;
 
@@ -440,10 +440,16 @@ async fn kube_checks(ctx: &Ctx, r: &mut Report) {
     }
 
     let ns = ctx.namespace().await.unwrap_or_else(|_| "default".into());
-    let ssar: Api<SelfSubjectAccessReview> = Api::all(client.clone());
+    rbac_checks(cluster, &ns, r).await;
+    cni_check(cluster, r).await;
+}
+
+/// One SelfSubjectAccessReview per permission kirt's commands use, all at once.
+async fn rbac_checks(cluster: &Cluster, ns: &str, r: &mut Report) {
+    let ssar = cluster.all::<SelfSubjectAccessReview>();
     let reviews = PERMS.iter().map(|perm| {
-        let ssar = ssar.clone();
-        let ns = ns.clone();
+        let ssar = &ssar;
+        let ns = ns.to_string();
         async move {
             let review = SelfSubjectAccessReview {
                 spec: SelfSubjectAccessReviewSpec {
@@ -459,7 +465,7 @@ async fn kube_checks(ctx: &Ctx, r: &mut Report) {
                 },
                 ..Default::default()
             };
-            (perm, ssar.create(&Default::default(), &review).await)
+            (perm, ssar.create(&review, false).await)
         }
     });
     for (perm, res) in join_all(reviews).await {
@@ -484,7 +490,7 @@ async fn kube_checks(ctx: &Ctx, r: &mut Report) {
                         verb: perm.verb.into(),
                         resource: resource.clone(),
                         group: perm.group.into(),
-                        namespace: Some(ns.clone()),
+                        namespace: Some(ns.to_string()),
                         detail: String::new(),
                     }));
                     r.push(
@@ -512,26 +518,23 @@ async fn kube_checks(ctx: &Ctx, r: &mut Report) {
                     );
                 }
             }
-            Err(e) => r.fail(
-                "rbac",
-                name,
-                &cluster
-                    .op("create", "selfsubjectaccessreviews", "authorization.k8s.io")
-                    .err(e),
-                "",
-            ),
+            Err(e) => r.fail("rbac", name, &e, ""),
         }
     }
+}
 
-    // CNI: look for a known NetworkPolicy-enforcing CNI in kube-system.
-    let ds: Api<DaemonSet> = Api::namespaced(client.clone(), "kube-system");
-    let pods: Api<Pod> = Api::namespaced(client, "kube-system");
+/// Whether a NetworkPolicy-enforcing CNI is recognisable in kube-system.
+async fn cni_check(cluster: &Cluster, r: &mut Report) {
     let mut names: Vec<String> = Vec::new();
-    if let Ok(list) = ds.list(&ListParams::default()).await {
-        names.extend(list.items.into_iter().filter_map(|d| d.metadata.name));
+    if let Ok(list) = cluster
+        .namespaced::<DaemonSet>("kube-system")
+        .list_all()
+        .await
+    {
+        names.extend(list.into_iter().filter_map(|d| d.metadata.name));
     }
-    if let Ok(list) = pods.list(&ListParams::default()).await {
-        names.extend(list.items.into_iter().filter_map(|p| p.metadata.name));
+    if let Ok(list) = cluster.namespaced::<Pod>("kube-system").list_all().await {
+        names.extend(list.into_iter().filter_map(|p| p.metadata.name));
     }
     match names.iter().find_map(|n| ENFORCING_CNIS.iter().find(|c| n.contains(**c)).map(|c| (n, c))) {
         Some((n, c)) => r.ok("network", "NetworkPolicy enforcement", format!("{c} found ({n} in kube-system)")),

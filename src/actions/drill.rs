@@ -14,7 +14,6 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Secret, Service};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{Api, ListParams};
 use serde::{Deserialize, Serialize};
 
 use crate::actions::backup::manifest::Manifest;
@@ -23,6 +22,7 @@ use crate::actions::backup::verify::{stream_and_check, Check, ETCDUTL_BIN, ETCD_
 use crate::context::Ctx;
 use crate::crypto::DecryptOptions;
 use crate::error::{Error, Exit, IoContext, Result};
+use crate::k8s::Cluster;
 use crate::output::{Render, Table};
 use crate::scratch::{etcdutl_restore, Observed, Ports, ScratchApiserver, ScratchEtcd};
 
@@ -244,8 +244,9 @@ async fn restore_and_serve(
         )
         .await?;
         let rto_seconds = restore_started.elapsed().as_secs_f64();
-        let served = count_objects(&api.client).await;
+        let served = count_objects(&api.cluster).await;
         let version = api
+            .cluster
             .client
             .apiserver_version()
             .await
@@ -293,20 +294,16 @@ fn compare_counts(
 }
 
 /// Object counts per resource, read as metadata only (Secret values are never fetched).
-async fn count_objects(client: &kube::Client) -> Result<BTreeMap<String, i64>> {
-    async fn n<K>(client: &kube::Client) -> Result<i64>
+async fn count_objects(client: &Cluster) -> Result<BTreeMap<String, i64>> {
+    async fn n<K>(cluster: &Cluster) -> Result<i64>
     where
-        K: kube::Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+        K: kube::Resource<DynamicType = ()>
+            + Clone
+            + serde::de::DeserializeOwned
+            + serde::Serialize
+            + std::fmt::Debug,
     {
-        let api: Api<K> = Api::all(client.clone());
-        let list = api
-            .list_metadata(&ListParams::default())
-            .await
-            .map_err(|e| {
-                crate::k8s::Op::new("list", &K::plural(&()), &K::group(&()), "scratch apiserver")
-                    .err(e)
-            })?;
-        Ok(list.items.len() as i64)
+        Ok(cluster.all::<K>().count().await? as i64)
     }
     let mut m = BTreeMap::new();
     m.insert("namespaces".to_string(), n::<Namespace>(client).await?);

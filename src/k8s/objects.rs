@@ -128,17 +128,28 @@ where
         self.list(&ListParams::default()).await
     }
 
+    /// How many objects there are, listing metadata only (a Secret's data is never fetched).
+    pub async fn count(&self) -> Result<usize> {
+        Ok(self
+            .api
+            .list_metadata(&ListParams::default())
+            .await
+            .op(&self.op("list", None))?
+            .items
+            .len())
+    }
+
     /// Objects matching a label selector.
     pub async fn list_labelled(&self, selector: &str) -> Result<Vec<K>> {
         self.list(&ListParams::default().labels(selector)).await
     }
 
     pub async fn create(&self, obj: &K, dry_run: bool) -> Result<K> {
-        let name = obj.meta().name.clone().unwrap_or_default();
+        let name = obj.meta().name.as_deref();
         self.api
             .create(&post_params(dry_run), obj)
             .await
-            .op(&self.op("create", Some(&name)))
+            .op(&self.op("create", name))
     }
 
     /// A patch (merge, strategic, JSON) by kirt's field manager.

@@ -134,22 +134,10 @@ pub async fn run(ctx: &Ctx, spec: UndoSpec) -> Result<UndoResult> {
             error: None,
         };
         if let Some(plan) = undo {
-            match run_plan(ctx, plan).await {
-                Ok(out) => {
-                    item.status = if ctx.dry_run {
-                        UndoStatus::DryRun
-                    } else {
-                        UndoStatus::Undone
-                    };
-                    item.outputs = out;
-                }
-                Err(e) => {
-                    failed += 1;
-                    item.status = UndoStatus::Failed;
-                    item.error = Some(e.to_string());
-                    if result.exit == Exit::Ok {
-                        result.exit = e.exit();
-                    }
+            if let Err(e) = undo_one(ctx, plan, &mut item).await {
+                failed += 1;
+                if result.exit == Exit::Ok {
+                    result.exit = e.exit();
                 }
             }
         }
@@ -177,6 +165,26 @@ pub async fn run(ctx: &Ctx, spec: UndoSpec) -> Result<UndoResult> {
         result.exit = Exit::Partial;
     }
     Ok(result)
+}
+
+/// Runs one mutation's undo plan; the item records how it went.
+async fn undo_one(ctx: &Ctx, plan: &registry::UndoPlan, item: &mut UndoItem) -> Result<()> {
+    match run_plan(ctx, plan).await {
+        Ok(out) => {
+            item.status = if ctx.dry_run {
+                UndoStatus::DryRun
+            } else {
+                UndoStatus::Undone
+            };
+            item.outputs = out;
+            Ok(())
+        }
+        Err(e) => {
+            item.status = UndoStatus::Failed;
+            item.error = Some(e.to_string());
+            Err(e)
+        }
+    }
 }
 
 async fn run_plan(ctx: &Ctx, plan: &registry::UndoPlan) -> Result<Value> {

@@ -7,7 +7,7 @@ use std::fmt;
 
 use serde_json::{Map, Value};
 
-use super::model::{Foreach, Playbook, API_VERSION, KIND};
+use super::model::{Foreach, Playbook, Step, API_VERSION, KIND};
 use super::{registry, template};
 
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -224,70 +224,108 @@ pub enum Params<'a> {
 }
 
 pub fn check(file: &str, text: &str, pb: &Playbook, params: Params<'_>) -> Problems {
-    let loc = Locator::new(text);
-    let mut list = Vec::new();
-    let mut add = |(line, column): (usize, usize), message: String| {
-        list.push(Problem {
+    let mut c = Checker {
+        loc: Locator::new(text),
+        list: Vec::new(),
+    };
+    c.header(pb);
+    if let Params::Given(given) = params {
+        c.params(pb, given);
+    }
+    let env = template::env();
+    let mut seen: BTreeMap<&str, usize> = BTreeMap::new();
+    for (i, step) in pb.steps.iter().enumerate() {
+        c.step_id(i, step, &seen);
+        let templated = c.templates(&env, pb, i, step, &seen);
+        c.action(i, step, &templated);
+        seen.entry(&step.id).or_insert(i);
+    }
+    c.list.sort();
+    c.list.dedup();
+    Problems {
+        file: file.into(),
+        list: c.list,
+    }
+}
+
+/// Collects problems, each at its place in the file.
+struct Checker<'a> {
+    loc: Locator<'a>,
+    list: Vec<Problem>,
+}
+
+impl Checker<'_> {
+    fn add(&mut self, (line, column): (usize, usize), message: String) {
+        self.list.push(Problem {
             line,
             column,
             message,
         })
-    };
-    if pb.api_version != API_VERSION {
-        add(
-            loc.top("apiVersion"),
-            format!(
-                "apiVersion must be {API_VERSION:?}, not {:?}",
-                pb.api_version
-            ),
-        );
     }
-    if pb.kind != KIND {
-        add(
-            loc.top("kind"),
-            format!("kind must be {KIND:?}, not {:?}", pb.kind),
-        );
+
+    /// apiVersion, kind, name, and that there are steps.
+    fn header(&mut self, pb: &Playbook) {
+        if pb.api_version != API_VERSION {
+            let at = self.loc.top("apiVersion");
+            self.add(
+                at,
+                format!(
+                    "apiVersion must be {API_VERSION:?}, not {:?}",
+                    pb.api_version
+                ),
+            );
+        }
+        if pb.kind != KIND {
+            let at = self.loc.top("kind");
+            self.add(at, format!("kind must be {KIND:?}, not {:?}", pb.kind));
+        }
+        if pb.metadata.name.trim().is_empty() {
+            let at = self.loc.top("metadata");
+            self.add(at, "metadata.name is empty".into());
+        }
+        if pb.steps.is_empty() {
+            let at = self.loc.top("steps");
+            self.add(at, "the playbook has no steps".into());
+        }
     }
-    if pb.metadata.name.trim().is_empty() {
-        add(loc.top("metadata"), "metadata.name is empty".into());
-    }
-    if pb.steps.is_empty() {
-        add(loc.top("steps"), "the playbook has no steps".into());
-    }
-    if let Params::Given(given) = params {
+
+    /// Required parameters given, and no parameter the playbook does not declare.
+    fn params(&mut self, pb: &Playbook, given: &Map<String, Value>) {
         for (name, p) in &pb.params {
             if p.required && p.default.is_none() && given.get(name).is_none_or(Value::is_null) {
-                add(
-                    loc.param(name),
+                let at = self.loc.param(name);
+                self.add(
+                    at,
                     format!("required parameter {name:?} was not given (-p {name}=VALUE)"),
                 );
             }
         }
         for name in given.keys() {
             if !pb.params.contains_key(name) {
-                add(loc.top("params"), format!("parameter {name:?} was given but the playbook does not declare it (declared: {})",
+                let at = self.loc.top("params");
+                self.add(at, format!("parameter {name:?} was given but the playbook does not declare it (declared: {})",
                     pb.params.keys().cloned().collect::<Vec<_>>().join(", ")));
             }
         }
     }
 
-    let env = template::env();
-    let mut seen: BTreeMap<&str, usize> = BTreeMap::new();
-    for (i, step) in pb.steps.iter().enumerate() {
+    /// A well-formed id, used once.
+    fn step_id(&mut self, i: usize, step: &Step, seen: &BTreeMap<&str, usize>) {
+        let at = self.loc.step_key(i, "id");
         if step.id.is_empty()
             || !step
                 .id
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
         {
-            add(
-                loc.step_key(i, "id"),
+            self.add(
+                at,
                 format!("step id {:?} must be letters, digits, _ or -", step.id),
             );
         }
         if let Some(first) = seen.get(step.id.as_str()) {
-            add(
-                loc.step_key(i, "id"),
+            self.add(
+                at,
                 format!(
                     "duplicate step id {:?} (first used by step {})",
                     step.id,
@@ -295,7 +333,18 @@ pub fn check(file: &str, text: &str, pb: &Playbook, params: Params<'_>) -> Probl
                 ),
             );
         }
-        // templates: syntax and what they refer to
+    }
+
+    /// Template syntax and what templates refer to; returns the `with:` paths (up to two
+    /// segments) that hold templates, whose values are checked only once rendered.
+    fn templates(
+        &mut self,
+        env: &minijinja::Environment<'static>,
+        pb: &Playbook,
+        i: usize,
+        step: &Step,
+        seen: &BTreeMap<&str, usize>,
+    ) -> BTreeSet<Vec<String>> {
         let mut templated: BTreeSet<Vec<String>> = BTreeSet::new();
         let mut exprs: Vec<(&str, Vec<String>, bool, &str)> = Vec::new();
         if let Some(w) = &step.when {
@@ -319,42 +368,42 @@ pub fn check(file: &str, text: &str, pb: &Playbook, params: Params<'_>) -> Probl
             }
         }
         for (s, path, expression, key) in exprs {
-            let at = || {
-                let first = s.lines().next().unwrap_or(s);
-                if path.is_empty() {
-                    loc.step_key(i, key)
-                } else {
-                    loc.step_text(i, first, "with")
+            match template::variables(env, s, expression) {
+                Err(e) => {
+                    let (at, field) = if path.is_empty() {
+                        (self.loc.step_key(i, key), key.to_string())
+                    } else {
+                        let first = s.lines().next().unwrap_or(s);
+                        (
+                            self.loc.step_text(i, first, "with"),
+                            format!("with.{}", path.join(".")),
+                        )
+                    };
+                    self.add(
+                        at,
+                        format!("step {}: template error in {field}: {e}", step.id),
+                    );
                 }
-            };
-            match template::variables(&env, s, expression) {
-                Err(e) => add(
-                    at(),
-                    format!(
-                        "step {}: template error in {}: {e}",
-                        step.id,
-                        if path.is_empty() {
-                            key.to_string()
-                        } else {
-                            format!("with.{}", path.join("."))
-                        }
-                    ),
-                ),
                 Ok(vars) => {
                     for v in vars {
-                        if let Some(m) = reference_problem(&v, pb, &seen, step.foreach.is_some()) {
-                            let pos = loc.step_text(i, &v, key);
-                            add(pos, format!("step {}: {m}", step.id));
+                        if let Some(m) = reference_problem(&v, pb, seen, step.foreach.is_some()) {
+                            let at = self.loc.step_text(i, &v, key);
+                            self.add(at, format!("step {}: {m}", step.id));
                         }
                     }
                 }
             }
         }
+        templated
+    }
 
-        // the action and its spec
-        match registry::get(&step.action) {
-            None => add(
-                loc.step_key(i, "action"),
+    /// A known action; `with:` has only its fields, every required one, and literal values of
+    /// the right type (one field at a time, so each error names its line).
+    fn action(&mut self, i: usize, step: &Step, templated: &BTreeSet<Vec<String>>) {
+        let Some(def) = registry::get(&step.action) else {
+            let at = self.loc.step_key(i, "action");
+            self.add(
+                at,
                 format!(
                     "step {}: unknown action {:?} (known: {})",
                     step.id,
@@ -365,62 +414,50 @@ pub fn check(file: &str, text: &str, pb: &Playbook, params: Params<'_>) -> Probl
                         .collect::<Vec<_>>()
                         .join(", ")
                 ),
-            ),
-            Some(def) => {
-                for f in def.spec.unknown(&step.with) {
-                    let path: Vec<String> = f.split('.').map(String::from).collect();
-                    add(
-                        loc.with_field(i, &path),
-                        format!(
-                            "step {}: {} has no field {f:?} (fields: {})",
-                            step.id,
-                            def.name,
-                            def.spec
-                                .fields
-                                .keys()
-                                .cloned()
-                                .collect::<Vec<_>>()
-                                .join(", ")
-                        ),
-                    );
-                }
-                for f in def.spec.missing(&step.with) {
-                    add(
-                        loc.step_key(i, "with"),
-                        format!("step {}: {} needs `{f}` in `with`", step.id, def.name),
-                    );
-                }
-                // literal values are type-checked one field at a time, so the error names its line;
-                // templated ones are checked when rendered
-                for (k, v) in &step.with {
-                    if templated.contains(&vec![k.clone()])
-                        || def.spec.unknown(&single(k, v)).contains(k)
-                    {
-                        continue;
-                    }
-                    let mut one = single(k, v);
-                    if let Value::Object(group) = v {
-                        let mut g = group.clone();
-                        g.retain(|sub, _| !templated.contains(&vec![k.clone(), sub.clone()]));
-                        one.insert(k.clone(), Value::Object(g));
-                    }
-                    def.spec.prepare(&mut one);
-                    if let Err(e) = (def.check)(Value::Object(one)) {
-                        add(
-                            loc.with_field(i, std::slice::from_ref(k)),
-                            format!("step {}: with.{k}: {e}", step.id),
-                        );
-                    }
-                }
+            );
+            return;
+        };
+        for f in def.spec.unknown(&step.with) {
+            let path: Vec<String> = f.split('.').map(String::from).collect();
+            let at = self.loc.with_field(i, &path);
+            self.add(
+                at,
+                format!(
+                    "step {}: {} has no field {f:?} (fields: {})",
+                    step.id,
+                    def.name,
+                    def.spec
+                        .fields
+                        .keys()
+                        .cloned()
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            );
+        }
+        for f in def.spec.missing(&step.with) {
+            let at = self.loc.step_key(i, "with");
+            self.add(
+                at,
+                format!("step {}: {} needs `{f}` in `with`", step.id, def.name),
+            );
+        }
+        for (k, v) in &step.with {
+            if templated.contains(&vec![k.clone()]) || def.spec.unknown(&single(k, v)).contains(k) {
+                continue;
+            }
+            let mut one = single(k, v);
+            if let Value::Object(group) = v {
+                let mut g = group.clone();
+                g.retain(|sub, _| !templated.contains(&vec![k.clone(), sub.clone()]));
+                one.insert(k.clone(), Value::Object(g));
+            }
+            def.spec.prepare(&mut one);
+            if let Err(e) = (def.check)(Value::Object(one)) {
+                let at = self.loc.with_field(i, std::slice::from_ref(k));
+                self.add(at, format!("step {}: with.{k}: {e}", step.id));
             }
         }
-        seen.entry(&step.id).or_insert(i);
-    }
-    list.sort();
-    list.dedup();
-    Problems {
-        file: file.into(),
-        list,
     }
 }
 

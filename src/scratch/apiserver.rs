@@ -6,10 +6,11 @@ use std::time::Duration;
 
 use super::Server;
 use crate::error::{Error, IoContext, Result};
+use crate::k8s::Cluster;
 
 pub struct ScratchApiserver {
     server: Server,
-    pub client: kube::Client,
+    pub cluster: Cluster,
 }
 
 impl ScratchApiserver {
@@ -98,7 +99,15 @@ impl ScratchApiserver {
                 }
             })
             .await?;
-        Ok(ScratchApiserver { server, client })
+        Ok(ScratchApiserver {
+            server,
+            cluster: Cluster {
+                client,
+                default_namespace: "default".into(),
+                url: format!("https://127.0.0.1:{port}"),
+                configured_identity: "kirt-drill (scratch apiserver token)".into(),
+            },
+        })
     }
 
     pub async fn stop(mut self) {

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use bytes::Bytes;
-use etcd_client::GetOptions;
+use etcd_client::{GetOptions, HashKvResponse};
 use serde::{Deserialize, Serialize};
 
 use super::manifest::{self, Manifest};
@@ -311,29 +311,14 @@ async fn create(ctx: &Ctx, spec: &BackupCreateSpec) -> Result<BackupResult> {
     .await;
     stage.finish();
     let encoded = outcome.into_result()?;
-    let digest = encoded.output;
-    if !digest.trailer_ok {
-        encoded.upload.abort().await;
-        return Err(Error::VerifyFailed(format!(
-            "etcd {endpoint} sent a snapshot whose sha256 trailer does not match its content ({} bytes); nothing was published",
-            digest.size
-        )));
-    }
-    let hash = match join("HashKV", hash_task).await {
-        Ok(Ok(h)) => h,
-        Ok(Err(e)) => {
-            encoded.upload.abort().await;
-            return Err(Error::Etcd {
-                endpoint,
-                context: "HashKV".into(),
-                source: e,
-            });
-        }
+    let hash = match vouch(&endpoint, &encoded.output, hash_task).await {
+        Ok(h) => h,
         Err(e) => {
             encoded.upload.abort().await;
             return Err(e);
         }
     };
+    let digest = encoded.output;
 
     let m = Manifest {
         format: manifest::FORMAT.into(),
@@ -395,6 +380,27 @@ async fn create(ctx: &Ctx, spec: &BackupCreateSpec) -> Result<BackupResult> {
         seconds = format!("{:.2}", result.duration_seconds), "backup complete"
     );
     Ok(result)
+}
+
+/// What must hold before the stream becomes a backup: etcd's trailer matched the snapshot, and
+/// HashKV at the recorded revision answered (its value goes into the manifest).
+async fn vouch(
+    endpoint: &str,
+    digest: &SnapshotDigest,
+    hash_task: tokio::task::JoinHandle<std::result::Result<HashKvResponse, etcd_client::Error>>,
+) -> Result<HashKvResponse> {
+    if !digest.trailer_ok {
+        hash_task.abort();
+        return Err(Error::VerifyFailed(format!(
+            "etcd {endpoint} sent a snapshot whose sha256 trailer does not match its content ({} bytes); nothing was published",
+            digest.size
+        )));
+    }
+    join("HashKV", hash_task).await?.map_err(|e| Error::Etcd {
+        endpoint: endpoint.to_string(),
+        context: "HashKV".into(),
+        source: e,
+    })
 }
 
 /// The producer: one member's snapshot stream, its etcd trailer checked on the fly.

@@ -15,9 +15,10 @@ use super::manifest::Manifest;
 use super::source::{BackupSource, Located};
 use crate::context::Ctx;
 use crate::crypto::DecryptOptions;
-use crate::error::{join, Error, Result};
+use crate::error::{join, Error, IoContext, Result};
 use crate::output::{Render, Table};
-use crate::pipeline::{open_reader, Decoder, Decryption, TrailerCheck};
+use crate::pipeline::{open_reader, DecodeStats, Decoder, Decryption, TrailerCheck};
+use crate::progress::Stage;
 use crate::scratch::{etcdutl_restore, Ports, ScratchEtcd};
 
 /// Defaults shared by the commands that restore.
@@ -136,18 +137,6 @@ pub struct Streamed {
     pub ok: bool,
 }
 
-fn check(
-    checks: &mut Vec<Check>,
-    name: &str,
-    expected: impl ToString,
-    actual: impl ToString,
-) -> bool {
-    let c = Check::new(name, expected, actual);
-    let ok = c.ok;
-    checks.push(c);
-    ok
-}
-
 /// Streams the object through decrypt + decompress, checks every digest, and writes the plaintext
 /// snapshot to `out` if given. Errors while decoding (wrong key, corrupt or truncated object) are
 /// verification failures with their own message.
@@ -157,7 +146,7 @@ pub async fn stream_and_check(
     decryption: Decryption,
     out: Option<PathBuf>,
 ) -> Result<Streamed> {
-    let m = loc.manifest.clone();
+    let m = &loc.manifest;
     let size = loc.entry.stored_size;
     if size < m.object_size {
         return Err(Error::VerifyFailed(format!(
@@ -173,44 +162,11 @@ pub async fn stream_and_check(
         )));
     }
     let reader = loc.store.get(&m.object).await?;
-    let stage = ctx.progress.stage("verify", Some(m.object_size));
-    let stage: Arc<dyn crate::progress::Stage> = Arc::from(stage);
+    let stage: Arc<dyn Stage> = Arc::from(ctx.progress.stage("verify", Some(m.object_size)));
     let s = stage.clone();
     let res = join(
         "verify",
-        tokio::task::spawn_blocking(
-            move || -> Result<(TrailerCheck, Option<crate::pipeline::DecodeStats>)> {
-                let source = open_reader(reader);
-                let mut dec = Decoder::new(source, decryption, true)?;
-                let mut trailer = TrailerCheck::default();
-                let mut file = match &out {
-                    Some(p) => Some(std::io::BufWriter::new(
-                        std::fs::File::create(p)
-                            .map_err(|e| Error::io(format!("creating {}", p.display()), e))?,
-                    )),
-                    None => None,
-                };
-                let mut buf = vec![0u8; 1 << 20];
-                loop {
-                    let n = match dec.read(&mut buf) {
-                        Ok(0) => break,
-                        Ok(n) => n,
-                        Err(e) => return Err(decode_error(e)),
-                    };
-                    trailer.update(&buf[..n]);
-                    s.inc(n as u64);
-                    if let Some(f) = file.as_mut() {
-                        f.write_all(&buf[..n])
-                            .map_err(|e| Error::io("writing the restored snapshot", e))?;
-                    }
-                }
-                if let Some(mut f) = file {
-                    f.flush()
-                        .map_err(|e| Error::io("writing the restored snapshot", e))?;
-                }
-                Ok((trailer, dec.finish()))
-            },
-        ),
+        tokio::task::spawn_blocking(move || decode(open_reader(reader), decryption, out, &*s)),
     )
     .await?;
     stage.finish();
@@ -221,41 +177,56 @@ pub async fn stream_and_check(
             "the object ended before its encryption/compression stream did (truncated)".into(),
         )
     })?;
-
-    let mut checks = Vec::new();
-    let mut ok = true;
-    ok &= check(
-        &mut checks,
-        "stored size",
-        m.object_size,
-        stored.stored_size,
-    );
-    ok &= check(
-        &mut checks,
-        "stored sha256",
-        &m.object_sha256,
-        &stored.stored_sha256,
-    );
-    ok &= check(&mut checks, "snapshot size", m.snapshot.size, digest.size);
-    ok &= check(
-        &mut checks,
-        "snapshot sha256",
-        &m.snapshot.sha256,
-        &digest.file_sha256,
-    );
-    ok &= check(
-        &mut checks,
-        "etcd trailer (db sha256)",
-        &m.snapshot.db_sha256,
-        &digest.db_sha256,
-    );
-    ok &= check(
-        &mut checks,
-        "etcd trailer matches db",
-        true,
-        digest.trailer_ok,
-    );
+    let checks = vec![
+        Check::new("stored size", m.object_size, stored.stored_size),
+        Check::new("stored sha256", &m.object_sha256, &stored.stored_sha256),
+        Check::new("snapshot size", m.snapshot.size, digest.size),
+        Check::new("snapshot sha256", &m.snapshot.sha256, &digest.file_sha256),
+        Check::new(
+            "etcd trailer (db sha256)",
+            &m.snapshot.db_sha256,
+            &digest.db_sha256,
+        ),
+        Check::new("etcd trailer matches db", true, digest.trailer_ok),
+    ];
+    let ok = checks.iter().all(|c| c.ok);
     Ok(Streamed { checks, ok })
+}
+
+/// The blocking side: decrypt and decompress, check etcd's trailer on the fly, and write the
+/// plaintext snapshot to `out` if given.
+fn decode(
+    source: Box<dyn Read + Send>,
+    decryption: Decryption,
+    out: Option<PathBuf>,
+    stage: &dyn Stage,
+) -> Result<(TrailerCheck, Option<DecodeStats>)> {
+    let mut dec = Decoder::new(source, decryption, true)?;
+    let mut trailer = TrailerCheck::default();
+    let mut file = match &out {
+        Some(p) => Some(std::io::BufWriter::new(
+            std::fs::File::create(p).ctx(|| format!("creating {}", p.display()))?,
+        )),
+        None => None,
+    };
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = match dec.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) => return Err(decode_error(e)),
+        };
+        trailer.update(&buf[..n]);
+        stage.inc(n as u64);
+        if let Some(f) = file.as_mut() {
+            f.write_all(&buf[..n])
+                .ctx(|| "writing the restored snapshot".into())?;
+        }
+    }
+    if let Some(mut f) = file {
+        f.flush().ctx(|| "writing the restored snapshot".into())?;
+    }
+    Ok((trailer, dec.finish()))
 }
 
 fn decode_error(e: std::io::Error) -> Error {
@@ -295,7 +266,7 @@ pub async fn run(ctx: &Ctx, spec: BackupVerifySpec) -> Result<VerifyResult> {
     let mut checks = streamed.checks;
     let mut ok = streamed.ok;
     if let (true, Some(dir), Some(snap)) = (ok, tmp.as_ref(), snap) {
-        let (restore_checks, restore_ok) = trial_restore(
+        let restore_checks = trial_restore(
             &spec.etcd_bin,
             &spec.etcdutl_bin,
             &snap,
@@ -303,8 +274,8 @@ pub async fn run(ctx: &Ctx, spec: BackupVerifySpec) -> Result<VerifyResult> {
             &loc.manifest,
         )
         .await?;
+        ok &= restore_checks.iter().all(|c| c.ok);
         checks.extend(restore_checks);
-        ok &= restore_ok;
     }
     let result = VerifyResult {
         backup: loc.entry.id.clone(),
@@ -333,33 +304,21 @@ pub async fn trial_restore(
     snap: &Path,
     dir: &Path,
     m: &Manifest,
-) -> Result<(Vec<Check>, bool)> {
+) -> Result<Vec<Check>> {
     let data = dir.join("data");
     let ports = Ports::free()?;
     etcdutl_restore(etcdutl_bin, snap, &data, &ports.restore_args("kirt-verify")).await?;
     let etcd = ScratchEtcd::start(etcd_bin, "kirt-verify", &data, &ports, dir).await?;
-    let mut checks = Vec::new();
-    let mut ok = true;
     let observed = etcd.observe(m.etcd.revision).await;
     etcd.stop().await;
     let observed = observed?;
-    ok &= check(
-        &mut checks,
-        "restored revision >= recorded",
-        true,
-        observed.revision >= m.etcd.revision,
-    );
-    ok &= check(
-        &mut checks,
-        "keys at revision",
-        m.etcd.key_count,
-        observed.key_count,
-    );
-    ok &= check(
-        &mut checks,
-        "HashKV at revision",
-        m.etcd.hash_kv,
-        observed.hash_kv,
-    );
-    Ok((checks, ok))
+    Ok(vec![
+        Check::new(
+            "restored revision >= recorded",
+            true,
+            observed.revision >= m.etcd.revision,
+        ),
+        Check::new("keys at revision", m.etcd.key_count, observed.key_count),
+        Check::new("HashKV at revision", m.etcd.hash_kv, observed.hash_kv),
+    ])
 }

@@ -348,6 +348,42 @@ async fn role_rules(cluster: &Cluster, kind: &str, ns: Option<&str>, name: &str)
     })
 }
 
+/// (kind, name, env, envFrom) of every container of every kind.
+type ContainerEnv = (
+    &'static str,
+    String,
+    Option<Vec<k8s_openapi::api::core::v1::EnvVar>>,
+    Option<Vec<k8s_openapi::api::core::v1::EnvFromSource>>,
+);
+
+fn container_env(spec: &k8s_openapi::api::core::v1::PodSpec) -> Vec<ContainerEnv> {
+    let regular = spec.containers.iter().map(|c| {
+        (
+            "container",
+            c.name.clone(),
+            c.env.clone(),
+            c.env_from.clone(),
+        )
+    });
+    let init = spec.init_containers.iter().flatten().map(|c| {
+        (
+            "initContainer",
+            c.name.clone(),
+            c.env.clone(),
+            c.env_from.clone(),
+        )
+    });
+    let ephemeral = spec.ephemeral_containers.iter().flatten().map(|c| {
+        (
+            "ephemeralContainer",
+            c.name.clone(),
+            c.env.clone(),
+            c.env_from.clone(),
+        )
+    });
+    regular.chain(init).chain(ephemeral).collect()
+}
+
 /// Names of the ConfigMaps and Secrets the pod refers to, and where from. Names only: values
 /// are never read.
 pub fn references(pod: &Pod) -> Value {
@@ -359,33 +395,7 @@ pub fn references(pod: &Pod) -> Value {
     let add = |map: &mut BTreeMap<String, BTreeSet<String>>, name: &str, via: String| {
         map.entry(name.to_string()).or_default().insert(via);
     };
-    // (kind, name, env, envFrom) for every container kind
-    let mut containers = Vec::new();
-    for c in &spec.containers {
-        containers.push((
-            "container",
-            c.name.clone(),
-            c.env.clone(),
-            c.env_from.clone(),
-        ));
-    }
-    for c in spec.init_containers.iter().flatten() {
-        containers.push((
-            "initContainer",
-            c.name.clone(),
-            c.env.clone(),
-            c.env_from.clone(),
-        ));
-    }
-    for c in spec.ephemeral_containers.iter().flatten() {
-        containers.push((
-            "ephemeralContainer",
-            c.name.clone(),
-            c.env.clone(),
-            c.env_from.clone(),
-        ));
-    }
-    for (kind, cname, env, env_from) in containers {
+    for (kind, cname, env, env_from) in container_env(spec) {
         for e in env.iter().flatten() {
             let Some(from) = &e.value_from else { continue };
             if let Some(r) = &from.secret_key_ref {

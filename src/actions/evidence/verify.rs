@@ -261,95 +261,93 @@ pub async fn run(_ctx: &Ctx, spec: EvidenceVerifySpec) -> Result<VerifyResult> {
     Ok(result)
 }
 
-/// Marks a file's status; the first problem found for a file is the one shown.
-fn flag(status: &mut BTreeMap<String, &'static str>, path: &str, s: &'static str) {
-    let e = status.entry(path.to_string()).or_insert("ok");
-    if *e == "ok" {
-        *e = s;
-    }
+/// What comparing a bundle with its own records found: a status per file (the first problem
+/// found for a file is the one shown) and every problem.
+#[derive(Default)]
+struct Findings {
+    problems: Vec<String>,
+    status: BTreeMap<String, &'static str>,
 }
 
-pub(super) fn compare(bundle: &str, scan: &Scan) -> VerifyResult {
-    let mut problems = Vec::new();
-    let mut status: BTreeMap<String, &'static str> = BTreeMap::new();
-    if scan.top.as_deref() != Some(bundle) {
-        problems.push(format!(
-            "top directory is {:?}, expected {bundle:?}",
-            scan.top.as_deref().unwrap_or("(none)")
-        ));
-    }
-    for s in &scan.strays {
-        problems.push(format!("extra: {s}"));
+impl Findings {
+    fn flag(&mut self, path: &str, s: &'static str, problem: String) {
+        let e = self.status.entry(path.to_string()).or_insert("ok");
+        if *e == "ok" {
+            *e = s;
+        }
+        self.problems.push(problem);
     }
 
-    // 1. SHA256SUMS
-    let sums = match &scan.sums {
-        None => {
-            problems.push(format!("missing: {SUMS}"));
-            Vec::new()
-        }
-        Some(text) => match parse_sums(&String::from_utf8_lossy(text)) {
-            Ok(v) => v,
-            Err(e) => {
-                problems.push(format!("changed: {SUMS} is not in sha256sum format ({e})"));
+    /// SHA256SUMS: every listed file present with that digest, nothing unlisted.
+    fn sums(&mut self, scan: &Scan) {
+        let sums = match &scan.sums {
+            None => {
+                self.problems.push(format!("missing: {SUMS}"));
                 Vec::new()
             }
-        },
-    };
-    let listed: BTreeSet<&str> = sums.iter().map(|(_, p)| p.as_str()).collect();
-    for (sha, path) in &sums {
-        match scan.files.get(path) {
-            None => {
-                flag(&mut status, path, "missing");
-                problems.push(format!("missing: {path} (listed in {SUMS})"));
-            }
-            Some((_, actual)) if actual != sha => {
-                flag(&mut status, path, "changed");
-                problems.push(format!("changed: {path} (sha256 differs from {SUMS})"));
-            }
-            Some(_) => {
-                status.entry(path.clone()).or_insert("ok");
+            Some(text) => match parse_sums(&String::from_utf8_lossy(text)) {
+                Ok(v) => v,
+                Err(e) => {
+                    self.problems
+                        .push(format!("changed: {SUMS} is not in sha256sum format ({e})"));
+                    Vec::new()
+                }
+            },
+        };
+        let listed: BTreeSet<&str> = sums.iter().map(|(_, p)| p.as_str()).collect();
+        for (sha, path) in &sums {
+            match scan.files.get(path) {
+                None => self.flag(
+                    path,
+                    "missing",
+                    format!("missing: {path} (listed in {SUMS})"),
+                ),
+                Some((_, actual)) if actual != sha => self.flag(
+                    path,
+                    "changed",
+                    format!("changed: {path} (sha256 differs from {SUMS})"),
+                ),
+                Some(_) => {
+                    self.status.entry(path.clone()).or_insert("ok");
+                }
             }
         }
-    }
-    for path in scan.files.keys() {
-        if path != SUMS && !listed.contains(path.as_str()) && scan.sums.is_some() {
-            flag(&mut status, path, "extra");
-            problems.push(format!("extra: {path} (not in {SUMS})"));
+        for path in scan.files.keys() {
+            if path != SUMS && !listed.contains(path.as_str()) && scan.sums.is_some() {
+                self.flag(path, "extra", format!("extra: {path} (not in {SUMS})"));
+            }
         }
     }
 
-    // 2. manifest.json: an independent record of every file but itself and SHA256SUMS.
-    let manifest: Option<Manifest> = match &scan.manifest {
-        None => {
-            if !problems
-                .iter()
-                .any(|p| p.starts_with(&format!("missing: {MANIFEST}")))
-            {
-                problems.push(format!("missing: {MANIFEST}"));
+    /// manifest.json: an independent record of every file but itself and SHA256SUMS.
+    fn manifest(&mut self, bundle: &str, scan: &Scan) -> Option<Manifest> {
+        let m = match &scan.manifest {
+            None => {
+                let missing = format!("missing: {MANIFEST}");
+                if !self.problems.iter().any(|p| p.starts_with(&missing)) {
+                    self.problems.push(missing);
+                }
+                return None;
             }
-            None
-        }
-        Some(bytes) => match serde_json::from_slice::<Manifest>(bytes) {
-            Ok(m) if m.format == FORMAT => Some(m),
-            Ok(m) => {
-                problems.push(format!(
-                    "changed: {MANIFEST} has unknown format {:?}",
-                    m.format
-                ));
-                None
-            }
-            Err(e) => {
-                problems.push(format!(
-                    "changed: {MANIFEST} is not a kirt evidence manifest ({e})"
-                ));
-                None
-            }
-        },
-    };
-    if let Some(m) = &manifest {
+            Some(bytes) => match serde_json::from_slice::<Manifest>(bytes) {
+                Ok(m) if m.format == FORMAT => m,
+                Ok(m) => {
+                    self.problems.push(format!(
+                        "changed: {MANIFEST} has unknown format {:?}",
+                        m.format
+                    ));
+                    return None;
+                }
+                Err(e) => {
+                    self.problems.push(format!(
+                        "changed: {MANIFEST} is not a kirt evidence manifest ({e})"
+                    ));
+                    return None;
+                }
+            },
+        };
         if m.bundle != bundle {
-            problems.push(format!(
+            self.problems.push(format!(
                 "changed: {MANIFEST} names bundle {:?}, the file is {bundle:?}",
                 m.bundle
             ));
@@ -357,38 +355,53 @@ pub(super) fn compare(bundle: &str, scan: &Scan) -> VerifyResult {
         let in_manifest: BTreeSet<&str> = m.files.iter().map(|f| f.path.as_str()).collect();
         for f in &m.files {
             match scan.files.get(&f.path) {
-                None => {
-                    flag(&mut status, &f.path, "missing");
-                    problems.push(format!("missing: {} (listed in {MANIFEST})", f.path));
-                }
-                Some((size, sha)) if *size != f.size || *sha != f.sha256 => {
-                    flag(&mut status, &f.path, "changed");
-                    problems.push(format!(
-                        "changed: {} (size/sha256 differ from {MANIFEST})",
-                        f.path
-                    ));
-                }
+                None => self.flag(
+                    &f.path,
+                    "missing",
+                    format!("missing: {} (listed in {MANIFEST})", f.path),
+                ),
+                Some((size, sha)) if *size != f.size || *sha != f.sha256 => self.flag(
+                    &f.path,
+                    "changed",
+                    format!("changed: {} (size/sha256 differ from {MANIFEST})", f.path),
+                ),
                 Some(_) => {}
             }
         }
         for path in scan.files.keys() {
             if path != SUMS && path != MANIFEST && !in_manifest.contains(path.as_str()) {
-                flag(&mut status, path, "extra");
-                problems.push(format!("extra: {path} (not in {MANIFEST})"));
+                self.flag(path, "extra", format!("extra: {path} (not in {MANIFEST})"));
             }
         }
+        Some(m)
     }
+}
+
+pub(super) fn compare(bundle: &str, scan: &Scan) -> VerifyResult {
+    let mut f = Findings::default();
+    if scan.top.as_deref() != Some(bundle) {
+        f.problems.push(format!(
+            "top directory is {:?}, expected {bundle:?}",
+            scan.top.as_deref().unwrap_or("(none)")
+        ));
+    }
+    for s in &scan.strays {
+        f.problems.push(format!("extra: {s}"));
+    }
+    f.sums(scan);
+    let manifest = f.manifest(bundle, scan);
+    let mut problems = f.problems;
     problems.dedup();
 
     let mut files: Vec<FileCheck> = Vec::new();
     let mut paths: BTreeSet<&str> = scan.files.keys().map(String::as_str).collect();
-    paths.extend(status.keys().map(String::as_str));
+    paths.extend(f.status.keys().map(String::as_str));
     for path in paths {
         let actual = scan.files.get(path);
         let st = if path == SUMS && scan.sums.is_some() {
             "ok"
         } else {
-            status.get(path).copied().unwrap_or("unverified")
+            f.status.get(path).copied().unwrap_or("unverified")
         };
         files.push(FileCheck {
             path: path.to_string(),

@@ -136,6 +136,27 @@ impl PodRow {
         }
     }
 
+    /// A pod kirt did not have to change: `state` and what else was done, or `nothing`.
+    pub(crate) fn unchanged(pod: &Pod, state: &str, nothing: &str, changes: Vec<String>) -> Self {
+        let detail = if changes.is_empty() {
+            format!("{state}; {nothing}")
+        } else {
+            format!("{state}; {}", changes.join("; "))
+        };
+        let mut row = PodRow::new(pod, Outcome::Unchanged, detail);
+        row.changes = changes;
+        row
+    }
+
+    /// A pod changed (or, in a dry run, that would be) by `patch`.
+    pub(crate) fn changed(pod: &Pod, dry: bool, changes: Vec<String>, patch: Value) -> Self {
+        let outcome = if dry { Outcome::WouldDo } else { Outcome::Done };
+        let mut row = PodRow::new(pod, outcome, changes.join("; "));
+        row.changes = changes;
+        row.patch = Some(patch);
+        row
+    }
+
     pub(crate) fn failed(pod: &Pod, e: &Error) -> Self {
         let mut row = PodRow::new(pod, Outcome::Failed, e.to_string());
         row.exit = e.exit();
@@ -246,6 +267,16 @@ pub(crate) fn note_totals(
     ));
 }
 
+/// (changed or would be changed, unchanged, failed) pods.
+pub(crate) fn tally(rows: &[PodRow]) -> (usize, usize, usize) {
+    let n = |f: fn(Outcome) -> bool| rows.iter().filter(|r| f(r.outcome)).count();
+    (
+        n(|o| matches!(o, Outcome::Done | Outcome::WouldDo)),
+        n(|o| o == Outcome::Unchanged),
+        n(|o| o == Outcome::Failed),
+    )
+}
+
 /// 0 if nothing failed, the failure's own code if everything failed, else 5 (partial).
 pub(crate) fn aggregate_exit(exits: impl Iterator<Item = Exit>, failed: usize) -> Exit {
     let exits: Vec<Exit> = exits.collect();
@@ -321,13 +352,7 @@ pub async fn run(ctx: &Ctx, spec: QuarantineSpec) -> Result<QuarantineReport> {
             Err(e) => report.pods.push(PodRow::failed(&pod, &e)),
         }
     }
-    for r in &report.pods {
-        match r.outcome {
-            Outcome::Done | Outcome::WouldDo => report.quarantined += 1,
-            Outcome::Unchanged => report.unchanged += 1,
-            Outcome::Failed => report.failed += 1,
-        }
-    }
+    (report.quarantined, report.unchanged, report.failed) = tally(&report.pods);
     Ok(report)
 }
 
@@ -437,14 +462,12 @@ async fn quarantine_pod(
     .await?;
     let already = is_quarantined(pod);
     let Some((patched, patch)) = applied else {
-        let detail = if changes.is_empty() {
-            "already quarantined; pod unchanged".to_string()
-        } else {
-            format!("already quarantined; {}", changes.join("; "))
-        };
-        let mut row = PodRow::new(pod, Outcome::Unchanged, detail);
-        row.changes = changes;
-        return Ok(row);
+        return Ok(PodRow::unchanged(
+            pod,
+            "already quarantined",
+            "pod unchanged",
+            changes,
+        ));
     };
     let message = format!(
         "quarantined by kirt ({by}){}",
@@ -473,11 +496,7 @@ async fn quarantine_pod(
             "labels replaced (originals in kirt.dev/original-labels)".to_string()
         },
     );
-    let outcome = if dry { Outcome::WouldDo } else { Outcome::Done };
-    let mut row = PodRow::new(pod, outcome, changes.join("; "));
-    row.changes = changes;
-    row.patch = Some(patch);
-    Ok(row)
+    Ok(PodRow::changed(pod, dry, changes, patch))
 }
 
 /// For a pod that is already quarantined: the patch adding the per-pod label when allowances are

@@ -12,7 +12,7 @@ use kube::Resource;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use super::apply::{aggregate_exit, note_patches, note_totals, pod_table, PodRow};
+use super::apply::{aggregate_exit, note_patches, note_totals, pod_table, tally, PodRow};
 use super::policies::{is_kirt_policy, patch_policy, PolicyChange};
 use super::policy_eval::Labels;
 use super::{is_quarantined, pod_policy_name, Outcome, DEFAULT_CONCURRENCY, NS_POLICY};
@@ -123,12 +123,8 @@ pub async fn run(ctx: &Ctx, spec: ReleaseSpec) -> Result<ReleaseReport> {
         }
         (None, sel) => {
             let sel = sel.as_deref().unwrap_or_default();
-            let scope = spec.target.scope(ctx).await?;
-            let pods = quarantined_matching(cluster, scope.as_deref(), sel).await?;
+            let pods = quarantined_matching(ctx, &spec.target, sel).await?;
             if pods.is_empty() {
-                if let Some(ns) = &scope {
-                    ensure_namespace(cluster, ns).await?;
-                }
                 report.notes.push(format!(
                     "no quarantined pod matches -l {sel}; nothing to do"
                 ));
@@ -182,13 +178,8 @@ pub async fn run(ctx: &Ctx, spec: ReleaseSpec) -> Result<ReleaseReport> {
         let released = &released;
         async move {
             let empty = BTreeSet::new();
-            let res = cleanup_namespace(
-                cluster,
-                ctx.dry_run,
-                &ns,
-                released.get(&ns).unwrap_or(&empty),
-            )
-            .await;
+            let released = released.get(&ns).unwrap_or(&empty);
+            let res = cleanup_namespace(cluster, ctx.dry_run, &ns, released).await;
             (ns, res)
         }
     })
@@ -203,34 +194,33 @@ pub async fn run(ctx: &Ctx, spec: ReleaseSpec) -> Result<ReleaseReport> {
             Err(e) => report.cleanup_errors.push(format!("namespace {ns}: {e}")),
         }
     }
-    for r in &report.pods {
-        match r.outcome {
-            Outcome::Done | Outcome::WouldDo => report.released += 1,
-            Outcome::Unchanged => report.unchanged += 1,
-            Outcome::Failed => report.failed += 1,
-        }
-    }
+    (report.released, report.unchanged, report.failed) = tally(&report.pods);
     Ok(report)
 }
 
-/// Quarantined pods whose current or original labels match `selector`.
-async fn quarantined_matching(
-    cluster: &Cluster,
-    scope: Option<&str>,
-    selector: &str,
-) -> Result<Vec<Pod>> {
+/// Quarantined pods whose current or original labels match `selector` (none: NotFound only
+/// when the namespace itself does not exist).
+async fn quarantined_matching(ctx: &Ctx, target: &PodTarget, selector: &str) -> Result<Vec<Pod>> {
     let wanted = selector::parse(selector).map_err(Error::usage)?;
+    let scope = target.scope(ctx).await?;
+    let cluster = ctx.cluster().await?;
     let quarantined = cluster
-        .scoped::<Pod>(scope)
+        .scoped::<Pod>(scope.as_deref())
         .list_labelled(&format!("{QUARANTINED}=true"))
         .await?;
-    Ok(quarantined
+    let pods: Vec<Pod> = quarantined
         .into_iter()
         .filter(|p| {
             selector::matches(&wanted, &labels_of(p))
                 || original_labels(p).is_some_and(|l| selector::matches(&wanted, &l))
         })
-        .collect())
+        .collect();
+    if pods.is_empty() {
+        if let Some(ns) = &scope {
+            ensure_namespace(cluster, ns).await?;
+        }
+    }
+    Ok(pods)
 }
 
 fn original_labels(pod: &Pod) -> Option<Labels> {
@@ -312,14 +302,12 @@ async fn release_pod(
         }
     }
     let Some((patched, patch)) = applied else {
-        let detail = if changes.is_empty() {
-            "not quarantined; nothing to release".to_string()
-        } else {
-            format!("not quarantined; {}", changes.join("; "))
-        };
-        let mut row = PodRow::new(pod, Outcome::Unchanged, detail);
-        row.changes = changes;
-        return Ok(row);
+        return Ok(PodRow::unchanged(
+            pod,
+            "not quarantined",
+            "nothing to release",
+            changes,
+        ));
     };
     Recorder::new(cluster, dry)
         .publish_or_warn(
@@ -333,11 +321,7 @@ async fn release_pod(
         0,
         "original labels restored, kirt annotations removed".into(),
     );
-    let outcome = if dry { Outcome::WouldDo } else { Outcome::Done };
-    let mut row = PodRow::new(pod, outcome, changes.join("; "));
-    row.changes = changes;
-    row.patch = Some(patch);
-    Ok(row)
+    Ok(PodRow::changed(pod, dry, changes, patch))
 }
 
 async fn delete_allowance_policy(
