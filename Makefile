@@ -7,7 +7,7 @@ export KIRT_LAB_CACHE ?= $(HOME)/.cache/kirt-lab
 PREFIX ?= /usr/local
 KIRT_BIN ?= target/release/kirt
 
-.PHONY: image all build release deps lab-deps lab-up lab-down lab-status test test-unit demo bench lint fmt clean install
+.PHONY: image all build release deps lab-deps lab-up lab-down lab-status test test-unit demo bench lint deny advisory-db fmt clean install
 
 all: build
 
@@ -43,10 +43,18 @@ demo: lab-deps
 bench: lab-deps
 	bash benches/run.sh
 
-lint:
+lint: deny
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
-	bash -n tests/lab/*.sh .ci/run
+	bash -n tests/lab/*.sh deny/*.sh benches/*.sh .ci/run
+
+## Supply chain, offline: advisories (vendored RustSec database), licenses, sources, duplicate majors.
+deny:
+	bash deny/check.sh
+
+## Refresh deny/advisory-db (ADVISORY_DB=DIR or ADVISORY_DB=https://github.com/RustSec/advisory-db).
+advisory-db:
+	bash deny/update-advisory-db.sh
 
 fmt:
 	$(CARGO) fmt --all
