@@ -7,7 +7,8 @@
 #   4. kirt backup create to the same S3 server (its default zstd level 1; level 3 is measured too)
 # The S3 server is s3s-fs: on these 2 shared cores moto's Python spends 1.5–2.6 CPU-seconds per
 # 256 MiB backup, which would measure moto rather than either contender.
-# K4: benches/quarantine.sh (1 pod and 200 pods against the lab apiserver), at the end.
+# K4: benches/quarantine.sh (1 pod and 200 pods against the lab apiserver), at the end; then K5
+# benches/evidence.sh and K14 benches/hostile.sh (planted oversized input, zstd bomb, signals).
 # Targets: kirt ≥ 2.5× faster than (2); kirt ≤ 1.25× (3); peak RSS ≤ 100 MiB and within 10 %
 # between the two sizes. Prints the figures and which targets pass. Servers run on 127.0.0.1 only.
 set -euo pipefail
@@ -154,5 +155,8 @@ KIRT="$PWD/$KIRT" bash benches/quarantine.sh || fail=1
 echo
 echo "== K5 evidence (pod with 100 MB of logs)"
 KIRT_BIN="$PWD/$KIRT" bash benches/evidence.sh || fail=1
+echo
+echo "== K14 planted input and signals"
+KIRT="$PWD/$KIRT" bash benches/hostile.sh || fail=1
 ((lab_started)) && bash tests/lab/lab.sh down >&2
 exit $fail

@@ -96,6 +96,8 @@ pub enum Command {
     /// Forensic evidence: collect one verifiable bundle per pod, verify it, list bundles
     #[command(subcommand)]
     Evidence(EvidenceCmd),
+    /// Make a minisign key pair that signs backups and evidence bundles (minisign-compatible)
+    Keygen(actions::keygen::KeygenSpec),
     /// Print kirt's version and git commit
     Version,
     /// Print shell completions
@@ -203,8 +205,9 @@ pub enum EvidenceCmd {
 }
 
 /// Builds the context from the global options. Only the binary calls this.
-pub fn context(g: &GlobalArgs) -> Ctx {
+pub fn context(g: &GlobalArgs, shutdown: crate::signal::Shutdown) -> Ctx {
     let mut ctx = Ctx::new(g.kube.clone());
+    ctx.shutdown = shutdown;
     ctx.format = g.output;
     ctx.dry_run = g.dry_run;
     ctx.yes = g.yes;
@@ -220,8 +223,8 @@ pub fn context(g: &GlobalArgs) -> Ctx {
     ctx
 }
 
-pub async fn run(cli: Cli) -> Result<Exit> {
-    let ctx = context(&cli.global);
+pub async fn run(cli: Cli, shutdown: crate::signal::Shutdown) -> Result<Exit> {
+    let ctx = context(&cli.global, shutdown);
     match cli.command {
         Command::Doctor(spec) => show(&ctx, &actions::doctor::run(&ctx, spec).await?),
         Command::Quarantine(QuarantineCmd {
@@ -299,6 +302,7 @@ pub async fn run(cli: Cli) -> Result<Exit> {
         Command::Evidence(EvidenceCmd::List(spec)) => {
             show(&ctx, &actions::evidence::list::run(&ctx, spec).await?)
         }
+        Command::Keygen(spec) => show(&ctx, &actions::keygen::run(&ctx, spec)?),
         Command::Version => show(&ctx, &actions::version::run()),
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "kirt", &mut std::io::stdout());

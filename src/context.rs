@@ -11,6 +11,7 @@ use crate::error::{Error, Result};
 use crate::k8s::{Cluster, KubeOptions};
 use crate::output::Format;
 use crate::progress::{self, Progress};
+use crate::signal::Shutdown;
 
 /// Asks a person to confirm a mutation. `None` means nobody can be asked (no terminal).
 pub trait Prompt: Send + Sync {
@@ -36,6 +37,8 @@ pub struct Ctx {
     pub progress: Arc<dyn Progress>,
     /// Who answers `confirm` questions (a terminal prompt, or nobody).
     pub prompt: Arc<dyn Prompt>,
+    /// SIGINT/SIGTERM: long commands stop cleanly when it fires.
+    pub shutdown: Shutdown,
     cluster: OnceCell<Cluster>,
 }
 
@@ -49,6 +52,7 @@ impl Ctx {
             journal_dir: None,
             progress: progress::none(),
             prompt: Arc::new(NoPrompt),
+            shutdown: Shutdown::default(),
             cluster: OnceCell::new(),
         }
     }
@@ -93,13 +97,47 @@ impl Ctx {
     }
 }
 
-/// kirt's state directory: `$XDG_STATE_HOME/kirt` or `~/.local/state/kirt` (journals, pending
-/// upload ids).
-pub fn state_dir() -> PathBuf {
-    let base = std::env::var_os("XDG_STATE_HOME")
+/// kirt's state directory (run journals): `$XDG_STATE_HOME/kirt` or `~/.local/state/kirt`.
+/// Never a shared temp dir: journals describe what was done to the cluster.
+pub fn state_dir() -> Result<PathBuf> {
+    std::env::var_os("XDG_STATE_HOME")
         .filter(|v| !v.is_empty())
         .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| std::path::Path::new(&h).join(".local/state")))
-        .unwrap_or_else(std::env::temp_dir);
-    base.join("kirt")
+        .or_else(|| {
+            std::env::var_os("HOME")
+                .filter(|v| !v.is_empty())
+                .map(|h| std::path::Path::new(&h).join(".local/state"))
+        })
+        .map(|base| base.join("kirt"))
+        .ok_or_else(|| {
+            Error::usage("no state directory: set $XDG_STATE_HOME or $HOME, or give --journal DIR")
+        })
+}
+
+/// Creates `dir` (and missing parents) readable by its owner only (0700); an existing directory
+/// keeps its mode.
+pub fn private_dir(dir: &std::path::Path) -> Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| Error::io(format!("creating {}", dir.display()), e))
+}
+
+/// Writes a new file readable by its owner only (0600); an existing file is an error unless
+/// `replace` (then it is truncated, keeping its mode).
+pub fn write_private(path: &std::path::Path, data: &[u8], replace: bool) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut open = std::fs::OpenOptions::new();
+    open.write(true).mode(0o600);
+    if replace {
+        open.create(true).truncate(true);
+    } else {
+        open.create_new(true);
+    }
+    open.open(path)
+        .and_then(|mut f| f.write_all(data).and_then(|_| f.sync_all()))
+        .map_err(|e| Error::io(format!("writing {}", path.display()), e))
 }

@@ -32,6 +32,10 @@ pub enum Exit {
     Forbidden = 7,
     /// A server (apiserver, etcd, S3) could not be reached.
     Unreachable = 8,
+    /// Stopped by SIGINT (128 + 2); what was in progress was undone.
+    Interrupted = 130,
+    /// Stopped by SIGTERM (128 + 15); what was in progress was undone.
+    Terminated = 143,
 }
 
 impl From<Exit> for ExitCode {
@@ -72,8 +76,8 @@ pub enum Error {
     VerifyFailed(String),
 
     /// SIGINT/SIGTERM stopped the command; what it was doing was undone.
-    #[error("{0}")]
-    Interrupted(String),
+    #[error("{message}")]
+    Interrupted { signal: i32, message: String },
 
     #[error("kubernetes API: {context}: {source}")]
     Kube {
@@ -182,6 +186,8 @@ impl Error {
             Error::Unreachable { .. } => Exit::Unreachable,
             Error::Refused(_) => Exit::Refused,
             Error::VerifyFailed(_) => Exit::VerifyFailed,
+            Error::Interrupted { signal, .. } if *signal == libc::SIGINT => Exit::Interrupted,
+            Error::Interrupted { .. } => Exit::Terminated,
             _ => Exit::Failure,
         }
     }
@@ -262,6 +268,8 @@ mod tests {
         assert_eq!(Exit::VerifyFailed as u8, 3);
         assert_eq!(Exit::Refused as u8, 4);
         assert_eq!(Exit::Partial as u8, 5);
+        assert_eq!(Exit::Interrupted as u8, 130);
+        assert_eq!(Exit::Terminated as u8, 143);
         assert_eq!(Error::usage("x").exit(), Exit::Usage);
         assert_eq!(Error::not_found("pod a/b", "").exit(), Exit::NotFound);
     }

@@ -22,7 +22,17 @@ fn main() -> ExitCode {
             return ExitCode::from(kirt::Exit::Failure as u8);
         }
     };
-    match runtime.block_on(kirt::cli::run(cli)) {
+    let result = runtime.block_on(async {
+        let shutdown = kirt::signal::Shutdown::install()
+            .map_err(|e| kirt::Error::io("installing the SIGINT/SIGTERM handlers", e))?;
+        // Long commands watch `shutdown` and undo what is in progress; any other command is cut
+        // short once the grace period after the signal has passed.
+        tokio::select! {
+            r = kirt::cli::run(cli, shutdown.clone()) => r,
+            e = shutdown.grace_expired() => Err(e),
+        }
+    });
+    match result {
         Ok(exit) => exit.into(),
         Err(e) => {
             tracing::debug!(error = ?e, "command failed");
@@ -38,7 +48,7 @@ fn init_logging(g: &kirt::cli::GlobalArgs) {
         (true, _) => "error,kube_client=off",
         (false, 0) => "kirt=info,warn,kube_client=off",
         (false, 1) => "kirt=debug,info",
-        (false, _) => "trace",
+        (false, _) => "kirt=trace,info",
     };
     let filter = EnvFilter::try_from_env("KIRT_LOG").unwrap_or_else(|_| EnvFilter::new(default));
     let builder = tracing_subscriber::fmt()

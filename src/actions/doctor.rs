@@ -525,6 +525,18 @@ async fn rbac_checks(cluster: &Cluster, ns: &str, r: &mut Report) {
 
 /// Whether a NetworkPolicy-enforcing CNI is recognisable in kube-system.
 async fn cni_check(cluster: &Cluster, r: &mut Report) {
+    match enforcing_cni(cluster).await {
+        Some(found) => r.ok("network", "NetworkPolicy enforcement", found),
+        None => r.warn("network", "NetworkPolicy enforcement", NO_CNI, NO_CNI_HINT),
+    }
+}
+
+pub(crate) const NO_CNI: &str = "no NetworkPolicy-enforcing CNI recognised in kube-system";
+pub(crate) const NO_CNI_HINT: &str = "quarantine policies are written but only a CNI that enforces NetworkPolicy (Calico, Cilium, Antrea, …) makes them isolate";
+
+/// "calico found (calico-node in kube-system)", or None when no known enforcing CNI's
+/// DaemonSet or pod is in kube-system (or kirt may not look).
+pub(crate) async fn enforcing_cni(cluster: &Cluster) -> Option<String> {
     let mut names: Vec<String> = Vec::new();
     if let Ok(list) = cluster
         .namespaced::<DaemonSet>("kube-system")
@@ -536,15 +548,12 @@ async fn cni_check(cluster: &Cluster, r: &mut Report) {
     if let Ok(list) = cluster.namespaced::<Pod>("kube-system").list_all().await {
         names.extend(list.into_iter().filter_map(|p| p.metadata.name));
     }
-    match names.iter().find_map(|n| ENFORCING_CNIS.iter().find(|c| n.contains(**c)).map(|c| (n, c))) {
-        Some((n, c)) => r.ok("network", "NetworkPolicy enforcement", format!("{c} found ({n} in kube-system)")),
-        None => r.warn(
-            "network",
-            "NetworkPolicy enforcement",
-            "no NetworkPolicy-enforcing CNI recognised in kube-system",
-            "quarantine policies are written but only a CNI that enforces NetworkPolicy (Calico, Cilium, Antrea, …) makes them isolate",
-        ),
-    }
+    names.iter().find_map(|n| {
+        ENFORCING_CNIS
+            .iter()
+            .find(|c| n.contains(**c))
+            .map(|c| format!("{c} found ({n} in kube-system)"))
+    })
 }
 
 async fn etcd_checks(opts: &EtcdOptions, r: &mut Report) {

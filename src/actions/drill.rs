@@ -17,14 +17,15 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use serde::{Deserialize, Serialize};
 
 use crate::actions::backup::manifest::Manifest;
-use crate::actions::backup::source::BackupSource;
+use crate::actions::backup::source::{BackupSource, Unsigned};
 use crate::actions::backup::verify::{stream_and_check, Check, ETCDUTL_BIN, ETCD_BIN, LATEST};
 use crate::context::Ctx;
 use crate::crypto::DecryptOptions;
-use crate::error::{Error, Exit, IoContext, Result};
+use crate::error::{Error, Exit, Result};
 use crate::k8s::Cluster;
 use crate::output::{Render, Table};
-use crate::scratch::{etcdutl_restore, Observed, Ports, ScratchApiserver, ScratchEtcd};
+use crate::scratch::{etcdutl_restore, Observed, Pki, Ports, ScratchApiserver, ScratchEtcd};
+use crate::signal::Shutdown;
 
 const APISERVER_BIN: &str = "kube-apiserver";
 const SERVICE_CIDR: &str = "10.0.0.0/16";
@@ -36,6 +37,9 @@ pub struct DrillSpec {
     #[command(flatten)]
     #[serde(flatten)]
     pub source: BackupSource,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub unsigned: Unsigned,
     /// Backup id, CLUSTER/ID, or "latest"
     #[arg(default_value = LATEST, value_name = "ID")]
     pub backup: String,
@@ -56,12 +60,17 @@ pub struct DrillSpec {
     /// Also write the report here (.md for Markdown, .html for HTML)
     #[arg(long, value_name = "FILE")]
     pub report: Option<PathBuf>,
+    /// Where the plaintext snapshot and the scratch control plane live (default: $TMPDIR);
+    /// removed afterwards
+    #[arg(long, value_name = "DIR")]
+    pub work_dir: Option<PathBuf>,
 }
 
 impl Default for DrillSpec {
     fn default() -> Self {
         DrillSpec {
             source: BackupSource::default(),
+            unsigned: Unsigned::default(),
             backup: LATEST.into(),
             decrypt: DecryptOptions::default(),
             apiserver_bin: APISERVER_BIN.into(),
@@ -69,6 +78,7 @@ impl Default for DrillSpec {
             etcdutl_bin: ETCDUTL_BIN.into(),
             service_cluster_ip_range: SERVICE_CIDR.into(),
             report: None,
+            work_dir: None,
         }
     }
 }
@@ -92,6 +102,8 @@ pub struct DrillReport {
     pub backup: String,
     pub cluster: String,
     pub ok: bool,
+    /// Whether a trusted key vouched for the backup's manifest (else --allow-unsigned).
+    pub signed: bool,
     /// Age of the backup when the drill started (what would be lost).
     pub rpo_seconds: f64,
     /// From the start of the restore to the scratch apiserver serving.
@@ -127,9 +139,10 @@ impl Render for DrillReport {
             ));
         }
         t.note(format!(
-            "\nbackup {}/{}: {}\nRPO {}  (age of the backup)\nRTO {}  (restore to apiserver serving, {})\nverify {:.1}s, {} checks",
+            "\nbackup {}/{} ({}): {}\nRPO {}  (age of the backup)\nRTO {}  (restore to apiserver serving, {})\nverify {:.1}s, {} checks",
             self.cluster,
             self.backup,
+            signed_text(self.signed),
             if self.ok { "drill passed" } else { "DRILL FAILED" },
             human_secs(self.rpo_seconds),
             human_secs(self.rto_seconds),
@@ -160,12 +173,16 @@ fn human_secs(s: f64) -> String {
 pub async fn run(ctx: &Ctx, spec: DrillSpec) -> Result<DrillReport> {
     let started = jiff::Timestamp::now();
     let t = Instant::now();
+    spec.unsigned.check(&spec.source, "drill")?;
     let loc = spec.source.locate(&spec.backup).await?;
+    if loc.manifest.etcd.prefix_counts.is_empty() {
+        return Err(Error::VerifyFailed(format!(
+            "backup {}'s manifest records no per-resource counts: there is nothing to compare the restored cluster with (not made by kirt, or edited)",
+            loc.entry.id
+        )));
+    }
     let decryption = loc.decryption(&spec.decrypt)?;
-    let tmp = tempfile::Builder::new()
-        .prefix("kirt-drill-")
-        .tempdir()
-        .ctx(|| "creating a temp dir".into())?;
+    let tmp = crate::scratch::work_dir("kirt-drill-", spec.work_dir.as_deref())?;
     let snap = tmp.path().join("snapshot.db");
     let streamed = stream_and_check(ctx, &loc, decryption, Some(snap.clone())).await?;
     let verify_seconds = t.elapsed().as_secs_f64();
@@ -176,7 +193,8 @@ pub async fn run(ctx: &Ctx, spec: DrillSpec) -> Result<DrillReport> {
         )));
     }
     let mut checks = streamed.checks;
-    let restored = restore_and_serve(&spec, &loc.manifest, &snap, tmp.path()).await?;
+    let restored =
+        restore_and_serve(&ctx.shutdown, &spec, &loc.manifest, &snap, tmp.path()).await?;
     checks.extend(restored.checks);
     let resources = compare_counts(&loc.manifest, &restored.observed, restored.served);
     let ok = checks.iter().all(|c| c.ok) && resources.iter().all(|r| r.ok);
@@ -188,6 +206,7 @@ pub async fn run(ctx: &Ctx, spec: DrillSpec) -> Result<DrillReport> {
         backup: loc.entry.id.clone(),
         cluster: loc.entry.cluster.clone(),
         ok,
+        signed: loc.signed,
         rpo_seconds: rpo,
         rto_seconds: restored.rto_seconds,
         verify_seconds,
@@ -213,6 +232,7 @@ struct Restored {
 /// etcdutl restore → scratch etcd (keys and HashKV at the recorded revision) → scratch apiserver
 /// (objects it serves). Both servers are stopped before this returns, also on failure.
 async fn restore_and_serve(
+    stop: &Shutdown,
     spec: &DrillSpec,
     m: &Manifest,
     snap: &Path,
@@ -221,47 +241,46 @@ async fn restore_and_serve(
     let restore_started = Instant::now();
     let data = dir.join("data");
     let ports = Ports::free()?;
-    etcdutl_restore(
-        &spec.etcdutl_bin,
-        snap,
-        &data,
-        &ports.restore_args("kirt-drill"),
-    )
-    .await?;
+    let args = ports.restore_args("kirt-drill");
+    etcdutl_restore(stop, &spec.etcdutl_bin, snap, &data, &args).await?;
     let _ = std::fs::remove_file(snap);
-    let etcd = ScratchEtcd::start(&spec.etcd_bin, "kirt-drill", &data, &ports, dir).await?;
-    let result = async {
-        let observed = etcd.observe(m.etcd.revision).await?;
-        let checks = vec![
-            Check::new("keys at revision", m.etcd.key_count, observed.key_count),
-            Check::new("HashKV at revision", m.etcd.hash_kv, observed.hash_kv),
-        ];
-        let api = ScratchApiserver::start(
-            &spec.apiserver_bin,
-            &spec.service_cluster_ip_range,
-            &etcd.endpoint,
-            dir,
-        )
-        .await?;
-        let rto_seconds = restore_started.elapsed().as_secs_f64();
-        let served = count_objects(&api.cluster).await;
-        let version = api
-            .cluster
-            .client
-            .apiserver_version()
-            .await
-            .map(|v| v.git_version)
-            .unwrap_or_default();
-        api.stop().await;
-        Ok::<_, Error>(Restored {
-            checks,
-            observed,
-            served: served?,
-            version,
-            rto_seconds,
+    let pki = Pki::create(dir)?;
+    let etcd = ScratchEtcd::start(&spec.etcd_bin, "kirt-drill", &data, &ports, &pki, dir).await?;
+    let result = stop
+        .guard("the scratch control plane was stopped", async {
+            let observed = etcd.observe(m.etcd.revision).await?;
+            let checks = vec![
+                Check::new("keys at revision", m.etcd.key_count, observed.key_count),
+                Check::new("HashKV at revision", m.etcd.hash_kv, observed.hash_kv),
+            ];
+            let api = ScratchApiserver::start(
+                &spec.apiserver_bin,
+                &spec.service_cluster_ip_range,
+                &etcd.endpoint,
+                &pki,
+                dir,
+            )
+            .await?;
+            stop.hold("scratch-apiserver").await;
+            let rto_seconds = restore_started.elapsed().as_secs_f64();
+            let served = count_objects(&api.cluster).await;
+            let version = api
+                .cluster
+                .client
+                .apiserver_version()
+                .await
+                .map(|v| v.git_version)
+                .unwrap_or_default();
+            api.stop().await;
+            Ok::<_, Error>(Restored {
+                checks,
+                observed,
+                served: served?,
+                version,
+                rto_seconds,
+            })
         })
-    }
-    .await;
+        .await;
     etcd.stop().await;
     result
 }
@@ -323,16 +342,25 @@ async fn count_objects(client: &Cluster) -> Result<BTreeMap<String, i64>> {
     Ok(m)
 }
 
+fn signed_text(signed: bool) -> &'static str {
+    if signed {
+        "manifest signed by the trusted key"
+    } else {
+        "UNSIGNED: drilled with --allow-unsigned"
+    }
+}
+
 fn write_report(path: &Path, r: &DrillReport) -> Result<()> {
     let mut md = format!(
-        "# DR drill: {}/{}\n\n**Result:** {}\n\n| | |\n|---|---|\n| RPO (age of the backup) | {} |\n| RTO (restore to apiserver serving) | {} |\n| verify | {:.1}s |\n| scratch apiserver | {} |\n\n## Objects\n\nAt backup: recorded at the backup's revision; restored: keys in the restored etcd at that revision; served: objects the scratch apiserver lists (the snapshot's head, which may hold a few newer writes).\n\n| resource | at backup | restored | served | |\n|---|---:|---:|---:|---|\n",
+        "# DR drill: {}/{}\n\n**Result:** {}\n\n| | |\n|---|---|\n| RPO (age of the backup) | {} |\n| RTO (restore to apiserver serving) | {} |\n| verify | {:.1}s |\n| scratch apiserver | {} |\n| signature | {} |\n\n## Objects\n\nAt backup: recorded at the backup's revision; restored: keys in the restored etcd at that revision; served: objects the scratch apiserver lists (the snapshot's head, which may hold a few newer writes).\n\n| resource | at backup | restored | served | |\n|---|---:|---:|---:|---|\n",
         r.cluster,
         r.backup,
         if r.ok { "passed" } else { "FAILED" },
         human_secs(r.rpo_seconds),
         human_secs(r.rto_seconds),
         r.verify_seconds,
-        r.apiserver_version
+        r.apiserver_version,
+        signed_text(r.signed)
     );
     for c in &r.resources {
         md.push_str(&format!(

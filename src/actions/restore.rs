@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use crate::actions::backup::source::BackupSource;
+use crate::actions::backup::source::{BackupSource, Unsigned};
 use crate::actions::backup::verify::{stream_and_check, Check, ETCDUTL_BIN};
 use crate::context::Ctx;
 use crate::crypto::DecryptOptions;
@@ -23,6 +23,9 @@ pub struct RestoreSpec {
     #[command(flatten)]
     #[serde(flatten)]
     pub source: BackupSource,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub unsigned: Unsigned,
     /// Backup id, CLUSTER/ID, or "latest"
     #[arg(value_name = "ID")]
     pub backup: String,
@@ -46,12 +49,17 @@ pub struct RestoreSpec {
     /// etcdutl binary (default: etcdutl on PATH)
     #[arg(long, value_name = "PATH", default_value = ETCDUTL_BIN)]
     pub etcdutl_bin: PathBuf,
+    /// Where the plaintext snapshot is spooled while restoring (default: $TMPDIR); removed
+    /// afterwards
+    #[arg(long, value_name = "DIR")]
+    pub work_dir: Option<PathBuf>,
 }
 
 impl Default for RestoreSpec {
     fn default() -> Self {
         RestoreSpec {
             source: BackupSource::default(),
+            unsigned: Unsigned::default(),
             backup: String::new(),
             decrypt: DecryptOptions::default(),
             data_dir: PathBuf::new(),
@@ -60,6 +68,7 @@ impl Default for RestoreSpec {
             initial_advertise_peer_urls: String::new(),
             initial_cluster_token: CLUSTER_TOKEN.into(),
             etcdutl_bin: ETCDUTL_BIN.into(),
+            work_dir: None,
         }
     }
 }
@@ -114,20 +123,12 @@ pub async fn run(ctx: &Ctx, spec: RestoreSpec) -> Result<RestoreResult> {
             data.display()
         )));
     }
+    spec.unsigned.check(&spec.source, "restore")?;
     let loc = spec.source.locate(&spec.backup).await?;
     let decryption = loc.decryption(&spec.decrypt)?;
-    // The plaintext snapshot is spooled next to the data dir (same disk), removed afterwards.
-    let parent = data
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("."));
-    std::fs::create_dir_all(&parent)
-        .map_err(|e| Error::io(format!("creating {}", parent.display()), e))?;
-    let tmp = tempfile::Builder::new()
-        .prefix(".kirt-restore-")
-        .tempdir_in(&parent)
-        .map_err(|e| Error::io("creating a temp dir", e))?;
+    // The plaintext snapshot is spooled in a private work dir (not next to the data dir: a disk
+    // that fills up there takes the member down with it), removed afterwards.
+    let tmp = crate::scratch::work_dir("kirt-restore-", spec.work_dir.as_deref())?;
     let snap = tmp.path().join("snapshot.db");
     let streamed = stream_and_check(ctx, &loc, decryption, Some(snap.clone())).await?;
     if !streamed.ok {
@@ -153,7 +154,7 @@ pub async fn run(ctx: &Ctx, spec: RestoreSpec) -> Result<RestoreResult> {
         "--initial-cluster-token".into(),
         spec.initial_cluster_token.clone(),
     ];
-    etcdutl_restore(&spec.etcdutl_bin, &snap, data, &args).await?;
+    etcdutl_restore(&ctx.shutdown, &spec.etcdutl_bin, &snap, data, &args).await?;
     let abs = std::fs::canonicalize(data).unwrap_or_else(|_| data.clone());
     let peer = spec.initial_advertise_peer_urls.clone();
     let etcd_command = format!(

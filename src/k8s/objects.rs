@@ -13,7 +13,7 @@ use serde::Serialize;
 
 use super::op::{KubeContext, Op};
 use super::{delete_params, patch_params, post_params, Cluster};
-use crate::error::Result;
+use crate::error::{Error, Result};
 
 /// Objects of kind `K` in one namespace, or cluster-wide (cluster-scoped kinds, or a list across
 /// all namespaces).
@@ -175,12 +175,21 @@ where
     }
 
     /// The object attempt `n` of a conflict-retried write works on: the one in hand first, then
-    /// a fresh read (see [`super::write::retry_conflict`]).
+    /// a fresh read (see [`super::write::retry_conflict`]). An object re-created under the same
+    /// name since (another UID) is not the one kirt was asked to change: that is an error, never
+    /// a silent switch to the namesake.
     pub async fn current(&self, in_hand: &K, n: usize) -> Result<K> {
         if n == 0 {
             return Ok(in_hand.clone());
         }
-        self.get(in_hand.meta().name.as_deref().unwrap_or_default())
-            .await
+        let name = in_hand.meta().name.as_deref().unwrap_or_default();
+        let fresh = self.get(name).await?;
+        match (&in_hand.meta().uid, &fresh.meta().uid) {
+            (Some(was), Some(now)) if was != now => Err(Error::Failed(format!(
+                "{} was deleted and re-created under the same name while kirt was changing it (UID {was} → {now}); the new object was not touched — look at it and re-run",
+                self.op("patch", Some(name)).target()
+            ))),
+            _ => Ok(fresh),
+        }
     }
 }

@@ -42,7 +42,8 @@ impl Op {
         self
     }
 
-    fn target(&self) -> String {
+    /// "pods prod/web", "nodes n1", "pods in namespace prod".
+    pub fn target(&self) -> String {
         let kind = self.resource.split('/').next().unwrap_or(&self.resource);
         match (&self.namespace, &self.name) {
             (Some(ns), Some(n)) => format!("{kind} {ns}/{n}"),

@@ -2,9 +2,10 @@
 //! producer → (blocking) zstd → age → sha256 → upload, with bounded buffers between stages so
 //! memory stays flat whatever the size, and every stage overlapping the others.
 //!
-//! [`run`] owns the stages: it starts the blocking encoder and the uploader, races the producer
-//! against SIGINT/SIGTERM, joins everything, picks the root cause when something failed (a stage
-//! that stopped because the next one did is not the cause), aborts the upload on any failure, and
+//! [`run`] owns the stages: it starts the blocking encoder and the uploader, watches for
+//! SIGINT/SIGTERM in every stage (the producer is dropped, the uploader aborts even while it waits
+//! on a slow store), joins everything, picks the root cause when something failed (a stage that
+//! stopped because the next one did is not the cause), aborts the upload on any failure, and
 //! otherwise hands back what was encoded for the caller to check and commit. The CPU-heavy middle
 //! runs on a blocking thread; the ends (etcd stream or Kubernetes API, store upload) are async.
 
@@ -24,6 +25,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
 use crate::error::{join, Error, Result};
+use crate::signal::Shutdown;
 use crate::store::Upload;
 
 /// Size of the chunks passed between stages.
@@ -71,12 +73,10 @@ pub enum Outcome<R> {
 
 impl<R> Outcome<R> {
     /// `Done` as Ok; a signal as `Error::Interrupted` saying nothing was published.
-    pub fn into_result(self) -> Result<Encoded<R>> {
+    pub fn into_result(self, stop: &Shutdown) -> Result<Encoded<R>> {
         match self {
             Outcome::Done(e) => Ok(e),
-            Outcome::Stopped => Err(Error::Interrupted(
-                "interrupted; nothing was published".into(),
-            )),
+            Outcome::Stopped => Err(stop.error("nothing was published")),
             Outcome::Failed(e) => Err(e),
         }
     }
@@ -111,8 +111,8 @@ impl Pending {
 }
 
 /// Runs one pipeline: `produce` feeds items, `encode` (on a blocking thread) writes them as
-/// plaintext into the encoder, whose stored bytes go to the upload.
-pub async fn run<T, R, E, P, Fut>(job: Job, encode: E, produce: P) -> Outcome<R>
+/// plaintext into the encoder, whose stored bytes go to the upload. `stop` ends it early.
+pub async fn run<T, R, E, P, Fut>(job: Job, stop: &Shutdown, encode: E, produce: P) -> Outcome<R>
 where
     T: Send + 'static,
     E: FnOnce(mpsc::Receiver<T>, &mut Encoder) -> Result<()> + Send + 'static,
@@ -128,7 +128,7 @@ where
         enc.finish()
             .map_err(|e| Error::io("finishing compression/encryption", e))
     });
-    let uploader = spawn_uploader(job.upload, stored_rx);
+    let uploader = spawn_uploader(job.upload, stored_rx, stop.clone());
     let stopped = Arc::new(AtomicBool::new(false));
     let feed = Feed {
         tx,
@@ -138,17 +138,21 @@ where
     // of its input and finishes, the uploader drains.
     let produced = tokio::select! {
         r = produce(feed) => Some(r),
-        _ = crate::signal::shutdown() => None,
+        _ = stop.requested() => None,
     };
     let encoded = join("the encoder", encoder).await.and_then(|r| r);
-    let uploaded = join("the uploader", uploader).await.and_then(|r| r);
-    let upload = match uploaded {
+    let upload = match join("the uploader", uploader).await {
         // the uploader aborted its upload itself
-        Err(e) => return Outcome::Failed(e),
-        Ok(up) => Pending(up),
+        Ok(Uploaded::Stopped) => return Outcome::Stopped,
+        Ok(Uploaded::Failed(e)) | Err(e) => return Outcome::Failed(e),
+        Ok(Uploaded::Done(up)) => Pending(up),
     };
     match (produced, encoded) {
         (None, _) => {
+            upload.abort().await;
+            Outcome::Stopped
+        }
+        _ if stop.is_requested() => {
             upload.abort().await;
             Outcome::Stopped
         }
@@ -171,26 +175,65 @@ where
     }
 }
 
+/// The `KIRT_HOLD_AT=upload` test hook holds once this much was stored: more than one 5 MiB S3
+/// part, so a multipart upload with parts is in flight.
+const HOLD_AFTER: u64 = 8 << 20;
+
+/// How the upload stage ended.
+enum Uploaded {
+    /// Everything written; the upload waits for commit (`None` in a dry run).
+    Done(Option<Box<dyn Upload>>),
+    /// A write failed; the upload was aborted.
+    Failed(Error),
+    /// A signal arrived; the upload was aborted.
+    Stopped,
+}
+
 /// The upload stage: writes what arrives on `rx` into `upload` (nothing in a dry run) and hands
-/// the upload back once the channel closes. On a write error the upload is aborted at once and the
-/// error returned; dropping `rx` then stops the stages before it.
+/// the upload back once the channel closes. On a write error or a signal (also while a write
+/// waits on a slow store) the upload is aborted at once; dropping `rx` then stops the stages
+/// before it.
 fn spawn_uploader(
-    upload: Option<Box<dyn Upload>>,
+    mut upload: Option<Box<dyn Upload>>,
     mut rx: mpsc::Receiver<Bytes>,
-) -> tokio::task::JoinHandle<Result<Option<Box<dyn Upload>>>> {
+    stop: Shutdown,
+) -> tokio::task::JoinHandle<Uploaded> {
     tokio::spawn(async move {
-        let mut upload = upload;
-        while let Some(chunk) = rx.recv().await {
-            if let Some(up) = upload.as_mut() {
-                if let Err(e) = up.write(chunk).await {
-                    if let Some(up) = upload.take() {
-                        up.abort().await;
+        let written: std::result::Result<(), Option<Error>> = async {
+            let (mut bytes, mut held) = (0u64, false);
+            loop {
+                // (tests stop here with parts of a multipart upload already sent)
+                if bytes >= HOLD_AFTER && !held {
+                    held = true;
+                    stop.hold("upload").await;
+                }
+                let chunk = tokio::select! {
+                    c = rx.recv() => c,
+                    _ = stop.requested() => return Err(None),
+                };
+                let Some(chunk) = chunk else { return Ok(()) };
+                bytes += chunk.len() as u64;
+                if let Some(up) = upload.as_mut() {
+                    tokio::select! {
+                        r = up.write(chunk) => r.map_err(Some)?,
+                        _ = stop.requested() => return Err(None),
                     }
-                    return Err(e);
                 }
             }
         }
-        Ok(upload)
+        .await;
+        match written {
+            Ok(()) if !stop.is_requested() => Uploaded::Done(upload),
+            end => {
+                if let Some(up) = upload.take() {
+                    up.abort().await;
+                }
+                match end {
+                    Err(Some(e)) => Uploaded::Failed(e),
+                    _ => Uploaded::Stopped,
+                }
+            }
+        }
     })
 }
 
@@ -301,6 +344,15 @@ pub struct SnapshotDigest {
 }
 
 impl TrailerCheck {
+    /// Bytes seen so far.
+    pub fn len(&self) -> u64 {
+        self.total
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.total == 0
+    }
+
     pub fn update(&mut self, data: &[u8]) {
         self.total += data.len() as u64;
         if data.len() >= 32 {
@@ -372,6 +424,7 @@ mod tests {
         let sent = data.clone();
         let outcome = run(
             job(Some(up), Encryption::Recipients(vec![recipient])),
+            &Shutdown::manual(),
             copy_chunks,
             |feed| async move {
                 for c in sent.chunks(100_000) {
@@ -381,7 +434,7 @@ mod tests {
             },
         )
         .await;
-        let encoded = outcome.into_result().unwrap();
+        let encoded = outcome.into_result(&Shutdown::manual()).unwrap();
         assert_eq!(encoded.output, data.len());
         let stats = encoded.stats.clone();
         encoded.upload.commit().await.unwrap();
@@ -412,6 +465,7 @@ mod tests {
         let up = store.create("obj").await.unwrap();
         let outcome = run(
             job(Some(up), Encryption::None),
+            &Shutdown::manual(),
             |mut rx: mpsc::Receiver<Bytes>, _enc: &mut Encoder| {
                 let _ = rx.blocking_recv();
                 Err(Error::VerifyFailed("the encoder refused".into()))
@@ -437,6 +491,7 @@ mod tests {
         let up = store.create("obj").await.unwrap();
         let outcome = run(
             job(Some(up), Encryption::None),
+            &Shutdown::manual(),
             copy_chunks,
             |feed| async move {
                 feed.send(Bytes::from_static(b"some")).await?;
@@ -449,6 +504,56 @@ mod tests {
             _ => panic!("expected the producer's failure"),
         }
         assert!(store.list("").await.unwrap().is_empty());
+    }
+
+    /// A signal while the store is slow (a write that does not return) aborts the upload: nothing
+    /// is stored and the run says it stopped.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_signal_during_back_pressure_aborts_the_upload() {
+        struct Stuck {
+            aborted: Arc<AtomicBool>,
+        }
+        #[async_trait::async_trait]
+        impl Upload for Stuck {
+            async fn write(&mut self, _data: Bytes) -> Result<()> {
+                std::future::pending().await
+            }
+            async fn commit(self: Box<Self>) -> Result<u64> {
+                panic!("must not commit")
+            }
+            async fn abort(self: Box<Self>) {
+                self.aborted.store(true, Ordering::SeqCst);
+            }
+        }
+        let aborted = Arc::new(AtomicBool::new(false));
+        let stop = Shutdown::manual();
+        let s = stop.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+            s.cancel();
+        });
+        let up = Box::new(Stuck {
+            aborted: aborted.clone(),
+        });
+        let outcome = run(
+            job(Some(up), Encryption::None),
+            &stop,
+            copy_chunks,
+            |feed| async move {
+                loop {
+                    feed.send(Bytes::from(vec![7u8; 1 << 16])).await?;
+                }
+                #[allow(unreachable_code)]
+                Ok(())
+            },
+        )
+        .await;
+        assert!(matches!(outcome, Outcome::Stopped));
+        assert!(aborted.load(Ordering::SeqCst), "the upload was not aborted");
+        match outcome.into_result(&stop) {
+            Err(e) => assert_eq!(e.exit(), crate::Exit::Terminated),
+            Ok(_) => panic!("expected the interruption"),
+        }
     }
 
     #[test]

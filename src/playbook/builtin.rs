@@ -73,8 +73,15 @@ pub async fn exec(ctx: &Ctx, spec: ExecSpec) -> Result<ExecResult> {
     }
     let timeout = spec.timeout;
     let mut cmd = tokio::process::Command::new(prog);
-    cmd.args(args)
-        .envs(&spec.env)
+    // The program sees only what a program needs and what the step gives it: never kirt's own
+    // environment (KIRT_PASSPHRASE, KIRT_SIGN_PASSWORD, AWS keys, tokens).
+    cmd.args(args).env_clear();
+    for var in INHERITED_ENV {
+        if let Some(v) = std::env::var_os(var) {
+            cmd.env(var, v);
+        }
+    }
+    cmd.envs(&spec.env)
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
@@ -84,25 +91,28 @@ pub async fn exec(ctx: &Ctx, spec: ExecSpec) -> Result<ExecResult> {
         cmd.current_dir(d);
     }
     let start = Instant::now();
-    let child = cmd
+    let mut child = cmd
         .spawn()
         .map_err(|e| Error::io(format!("exec {prog}: cannot start it"), e))?;
-    let out = match timeout {
-        Some(t) => tokio::time::timeout(t, child.wait_with_output())
-            .await
-            .map_err(|_| {
-                Error::failed(format!(
-                    "exec {prog}: killed after the timeout of {}",
-                    humantime::format_duration(t)
-                ))
-            })?,
-        None => child.wait_with_output().await,
+    let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
+    let run = async {
+        let (out, err, status) = tokio::join!(capped(stdout), capped(stderr), child.wait());
+        Ok::<_, std::io::Error>((out?, err?, status?))
+    };
+    let (out, err, status) = match timeout {
+        Some(t) => tokio::time::timeout(t, run).await.map_err(|_| {
+            Error::failed(format!(
+                "exec {prog}: killed after the timeout of {}",
+                humantime::format_duration(t)
+            ))
+        })?,
+        None => run.await,
     }
     .map_err(|e| Error::io(format!("exec {prog}"), e))?;
     r.duration_seconds = start.elapsed().as_secs_f64();
-    r.exit_code = out.status.code();
-    r.stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    r.stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    r.exit_code = status.code();
+    r.stdout = out;
+    r.stderr = err;
     let ok_codes = if spec.ok_codes.is_empty() {
         vec![0]
     } else {
@@ -117,6 +127,40 @@ pub async fn exec(ctx: &Ctx, spec: ExecSpec) -> Result<ExecResult> {
             tail(&r.stderr)
         ))),
     }
+}
+
+/// Environment variables an `exec` step's program inherits (besides the step's own `env:`).
+const INHERITED_ENV: [&str; 3] = ["PATH", "HOME", "LANG"];
+
+/// Output kept per stream: it goes into the journal.
+const MAX_OUTPUT: usize = 64 << 10;
+
+/// Reads a child's stream to its end, keeping the first `MAX_OUTPUT` bytes (the rest is read and
+/// dropped, so the child never blocks on a full pipe) and saying how much was dropped.
+async fn capped(stream: Option<impl tokio::io::AsyncRead + Unpin>) -> std::io::Result<String> {
+    use tokio::io::AsyncReadExt;
+    let Some(mut stream) = stream else {
+        return Ok(String::new());
+    };
+    let mut kept = Vec::new();
+    let mut dropped = 0u64;
+    let mut buf = vec![0u8; 16 << 10];
+    loop {
+        let n = stream.read(&mut buf).await?;
+        if n == 0 {
+            break;
+        }
+        let room = MAX_OUTPUT.saturating_sub(kept.len()).min(n);
+        kept.extend_from_slice(&buf[..room]);
+        dropped += (n - room) as u64;
+    }
+    let mut s = String::from_utf8_lossy(&kept).into_owned();
+    if dropped > 0 {
+        s.push_str(&format!(
+            "\n[kirt: {dropped} more bytes of output not kept]\n"
+        ));
+    }
+    Ok(s)
 }
 
 fn tail(s: &str) -> &str {
@@ -142,6 +186,9 @@ pub struct WebhookSpec {
     #[arg(skip)]
     #[schemars(with = "Value")]
     pub body: Value,
+    /// Also POST to link-local / cloud-metadata addresses (refused by default)
+    #[arg(skip)]
+    pub allow_link_local: bool,
     /// Give up after this long [default: 10s]
     #[arg(long, value_parser = crate::units::parse_duration)]
     #[serde(with = "crate::units::opt_duration_serde")]
@@ -180,6 +227,7 @@ pub async fn webhook(ctx: &Ctx, spec: WebhookSpec) -> Result<WebhookResult> {
             url.scheme()
         )));
     }
+    crate::http::refuse_metadata_target(&url, spec.allow_link_local, "notify.webhook").await?;
     let body =
         serde_json::to_vec(&spec.body).map_err(|e| Error::json("encoding the webhook body", e))?;
     let mut headers = vec![

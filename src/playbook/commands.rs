@@ -292,7 +292,7 @@ fn info(run_id: &str, entries: &[Entry]) -> RunInfo {
 }
 
 pub fn runs_list(ctx: &Ctx) -> Result<RunList> {
-    let dir = journal::dir(ctx);
+    let dir = journal::dir(ctx)?;
     let mut runs = Vec::new();
     if let Ok(rd) = std::fs::read_dir(&dir) {
         for e in rd.filter_map(|e| e.ok()) {
@@ -399,7 +399,7 @@ fn describe(r: &Record) -> (&'static str, String, String) {
 }
 
 pub fn runs_show(ctx: &Ctx, run_id: &str) -> Result<RunShow> {
-    let path = journal::path(&journal::dir(ctx), run_id);
+    let path = journal::path(&journal::dir(ctx)?, run_id);
     let records = journal::read(&path)?;
     Ok(RunShow {
         run: info(run_id, &records),

@@ -251,7 +251,7 @@ struct Runner<'a> {
 }
 
 pub async fn run(ctx: &Ctx, spec: RunSpec) -> Result<RunSummary> {
-    let dir = journal::dir(ctx);
+    let dir = journal::dir(ctx)?;
     let started = Instant::now();
     let origin = Origin::new(&dir, &spec)?;
     let source = &origin.source;
@@ -422,7 +422,9 @@ impl Runner<'_> {
             }
             steps.push(s.summary);
         }
-        let status = if exit != Exit::Ok {
+        let status = if matches!(exit, Exit::Interrupted | Exit::Terminated) {
+            RunStatus::Interrupted
+        } else if exit != Exit::Ok {
             RunStatus::Failed
         } else if partial {
             exit = Exit::Partial;
@@ -663,7 +665,10 @@ impl Runner<'_> {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let fut = (def.run)(self.ctx, with.clone());
+            // A signal stops the step whether or not its action watches for one itself; the run
+            // is then journaled as interrupted and `kirt run --resume` goes on from this step.
+            let stop = &self.ctx.shutdown;
+            let fut = stop.guard("the step was stopped", (def.run)(self.ctx, with.clone()));
             let res = match step.timeout {
                 Some(t) => tokio::time::timeout(t, fut).await.unwrap_or_else(|_| {
                     Err(Error::failed(format!(
@@ -676,10 +681,13 @@ impl Runner<'_> {
             };
             match res {
                 Ok(v) => return Ok((v, attempt)),
-                // usage errors and refusals will not go away by trying again
+                // usage errors, refusals and signals will not go away by trying again
                 Err(e)
                     if attempt > step.retries
-                        || matches!(e.exit(), Exit::Usage | Exit::Refused) =>
+                        || matches!(
+                            e.exit(),
+                            Exit::Usage | Exit::Refused | Exit::Interrupted | Exit::Terminated
+                        ) =>
                 {
                     return Err(e)
                 }

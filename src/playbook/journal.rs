@@ -4,6 +4,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -15,10 +16,11 @@ use crate::error::{Error, IoContext, Result};
 
 pub const REDACTED: &str = "[redacted]";
 
-pub fn dir(ctx: &Ctx) -> PathBuf {
-    ctx.journal_dir
-        .clone()
-        .unwrap_or_else(|| crate::context::state_dir().join("runs"))
+pub fn dir(ctx: &Ctx) -> Result<PathBuf> {
+    match &ctx.journal_dir {
+        Some(d) => Ok(d.clone()),
+        None => Ok(crate::context::state_dir()?.join("runs")),
+    }
 }
 
 pub fn path(dir: &Path, run_id: &str) -> PathBuf {
@@ -42,6 +44,8 @@ pub enum RunStatus {
     /// A `continue_on_error` step failed.
     Partial,
     Failed,
+    /// SIGINT/SIGTERM stopped it; `kirt run --resume` goes on from the step that was stopped.
+    Interrupted,
 }
 
 /// What undoing one mutation did.
@@ -160,6 +164,15 @@ impl Serialize for Entry {
     }
 }
 
+/// Environment variables whose values are secrets wherever they turn up (a step's output, an
+/// error message): the journal replaces them, whatever the playbook declares.
+pub const SECRET_ENV: [&str; 4] = [
+    "KIRT_PASSPHRASE",
+    "KIRT_SIGN_PASSWORD",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+];
+
 /// Replaces known secret values wherever they appear inside strings.
 #[derive(Debug, Clone, Default)]
 pub struct Redactor {
@@ -167,6 +180,17 @@ pub struct Redactor {
 }
 
 impl Redactor {
+    /// Knows the values of kirt's own secret environment variables ([`SECRET_ENV`]).
+    pub fn from_env() -> Redactor {
+        let mut r = Redactor::default();
+        for var in SECRET_ENV {
+            if let Ok(v) = std::env::var(var) {
+                r.add(&v);
+            }
+        }
+        r
+    }
+
     pub fn add(&mut self, s: &str) {
         // very short values would redact ordinary text and protect nothing
         if s.len() >= 4 && !self.secrets.iter().any(|x| x == s) {
@@ -221,18 +245,18 @@ pub struct Journal {
 
 impl Journal {
     pub fn create(dir: &Path, run_id: &str) -> Result<Journal> {
-        std::fs::create_dir_all(dir)
-            .ctx(|| format!("creating the journal directory {}", dir.display()))?;
+        crate::context::private_dir(dir)?;
         let path = path(dir, run_id);
         let file = OpenOptions::new()
             .create_new(true)
             .append(true)
+            .mode(0o600)
             .open(&path)
             .ctx(|| format!("creating the run journal {}", path.display()))?;
         Ok(Journal {
             file,
             path,
-            redactor: Redactor::default(),
+            redactor: Redactor::from_env(),
         })
     }
 
@@ -251,7 +275,7 @@ impl Journal {
         Ok(Journal {
             file,
             path: path.to_path_buf(),
-            redactor: Redactor::default(),
+            redactor: Redactor::from_env(),
         })
     }
 

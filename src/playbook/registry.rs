@@ -43,6 +43,9 @@ pub struct ActionDef {
     pub mutates: bool,
     /// `with:` fields whose values are secret: never journaled or printed.
     pub secret_fields: &'static [&'static str],
+    /// May run as the undo of another step (`kirt undo` runs nothing else, whatever a journal
+    /// says).
+    pub reversal: bool,
     pub run: RunFn,
     /// Deserializes a prepared `with:` into the spec without running anything (validation).
     pub check: fn(Value) -> std::result::Result<(), String>,
@@ -272,7 +275,7 @@ pub fn judge<T: Render>(action: &str, out: &T) -> Result<()> {
 /// `action!("name", Spec, run_fn, about)` builds an `ActionDef` that deserializes `with:` into
 /// `Spec` and calls `run_fn(ctx, spec)`. Add `mutates: hook` for actions that change things.
 macro_rules! action {
-    ($name:literal, $spec:ty, $run:path, $about:literal $(, mutates: $hook:expr)? $(, secret: $secret:expr)?) => {{
+    ($name:literal, $spec:ty, $run:path, $about:literal $(, mutates: $hook:expr)? $(, secret: $secret:expr)? $(, reversal: $rev:expr)?) => {{
         fn run(ctx: &Ctx, with: Value) -> BoxFuture<'_, Result<Value>> {
             Box::pin(async move {
                 let spec: $spec = decode($name, with)?;
@@ -290,11 +293,15 @@ macro_rules! action {
         #[allow(unused_mut, unused_assignments)]
         let mut secret_fields: &'static [&'static str] = &[];
         $( secret_fields = $secret; )?
+        #[allow(unused_mut, unused_assignments)]
+        let mut reversal = false;
+        $( reversal = $rev; )?
         ActionDef {
             name: $name,
             about: $about,
             mutates: mutation.is_some(),
             secret_fields,
+            reversal,
             run,
             check,
             mutation,
@@ -337,7 +344,8 @@ static ACTIONS: LazyLock<Vec<ActionDef>> = LazyLock::new(|| {
             "disaster-recovery drill with RPO/RTO report (kirt drill)"
         ),
         action!("rollback.undo", revert::RollbackSpec, revert::run,
-            "roll a workload back to an earlier revision (kirt rollback)", mutates: rolled_back),
+            "roll a workload back to an earlier revision (kirt rollback)", mutates: rolled_back,
+            reversal: true),
         action!(
             "rollback.history",
             history::HistorySpec,
@@ -363,7 +371,7 @@ static ACTIONS: LazyLock<Vec<ActionDef>> = LazyLock::new(|| {
             "prove a pod is isolated (kirt quarantine verify)"
         ),
         action!("quarantine.release", quarantine::ReleaseSpec, quarantine::release::run,
-            "undo a quarantine exactly (kirt release)", mutates: no_undo),
+            "undo a quarantine exactly (kirt release)", mutates: no_undo, reversal: true),
         action!(
             "quarantine.status",
             quarantine::StatusSpec,

@@ -74,7 +74,7 @@ impl Render for UndoResult {
 }
 
 pub async fn run(ctx: &Ctx, spec: UndoSpec) -> Result<UndoResult> {
-    let path = journal::path(&journal::dir(ctx), &spec.run_id);
+    let path = journal::path(&journal::dir(ctx)?, &spec.run_id);
     let entries = journal::read(&path)?;
     // mutations are numbered by their position in the journal; undone ones are recorded by it
     let undone: Vec<u64> = entries
@@ -103,6 +103,7 @@ pub async fn run(ctx: &Ctx, spec: UndoSpec) -> Result<UndoResult> {
     if todo.is_empty() {
         return Ok(result);
     }
+    check_plans(&spec.run_id, &todo)?;
     ctx.confirm(&format!(
         "undo {} change(s) made by run {}",
         todo.len(),
@@ -165,6 +166,41 @@ pub async fn run(ctx: &Ctx, spec: UndoSpec) -> Result<UndoResult> {
         result.exit = Exit::Partial;
     }
     Ok(result)
+}
+
+/// A journal is a file anyone with access to the state dir can edit: before anything runs, every
+/// undo plan must name a reversal action (never `exec` or a backup), and what will run is shown.
+fn check_plans(run_id: &str, todo: &[(u64, &Record)]) -> Result<()> {
+    let mut refused = Vec::new();
+    for (_, m) in todo.iter().rev() {
+        let Record::Mutation {
+            step,
+            undo: Some(plan),
+            ..
+        } = m
+        else {
+            continue;
+        };
+        match registry::get(&plan.action) {
+            Some(def) if def.reversal => {
+                eprintln!("undo {step}: {} {}", plan.action, plan.with)
+            }
+            _ => refused.push(format!("step {step}: {}", plan.action)),
+        }
+    }
+    if refused.is_empty() {
+        return Ok(());
+    }
+    Err(Error::Refused(format!(
+        "the journal of run {run_id} asks kirt undo to run actions that reverse nothing ({}): kirt undo runs only {}; the journal was edited or is not kirt's, nothing was run",
+        refused.join(", "),
+        registry::all()
+            .iter()
+            .filter(|a| a.reversal)
+            .map(|a| a.name)
+            .collect::<Vec<_>>()
+            .join(", ")
+    )))
 }
 
 /// Runs one mutation's undo plan; the item records how it went.

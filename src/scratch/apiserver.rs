@@ -4,7 +4,8 @@
 use std::path::Path;
 use std::time::Duration;
 
-use super::Server;
+use super::{Pki, Server};
+use crate::context::{private_dir, write_private};
 use crate::error::{Error, IoContext, Result};
 use crate::k8s::Cluster;
 
@@ -14,20 +15,28 @@ pub struct ScratchApiserver {
 }
 
 impl ScratchApiserver {
-    /// Starts `bin` on the etcd at `etcd`; certificates, keys and the log go under `dir`.
-    pub async fn start(bin: &Path, service_cidr: &str, etcd: &str, dir: &Path) -> Result<Self> {
-        let pki = dir.join("apiserver");
-        std::fs::create_dir_all(&pki).ctx(|| "creating the scratch apiserver dir".into())?;
+    /// Starts `bin` on the scratch etcd at `etcd` (reached with `pki`'s client certificate);
+    /// certificates, keys and the log go under `dir`.
+    pub async fn start(
+        bin: &Path,
+        service_cidr: &str,
+        etcd: &str,
+        pki: &Pki,
+        dir: &Path,
+    ) -> Result<Self> {
+        // its keys and token (cluster-admin on the restored Secrets) readable by kirt's user only
+        let own = dir.join("apiserver");
+        private_dir(&own)?;
         let key = rcgen::KeyPair::generate()
             .map_err(|e| Error::failed(format!("generating a service-account key: {e}")))?;
-        std::fs::write(pki.join("sa.key"), key.serialize_pem()).ctx(|| "writing sa.key".into())?;
-        std::fs::write(pki.join("sa.pub"), key.public_key_pem()).ctx(|| "writing sa.pub".into())?;
+        write_private(&own.join("sa.key"), key.serialize_pem().as_bytes(), true)?;
+        write_private(&own.join("sa.pub"), key.public_key_pem().as_bytes(), true)?;
         let token = hex::encode(random_bytes()?);
-        std::fs::write(
-            pki.join("tokens.csv"),
-            format!("{token},kirt-drill,kirt-drill,\"system:masters\"\n"),
-        )
-        .ctx(|| "writing tokens.csv".into())?;
+        write_private(
+            &own.join("tokens.csv"),
+            format!("{token},kirt-drill,kirt-drill,\"system:masters\"\n").as_bytes(),
+            true,
+        )?;
         let port = super::port()?;
         let hint = "pass --apiserver-bin PATH";
         let version = tokio::process::Command::new(bin)
@@ -44,24 +53,27 @@ impl ScratchApiserver {
             .unwrap_or(99);
         let mut cmd = tokio::process::Command::new(bin);
         cmd.arg(format!("--etcd-servers={etcd}"))
+            .arg(format!("--etcd-cafile={}", pki.ca.display()))
+            .arg(format!("--etcd-certfile={}", pki.client_cert.display()))
+            .arg(format!("--etcd-keyfile={}", pki.client_key.display()))
             .args([
                 "--bind-address=127.0.0.1",
                 "--advertise-address=127.0.0.1",
                 &format!("--secure-port={port}"),
             ])
-            .arg(format!("--cert-dir={}", pki.display()))
+            .arg(format!("--cert-dir={}", own.display()))
             .arg(format!(
                 "--token-auth-file={}",
-                pki.join("tokens.csv").display()
+                own.join("tokens.csv").display()
             ))
             .arg("--authorization-mode=RBAC")
             .arg(format!(
                 "--service-account-key-file={}",
-                pki.join("sa.pub").display()
+                own.join("sa.pub").display()
             ))
             .arg(format!(
                 "--service-account-signing-key-file={}",
-                pki.join("sa.key").display()
+                own.join("sa.key").display()
             ))
             .arg("--service-account-issuer=https://kubernetes.default.svc")
             .arg(format!("--service-cluster-ip-range={service_cidr}"))

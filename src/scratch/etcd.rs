@@ -8,12 +8,15 @@ use std::time::Duration;
 
 use etcd_client::GetOptions;
 
-use super::{Ports, Server};
+use super::{Pki, Ports, Server};
 use crate::error::{Error, Result};
+use crate::signal::Shutdown;
 
 /// Runs `etcdutl snapshot restore SNAP --data-dir DATA ARGS` (with etcd's hash check). Refuses a
-/// non-empty data dir, as etcdutl does, so nothing existing is ever overwritten.
+/// non-empty data dir, as etcdutl does, so nothing existing is ever overwritten; a failed or
+/// interrupted restore removes what it wrote.
 pub async fn etcdutl_restore(
+    stop: &Shutdown,
     etcdutl: &Path,
     snap: &Path,
     data: &Path,
@@ -29,22 +32,38 @@ pub async fn etcdutl_restore(
             data.display()
         )));
     }
-    let out = tokio::process::Command::new(etcdutl)
-        .arg("snapshot")
+    let mut cmd = tokio::process::Command::new(etcdutl);
+    cmd.arg("snapshot")
         .arg("restore")
         .arg(snap)
         .arg("--data-dir")
         .arg(data)
         .args(args)
         .stdin(Stdio::null())
-        .output()
-        .await
-        .map_err(|e| {
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    crate::signal::die_with_parent(&mut cmd);
+    let run = async {
+        let child = cmd.spawn().map_err(|e| {
             Error::usage(format!(
                 "cannot run {}: {e} (install etcdutl or pass --etcdutl-bin)",
                 etcdutl.display()
             ))
         })?;
+        stop.hold("etcdutl").await;
+        child
+            .wait_with_output()
+            .await
+            .map_err(|e| Error::io(format!("waiting for {}", etcdutl.display()), e))
+    };
+    let out = match stop.guard("nothing was restored", run).await {
+        Ok(out) => out,
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(data);
+            return Err(e);
+        }
+    };
     if !out.status.success() {
         let _ = std::fs::remove_dir_all(data);
         return Err(Error::VerifyFailed(format!(
@@ -74,15 +93,19 @@ pub struct Observed {
 pub struct ScratchEtcd {
     server: Server,
     pub endpoint: String,
+    /// Client options with the certificate this etcd requires.
+    connect: etcd_client::ConnectOptions,
 }
 
 impl ScratchEtcd {
-    /// Starts etcd on the restored `data` dir; its log goes to `logdir/etcd.log`.
+    /// Starts etcd on the restored `data` dir, TLS with client certificates of `pki` on both its
+    /// client and peer ports; its log goes to `logdir/etcd.log`.
     pub async fn start(
         etcd: &Path,
         name: &str,
         data: &Path,
         ports: &Ports,
+        pki: &Pki,
         logdir: &Path,
     ) -> Result<Self> {
         let mut cmd = tokio::process::Command::new(etcd);
@@ -99,7 +122,21 @@ impl ScratchEtcd {
                 &ports.peer_url(),
                 "--initial-advertise-peer-urls",
                 &ports.peer_url(),
-            ]);
+            ])
+            .arg("--client-cert-auth")
+            .arg("--trusted-ca-file")
+            .arg(&pki.ca)
+            .arg("--cert-file")
+            .arg(&pki.server_cert)
+            .arg("--key-file")
+            .arg(&pki.server_key)
+            .arg("--peer-client-cert-auth")
+            .arg("--peer-trusted-ca-file")
+            .arg(&pki.ca)
+            .arg("--peer-cert-file")
+            .arg(&pki.server_cert)
+            .arg("--peer-key-file")
+            .arg(&pki.server_key);
         let mut server = Server::spawn(
             cmd,
             "restored etcd",
@@ -107,15 +144,21 @@ impl ScratchEtcd {
             "install etcd or pass --etcd-bin",
         )?;
         let endpoint = ports.client_url();
+        let connect = pki.etcd_client()?;
         server
             .wait_ready(Duration::from_secs(30), || async {
-                match etcd_client::Client::connect([endpoint.as_str()], None).await {
+                match etcd_client::Client::connect([endpoint.as_str()], Some(connect.clone())).await
+                {
                     Ok(mut c) => c.status().await.is_ok(),
                     Err(_) => false,
                 }
             })
             .await?;
-        Ok(ScratchEtcd { server, endpoint })
+        Ok(ScratchEtcd {
+            server,
+            endpoint,
+            connect,
+        })
     }
 
     /// Revision, live keys and HashKV at `revision`.
@@ -125,9 +168,10 @@ impl ScratchEtcd {
             context: format!("restored member: {what}"),
             source: e,
         };
-        let mut c = etcd_client::Client::connect([self.endpoint.as_str()], None)
-            .await
-            .map_err(|e| err("connect", e))?;
+        let mut c =
+            etcd_client::Client::connect([self.endpoint.as_str()], Some(self.connect.clone()))
+                .await
+                .map_err(|e| err("connect", e))?;
         let head = c
             .get(
                 "",

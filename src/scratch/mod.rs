@@ -1,12 +1,17 @@
 //! Throwaway servers on loopback for trial restores and drills: an etcd on a restored data dir
-//! and a kube-apiserver on that etcd. Each is started by kirt, waited for with one readiness loop,
-//! and stopped by its PID (SIGTERM, then SIGKILL) — also when dropped.
+//! and a kube-apiserver on that etcd. They hold restored Secrets, so nothing but kirt may talk to
+//! them: the etcd serves TLS and requires a client certificate from a CA made for this run (the
+//! keys never leave the run's private temp dir), the apiserver requires a random bearer token.
+//! Each is started by kirt, waited for with one readiness loop, stopped by its PID (SIGTERM, then
+//! SIGKILL) — also when dropped — and killed by the kernel if kirt itself dies.
 
 mod apiserver;
 mod etcd;
+mod pki;
 
 pub use apiserver::ScratchApiserver;
 pub use etcd::{etcdutl_restore, Observed, ScratchEtcd};
+pub use pki::Pki;
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -34,6 +39,7 @@ impl Server {
         let file = std::fs::File::create(log)
             .map_err(|e| Error::io(format!("creating the {what} log"), e))?;
         let program = cmd.as_std().get_program().to_string_lossy().into_owned();
+        crate::signal::die_with_parent(&mut cmd);
         let child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -97,6 +103,26 @@ impl Server {
     }
 }
 
+/// A private (0700) temp dir for one restore's plaintext snapshot, scratch data and keys, under
+/// `--work-dir` or `$TMPDIR`; removed with everything in it when dropped.
+pub fn work_dir(prefix: &str, under: Option<&Path>) -> Result<tempfile::TempDir> {
+    let base = under
+        .map(Path::to_path_buf)
+        .unwrap_or_else(std::env::temp_dir);
+    tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir_in(&base)
+        .map_err(|e| {
+            Error::io(
+                format!(
+                    "creating a work dir in {} (--work-dir chooses another place)",
+                    base.display()
+                ),
+                e,
+            )
+        })
+}
+
 /// Client and peer ports on 127.0.0.1, free when chosen.
 pub struct Ports {
     pub client: u16,
@@ -112,11 +138,11 @@ impl Ports {
     }
 
     pub fn client_url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.client)
+        format!("https://127.0.0.1:{}", self.client)
     }
 
     pub fn peer_url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.peer)
+        format!("https://127.0.0.1:{}", self.peer)
     }
 
     /// Membership flags for `etcdutl snapshot restore` of a one-member scratch cluster.

@@ -1,5 +1,7 @@
-//! Local-directory store: writes `.NAME.part`, fsyncs, renames, fsyncs the directory — the way
-//! `etcdutl snapshot save` does — so a crash never leaves a half-written object under its name.
+//! Local-directory store: writes `.NAME.PID-RANDOM.part`, fsyncs, renames, fsyncs the directory —
+//! the way `etcdutl snapshot save` does — so a crash never leaves a half-written object under its
+//! name. Objects are readable by their owner only (0600), directories kirt creates are 0700:
+//! backups hold every Secret of a cluster, evidence bundles memory images.
 
 use std::path::{Path, PathBuf};
 
@@ -39,13 +41,29 @@ impl LocalStore {
     }
 }
 
+/// A partial file of its own for every upload, even two of the same object in the same second.
 fn part_path(path: &Path) -> PathBuf {
+    use std::hash::{BuildHasher, Hasher};
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    path.with_file_name(format!(".{name}.part"))
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::UNIX_EPOCH
+            .elapsed()
+            .unwrap_or_default()
+            .as_nanos(),
+    );
+    path.with_file_name(format!(
+        ".{name}.{}-{:08x}{PART}",
+        std::process::id(),
+        h.finish() as u32
+    ))
 }
+
+/// The suffix of partial files (never listed as objects).
+const PART: &str = ".part";
 
 #[async_trait]
 impl Store for LocalStore {
@@ -59,14 +77,12 @@ impl Store for LocalStore {
             .parent()
             .map(Path::to_path_buf)
             .unwrap_or_else(|| self.root.clone());
-        tokio::fs::create_dir_all(&dir)
-            .await
-            .map_err(|e| self.err(key, "cannot create directory", e))?;
+        crate::context::private_dir(&dir)?;
         let part = part_path(&path);
         let file = tokio::fs::OpenOptions::new()
             .write(true)
-            .create(true)
-            .truncate(true)
+            .create_new(true)
+            .mode(0o600)
             .open(&part)
             .await
             .map_err(|e| self.err(key, "cannot create file", e))?;
@@ -110,10 +126,21 @@ impl Store for LocalStore {
         }
     }
 
+    async fn remove_stale(
+        &self,
+        older_than: std::time::Duration,
+        dry_run: bool,
+    ) -> Result<Vec<String>> {
+        let root = self.root.clone();
+        crate::error::join(
+            "listing",
+            tokio::task::spawn_blocking(move || stale_parts(&root, older_than, dry_run)),
+        )
+        .await?
+    }
+
     async fn check(&self) -> Result<String> {
-        tokio::fs::create_dir_all(&self.root)
-            .await
-            .map_err(|e| self.err("", "cannot create directory", e))?;
+        crate::context::private_dir(&self.root)?;
         let probe = self
             .root
             .join(format!(".kirt-probe-{}", std::process::id()));
@@ -169,6 +196,42 @@ fn list_dir(root: &Path, prefix: &str) -> Result<Vec<ObjectInfo>> {
                     size: meta.len(),
                     modified,
                 });
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Partial files older than `older_than` under `root` (removed unless `dry_run`).
+fn stale_parts(root: &Path, older_than: std::time::Duration, dry_run: bool) -> Result<Vec<String>> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let Ok(meta) = entry.metadata() else { continue };
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if meta.is_dir() {
+                stack.push(entry.path());
+                continue;
+            }
+            let old = meta
+                .modified()
+                .ok()
+                .and_then(|m| m.elapsed().ok())
+                .is_some_and(|age| age > older_than);
+            if name.starts_with('.') && name.ends_with(PART) && old {
+                if !dry_run {
+                    std::fs::remove_file(entry.path()).map_err(|e| {
+                        Error::store(
+                            entry.path().display().to_string(),
+                            format!("cannot remove: {e}"),
+                        )
+                    })?;
+                }
+                out.push(entry.path().display().to_string());
             }
         }
     }

@@ -40,6 +40,17 @@ pub trait Store: Send + Sync {
 
     async fn delete(&self, key: &str) -> Result<()>;
 
+    /// Removes what interrupted uploads left behind that is older than `older_than` (a local
+    /// store's partial files; an S3 store's pending uploads are aborted when it is opened).
+    /// Returns what was (or in a dry run would be) removed.
+    async fn remove_stale(
+        &self,
+        _older_than: std::time::Duration,
+        _dry_run: bool,
+    ) -> Result<Vec<String>> {
+        Ok(Vec::new())
+    }
+
     /// Proves the store is usable (directory writable, bucket reachable with the credentials
     /// found); returns a one-line description for `kirt doctor`.
     async fn check(&self) -> Result<String>;
@@ -54,14 +65,26 @@ pub trait Store: Send + Sync {
         up.commit().await.map(|_| ())
     }
 
-    /// Reads a small object whole (manifests).
-    async fn get_bytes(&self, key: &str) -> Result<Vec<u8>> {
+    /// Reads a small object whole (manifests, signatures), at most `limit` bytes: anything
+    /// larger is not what kirt writes there, and is refused without being read.
+    async fn get_bytes(&self, key: &str, limit: u64) -> Result<Vec<u8>> {
         use tokio::io::AsyncReadExt;
-        let mut r = self.get(key).await?;
+        let r = self.get(key).await?;
         let mut buf = Vec::new();
-        r.read_to_end(&mut buf).await.map_err(|e| {
-            Error::store(format!("{}/{key}", self.url()), format!("read failed: {e}"))
-        })?;
+        r.take(limit.saturating_add(1))
+            .read_to_end(&mut buf)
+            .await
+            .map_err(|e| Error::Store {
+                location: format!("{}/{key}", self.url()),
+                message: format!("read failed: {e}"),
+                source: Some(Box::new(e)),
+            })?;
+        if buf.len() as u64 > limit {
+            return Err(Error::VerifyFailed(format!(
+                "{}/{key} is larger than {limit} bytes: not what kirt writes there (planted or corrupt); not read",
+                self.url()
+            )));
+        }
         Ok(buf)
     }
 }

@@ -73,6 +73,7 @@ pub struct S3Store {
     /// (AWS_REQUEST_CHECKSUM_CALCULATION=when_required, for servers that reject them): then
     /// the SigV4 payload signature protects them.
     part_checksums: bool,
+    pending: pending::Pending,
 }
 
 impl S3Store {
@@ -134,17 +135,28 @@ impl S3Store {
                 )))
             }
         }
-        let store = S3Store {
-            client: aws_sdk_s3::Client::from_conf(b.build()),
+        let client = aws_sdk_s3::Client::from_conf(b.build());
+        let prefix = prefix.trim_matches('/').to_string();
+        let pending = pending::Pending {
+            client: client.clone(),
             bucket: bucket.to_string(),
-            prefix: prefix.trim_matches('/').to_string(),
+            prefix: if prefix.is_empty() {
+                String::new()
+            } else {
+                format!("{prefix}/")
+            },
+        };
+        pending.cleanup().await;
+        Ok(S3Store {
+            client,
+            bucket: bucket.to_string(),
+            prefix,
             opts: opts.clone(),
             endpoint,
             part_checksums: sdk.request_checksum_calculation()
                 != Some(RequestChecksumCalculation::WhenRequired),
-        };
-        pending::cleanup(&store.client, &store.endpoint, &store.bucket).await;
-        Ok(store)
+            pending,
+        })
     }
 
     fn key(&self, key: &str) -> String {
@@ -215,6 +227,7 @@ impl Store for S3Store {
 
     async fn create(&self, key: &str) -> Result<Box<dyn Upload>> {
         Ok(Box::new(S3Upload {
+            pending: self.pending.clone(),
             client: self.client.clone(),
             bucket: self.bucket.clone(),
             key: self.key(key),
@@ -224,6 +237,7 @@ impl Store for S3Store {
             buf: BytesMut::new(),
             upload_id: None,
             next_part: 1,
+            heartbeat: None,
             tasks: JoinSet::new(),
             free: Vec::new(),
             parts: Vec::new(),
@@ -264,6 +278,9 @@ impl Store for S3Store {
             for o in page.contents() {
                 let Some(k) = o.key() else { continue };
                 let rel = k.strip_prefix(&strip).unwrap_or(k).to_string();
+                if rel.starts_with(".kirt/") {
+                    continue; // kirt's own bookkeeping (pending-upload records), not objects
+                }
                 let modified = o
                     .last_modified()
                     .and_then(|t| jiff::Timestamp::from_second(t.secs()).ok());
@@ -303,6 +320,7 @@ impl Store for S3Store {
 }
 
 struct S3Upload {
+    pending: pending::Pending,
     client: aws_sdk_s3::Client,
     bucket: String,
     key: String,
@@ -319,6 +337,8 @@ struct S3Upload {
     parts: Vec<CompletedPart>,
     size: u64,
     done: bool,
+    /// Keeps the pending-upload record fresh while the upload runs.
+    heartbeat: Option<pending::Heartbeat>,
 }
 
 impl S3Upload {
@@ -353,7 +373,7 @@ impl S3Upload {
             Error::store(self.loc(), "CreateMultipartUpload returned no upload id")
         })?;
         self.upload_id = Some(id.to_string());
-        pending::record(&self.endpoint, &self.bucket, &self.key, id);
+        self.heartbeat = self.pending.record(&self.key, id).await;
         Ok(id.to_string())
     }
 
@@ -459,19 +479,21 @@ impl S3Upload {
             .send()
             .await
             .map_err(|e| s3_err(&self.loc(), &self.endpoint, "CompleteMultipartUpload", e))?;
+        self.heartbeat = None;
         if let Some(id) = self.upload_id.take() {
-            pending::forget(&self.endpoint, &self.bucket, &self.key, &id);
+            self.pending.forget(&self.key, &id).await;
         }
         Ok(self.size)
     }
 
     async fn abort_inner(&mut self) {
+        self.heartbeat = None;
         self.tasks.abort_all();
         while self.tasks.join_next().await.is_some() {}
         if let Some(id) = self.upload_id.take() {
-            // The server may be restarting: retry patiently; if it stays away, the id is kept in
-            // the state dir and the next kirt run against this bucket aborts it.
-            for delay in [0u64, 1, 2, 4] {
+            // The server may be restarting: try again once; if it stays away, the record next to
+            // the backups makes the next kirt run against this store abort it.
+            for delay in [0u64, 1] {
                 tokio::time::sleep(Duration::from_secs(delay)).await;
                 match self
                     .client
@@ -483,11 +505,11 @@ impl S3Upload {
                     .await
                 {
                     Ok(_) => {
-                        pending::forget(&self.endpoint, &self.bucket, &self.key, &id);
+                        self.pending.forget(&self.key, &id).await;
                         return;
                     }
                     Err(e) if pending::gone(&e) => {
-                        pending::forget(&self.endpoint, &self.bucket, &self.key, &id);
+                        self.pending.forget(&self.key, &id).await;
                         return;
                     }
                     Err(e) => {
@@ -502,96 +524,272 @@ impl S3Upload {
     }
 }
 
-/// Multipart upload ids kirt started and has not yet completed or aborted, one file each under
-/// the state dir, so that an upload interrupted while S3 was unreachable is aborted later
-/// (ListMultipartUploads is not available on every S3 server).
+/// Multipart upload ids kirt started and has not yet completed or aborted, each a small object
+/// `PREFIX/.kirt/pending/HASH.json` next to the backups: a run killed mid-upload (even by
+/// SIGKILL, in a pod whose disk is gone) leaves the id where the next run — in any pod — finds
+/// it and aborts the upload (ListMultipartUploads is not available on every S3 server). With
+/// write-only credentials the record is written but cannot be listed or removed: the bucket's
+/// AbortIncompleteMultipartUpload lifecycle rule is then what cleans up (docs/deploy.md).
+///
+/// Another run may be uploading to the same prefix right now (two clusters' CronJobs, a backup
+/// beside an evidence collection): its upload must not be aborted. A record names the process
+/// that owns it; a run on the same machine (same boot and PID namespace) sees exactly whether
+/// that process is gone. Otherwise the owner refreshes its record every [`HEARTBEAT`] and a
+/// record untouched for [`STALE`] (server time) belongs to a dead run.
 mod pending {
-    use std::path::PathBuf;
-
     use aws_sdk_s3::config::http::HttpResponse;
     use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+    use aws_sdk_s3::primitives::ByteStream;
     use serde::{Deserialize, Serialize};
     use sha2::{Digest, Sha256};
 
+    /// Where records live, below the store's prefix; `list` never shows it.
+    pub const DIR: &str = ".kirt/pending/";
+    /// Largest record read back.
+    const MAX_RECORD: usize = 4096;
+    /// How often a running upload rewrites its record.
+    const HEARTBEAT: std::time::Duration = std::time::Duration::from_secs(60);
+    /// A record not rewritten for this long (by the server's clock) belongs to a dead run.
+    const STALE: std::time::Duration = std::time::Duration::from_secs(15 * 60);
+
     #[derive(Serialize, Deserialize)]
     struct Record {
-        endpoint: String,
-        bucket: String,
         key: String,
         upload_id: String,
+        started_at: jiff::Timestamp,
+        #[serde(default)]
+        owner: Option<Owner>,
     }
 
-    fn dir() -> PathBuf {
-        crate::context::state_dir().join("pending-uploads")
+    /// The process that started an upload, precisely enough to tell on the same machine
+    /// whether it still runs (a PID alone may have been reused).
+    #[derive(Serialize, Deserialize, PartialEq, Clone, Debug)]
+    pub(super) struct Owner {
+        boot_id: String,
+        pid_ns: String,
+        pid: u32,
+        /// The process's start time (clock ticks after boot, /proc/PID/stat field 22).
+        started: u64,
     }
 
-    fn path(endpoint: &str, bucket: &str, key: &str, id: &str) -> PathBuf {
-        let h = Sha256::digest(format!("{endpoint}\n{bucket}\n{key}\n{id}").as_bytes());
-        dir().join(format!("{}.json", &hex::encode(h)[..24]))
-    }
+    impl Owner {
+        pub(super) fn me() -> Option<Owner> {
+            let pid = std::process::id();
+            Some(Owner {
+                boot_id: std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+                    .ok()?
+                    .trim()
+                    .to_string(),
+                pid_ns: std::fs::read_link("/proc/self/ns/pid")
+                    .ok()?
+                    .display()
+                    .to_string(),
+                pid,
+                started: process_start(pid)?,
+            })
+        }
 
-    pub fn record(endpoint: &str, bucket: &str, key: &str, id: &str) {
-        let rec = Record {
-            endpoint: endpoint.into(),
-            bucket: bucket.into(),
-            key: key.into(),
-            upload_id: id.into(),
-        };
-        let _ = std::fs::create_dir_all(dir());
-        if let Ok(json) = serde_json::to_vec(&rec) {
-            if let Err(e) = std::fs::write(path(endpoint, bucket, key, id), json) {
-                tracing::debug!(error = %e, "cannot record the pending upload id");
+        /// Whether the owner still runs: known only on the same machine and PID namespace.
+        fn alive(&self) -> Option<bool> {
+            let me = Owner::me()?;
+            if me.boot_id != self.boot_id || me.pid_ns != self.pid_ns {
+                return None;
             }
+            Some(process_start(self.pid) == Some(self.started))
         }
     }
 
-    pub fn forget(endpoint: &str, bucket: &str, key: &str, id: &str) {
-        let _ = std::fs::remove_file(path(endpoint, bucket, key, id));
+    /// A live (not zombie) process's start time.
+    fn process_start(pid: u32) -> Option<u64> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+        // after the command name: field 3 (state) is index 0, field 22 (starttime) index 19
+        if fields.first() == Some(&"Z") {
+            return None;
+        }
+        fields.get(19)?.parse().ok()
     }
 
-    /// The upload no longer exists (S3: 404 NoSuchUpload; s3s-fs answers 403, moto 500 for
-    /// uploads it already dropped).
-    pub fn gone<E: ProvideErrorMetadata>(e: &SdkError<E, HttpResponse>) -> bool {
-        matches!(e.code(), Some("NoSuchUpload" | "AccessDenied"))
-            || matches!(e, SdkError::ServiceError(s) if s.raw().status().as_u16() == 404)
+    /// Keeps an upload's record fresh while it runs; dropping it stops the refresh.
+    pub struct Heartbeat(tokio::task::AbortHandle);
+
+    impl Drop for Heartbeat {
+        fn drop(&mut self) {
+            self.0.abort();
+        }
     }
 
-    /// Aborts recorded uploads of this bucket (best effort, quietly).
-    pub async fn cleanup(client: &aws_sdk_s3::Client, endpoint: &str, bucket: &str) {
-        let Ok(entries) = std::fs::read_dir(dir()) else {
-            return;
-        };
-        for entry in entries.flatten() {
-            let Ok(bytes) = std::fs::read(entry.path()) else {
-                continue;
+    #[derive(Clone)]
+    pub struct Pending {
+        pub client: aws_sdk_s3::Client,
+        pub bucket: String,
+        /// The store's prefix, with a trailing slash (or empty).
+        pub prefix: String,
+    }
+
+    impl Pending {
+        fn record_key(&self, key: &str, id: &str) -> String {
+            let h = Sha256::digest(format!("{key}\n{id}").as_bytes());
+            format!("{}{DIR}{}.json", self.prefix, &hex::encode(h)[..32])
+        }
+
+        /// Notes an upload before its first part is sent, and keeps the note fresh until the
+        /// returned heartbeat is dropped.
+        pub async fn record(&self, key: &str, id: &str) -> Option<Heartbeat> {
+            let rec = Record {
+                key: key.into(),
+                upload_id: id.into(),
+                started_at: jiff::Timestamp::now(),
+                owner: Owner::me(),
             };
-            let Ok(rec) = serde_json::from_slice::<Record>(&bytes) else {
-                continue;
+            let body = serde_json::to_vec(&rec).ok()?;
+            let put = {
+                let (client, bucket, rkey) = (
+                    self.client.clone(),
+                    self.bucket.clone(),
+                    self.record_key(key, id),
+                );
+                move || {
+                    client
+                        .put_object()
+                        .bucket(&bucket)
+                        .key(&rkey)
+                        .body(ByteStream::from(body.clone()))
+                        .send()
+                }
             };
-            if rec.endpoint != endpoint || rec.bucket != bucket {
-                continue;
+            if let Err(e) = put().await {
+                tracing::warn!(error = %DisplayErrorContext(&e), "cannot record the pending upload next to the backups; if this run is killed, only a bucket lifecycle rule cleans it up");
+                return None;
             }
-            match client
-                .abort_multipart_upload()
-                .bucket(&rec.bucket)
-                .key(&rec.key)
-                .upload_id(&rec.upload_id)
+            let task = tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(HEARTBEAT).await;
+                    if let Err(e) = put().await {
+                        tracing::debug!(error = %DisplayErrorContext(&e), "cannot refresh the pending-upload record");
+                    }
+                }
+            });
+            Some(Heartbeat(task.abort_handle()))
+        }
+
+        /// Removes the note of an upload that was completed or aborted.
+        pub async fn forget(&self, key: &str, id: &str) {
+            if let Err(e) = self
+                .client
+                .delete_object()
+                .bucket(&self.bucket)
+                .key(self.record_key(key, id))
                 .send()
                 .await
             {
-                Ok(_) => {
-                    tracing::info!(bucket = %rec.bucket, key = %rec.key, "aborted a multipart upload left by an interrupted run");
-                    let _ = std::fs::remove_file(entry.path());
-                }
-                Err(e) if gone(&e) => {
-                    tracing::debug!(key = %rec.key, error = %DisplayErrorContext(&e), "recorded multipart upload is already gone");
-                    let _ = std::fs::remove_file(entry.path());
-                }
+                tracing::debug!(error = %DisplayErrorContext(&e), "cannot remove the pending-upload record (write-only credentials?)");
+            }
+        }
+
+        /// Aborts the uploads recorded by runs that are gone (best effort, quietly).
+        pub async fn cleanup(&self) {
+            let listed = self
+                .client
+                .list_objects_v2()
+                .bucket(&self.bucket)
+                .prefix(format!("{}{DIR}", self.prefix))
+                .send()
+                .await;
+            let objects = match listed {
+                Ok(out) => out.contents().to_vec(),
                 Err(e) => {
-                    tracing::debug!(key = %rec.key, error = %DisplayErrorContext(&e), "cannot abort a recorded multipart upload yet")
+                    tracing::debug!(error = %DisplayErrorContext(&e), "cannot list pending-upload records (no ListBucket?)");
+                    return;
+                }
+            };
+            let now = std::time::SystemTime::now();
+            for o in objects {
+                let Some(rkey) = o.key() else { continue };
+                let Some(rec) = self.read(rkey).await else {
+                    continue;
+                };
+                let stale = o
+                    .last_modified()
+                    .and_then(|t| std::time::SystemTime::try_from(*t).ok())
+                    .and_then(|t| now.duration_since(t).ok())
+                    .is_some_and(|age| age > STALE);
+                let dead = match rec.owner.as_ref().and_then(Owner::alive) {
+                    Some(alive) => !alive,
+                    None => stale,
+                };
+                if dead {
+                    self.abort_recorded(rkey, &rec).await;
                 }
             }
         }
+
+        async fn read(&self, rkey: &str) -> Option<Record> {
+            let out = self
+                .client
+                .get_object()
+                .bucket(&self.bucket)
+                .key(rkey)
+                .send()
+                .await
+                .ok()?;
+            if out.content_length().unwrap_or(0) as usize > MAX_RECORD {
+                tracing::warn!(record = rkey, "pending-upload record too large; ignored");
+                return None;
+            }
+            let bytes = out.body.collect().await.ok()?.into_bytes();
+            serde_json::from_slice(&bytes).ok()
+        }
+
+        async fn abort_recorded(&self, rkey: &str, rec: &Record) {
+            let full = rec.key.trim_start_matches('/');
+            // A record names an upload under this store's prefix, nowhere else.
+            if !full.starts_with(&self.prefix) {
+                tracing::warn!(record = rkey, key = %rec.key, "pending-upload record names an object outside this store; ignored");
+                return;
+            }
+            let res = self
+                .client
+                .abort_multipart_upload()
+                .bucket(&self.bucket)
+                .key(full)
+                .upload_id(&rec.upload_id)
+                .send()
+                .await;
+            let remove = match &res {
+                Ok(_) => {
+                    tracing::info!(key = %rec.key, "aborted a multipart upload left by an interrupted run");
+                    true
+                }
+                Err(e) if gone(e) => true,
+                // s3s-fs answers 403 for uploads it no longer has; a real permission problem
+                // keeps the record until it is old enough that only a lifecycle rule can help.
+                Err(e) if e.code() == Some("AccessDenied") => {
+                    let age = jiff::Timestamp::now().duration_since(rec.started_at);
+                    age > jiff::SignedDuration::from_hours(24)
+                }
+                Err(e) => {
+                    tracing::debug!(key = %rec.key, error = %DisplayErrorContext(e), "cannot abort a recorded multipart upload yet");
+                    false
+                }
+            };
+            if remove {
+                let _ = self
+                    .client
+                    .delete_object()
+                    .bucket(&self.bucket)
+                    .key(rkey)
+                    .send()
+                    .await;
+            }
+        }
+    }
+
+    /// The upload no longer exists (S3: 404 NoSuchUpload; moto answers 500 for uploads it
+    /// already dropped).
+    pub fn gone<E: ProvideErrorMetadata>(e: &SdkError<E, HttpResponse>) -> bool {
+        matches!(e.code(), Some("NoSuchUpload"))
+            || matches!(e, SdkError::ServiceError(s) if s.raw().status().as_u16() == 404)
     }
 }
 
@@ -645,17 +843,24 @@ impl Drop for S3Upload {
         if !self.done {
             if let Some(id) = self.upload_id.take() {
                 self.tasks.abort_all();
-                let (client, bucket, key) =
-                    (self.client.clone(), self.bucket.clone(), self.key.clone());
+                let (client, bucket, key, pending) = (
+                    self.client.clone(),
+                    self.bucket.clone(),
+                    self.key.clone(),
+                    self.pending.clone(),
+                );
                 if let Ok(h) = tokio::runtime::Handle::try_current() {
                     h.spawn(async move {
-                        let _ = client
+                        let aborted = client
                             .abort_multipart_upload()
                             .bucket(bucket)
-                            .key(key)
-                            .upload_id(id)
+                            .key(&key)
+                            .upload_id(&id)
                             .send()
                             .await;
+                        if aborted.is_ok() {
+                            pending.forget(&key, &id).await;
+                        }
                     });
                 }
             }

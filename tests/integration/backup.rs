@@ -615,8 +615,9 @@ fn s3_dying_mid_upload_leaves_nothing_once_it_is_back() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    // wait until a multipart upload was started (kirt records its id), then kill the server
-    let pending_dir = lab.dir.path().join(".local/state/kirt/pending-uploads");
+    // wait until a multipart upload was started (kirt records its id in the bucket, where any
+    // later run finds it), then kill the server
+    let pending_dir = s3s.dir.join("crash/p/.kirt/pending");
     common::wait_until(
         Duration::from_secs(30),
         "a multipart upload to start",
@@ -634,10 +635,12 @@ fn s3_dying_mid_upload_leaves_nothing_once_it_is_back() {
     );
     // the server comes back with its disk state
     let s3s = lab.private_s3s(Some((&data, port)));
+    let keys = s3::keys(&client, "crash");
     assert!(
-        s3::keys(&client, "crash").is_empty(),
-        "an object became visible"
+        keys.iter().all(|k| k.starts_with("p/.kirt/pending/")),
+        "an object became visible: {keys:?}"
     );
+    assert_eq!(keys.len(), 1, "the record of the upload: {keys:?}");
     // the next kirt run against the bucket aborts the upload it could not abort before
     let mut list = lab.kirt_cmd([
         "backup",
@@ -662,6 +665,8 @@ fn s3_dying_mid_upload_leaves_nothing_once_it_is_back() {
         files_under(&pending_dir).is_empty(),
         "pending upload record still there"
     );
+    // the record never shows up as a backup
+    assert!(!listed.stdout().contains(".kirt"), "{}", listed.dump());
     let parts = common::block_on(async {
         client
             .list_parts()
@@ -676,8 +681,18 @@ fn s3_dying_mid_upload_leaves_nothing_once_it_is_back() {
         parts.as_ref().map(|p| p.parts().is_empty()).unwrap_or(true),
         "the multipart upload still exists: {parts:?}"
     );
-    // and nothing of the upload is left on the server's disk
-    let files = files_under(&data);
+    // and nothing of the upload is left on the server's disk (s3s-fs 0.14 keeps the sidecar
+    // metadata files of a deleted object: those of the removed record are not upload data)
+    use base64::Engine;
+    let record_sidecar = format!(
+        ".object-{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode("p/.kirt/pending/")
+    );
+    let record_sidecar = &record_sidecar[..record_sidecar.len() - 2]; // (last chars span the hash)
+    let files: Vec<_> = files_under(&data)
+        .into_iter()
+        .filter(|f| !f.to_string_lossy().contains(record_sidecar))
+        .collect();
     assert!(files.is_empty(), "s3s-fs still holds {files:?}");
 }
 
@@ -737,6 +752,12 @@ fn prune_keeps_what_the_rules_say_and_removes_orphans() {
         b"in progress",
     )
     .unwrap();
+    // partial files of killed runs (SIGKILL leaves them): an old one goes, a fresh one stays
+    let old_part = dir.join("c/.20200101T000000Z-r2.etcd.zst.4242-a1b2.part");
+    let fresh_part = dir.join(format!("c/.{now}-r999998.etcd.zst.4243-c3d4.part"));
+    std::fs::write(&old_part, b"killed").unwrap();
+    std::fs::write(&fresh_part, b"running").unwrap();
+    sh(&format!("touch -d '2 days ago' {}", old_part.display())).ok();
     let l = lab
         .kirt(["backup", "list", "--from", to, "-o", "json"])
         .ok()
@@ -783,6 +804,9 @@ fn prune_keeps_what_the_rules_say_and_removes_orphans() {
     assert_eq!(p["kept"], 2);
     assert_eq!(p["removed"], 1);
     assert_eq!(p["orphans_removed"], 1);
+    assert_eq!(p["stale_parts_removed"], 1, "{p:#}");
+    assert!(!old_part.exists() && fresh_part.exists());
+    std::fs::remove_file(&fresh_part).unwrap();
     let l = lab
         .kirt(["backup", "list", "--from", to, "-o", "json"])
         .ok()
@@ -811,4 +835,66 @@ fn prune_keeps_what_the_rules_say_and_removes_orphans() {
     assert_eq!(files, want);
     // no rule → refused
     lab.kirt(["backup", "prune", "--from", to]).code_is(2);
+}
+
+/// What kirt writes is private to its user — objects, manifests, signatures 0600 in 0700
+/// directories (a backup holds every Secret of the cluster) — except the metrics textfile,
+/// which node_exporter, running as another user, must read. A dry run writes no metrics.
+#[test]
+fn stored_files_are_private_and_the_metrics_file_is_readable_by_others() {
+    use std::os::unix::fs::PermissionsExt;
+    let Some(lab) = lab() else { return };
+    let etcd = lab.private_etcd("3.5");
+    populate_etcd(&etcd.endpoint, "/modes", 20);
+    let (sign_key, _) = crate::common::keys::signing_keys(&lab);
+    let store = lab.dir.path().join("modes");
+    // node_exporter's textfile directory: world-readable, outside the test's private temp dir
+    let textfiles = tempfile::Builder::new()
+        .prefix("kirt-textfile-")
+        .tempdir_in("/tmp")
+        .unwrap();
+    std::fs::set_permissions(textfiles.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let metrics = textfiles.path().join("kirt.prom");
+    let create = |extra: &[&str]| {
+        let mut args = vec![
+            "backup",
+            "create",
+            "--etcd-endpoints",
+            &etcd.endpoint,
+            "--to",
+            store.to_str().unwrap(),
+            "--cluster-name",
+            "c",
+            "--no-encrypt",
+            "--sign-key",
+            &sign_key,
+            "--metrics-file",
+            metrics.to_str().unwrap(),
+        ];
+        args.extend(extra);
+        lab.kirt(&args).ok()
+    };
+    create(&["--dry-run"]);
+    assert!(!metrics.exists(), "a dry run wrote metrics");
+    create(&[]);
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    let files = files_under(&store);
+    assert_eq!(files.len(), 3, "object, manifest, signature: {files:?}");
+    for f in &files {
+        assert_eq!(mode(f), 0o600, "{f:?}");
+    }
+    assert_eq!(mode(&store), 0o700);
+    assert_eq!(mode(&store.join("c")), 0o700);
+    assert_eq!(mode(&metrics), 0o644);
+    let r = sh(&format!(
+        "setpriv --reuid nobody --regid nogroup --clear-groups cat {}",
+        metrics.display()
+    ))
+    .ok();
+    assert!(
+        r.stdout()
+            .contains("kirt_backup_last_run_success{cluster=\"c\"} 1"),
+        "{}",
+        r.dump()
+    );
 }

@@ -144,3 +144,88 @@ fn quarantine_and_release_surface() {
     kirt(&["quarantine", "web", "-l", "app=x"]).code_is(2);
     kirt(&["quarantine", "verify"]).code_is(2);
 }
+
+/// The AWS SDK's legacy client (hyper 0.14, rustls 0.21, rustls-webpki 0.101, h2 0.3 — crates
+/// with published advisories) stays out of the lock file (deny.toml bans them too).
+#[test]
+fn lock_file_has_no_legacy_tls_or_http_stack() {
+    let lock = std::fs::read_to_string(crate::common::repo_root().join("Cargo.lock")).unwrap();
+    let field = |block: &str, key: &str| -> Option<String> {
+        block.lines().find_map(|l| {
+            l.strip_prefix(&format!("{key} = \""))
+                .and_then(|v| v.strip_suffix('"'))
+                .map(String::from)
+        })
+    };
+    let packages: Vec<(String, String)> = lock
+        .split("[[package]]")
+        .filter_map(|b| Some((field(b, "name")?, field(b, "version")?)))
+        .collect();
+    assert!(
+        packages.len() > 100,
+        "Cargo.lock not parsed: {} packages",
+        packages.len()
+    );
+    let banned = [
+        ("rustls", "0.21."),
+        ("rustls-webpki", "0.101."),
+        ("h2", "0.3."),
+        ("hyper", "0.14."),
+    ];
+    let found: Vec<String> = packages
+        .iter()
+        .filter(|(name, version)| {
+            banned
+                .iter()
+                .any(|(n, v)| name == n && version.starts_with(v))
+        })
+        .map(|(name, version)| format!("{name} {version}"))
+        .collect();
+    assert!(found.is_empty(), "Cargo.lock holds {found:?}");
+}
+
+/// `kirt keygen` makes a minisign key pair: the secret key 0600, never overwritten without
+/// --force, and interoperable with the minisign CLI both ways.
+#[test]
+fn keygen_makes_private_minisign_compatible_keys() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let (sk, pk) = (dir.path().join("k.key"), dir.path().join("k.pub"));
+    let args = [
+        "keygen",
+        "-s",
+        sk.to_str().unwrap(),
+        "-p",
+        pk.to_str().unwrap(),
+    ];
+    let v = kirt(&[&args[..], &["-o", "json"]].concat()).ok().json();
+    assert_eq!(v["password_protected"], false, "{v}");
+    let mode = std::fs::metadata(&sk).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    let before = std::fs::read(&sk).unwrap();
+    let r = kirt(&args).code_is(4);
+    assert!(r.stderr().contains("--force"), "{}", r.dump());
+    assert_eq!(std::fs::read(&sk).unwrap(), before, "a key was overwritten");
+    // the minisign CLI signs with the secret key and checks with the public one; its key id
+    // is the one kirt printed
+    let file = dir.path().join("data");
+    std::fs::write(&file, b"a manifest").unwrap();
+    let r = crate::common::sh(&format!(
+        "minisign -S -s {} -m {f} </dev/null && minisign -V -p {} -m {f}",
+        sk.display(),
+        pk.display(),
+        f = file.display()
+    ))
+    .ok();
+    let id = v["key_id"].as_str().unwrap();
+    assert!(
+        r.stdout()
+            .contains("Signature and comment signature verified"),
+        "{}",
+        r.dump()
+    );
+    assert!(
+        std::fs::read_to_string(&pk).unwrap().contains(id),
+        "key id {id}"
+    );
+}

@@ -9,6 +9,7 @@ use crate::common::etcd::populate_etcd;
 use crate::common::k8s::Namespace;
 use crate::common::process::wait_serving;
 use crate::common::{self, lab, repo_root, sh, Lab, Run};
+use serde_json::Value;
 
 #[test]
 fn manifests_apply_and_the_responder_is_least_privilege() {
@@ -34,13 +35,27 @@ fn manifests_apply_and_the_responder_is_least_privilege() {
         "{}",
         r.dump()
     );
-    lab.kubectl([
-        "apply",
-        "-f",
-        deploy.join("drill-job.yaml").to_str().unwrap(),
-        "--dry-run=server",
-    ])
-    .ok();
+    let drill = lab
+        .kubectl([
+            "apply",
+            "-f",
+            deploy.join("drill-job.yaml").to_str().unwrap(),
+            "--dry-run=server",
+            "-o",
+            "json",
+        ])
+        .ok()
+        .json();
+    // the drill only accepts backups signed with the key in the ConfigMap kirt-trusted-key
+    let drill_pod = &drill["spec"]["template"]["spec"];
+    assert_eq!(
+        key_source(drill_pod, "KIRT_TRUSTED_KEY"),
+        (
+            "configMap",
+            "kirt-trusted-key".to_string(),
+            "minisign.pub".to_string()
+        )
+    );
     lab.kubectl(["apply", "-k", legacy.to_str().unwrap()]).ok();
     let cj = lab
         .kubectl(["get", "cronjob", "kirt-backup", "-n", "kirt", "-o", "json"])
@@ -56,6 +71,15 @@ fn manifests_apply_and_the_responder_is_least_privilege() {
     assert_eq!(c["securityContext"]["readOnlyRootFilesystem"], true);
     assert_eq!(c["securityContext"]["allowPrivilegeEscalation"], false);
     assert!(c["resources"]["limits"]["memory"].is_string());
+    // every backup is signed with the key in the Secret kirt-backup-signing
+    assert_eq!(
+        key_source(pod, "KIRT_SIGN_KEY"),
+        (
+            "secret",
+            "kirt-backup-signing".to_string(),
+            "minisign.key".to_string()
+        )
+    );
     // the backup account has no Kubernetes permissions at all
     let sa = "system:serviceaccount:kirt:kirt-backup";
     let r = lab
@@ -491,4 +515,54 @@ fn each_responder_rule_is_needed_by_the_command_it_names() {
         }
         lab.kubectl(["delete", "clusterrolebinding,clusterrole", &name]);
     }
+}
+
+/// Where the file named by the first container's environment variable `var` comes from:
+/// (volume kind, Secret or ConfigMap name, key in it) — the env var, the mount and the volume
+/// must agree for the job to find its key.
+#[track_caller]
+fn key_source(pod: &Value, var: &str) -> (&'static str, String, String) {
+    let c = &pod["containers"][0];
+    let path = c["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == var)
+        .and_then(|e| e["value"].as_str())
+        .unwrap_or_else(|| panic!("no {var} in {c:#}"));
+    let mount = c["volumeMounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| path.starts_with(&format!("{}/", m["mountPath"].as_str().unwrap())))
+        .unwrap_or_else(|| panic!("{var}={path} is on no mounted volume: {c:#}"));
+    let file = &path[mount["mountPath"].as_str().unwrap().len() + 1..];
+    let volume = pod["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == mount["name"])
+        .unwrap();
+    let (kind, name, source) = if volume["secret"].is_object() {
+        (
+            "secret",
+            volume["secret"]["secretName"].clone(),
+            &volume["secret"],
+        )
+    } else {
+        (
+            "configMap",
+            volume["configMap"]["name"].clone(),
+            &volume["configMap"],
+        )
+    };
+    let item = source["items"]
+        .as_array()
+        .and_then(|items| items.iter().find(|i| i["path"] == file))
+        .unwrap_or_else(|| panic!("{file} is not an item of {volume:#}"));
+    (
+        kind,
+        name.as_str().unwrap().to_string(),
+        item["key"].as_str().unwrap().to_string(),
+    )
 }

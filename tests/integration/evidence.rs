@@ -599,7 +599,7 @@ fn hundred_megabyte_log_stays_under_64_mib_rss() {
     std::thread::sleep(Duration::from_millis(300)); // into the log stream
     sh_in(lab.dir.path(), &format!("kill -TERM {}", child.id()));
     let status = child.wait().unwrap();
-    assert_eq!(status.code(), Some(1));
+    assert_eq!(status.code(), Some(143), "SIGTERM's exit code");
     let mut err = String::new();
     std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
     assert!(err.contains("interrupted"), "{err}");
@@ -1130,9 +1130,13 @@ fn usage_errors_exit_2_and_touch_nothing() {
     ])
     .code_is(2);
     assert!(r.stderr().contains("invalid duration"), "{}", r.dump());
-    let r = kirt(&["evidence", "verify", "notes.txt"]).code_is(2);
+    // what a file is comes from its content, not its name
+    let notes = dir.path().join("notes.txt");
+    std::fs::write(&notes, "not a bundle\n").unwrap();
+    let r = kirt(&["evidence", "verify", notes.to_str().unwrap()]).code_is(3);
     assert!(
-        r.stderr().contains("not an evidence bundle name"),
+        r.stdout().contains("not a readable evidence bundle")
+            || r.stderr().contains("not a readable evidence bundle"),
         "{}",
         r.dump()
     );
@@ -1188,4 +1192,105 @@ fn all_namespaces_with_a_selector() {
         ])
         .code_is(2);
     assert!(r.stderr().contains("-A works with -l"), "{}", r.dump());
+}
+
+/// A signed bundle verifies as authentic under any file name; a rebuilt bundle (consistent with
+/// itself, but not the bytes that were collected) does not, with or without the signature
+/// beside it. Without a key or digest, verify says authenticity was not checked.
+#[test]
+fn signed_bundles_verify_under_any_name_and_rebuilt_ones_do_not() {
+    let Some(lab) = lab() else { return };
+    let ns = lab.namespace("evid-signed");
+    let (sign_key, trusted) = crate::common::keys::signing_keys(&lab);
+    lab.apply(
+        &ns,
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: solo}\nspec:\n  containers:\n  - {name: main, image: nginx}\n",
+    );
+    wait_containers_reported(&lab, &ns, "solo", 1);
+    let out = lab.dir.path().join("signed");
+    lab.kirt([
+        "evidence",
+        "collect",
+        "solo",
+        "-n",
+        &ns,
+        "--to",
+        out.to_str().unwrap(),
+        "--sign-key",
+        &sign_key,
+    ])
+    .ok();
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    assert_eq!(files.len(), 2, "bundle and signature: {files:?}");
+    let (bundle, sig) = (files[0].clone(), files[1].clone());
+    assert_eq!(sig, PathBuf::from(format!("{}.minisig", bundle.display())));
+    // private: the bundle holds logs and pod specs
+    let mode = |p: &Path| {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::metadata(p).unwrap().permissions().mode() & 0o777
+    };
+    assert_eq!(mode(&bundle), 0o600);
+    assert_eq!(mode(&out), 0o700);
+    let name = bundle.file_name().unwrap().to_string_lossy().into_owned();
+    let top = name.trim_end_matches(".tar.zst").to_string();
+
+    let verify = |path: &Path, trusted: Option<&str>| {
+        let mut args = vec!["evidence", "verify", path.to_str().unwrap(), "-o", "json"];
+        if let Some(t) = trusted {
+            args.extend(["--trusted-key", t]);
+        }
+        lab.kirt(&args)
+    };
+    let v = verify(&bundle, Some(&trusted)).ok().json();
+    assert_eq!(
+        (v["ok"].clone(), v["authenticated"].clone()),
+        (true.into(), true.into()),
+        "{v:#}"
+    );
+    let r = lab
+        .kirt(["evidence", "verify", bundle.to_str().unwrap()])
+        .ok();
+    assert!(
+        r.stdout().contains("authenticity NOT checked"),
+        "{}",
+        r.dump()
+    );
+
+    // handed over under another name (signature alongside): same verdict, the bundle's own name
+    let handed = lab.dir.path().join("handover");
+    std::fs::create_dir_all(&handed).unwrap();
+    let renamed = handed.join("case-4711.bin");
+    std::fs::copy(&bundle, &renamed).unwrap();
+    std::fs::copy(&sig, handed.join("case-4711.bin.minisig")).unwrap();
+    let v = verify(&renamed, Some(&trusted)).ok().json();
+    assert_eq!(v["authenticated"], true, "{v:#}");
+    assert_eq!(v["bundle"], top.as_str(), "{v:#}");
+
+    // rebuilt from its own files with the real tar and zstd: self-consistent, not authentic
+    let x = lab.dir.path().join("rebuild");
+    let extracted = extract_plain(&bundle, &x);
+    let rebuilt = handed.join("rebuilt.tar.zst");
+    sh_in(
+        &x,
+        &format!(
+            "tar cf - '{}' | zstd -q -19 -o '{}'",
+            extracted.file_name().unwrap().to_string_lossy(),
+            rebuilt.display()
+        ),
+    );
+    let v = verify(&rebuilt, None).ok().json();
+    assert_eq!(
+        (v["ok"].clone(), v["authenticated"].clone()),
+        (true.into(), false.into()),
+        "{v:#}"
+    );
+    let r = verify(&rebuilt, Some(&trusted)).code_is(3);
+    assert!(r.stdout().contains("no signature"), "{}", r.dump());
+    std::fs::copy(&sig, handed.join("rebuilt.tar.zst.minisig")).unwrap();
+    let r = verify(&rebuilt, Some(&trusted)).code_is(3);
+    assert!(r.stdout().contains("does not verify"), "{}", r.dump());
 }

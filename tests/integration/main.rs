@@ -8,11 +8,13 @@
 
 mod common;
 
+mod authenticity;
 mod backup;
 mod cli;
 mod deploy;
 mod doctor;
 mod evidence;
+mod interrupt;
 mod lab_sanity;
 mod playbooks;
 mod quarantine;

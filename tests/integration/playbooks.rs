@@ -626,6 +626,11 @@ fn etcd_backup_playbook_end_to_end() {
 fn encrypted_etcd_backup_then_dr_drill_with_report() {
     let Some(lab) = lab() else { return };
     let (key, recipient) = age_key(&lab);
+    let (sign_key, trusted) = crate::common::keys::signing_keys(&lab);
+    let (sk, tk) = (
+        format!("sign_key={sign_key}"),
+        format!("trusted_key={trusted}"),
+    );
     let store = lab.dir.path().join("drill-store");
     let (ep, to, rcp, id) = (
         format!("etcd_endpoints={}", lab.get("KIRT_LAB_ETCD")),
@@ -651,12 +656,18 @@ fn encrypted_etcd_backup_then_dr_drill_with_report() {
             &id,
             "-p",
             "cluster_name=lab",
+            "-p",
+            &sk,
+            "-p",
+            &tk,
         ],
     )
     .ok();
     let s = r.json();
     assert_eq!(s["steps"][0]["outputs"]["encrypted"], true, "{}", r.dump());
+    assert_eq!(s["steps"][0]["outputs"]["signed"], true, "{}", r.dump());
     assert_eq!(s["steps"][1]["outputs"]["ok"], true, "{}", r.dump());
+    assert_eq!(s["steps"][1]["outputs"]["signed"], true, "{}", r.dump());
 
     let report = lab.dir.path().join("drill.md");
     let r = kirt_j(
@@ -677,12 +688,15 @@ fn encrypted_etcd_backup_then_dr_drill_with_report() {
                 "apiserver_bin={}/kube-apiserver",
                 lab.get("KIRT_LAB_KUBE_BIN")
             ),
+            "-p",
+            &tk,
         ],
     )
     .ok();
     let s = r.json();
     let drill = &s["steps"][0]["outputs"];
     assert_eq!(drill["ok"], true, "{}", r.dump());
+    assert_eq!(drill["signed"], true, "{}", r.dump());
     assert!(drill["rto_seconds"].as_f64().unwrap() > 0.0);
     let text = std::fs::read_to_string(&report).unwrap();
     assert!(text.contains("RPO") || text.contains("rpo"), "{text}");
@@ -829,6 +843,36 @@ fn isolate_compromised_pod_runs_dry_runs_and_undo_releases_exactly() {
     assert!(std::fs::read_dir(&evidence).unwrap().count() > 0);
 
     let run_id = s["run_id"].as_str().unwrap();
+    // the journal is private to its user
+    let journal = journal_dir(&lab).join(format!("{run_id}.jsonl"));
+    assert_eq!(mode(&journal), 0o600);
+    assert_eq!(mode(&journal_dir(&lab)), 0o700);
+    // a journal edited so that undo runs something else is refused as a whole, nothing run
+    let original = std::fs::read_to_string(&journal).unwrap();
+    let marker = lab.dir.path().join("undo-ran-exec");
+    let edited: String = original
+        .lines()
+        .map(|l| {
+            let mut v: Value = serde_json::from_str(l).unwrap();
+            if v["type"] == "mutation" {
+                v["undo"] = serde_json::json!({
+                    "action": "exec",
+                    "with": {"argv": ["touch", marker.display().to_string()]}
+                });
+            }
+            format!("{v}\n")
+        })
+        .collect();
+    assert!(
+        edited.contains("\"exec\""),
+        "no mutation in the journal:\n{original}"
+    );
+    std::fs::write(&journal, edited).unwrap();
+    let r = kirt_j(&lab, &["undo", run_id, "--yes"]).code_is(4);
+    assert!(r.stderr().contains("reverse nothing"), "{}", r.dump());
+    assert!(!marker.exists(), "undo ran the journal's exec");
+    assert!(labels(&pod(&lab, &ns, "victim")).contains_key("kirt.dev/quarantined"));
+    std::fs::write(&journal, original).unwrap();
     let r = kirt_j(&lab, &["undo", run_id, "--yes", "-o", "json"]).ok();
     let items = r.json()["items"].as_array().unwrap().clone();
     let undone = items.iter().filter(|i| i["status"] == "undone").count();
@@ -839,4 +883,100 @@ fn isolate_compromised_pod_runs_dry_runs_and_undo_releases_exactly() {
         "release restores the labels exactly"
     );
     assert_no_secrets(&lab);
+}
+
+fn mode(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+}
+
+/// An exec step sees PATH, HOME, LANG and its own env — none of kirt's secrets — and its
+/// output is journaled only up to 64 KiB per stream.
+#[test]
+fn exec_steps_inherit_no_secrets_and_their_output_is_capped() {
+    let Some(lab) = lab() else { return };
+    let file = write(
+        &lab,
+        "env.yaml",
+        "apiVersion: kirt.dev/v1\nkind: Playbook\nmetadata: {name: env}\nsteps:\n  - id: env\n    action: exec\n    with: {argv: [env], env: {STEP_VAR: given}}\n  - id: loud\n    action: exec\n    with: {argv: [sh, -c, 'head -c 200000 /dev/zero | tr \"\\\\0\" a']}\n",
+    );
+    let j = journal_dir(&lab).display().to_string();
+    let mut cmd = lab.kirt_cmd(["--journal", &j, "run", &file, "-o", "json"]);
+    cmd.env("KIRT_PASSPHRASE", SECRET_PARAM)
+        .env("KIRT_SIGN_PASSWORD", SECRET_TOKEN)
+        .env("AWS_SESSION_TOKEN", SECRET_PATH);
+    common::run(cmd, "kirt run env.yaml".into()).ok();
+    let (_, text) = &journals(&lab)[0];
+    let recs = records(text);
+    let stdout = |step: &str| {
+        recs.iter()
+            .find(|r| r["type"] == "step-end" && r["step"] == step)
+            .unwrap_or_else(|| panic!("no step-end of {step}:\n{text}"))["outputs"]["stdout"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let env = stdout("env");
+    assert!(
+        env.contains("PATH=") && env.contains("STEP_VAR=given"),
+        "{env}"
+    );
+    for leaked in ["KIRT_", "AWS_", "KUBECONFIG", "kirt-test-secret"] {
+        assert!(!env.contains(leaked), "exec saw {leaked}:\n{env}");
+    }
+    let loud = stdout("loud");
+    let kept = loud.trim_end_matches(|c| c != 'a');
+    assert_eq!(kept.len(), 64 << 10, "{}", &loud[loud.len() - 100..]);
+    assert!(
+        loud.ends_with(&format!(
+            "[kirt: {} more bytes of output not kept]\n",
+            200_000 - (64 << 10)
+        )),
+        "{}",
+        &loud[loud.len() - 100..]
+    );
+    assert!(!text.contains("kirt-test-secret"));
+    assert_no_secrets(&lab);
+}
+
+/// SIGTERM in the middle of a run: kirt stops the step's program, journals the run as
+/// interrupted and exits 143 within 2 s.
+#[test]
+fn a_signal_interrupts_a_run_and_it_is_journaled() {
+    let Some(lab) = lab() else { return };
+    let pidfile = lab.dir.path().join("sleeper.pid");
+    let file = write(
+        &lab,
+        "long.yaml",
+        &format!(
+            "apiVersion: kirt.dev/v1\nkind: Playbook\nmetadata: {{name: long}}\nsteps:\n  - id: long\n    action: exec\n    with: {{argv: [sh, -c, 'echo $$ > {}; exec sleep 60']}}\n",
+            pidfile.display()
+        ),
+    );
+    let j = journal_dir(&lab).display().to_string();
+    let held = common::process::Held::spawn(lab.kirt_cmd(["--journal", &j, "run", &file]));
+    wait_until(Duration::from_secs(30), "the step to start", || {
+        std::fs::read_to_string(&pidfile).is_ok_and(|s| s.ends_with('\n'))
+    });
+    let pid: u32 = std::fs::read_to_string(&pidfile)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let (code, took, stderr) = held.terminate();
+    assert_eq!(code, 143, "{stderr}");
+    assert!(took < Duration::from_secs(2), "took {took:?}\n{stderr}");
+    wait_until(
+        Duration::from_secs(5),
+        "the step's program to be gone",
+        || !common::process::alive(pid),
+    );
+    let (id, text) = &journals(&lab)[0];
+    let recs = records(text);
+    let end = recs.last().unwrap();
+    assert_eq!(end["type"], "run-end", "{text}");
+    assert_eq!(end["status"], "interrupted", "{text}");
+    let list = kirt_j(&lab, &["runs", "list", "-o", "json"]).ok().json();
+    assert_eq!(list["runs"][0]["run_id"], id.as_str(), "{list}");
+    assert_eq!(list["runs"][0]["status"], "interrupted", "{list}");
 }

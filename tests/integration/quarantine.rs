@@ -1017,3 +1017,57 @@ subjects: [{kind: ServiceAccount, name: responder, namespace: NS}]
         .collect();
     assert_eq!(before, after);
 }
+
+/// A pod deleted and re-created under the same name (a StatefulSet pod, an attacker's
+/// replacement) between kirt's read and its patch is not quarantined: the patch carries the
+/// UID kirt read (409 on the namesake), and the error says what happened.
+#[test]
+fn a_pod_recreated_under_the_same_name_is_not_quarantined() {
+    let Some(lab) = lab() else { return };
+    let ns = lab.namespace("q-recreated");
+    let yaml = "apiVersion: v1\nkind: Pod\nmetadata: {name: victim, labels: {app: web}}\nspec: {containers: [{name: c, image: nginx}]}\n";
+    lab.apply(&ns, yaml);
+    let read: k8s_openapi::api::core::v1::Pod =
+        serde_json::from_value(pod(&lab, &ns, "victim")).unwrap();
+    lab.kubectl([
+        "delete",
+        "pod",
+        "victim",
+        "-n",
+        &ns,
+        "--grace-period=0",
+        "--force",
+    ])
+    .ok();
+    lab.apply(&ns, yaml);
+    let now = pod(&lab, &ns, "victim");
+    assert_ne!(
+        now["metadata"]["uid"].as_str(),
+        read.metadata.uid.as_deref(),
+        "the pod was not re-created"
+    );
+
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let err = common::block_on(async {
+        let ctx = kirt::Ctx::new(kirt::k8s::KubeOptions {
+            kubeconfig: Some(lab.kubeconfig().into()),
+            ..Default::default()
+        });
+        let cluster = ctx.cluster().await.unwrap();
+        let spec = kirt::actions::quarantine::QuarantineSpec::default();
+        kirt::actions::quarantine::apply::quarantine_pod(
+            cluster,
+            false,
+            &spec,
+            &read,
+            "kirt-test",
+            "2026-11-27T00:00:00Z",
+        )
+        .await
+    })
+    .expect_err("the namesake was quarantined");
+    assert!(err.to_string().contains("re-created"), "{err}");
+    let after = pod(&lab, &ns, "victim");
+    assert!(!labels(&after).contains_key(QLABEL), "{after:#}");
+    assert_eq!(labels(&after).get("app").map(String::as_str), Some("web"));
+}

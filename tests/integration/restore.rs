@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::common::etcd::populate_etcd;
-use crate::common::keys::{age_key, ssh_key};
+use crate::common::keys::{age_key, signing_keys, ssh_key};
 use crate::common::{self, lab, repo_root, sh, Lab, Run};
 
 struct Backup {
@@ -295,13 +295,14 @@ fn restore_starts_a_working_etcd_with_the_data() {
     let etcd = lab.private_etcd("3.5");
     populate_etcd(&etcd.endpoint, "/restore-me", 500);
     let (key, recipient) = age_key(&lab);
+    let (sign_key, trusted) = signing_keys(&lab);
     let dir = lab.dir.path().join("r");
     let b = backup(
         &lab,
         &etcd.endpoint,
         &dir,
         "c",
-        &["--recipient", &recipient],
+        &["--recipient", &recipient, "--sign-key", &sign_key],
         &key,
     );
     let data = lab.dir.path().join("new-member");
@@ -315,6 +316,8 @@ fn restore_starts_a_working_etcd_with_the_data() {
             &b.id,
             "--identity",
             &key,
+            "--trusted-key",
+            &trusted,
             "--data-dir",
             data.to_str().unwrap(),
             "--name",
@@ -380,6 +383,8 @@ fn restore_starts_a_working_etcd_with_the_data() {
         &b.id,
         "--identity",
         &key,
+        "--trusted-key",
+        &trusted,
         "--data-dir",
         data.to_str().unwrap(),
         "--name",
@@ -412,12 +417,13 @@ fn drill_restores_the_lab_and_counts_match_etcdctl_and_kubectl() {
         ("configmaps", in_ns("configmaps")),
         ("secrets", in_ns("secrets")),
     ];
+    let (sign_key, trusted) = signing_keys(&lab);
     let b = backup(
         &lab,
         &lab.get("KIRT_LAB_ETCD"),
         &dir,
         "lab",
-        &["--recipient", &recipient],
+        &["--recipient", &recipient, "--sign-key", &sign_key],
         &key,
     );
     let report = lab.dir.path().join("drill.md");
@@ -429,6 +435,8 @@ fn drill_restores_the_lab_and_counts_match_etcdctl_and_kubectl() {
             &b.id,
             "--identity",
             &key,
+            "--trusted-key",
+            &trusted,
             "--apiserver-bin",
             &format!("{}/kube-apiserver", lab.get("KIRT_LAB_KUBE_BIN")),
             "--report",
@@ -553,8 +561,10 @@ fn drill_passes_when_the_snapshot_is_newer_than_the_recorded_revision() {
         }
     });
     std::fs::write(&path, serde_json::to_vec_pretty(&m).unwrap()).unwrap();
+    // the edited manifest is unsigned: this drill has to accept that explicitly
     let r = lab.kirt([
         "drill",
+        "--allow-unsigned",
         "--from",
         dir.to_str().unwrap(),
         &b.id,

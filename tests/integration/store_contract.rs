@@ -26,6 +26,9 @@ const PART: usize = 5 * 1024 * 1024;
 /// Where the store is opened inside its directory or bucket.
 const PREFIX: &str = "p/q";
 
+/// Where kirt records open multipart uploads, relative to the store.
+const RECORDS: &str = ".kirt/pending/";
+
 /// Where the store's bytes are, seen without kirt.
 enum Raw {
     /// The directory the store's root (`DIR/p/q`) is in.
@@ -43,8 +46,6 @@ struct Subject {
     url: String,
     opts: S3Options,
     raw: Raw,
-    /// kirt's state dir while the case runs (S3 uploads record their ids there).
-    state: PathBuf,
     _tmp: Option<tempfile::TempDir>,
 }
 
@@ -61,7 +62,6 @@ impl Subject {
             url,
             opts,
             raw: Raw::Dir(dir),
-            state: tmp.path().join("no-state"),
             _tmp: Some(tmp),
         }
     }
@@ -71,7 +71,7 @@ impl Subject {
         backend: Backend,
         client: aws_sdk_s3::Client,
         endpoint: &str,
-        env: &S3Env,
+        _env: &S3Env,
     ) -> Subject {
         let bucket = common::unique("store");
         client
@@ -98,7 +98,6 @@ impl Subject {
             url,
             opts,
             raw: Raw::S3 { client, bucket },
-            state: env.state.clone(),
             _tmp: None,
         }
     }
@@ -108,8 +107,10 @@ impl Subject {
     }
 
     /// Everything in the directory or bucket, store or not, relative to it and sorted (in the
-    /// directory: hidden in-progress files too).
+    /// directory: hidden in-progress files too), except kirt's records of open S3 uploads
+    /// ([`Subject::pending_uploads`]).
     async fn everything(&self) -> Vec<String> {
+        let records = full(RECORDS);
         let mut all: Vec<String> = match &self.raw {
             Raw::Dir(dir) => common::files_under(dir)
                 .iter()
@@ -124,6 +125,7 @@ impl Subject {
                 .contents()
                 .iter()
                 .filter_map(|o| o.key().map(String::from))
+                .filter(|k| !k.starts_with(&records))
                 .collect(),
         };
         all.sort();
@@ -175,33 +177,60 @@ impl Subject {
 
     async fn get(&self, key: &str) -> Vec<u8> {
         self.store
-            .get_bytes(key)
+            .get_bytes(key, u64::MAX)
             .await
             .unwrap_or_else(|e| panic!("get {key}: {e}"))
     }
 
     /// `get` of `key` says NotFound (exit 6), as for a key that was never written.
     async fn assert_not_found(&self, key: &str) {
-        match self.store.get_bytes(key).await {
+        match self.store.get_bytes(key, u64::MAX).await {
             Ok(b) => panic!("{key} is visible ({} bytes) but must not be", b.len()),
             Err(e) => assert_eq!(e.exit(), Exit::NotFound, "get {key}: {e}"),
         }
     }
 
     /// The multipart uploads kirt has started and not finished, as (full key, upload id), from
-    /// its records in the state dir (tracked there because not every server can list them).
-    fn pending_uploads(&self) -> Vec<(String, String)> {
-        common::files_under(&self.state.join("kirt/pending-uploads"))
-            .iter()
-            .map(|p| {
-                let r: serde_json::Value =
-                    serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap();
-                (
-                    r["key"].as_str().unwrap().to_string(),
-                    r["upload_id"].as_str().unwrap().to_string(),
-                )
-            })
-            .collect()
+    /// its records in the bucket (`PREFIX/.kirt/pending/`: not every server can list uploads,
+    /// and the next run may be in another pod).
+    async fn pending_uploads(&self) -> Vec<(String, String)> {
+        let Raw::S3 { client, bucket } = &self.raw else {
+            return Vec::new();
+        };
+        let listed = client
+            .list_objects_v2()
+            .bucket(bucket)
+            .prefix(full(RECORDS))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("list records: {e:?}"));
+        let mut out = Vec::new();
+        for o in listed.contents() {
+            let got = client
+                .get_object()
+                .bucket(bucket)
+                .key(o.key().unwrap())
+                .send()
+                .await;
+            let got = match got {
+                Ok(g) => g,
+                // removed between the listing and the read (an abort finishing in the background)
+                Err(SdkError::ServiceError(e)) if e.err().is_no_such_key() => continue,
+                Err(e) => panic!("get record {:?}: {e:?}", o.key()),
+            };
+            let body = got
+                .body
+                .collect()
+                .await
+                .unwrap()
+                .into_bytes();
+            let r: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            out.push((
+                r["key"].as_str().unwrap().to_string(),
+                r["upload_id"].as_str().unwrap().to_string(),
+            ));
+        }
+        out
     }
 
     /// S3: the one multipart upload kirt has open is `key`'s, and the server has it. Callers
@@ -211,7 +240,7 @@ impl Subject {
         let Raw::S3 { client, bucket } = &self.raw else {
             return Vec::new();
         };
-        let pending = self.pending_uploads();
+        let pending = self.pending_uploads().await;
         assert_eq!(
             pending.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>(),
             [full(key)],
@@ -324,20 +353,16 @@ async fn write_all(up: &mut Box<dyn Upload>, bytes: &[u8]) {
 static S3_ENV: Mutex<()> = Mutex::new(());
 
 /// The variables an S3 case sets (and restores).
-const ENV_VARS: [&str; 5] = [
+const ENV_VARS: [&str; 4] = [
     "AWS_ACCESS_KEY_ID",
     "AWS_SECRET_ACCESS_KEY",
     "AWS_SESSION_TOKEN",
     // the credential chain must never reach for a cloud metadata address
     "AWS_EC2_METADATA_DISABLED",
-    // kirt's state dir (records of open multipart uploads): this case's own temp dir
-    "XDG_STATE_HOME",
 ];
 
 struct S3Env {
     saved: Vec<(&'static str, Option<std::ffi::OsString>)>,
-    state: PathBuf,
-    _tmp: tempfile::TempDir,
     _lock: MutexGuard<'static, ()>,
 }
 
@@ -345,19 +370,12 @@ impl S3Env {
     fn set(key: &str, secret: &str) -> S3Env {
         // a case that failed while holding the lock has restored the variables (Drop) already
         let lock = S3_ENV.lock().unwrap_or_else(|p| p.into_inner());
-        let tmp = tempfile::tempdir().unwrap();
         let saved = ENV_VARS.iter().map(|k| (*k, std::env::var_os(k))).collect();
         std::env::set_var("AWS_ACCESS_KEY_ID", key);
         std::env::set_var("AWS_SECRET_ACCESS_KEY", secret);
         std::env::remove_var("AWS_SESSION_TOKEN");
         std::env::set_var("AWS_EC2_METADATA_DISABLED", "true");
-        std::env::set_var("XDG_STATE_HOME", tmp.path());
-        S3Env {
-            saved,
-            state: tmp.path().to_path_buf(),
-            _tmp: tmp,
-            _lock: lock,
-        }
+        S3Env { saved, _lock: lock }
     }
 }
 
@@ -466,6 +484,23 @@ mod cases {
         assert!(s.keys("z").await.is_empty());
     }
 
+    /// get_bytes reads an object up to a limit: one byte more is a verification failure
+    /// (exit 3) — kirt never reads a planted oversized manifest whole.
+    pub async fn get_bytes_is_bounded(s: Subject) {
+        s.store
+            .put("m.json", Bytes::from(data(10_000, 3)))
+            .await
+            .unwrap();
+        assert_eq!(
+            s.store.get_bytes("m.json", 10_000).await.unwrap().len(),
+            10_000
+        );
+        match s.store.get_bytes("m.json", 9_999).await {
+            Ok(b) => panic!("read {} bytes past the limit", b.len()),
+            Err(e) => assert_eq!(e.exit(), Exit::VerifyFailed, "{e}"),
+        }
+    }
+
     /// delete removes the object and nothing else; deleting it again, or a key that never
     /// existed, succeeds.
     pub async fn delete_is_idempotent(s: Subject) {
@@ -504,7 +539,7 @@ mod cases {
         s.assert_not_found("big/obj").await;
         assert_eq!(s.everything().await, Vec::<String>::new());
         assert_eq!(
-            s.pending_uploads(),
+            s.pending_uploads().await,
             Vec::new(),
             "kirt still records the upload"
         );
@@ -538,7 +573,7 @@ mod cases {
         );
         assert_eq!(sha(&s.get("new/obj").await), sha(&bytes));
         assert_eq!(s.everything().await, [full("new/obj")]);
-        assert_eq!(s.pending_uploads(), Vec::new());
+        assert_eq!(s.pending_uploads().await, Vec::new());
 
         // replacing it: the old bytes stay until the new upload commits. (The old version is
         // written by a multipart upload too: s3s-fs 0.14 keeps a single PUT's CRC32 after a
@@ -555,7 +590,7 @@ mod cases {
     }
 
     /// An upload dropped without commit or abort (a cancelled task) leaves nothing visible; on
-    /// S3 the next store opened on the bucket aborts the multipart upload it left.
+    /// S3 it is aborted in the background and its record removed.
     pub async fn dropped_upload_leaves_nothing(s: Subject) {
         let mut up = s.store.create("dropped").await.unwrap();
         write_all(&mut up, &data(3 * PART + 1, 12)).await;
@@ -565,12 +600,36 @@ mod cases {
         s.assert_not_found("dropped").await;
         assert_eq!(s.everything().await, Vec::<String>::new());
         if s.is_s3() {
-            kirt::store::open(&s.url, &s.opts).await.unwrap();
-            assert_eq!(s.pending_uploads(), Vec::new(), "not cleaned up");
+            let start = std::time::Instant::now();
+            while !s.pending_uploads().await.is_empty() {
+                assert!(
+                    start.elapsed() < std::time::Duration::from_secs(30),
+                    "the dropped upload was not aborted: {:?}",
+                    s.pending_uploads().await
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
             for (key, id) in pending {
                 s.assert_upload_gone(&key, &id).await;
             }
         }
+    }
+
+    /// Another run's upload in progress (its record names a live process) survives a second
+    /// store being opened on the same prefix — opening cleans up after dead runs only — and
+    /// then commits normally.
+    pub async fn a_live_runs_upload_is_left_alone(s: Subject) {
+        let bytes = data(3 * PART + 77, 13);
+        let mut up = s.store.create("live/obj").await.unwrap();
+        write_all(&mut up, &bytes).await;
+        s.assert_upload_open("live/obj").await;
+        let _second = kirt::store::open(&s.url, &s.opts).await.unwrap();
+        s.assert_upload_open("live/obj").await;
+        up.commit()
+            .await
+            .unwrap_or_else(|e| panic!("commit after another store was opened: {e}"));
+        assert_eq!(sha(&s.get("live/obj").await), sha(&bytes));
+        assert_eq!(s.pending_uploads().await, Vec::new());
     }
 }
 
@@ -587,6 +646,11 @@ macro_rules! contract {
         #[test]
         fn list_relative_keys_and_prefix() {
             run($backend, cases::list_relative_keys_and_prefix);
+        }
+
+        #[test]
+        fn get_bytes_is_bounded() {
+            run($backend, cases::get_bytes_is_bounded);
         }
 
         #[test]
@@ -607,6 +671,11 @@ macro_rules! contract {
         #[test]
         fn dropped_upload_leaves_nothing() {
             run($backend, cases::dropped_upload_leaves_nothing);
+        }
+
+        #[test]
+        fn a_live_runs_upload_is_left_alone() {
+            run($backend, cases::a_live_runs_upload_is_left_alone);
         }
     };
 }

@@ -26,12 +26,15 @@ work=$(mktemp -d)
 age-keygen -o "$work/backup.key" 2>/dev/null
 recipient=$(age-keygen -y "$work/backup.key")
 
+step "a minisign key pair: every backup is signed, only signed backups are restored" \
+  "$KIRT" keygen -s "$work/minisign.key" -p "$work/minisign.pub"
+export KIRT_SIGN_KEY="$work/minisign.key" KIRT_TRUSTED_KEY="$work/minisign.pub"
 step "doctor: apiserver, identity, permissions, CNI, etcd, store, tools" \
   "$KIRT" doctor --etcd-endpoints "$KIRT_LAB_ETCD" --store "$work/backups" --recipient "$recipient" --identity "$work/backup.key"
 step "encrypted etcd backup into a local directory" \
   "$KIRT" backup create --etcd-endpoints "$KIRT_LAB_ETCD" --to "$work/backups" --recipient "$recipient" --cluster-name demo \
   --metrics-file "$work/kirt.prom"
-step "list backups" "$KIRT" backup list --from "$work/backups"
+step "list backups (SIGNED: checked with \$KIRT_TRUSTED_KEY)" "$KIRT" backup list --from "$work/backups"
 obj=$(find "$work/backups" -name '*.etcd.zst.age' | head -1)
 step "verify the backup and prove it restores (throwaway etcd, revision/keys/HashKV compared)" \
   "$KIRT" backup verify --from "$work/backups" latest --identity "$work/backup.key" --restore

@@ -22,6 +22,7 @@ use crate::pipeline::{
     self, Compression, Encryption, Feed, Job, Pending, SnapshotDigest, TrailerCheck,
 };
 use crate::progress::Stage;
+use crate::signal::Shutdown;
 use crate::store::{self, S3Options, Store};
 use crate::units::human_bytes;
 
@@ -100,6 +101,8 @@ pub struct BackupResult {
     pub stored_size: u64,
     pub duration_seconds: f64,
     pub encrypted: bool,
+    /// The manifest is signed (`ID.manifest.json.minisig`).
+    pub signed: bool,
     pub dry_run: bool,
 }
 
@@ -133,6 +136,14 @@ impl Render for BackupResult {
                     "NO".to_string()
                 },
             ),
+            (
+                "signed",
+                if self.signed {
+                    "yes (minisign)".into()
+                } else {
+                    "NO: anyone who can write to the store can plant a backup; restore and drill refuse unsigned backups by default".to_string()
+                },
+            ),
             ("duration", format!("{:.2}s", self.duration_seconds)),
         ]);
         if self.dry_run {
@@ -144,7 +155,8 @@ impl Render for BackupResult {
 
 pub async fn run(ctx: &Ctx, spec: BackupCreateSpec) -> Result<BackupResult> {
     let result = create(ctx, &spec).await;
-    if spec.metrics_file.is_some() || spec.pushgateway.is_some() {
+    // A dry run is neither a success nor a failure of the backup job.
+    if !ctx.dry_run && (spec.metrics_file.is_some() || spec.pushgateway.is_some()) {
         report_metrics(&spec, &result).await;
     }
     result
@@ -217,11 +229,14 @@ impl Plan {
                 )));
             }
         }
-        let signer = spec
-            .sign_key
-            .as_deref()
-            .map(super::signing::load_secret_key)
+        let signer = super::signing::sign_key_path(&spec.sign_key)
+            .map(|p| super::signing::load_secret_key(&p))
             .transpose()?;
+        if signer.is_none() {
+            tracing::warn!(
+                "this backup will NOT be signed: whoever can write to the store can plant a backup that decrypts and restores, and restore/drill refuse unsigned backups by default; give --sign-key or $KIRT_SIGN_KEY (docs/backup.md)"
+            );
+        }
         Ok(Plan {
             encryption,
             enc_info,
@@ -305,13 +320,18 @@ async fn create(ctx: &Ctx, spec: &BackupCreateSpec) -> Result<BackupResult> {
     let stage = ctx
         .progress
         .stage("snapshot", Some(status.db_size.max(0) as u64));
-    let outcome = pipeline::run(job, pipeline::copy_chunks, |feed| {
+    let stop = &ctx.shutdown;
+    let outcome = pipeline::run(job, stop, pipeline::copy_chunks, |feed| {
         stream_snapshot(&client, &endpoint, feed, &*stage)
     })
     .await;
     stage.finish();
-    let encoded = outcome.into_result()?;
-    let hash = match vouch(&endpoint, &encoded.output, hash_task).await {
+    let encoded = outcome.into_result(stop)?;
+    let vouched = async {
+        stop.hold("hashkv").await;
+        vouch(&endpoint, &encoded.output, hash_task).await
+    };
+    let hash = match stop.guard("nothing was published", vouched).await {
         Ok(h) => h,
         Err(e) => {
             encoded.upload.abort().await;
@@ -357,7 +377,14 @@ async fn create(ctx: &Ctx, spec: &BackupCreateSpec) -> Result<BackupResult> {
     if ctx.dry_run {
         encoded.upload.abort().await;
     } else {
-        publish(store.as_ref(), encoded.upload, &m, plan.signer.as_ref()).await?;
+        publish(
+            stop,
+            store.as_ref(),
+            encoded.upload,
+            &m,
+            plan.signer.as_ref(),
+        )
+        .await?;
     }
     let result = BackupResult {
         id,
@@ -373,6 +400,7 @@ async fn create(ctx: &Ctx, spec: &BackupCreateSpec) -> Result<BackupResult> {
         stored_size: m.object_size,
         duration_seconds: clock.elapsed().as_secs_f64(),
         encrypted,
+        signed: plan.signer.is_some(),
         dry_run: ctx.dry_run,
     };
     tracing::info!(
@@ -443,31 +471,36 @@ async fn stream_snapshot(
 }
 
 /// Makes the backup exist: the object, then its signature, then the manifest — the commit
-/// marker, always the last write. If a later write fails, the object is removed again rather
-/// than left as an orphan.
+/// marker, always the last write. If a later write fails, or a signal arrives before the
+/// manifest is written, the object (and signature) are removed again rather than left behind.
 async fn publish(
+    stop: &Shutdown,
     store: &dyn Store,
     upload: Pending,
     m: &Manifest,
     signer: Option<&minisign::SecretKey>,
 ) -> Result<()> {
-    upload.commit().await?;
-    let json = to_json("the manifest", m)?;
-    let manifest_key = manifest::manifest_key(&m.cluster_name, &m.id);
-    if let Some(sk) = signer {
-        let written = match super::signing::sign(sk, &json, &m.id) {
-            Ok(sig) => {
-                let sig_key = format!("{manifest_key}{}", super::signing::SUFFIX);
-                store.put(&sig_key, Bytes::from(sig)).await
-            }
-            Err(e) => Err(e),
-        };
-        if let Err(e) = written {
-            let _ = store.delete(&m.object).await;
-            return Err(e);
-        }
+    if let Err(e) = stop.check("nothing was published") {
+        upload.abort().await;
+        return Err(e);
     }
-    if let Err(e) = store.put(&manifest_key, Bytes::from(json)).await {
+    upload.commit().await?;
+    let manifest_key = manifest::manifest_key(&m.cluster_name, &m.id);
+    let sig_key = format!("{manifest_key}{}", super::signing::SUFFIX);
+    let written = async {
+        let json = to_json("the manifest", m)?;
+        if let Some(sk) = signer {
+            let sig = super::signing::sign(sk, &json, &super::signing::manifest_comment(&m.id))?;
+            store.put(&sig_key, Bytes::from(sig)).await?;
+        }
+        stop.hold("manifest").await;
+        stop.check("nothing was published")?;
+        store.put(&manifest_key, Bytes::from(json)).await
+    }
+    .await;
+    if let Err(e) = written {
+        // Without its manifest the object is not a backup: remove it rather than leave an orphan.
+        let _ = store.delete(&sig_key).await;
         let _ = store.delete(&m.object).await;
         return Err(e);
     }

@@ -20,15 +20,50 @@ pub struct BackupListSpec {
     #[command(flatten)]
     #[serde(flatten)]
     pub source: BackupSource,
+    /// Only backups whose manifest is signed by the trusted key (--trusted-key or
+    /// $KIRT_TRUSTED_KEY) and whose object is present
+    #[arg(long)]
+    pub verified: bool,
+}
+
+/// What is known about one backup id in the store. Everything here was read from the store and
+/// may have been planted: only `Status::Complete` with a valid signature is trusted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Status {
+    /// Manifest and object present, the manifest names this id.
+    Complete,
+    /// An object without manifest (an interrupted or failed run).
+    Incomplete,
+    /// A manifest that is not a kirt manifest (too large, not JSON, unknown format).
+    UnreadableManifest,
+    /// A manifest that describes another backup (edited or copied).
+    MismatchedManifest,
+    /// A manifest whose object is not in the store.
+    ObjectMissing,
+    /// A manifest that says it was written in the future (its clock is lying).
+    FutureDated,
+}
+
+/// Whether the manifest is signed by the trusted key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Signature {
+    /// No trusted key was given.
+    Unchecked,
+    Valid,
+    Missing,
+    Invalid,
 }
 
 #[derive(Debug, Clone, Serialize)]
 pub struct BackupEntry {
     pub cluster: String,
     pub id: String,
+    /// When the backup finished, from its manifest (for backups without one: from the id).
     pub time: Option<jiff::Timestamp>,
-    /// "complete" (manifest present) or "incomplete" (object without manifest)
-    pub status: String,
+    pub status: Status,
+    pub signature: Signature,
     pub revision: Option<i64>,
     pub keys: Option<i64>,
     pub snapshot_size: Option<u64>,
@@ -37,8 +72,19 @@ pub struct BackupEntry {
     pub object: String,
     #[serde(skip)]
     pub manifest: Option<Manifest>,
+    /// The manifest exactly as stored (what a signature covers).
+    #[serde(skip)]
+    pub manifest_bytes: Vec<u8>,
     #[serde(skip)]
     pub extra_keys: Vec<String>,
+}
+
+impl BackupEntry {
+    /// A backup kirt may act on: complete, and signed by the trusted key when one is given.
+    pub fn usable(&self) -> bool {
+        self.status == Status::Complete
+            && matches!(self.signature, Signature::Unchecked | Signature::Valid)
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -53,6 +99,7 @@ impl Render for BackupList {
             "CLUSTER",
             "BACKUP",
             "STATUS",
+            "SIGNED",
             "REVISION",
             "KEYS",
             "SNAPSHOT",
@@ -63,7 +110,8 @@ impl Render for BackupList {
             t.row([
                 b.cluster.clone(),
                 b.id.clone(),
-                b.status.clone(),
+                name(&b.status),
+                name(&b.signature),
                 b.revision
                     .map(|r| r.to_string())
                     .unwrap_or_else(|| "-".into()),
@@ -82,17 +130,42 @@ impl Render for BackupList {
     }
 }
 
+/// The kebab-case name serde gives a status.
+fn name<T: Serialize>(v: &T) -> String {
+    serde_json::to_value(v)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default()
+}
+
 pub async fn run(_ctx: &Ctx, spec: BackupListSpec) -> Result<BackupList> {
+    let trusted = spec.source.trusted_key()?;
+    if spec.verified && trusted.is_none() {
+        return Err(Error::usage(
+            "--verified needs a trusted key: --trusted-key FILE or $KIRT_TRUSTED_KEY",
+        ));
+    }
     let store = spec.source.open().await?;
-    let backups = spec.source.scan(store.as_ref()).await?;
+    let mut backups = spec.source.scan(store.as_ref(), trusted.as_ref()).await?;
+    if spec.verified {
+        backups.retain(|b| b.usable());
+    }
     Ok(BackupList {
         location: store.url(),
         backups,
     })
 }
 
-/// Reads every manifest (and notes objects without one), newest first.
-pub async fn scan(store: &dyn Store, cluster: Option<&str>) -> Result<Vec<BackupEntry>> {
+/// Manifests whose time is further ahead than this are not believed.
+const CLOCK_SKEW: jiff::SignedDuration = jiff::SignedDuration::from_secs(600);
+
+/// Reads every manifest (bounded), checks its signature when a trusted key is given, and notes
+/// objects without a manifest; newest first by the manifest's own time.
+pub async fn scan(
+    store: &dyn Store,
+    cluster: Option<&str>,
+    trusted: Option<&minisign::PublicKey>,
+) -> Result<Vec<BackupEntry>> {
     let objects = store
         .list(cluster.map(|c| format!("{c}/")).as_deref().unwrap_or(""))
         .await?;
@@ -113,46 +186,104 @@ pub async fn scan(store: &dyn Store, cluster: Option<&str>) -> Result<Vec<Backup
             .or_default()
             .push(o);
     }
+    let now = jiff::Timestamp::now();
     let mut out = Vec::new();
     for ((c, id), files) in groups {
-        let mkey = manifest::manifest_key(&c, &id);
-        let has_manifest = files.iter().any(|f| f.key == mkey);
-        let manifest = if has_manifest {
-            read_manifest(store, &mkey).await.ok()
-        } else {
-            None
-        };
-        let object = files.iter().find(|f| f.key.contains(".etcd.zst"));
-        let entry = BackupEntry {
-            cluster: c.clone(),
-            id: id.clone(),
-            time: manifest::id_time(&id),
-            status: if manifest.is_some() {
-                "complete"
-            } else if has_manifest {
-                "unreadable-manifest"
-            } else {
-                "incomplete"
-            }
-            .into(),
-            revision: manifest.as_ref().map(|m| m.etcd.revision),
-            keys: manifest.as_ref().map(|m| m.etcd.key_count),
-            snapshot_size: manifest.as_ref().map(|m| m.snapshot.size),
-            stored_size: object.map(|o| o.size).unwrap_or(0),
-            encrypted: object.map(|o| o.key.ends_with(".age")).unwrap_or(false),
-            object: object.map(|o| o.key.clone()).unwrap_or_default(),
-            extra_keys: files.iter().map(|f| f.key.clone()).collect(),
-            manifest,
-        };
-        out.push(entry);
+        out.push(entry(store, trusted, now, c, id, files).await?);
     }
     out.sort_by(|a, b| b.time.cmp(&a.time).then_with(|| b.id.cmp(&a.id)));
     Ok(out)
 }
 
-pub async fn read_manifest(store: &dyn Store, key: &str) -> Result<Manifest> {
-    let bytes = store.get_bytes(key).await?;
-    parse_manifest(store, key, &bytes)
+/// One backup id: its manifest read (bounded), judged and its signature checked.
+async fn entry(
+    store: &dyn Store,
+    trusted: Option<&minisign::PublicKey>,
+    now: jiff::Timestamp,
+    cluster: String,
+    id: String,
+    files: Vec<crate::store::ObjectInfo>,
+) -> Result<BackupEntry> {
+    let mkey = manifest::manifest_key(&cluster, &id);
+    let object = files.iter().find(|f| f.key.contains(".etcd.zst"));
+    let (status, manifest, manifest_bytes) = if !files.iter().any(|f| f.key == mkey) {
+        (Status::Incomplete, None, Vec::new())
+    } else {
+        match read_manifest(store, &mkey).await {
+            Err(e @ (Error::VerifyFailed(_) | Error::NotFound { .. })) => {
+                tracing::warn!("{e}");
+                (Status::UnreadableManifest, None, Vec::new())
+            }
+            Err(e) => return Err(e),
+            Ok((m, bytes)) => {
+                let status = if m.id != id || m.cluster_name != cluster {
+                    Status::MismatchedManifest
+                } else if !files.iter().any(|f| f.key == m.object) {
+                    Status::ObjectMissing
+                } else if m.finished_at > now + CLOCK_SKEW {
+                    Status::FutureDated
+                } else {
+                    Status::Complete
+                };
+                (status, Some(m), bytes)
+            }
+        }
+    };
+    let signature = match (trusted, &manifest) {
+        (None, _) => Signature::Unchecked,
+        (Some(_), None) => Signature::Missing,
+        (Some(pk), Some(_)) => {
+            let sig_key = format!("{mkey}{}", super::signing::SUFFIX);
+            match store
+                .get_bytes(&sig_key, super::signing::MAX_SIGNATURE)
+                .await
+            {
+                Ok(sig) => match super::signing::check(pk, &manifest_bytes, &sig) {
+                    Ok(()) => Signature::Valid,
+                    Err(why) => {
+                        tracing::warn!("signature {sig_key} {why}");
+                        Signature::Invalid
+                    }
+                },
+                Err(Error::NotFound { .. }) => Signature::Missing,
+                Err(e @ Error::VerifyFailed(_)) => {
+                    tracing::warn!("{e}");
+                    Signature::Invalid
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    };
+    Ok(BackupEntry {
+        cluster,
+        time: manifest
+            .as_ref()
+            .map(|m| m.finished_at)
+            .or_else(|| manifest::id_time(&id)),
+        id,
+        status,
+        signature,
+        revision: manifest.as_ref().map(|m| m.etcd.revision),
+        keys: manifest.as_ref().map(|m| m.etcd.key_count),
+        snapshot_size: manifest.as_ref().map(|m| m.snapshot.size),
+        stored_size: object.map(|o| o.size).unwrap_or(0),
+        encrypted: object.map(|o| o.key.ends_with(".age")).unwrap_or(false),
+        object: object.map(|o| o.key.clone()).unwrap_or_default(),
+        extra_keys: files.iter().map(|f| f.key.clone()).collect(),
+        manifest,
+        manifest_bytes,
+    })
+}
+
+/// Largest manifest read back (a real one is a few KiB).
+pub const MAX_MANIFEST: u64 = 1 << 20;
+
+/// A manifest and its bytes as stored; anything too large or not a kirt manifest is a
+/// verification failure.
+pub async fn read_manifest(store: &dyn Store, key: &str) -> Result<(Manifest, Vec<u8>)> {
+    let bytes = store.get_bytes(key, MAX_MANIFEST).await?;
+    let m = parse_manifest(store, key, &bytes)?;
+    Ok((m, bytes))
 }
 
 pub fn parse_manifest(store: &dyn Store, key: &str, bytes: &[u8]) -> Result<Manifest> {

@@ -39,6 +39,12 @@ pub fn write(path: &Path, o: &Outcome<'_>) -> Result<String> {
     let tmp = tempfile::NamedTempFile::new_in(dir)
         .ctx(|| format!("creating a temp file in {}", dir.display()))?;
     std::fs::write(tmp.path(), &s).ctx(|| format!("writing {}", tmp.path().display()))?;
+    // node_exporter's textfile collector usually runs as another user: it must be able to read it
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o644))
+            .ctx(|| format!("making {} readable", tmp.path().display()))?;
+    }
     tmp.persist(path).map_err(|e| {
         crate::Error::io(format!("renaming metrics to {}", path.display()), e.error)
     })?;
@@ -78,9 +84,13 @@ pub async fn push(gateway: &str, cluster: &str, text: &str) -> Result<()> {
 
 /// The textfile: current outcome plus what must carry over from the previous file.
 pub fn render(old: &str, o: &Outcome<'_>) -> String {
+    // the text format's escapes for label values: backslash, double quote, newline
     let label = format!(
         "{{cluster=\"{}\"}}",
-        o.cluster.replace('\\', "\\\\").replace('"', "\\\"")
+        o.cluster
+            .replace('\\', "\\\\")
+            .replace('"', "\\\"")
+            .replace('\n', "\\n")
     );
     let mut failures = previous(old, "kirt_backup_failures_total").unwrap_or(0.0);
     let mut last_failure =
@@ -215,5 +225,28 @@ mod tests {
         assert_eq!(previous(&text, "kirt_backup_failures_total"), Some(2.0));
         assert_eq!(previous(&text, "kirt_backup_revision"), Some(7.0));
         assert_eq!(previous(&text, "kirt_backup_last_run_success"), Some(0.0));
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            std::fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+            0o644
+        );
+    }
+
+    #[test]
+    fn label_values_are_escaped() {
+        let now: jiff::Timestamp = "2026-11-23T10:00:00Z".parse().unwrap();
+        let text = render(
+            "",
+            &Outcome {
+                cluster: "a\"b\\c\nd",
+                success: None,
+                now,
+            },
+        );
+        assert!(text.contains(r#"{cluster="a\"b\\c\nd"}"#), "{text}");
+        assert!(
+            !text.contains("c\nd"),
+            "a raw newline breaks the format:\n{text}"
+        );
     }
 }

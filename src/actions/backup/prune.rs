@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use std::time::Duration;
 
+use super::list::{BackupEntry, Signature, Status};
 use super::retention::{self, KeepPolicy};
 use super::source::BackupSource;
 use crate::context::Ctx;
@@ -55,6 +56,8 @@ pub struct PruneResult {
     pub kept: usize,
     pub removed: usize,
     pub orphans_removed: usize,
+    /// Partial files of interrupted uploads (local stores), older than the grace period.
+    pub stale_parts_removed: usize,
     pub dry_run: bool,
     pub decisions: Vec<PruneDecision>,
 }
@@ -71,11 +74,12 @@ impl Render for PruneResult {
             ]);
         }
         t.note(format!(
-            "\n{}kept {}, removed {}, orphans removed {}",
+            "\n{}kept {}, removed {}, orphans removed {}, stale partial files removed {}",
             if self.dry_run { "dry run: " } else { "" },
             self.kept,
             self.removed,
-            self.orphans_removed
+            self.orphans_removed,
+            self.stale_parts_removed
         ));
         t
     }
@@ -87,24 +91,33 @@ pub async fn run(ctx: &Ctx, spec: BackupPruneSpec) -> Result<PruneResult> {
             "no retention rule given: pass at least one of --keep-last/--keep-daily/--keep-weekly/--keep-monthly (prune never removes everything)",
         ));
     }
+    let trusted = spec.source.trusted_key()?;
     let store = spec.source.open().await?;
-    let entries = spec.source.scan(store.as_ref()).await?;
+    let entries = spec.source.scan(store.as_ref(), trusted.as_ref()).await?;
     let now = jiff::Timestamp::now();
-    let mut decisions = Vec::new();
-    let (mut kept, mut removed, mut orphans) = (0, 0, 0);
-
-    // Retention is per cluster.
+    let grace =
+        jiff::SignedDuration::try_from(spec.orphan_grace).unwrap_or(jiff::SignedDuration::MAX);
+    let mut result = PruneResult {
+        location: store.url(),
+        kept: 0,
+        removed: 0,
+        orphans_removed: 0,
+        stale_parts_removed: 0,
+        dry_run: ctx.dry_run,
+        decisions: Vec::new(),
+    };
+    // Retention is per cluster, over the backups kirt may count: complete and, with a trusted
+    // key, signed by it. Planted or damaged manifests neither fill keep slots nor get deleted.
     let mut clusters: Vec<String> = entries.iter().map(|e| e.cluster.clone()).collect();
     clusters.sort();
     clusters.dedup();
     for cluster in clusters {
-        let complete: Vec<_> = entries
+        let usable: Vec<&BackupEntry> = entries
             .iter()
-            .filter(|e| e.cluster == cluster && e.status == "complete")
+            .filter(|e| e.cluster == cluster && e.usable())
             .collect();
-        let times: Vec<jiff::Timestamp> = complete.iter().map(|e| e.time.unwrap_or(now)).collect();
-        let reasons = retention::apply(&spec.keep, &times);
-        for (e, why) in complete.iter().zip(reasons) {
+        let times: Vec<jiff::Timestamp> = usable.iter().map(|e| e.time.unwrap_or(now)).collect();
+        for (e, why) in usable.iter().zip(retention::apply(&spec.keep, &times)) {
             if why.is_empty() {
                 if !ctx.dry_run {
                     // manifest first: the backup stops existing atomically, then its bytes go
@@ -114,64 +127,87 @@ pub async fn run(ctx: &Ctx, spec: BackupPruneSpec) -> Result<PruneResult> {
                         store.delete(k).await?;
                     }
                 }
-                removed += 1;
-                decisions.push(PruneDecision {
-                    cluster: e.cluster.clone(),
-                    id: e.id.clone(),
-                    action: "remove".into(),
-                    reasons: vec!["matches no keep rule".into()],
-                });
+                result.removed += 1;
+                result.decide(e, "remove", vec!["matches no keep rule".into()]);
             } else {
-                kept += 1;
-                decisions.push(PruneDecision {
-                    cluster: e.cluster.clone(),
-                    id: e.id.clone(),
-                    action: "keep".into(),
-                    reasons: why,
-                });
+                result.kept += 1;
+                result.decide(e, "keep", why);
             }
         }
         for e in entries
             .iter()
-            .filter(|e| e.cluster == cluster && e.status != "complete")
+            .filter(|e| e.cluster == cluster && !e.usable())
         {
-            let age = e.time.map(|t| now.duration_since(t)).unwrap_or_default();
-            let grace = jiff::SignedDuration::try_from(spec.orphan_grace)
-                .unwrap_or(jiff::SignedDuration::MAX);
-            if age > grace {
-                if !ctx.dry_run {
-                    for k in &e.extra_keys {
-                        store.delete(k).await?;
-                    }
-                }
-                orphans += 1;
-                decisions.push(PruneDecision {
-                    cluster: e.cluster.clone(),
-                    id: e.id.clone(),
-                    action: "remove".into(),
-                    reasons: vec![format!(
-                        "{} without manifest, older than the grace period",
-                        e.status
-                    )],
-                });
-            } else {
-                decisions.push(PruneDecision {
-                    cluster: e.cluster.clone(),
-                    id: e.id.clone(),
-                    action: "keep".into(),
-                    reasons: vec![
-                        "incomplete but within the grace period (may still be running)".into(),
-                    ],
-                });
-            }
+            leftover(ctx, store.as_ref(), e, now, grace, &mut result).await?;
         }
     }
-    Ok(PruneResult {
-        location: store.url(),
-        kept,
-        removed,
-        orphans_removed: orphans,
-        dry_run: ctx.dry_run,
-        decisions,
-    })
+    let stale = store.remove_stale(spec.orphan_grace, ctx.dry_run).await?;
+    result.stale_parts_removed = stale.len();
+    Ok(result)
+}
+
+/// What is not a usable backup: objects without a manifest go after the grace period (a run may
+/// still be writing); suspicious manifests stay, uncounted, for a person to look at.
+async fn leftover(
+    ctx: &Ctx,
+    store: &dyn crate::store::Store,
+    e: &BackupEntry,
+    now: jiff::Timestamp,
+    grace: jiff::SignedDuration,
+    result: &mut PruneResult,
+) -> Result<()> {
+    let why = match (e.status, e.signature) {
+        (Status::Incomplete | Status::UnreadableManifest, _) => {
+            let age = e.time.map(|t| now.duration_since(t)).unwrap_or_default();
+            if age <= grace {
+                result.decide(
+                    e,
+                    "keep",
+                    vec!["incomplete but within the grace period (may still be running)".into()],
+                );
+                return Ok(());
+            }
+            if !ctx.dry_run {
+                for k in &e.extra_keys {
+                    store.delete(k).await?;
+                }
+            }
+            result.orphans_removed += 1;
+            let what = if e.status == Status::Incomplete {
+                "incomplete"
+            } else {
+                "unreadable manifest"
+            };
+            result.decide(
+                e,
+                "remove",
+                vec![format!("{what}, older than the grace period")],
+            );
+            return Ok(());
+        }
+        (Status::ObjectMissing, _) => "its object is missing",
+        (Status::MismatchedManifest, _) => "its manifest describes another backup",
+        (Status::FutureDated, _) => "its manifest is dated in the future",
+        (Status::Complete, Signature::Missing) => "not signed by the trusted key",
+        (Status::Complete, _) => "its signature does not verify with the trusted key",
+    };
+    result.decide(
+        e,
+        "keep",
+        vec![format!(
+            "not counted: {why} (investigate; kirt does not delete it)"
+        )],
+    );
+    Ok(())
+}
+
+impl PruneResult {
+    fn decide(&mut self, e: &BackupEntry, action: &str, reasons: Vec<String>) {
+        self.decisions.push(PruneDecision {
+            cluster: e.cluster.clone(),
+            id: e.id.clone(),
+            action: action.into(),
+            reasons,
+        });
+    }
 }

@@ -1,19 +1,25 @@
-//! Which backups a command reads: the store (`--from` + S3 options) and the cluster name, and
-//! finding one backup in it by `latest`, `ID` or `CLUSTER/ID`. Shared by list, prune, verify,
-//! restore and drill.
+//! Which backups a command reads: the store (`--from` + S3 options), the cluster name, and the
+//! key that vouches for them (`--trusted-key` or `$KIRT_TRUSTED_KEY`); and finding one backup by
+//! `latest`, `ID` or `CLUSTER/ID`. Shared by list, prune, verify, restore and drill.
+//!
+//! Whoever can write to the bucket can plant a manifest and an object of their own. So `latest`
+//! is the newest backup by the time its (signed) manifest states, among those whose object is
+//! present and — with a trusted key — whose signature verifies; never the newest key name.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use super::list::{parse_manifest, scan, BackupEntry};
-use super::manifest::{self, Manifest};
+use super::list::{scan, BackupEntry, Signature, Status};
+use super::manifest::Manifest;
+use super::signing;
 use crate::crypto::DecryptOptions;
 use crate::error::{Error, Result};
 use crate::pipeline::Decryption;
 use crate::store::{self, S3Options, Store};
 
-/// The store holding the backups, and whose backups to look at.
+/// The store holding the backups, whose backups to look at, and whose signature to require.
 #[derive(Debug, Clone, Default, clap::Args, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(default, rename_all = "kebab-case")]
 pub struct BackupSource {
@@ -25,6 +31,10 @@ pub struct BackupSource {
     /// Only this cluster's backups
     #[arg(long, value_name = "NAME")]
     pub cluster_name: Option<String>,
+    /// Act only on backups whose manifest is signed by this minisign public key (default:
+    /// $KIRT_TRUSTED_KEY)
+    #[arg(long, value_name = "FILE")]
+    pub trusted_key: Option<PathBuf>,
 }
 
 /// A backup that was found and whose manifest was read.
@@ -32,8 +42,8 @@ pub struct Located {
     pub store: Arc<dyn Store>,
     pub entry: BackupEntry,
     pub manifest: Manifest,
-    /// The manifest exactly as stored (what a signature covers).
-    pub manifest_bytes: Vec<u8>,
+    /// Whether a trusted key vouched for the manifest.
+    pub signed: bool,
 }
 
 impl Located {
@@ -55,85 +65,156 @@ impl BackupSource {
         store::open(&self.from, &self.s3).await
     }
 
-    /// Every backup (and incomplete object) in the store, newest first.
-    pub async fn scan(&self, store: &dyn Store) -> Result<Vec<BackupEntry>> {
-        scan(store, self.cluster_name.as_deref()).await
+    /// The trusted public key, if one is configured (flag, then environment).
+    pub fn trusted_key(&self) -> Result<Option<minisign::PublicKey>> {
+        signing::trusted_key_path(&self.trusted_key)
+            .map(|p| signing::load_public_key(&p))
+            .transpose()
     }
 
-    /// Finds backup `which` and reads its manifest; a missing manifest or object is a
-    /// verification failure.
+    /// Every backup (and incomplete object) in the store, newest first, signatures checked.
+    pub async fn scan(
+        &self,
+        store: &dyn Store,
+        trusted: Option<&minisign::PublicKey>,
+    ) -> Result<Vec<BackupEntry>> {
+        scan(store, self.cluster_name.as_deref(), trusted).await
+    }
+
+    /// Finds backup `which` and reads its manifest. A backup that is not complete, or — with a
+    /// trusted key — not signed by it, is a verification failure.
     pub async fn locate(&self, which: &str) -> Result<Located> {
+        let trusted = self.trusted_key()?;
         let store = self.open().await?;
-        let entry = find(&store, which, self.cluster_name.as_deref()).await?;
-        if entry.status != "complete" {
-            return Err(Error::VerifyFailed(format!(
-                "backup {}/{} has no (readable) manifest: it is not a complete backup (an interrupted run, or the manifest was removed)",
-                entry.cluster, entry.id
-            )));
-        }
-        let mkey = manifest::manifest_key(&entry.cluster, &entry.id);
-        let manifest_bytes = store.get_bytes(&mkey).await?;
-        let manifest = parse_manifest(store.as_ref(), &mkey, &manifest_bytes)?;
-        if manifest.id != entry.id || manifest.cluster_name != entry.cluster {
-            return Err(Error::VerifyFailed(format!(
-                "manifest {}/{} describes backup {}/{}: it was edited or swapped",
-                entry.cluster, entry.id, manifest.cluster_name, manifest.id
-            )));
-        }
-        if !entry.extra_keys.contains(&manifest.object) {
-            return Err(Error::VerifyFailed(format!(
-                "the object {} of backup {} is missing from {}",
-                manifest.object,
-                entry.id,
-                store.url()
-            )));
-        }
+        let (cluster, id) = match which.split_once('/') {
+            Some((c, id)) => (Some(c), id),
+            None => (self.cluster_name.as_deref(), which),
+        };
+        let all = scan(store.as_ref(), cluster, trusted.as_ref()).await?;
+        let entry = if id == "latest" {
+            latest(store.as_ref(), all, cluster)?
+        } else {
+            by_id(store.as_ref(), all, id)?
+        };
+        let entry = entry.ok_or_else(|| {
+            Error::not_found(
+                format!("backup {which} in {}", store.url()),
+                "list the backups with kirt backup list --from URL",
+            )
+        })?;
+        vouch(&entry, store.as_ref())?;
+        let manifest = entry
+            .manifest
+            .clone()
+            .ok_or_else(|| Error::VerifyFailed(format!("backup {} has no manifest", entry.id)))?;
         Ok(Located {
             store,
+            signed: entry.signature == Signature::Valid,
             entry,
             manifest,
-            manifest_bytes,
         })
     }
 }
 
-/// Finds a backup by `latest`, `ID` or `CLUSTER/ID`.
-async fn find(store: &Arc<dyn Store>, which: &str, cluster: Option<&str>) -> Result<BackupEntry> {
-    let (cluster, id) = match which.split_once('/') {
-        Some((c, id)) => (Some(c), id),
-        None => (cluster, which),
-    };
-    let all = scan(store.as_ref(), cluster).await?;
-    let found = if id == "latest" {
-        let mut complete = all.into_iter().filter(|b| b.status == "complete");
-        let first = complete.next();
-        if let (Some(f), None) = (&first, cluster) {
-            if complete.any(|b| b.cluster != f.cluster) {
-                return Err(Error::usage(format!(
-                    "{} holds backups of several clusters: pass --cluster-name or CLUSTER/latest",
-                    store.url()
-                )));
-            }
+/// For restore and drill: they act only on signed backups, unless the operator says otherwise.
+#[derive(Debug, Clone, Default, clap::Args, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(default, rename_all = "kebab-case")]
+pub struct Unsigned {
+    /// Also act on backups that no trusted key vouches for (whoever can write to the store then
+    /// chooses what is restored)
+    #[arg(long)]
+    pub allow_unsigned: bool,
+}
+
+impl Unsigned {
+    /// Refuses (exit 4) when no trusted key is configured and unsigned backups are not allowed.
+    pub fn check(&self, source: &BackupSource, what: &str) -> Result<()> {
+        if self.allow_unsigned || signing::trusted_key_path(&source.trusted_key).is_some() {
+            return Ok(());
         }
-        first
-    } else {
-        let matching: Vec<BackupEntry> = all.into_iter().filter(|b| b.id == id).collect();
-        if matching.len() > 1 {
-            let names: Vec<String> = matching
-                .iter()
-                .map(|b| format!("{}/{}", b.cluster, b.id))
-                .collect();
+        Err(Error::Refused(format!(
+            "{what} acts only on signed backups: give --trusted-key FILE (or $KIRT_TRUSTED_KEY), or --allow-unsigned to accept that whoever can write to {} chooses what you {what}",
+            source.from
+        )))
+    }
+}
+
+/// The newest usable backup (by its manifest's time); several clusters without a cluster name
+/// are ambiguous.
+fn latest(
+    store: &dyn Store,
+    all: Vec<BackupEntry>,
+    cluster: Option<&str>,
+) -> Result<Option<BackupEntry>> {
+    for b in all
+        .iter()
+        .filter(|b| b.status == Status::Complete && !b.usable())
+    {
+        tracing::warn!(
+            "skipping backup {}/{}: its signature is {:?} (not made with the trusted key?)",
+            b.cluster,
+            b.id,
+            b.signature
+        );
+    }
+    let mut usable = all.into_iter().filter(BackupEntry::usable);
+    let first = usable.next();
+    if let (Some(f), None) = (&first, cluster) {
+        if usable.any(|b| b.cluster != f.cluster) {
             return Err(Error::usage(format!(
-                "backup id {id} is ambiguous: use one of {}",
-                names.join(", ")
+                "{} holds backups of several clusters: pass --cluster-name or CLUSTER/latest",
+                store.url()
             )));
         }
-        matching.into_iter().next()
+    }
+    Ok(first)
+}
+
+fn by_id(store: &dyn Store, all: Vec<BackupEntry>, id: &str) -> Result<Option<BackupEntry>> {
+    let matching: Vec<BackupEntry> = all.into_iter().filter(|b| b.id == id).collect();
+    if matching.len() > 1 {
+        let names: Vec<String> = matching
+            .iter()
+            .map(|b| format!("{}/{}", b.cluster, b.id))
+            .collect();
+        return Err(Error::usage(format!(
+            "backup id {id} is ambiguous in {}: use one of {}",
+            store.url(),
+            names.join(", ")
+        )));
+    }
+    Ok(matching.into_iter().next())
+}
+
+/// The reasons a found backup may not be acted on, each its own message (exit 3).
+fn vouch(b: &BackupEntry, store: &dyn Store) -> Result<()> {
+    let name = format!("backup {}/{}", b.cluster, b.id);
+    let why = match b.status {
+        Status::Complete => None,
+        Status::Incomplete | Status::UnreadableManifest => Some(format!(
+            "{name} has no (readable) manifest: it is not a complete backup (an interrupted run, or the manifest was removed or replaced)"
+        )),
+        Status::MismatchedManifest => Some(format!(
+            "the manifest of {name} describes another backup: it was edited or swapped"
+        )),
+        Status::ObjectMissing => Some(format!(
+            "the object of {name} is missing from {}",
+            store.url()
+        )),
+        Status::FutureDated => Some(format!(
+            "{name}'s manifest says it was written in the future: its time cannot be believed (planted?)"
+        )),
     };
-    found.ok_or_else(|| {
-        Error::not_found(
-            format!("backup {which} in {}", store.url()),
-            "list the backups with kirt backup list --from URL",
-        )
-    })
+    if let Some(why) = why {
+        return Err(Error::VerifyFailed(why));
+    }
+    match b.signature {
+        Signature::Unchecked | Signature::Valid => Ok(()),
+        Signature::Missing => Err(Error::VerifyFailed(format!(
+            "{name} has no manifest signature, but a trusted key is configured: kirt did not make it with your key (planted?)"
+        ))),
+        Signature::Invalid => Err(Error::VerifyFailed(format!(
+            "{name}: manifest signature check failed with the trusted key: the manifest was modified or signed by another key"
+        ))),
+    }
 }

@@ -19,7 +19,8 @@ use crate::error::{join, Error, IoContext, Result};
 use crate::output::{Render, Table};
 use crate::pipeline::{open_reader, DecodeStats, Decoder, Decryption, TrailerCheck};
 use crate::progress::Stage;
-use crate::scratch::{etcdutl_restore, Ports, ScratchEtcd};
+use crate::scratch::{etcdutl_restore, Pki, Ports, ScratchEtcd};
+use crate::signal::Shutdown;
 
 /// Defaults shared by the commands that restore.
 pub const LATEST: &str = "latest";
@@ -41,15 +42,16 @@ pub struct BackupVerifySpec {
     /// Also restore into a throwaway etcd and compare revision, key count and HashKV
     #[arg(long)]
     pub restore: bool,
-    /// Require a valid minisign signature of the manifest by this public key
-    #[arg(long, value_name = "FILE")]
-    pub trusted_key: Option<PathBuf>,
     /// etcd binary for --restore (default: etcd on PATH)
     #[arg(long, value_name = "PATH", default_value = ETCD_BIN)]
     pub etcd_bin: PathBuf,
     /// etcdutl binary (default: etcdutl on PATH)
     #[arg(long, value_name = "PATH", default_value = ETCDUTL_BIN)]
     pub etcdutl_bin: PathBuf,
+    /// Where --restore puts the plaintext snapshot and the throwaway etcd (default: $TMPDIR);
+    /// removed afterwards
+    #[arg(long, value_name = "DIR")]
+    pub work_dir: Option<PathBuf>,
 }
 
 impl Default for BackupVerifySpec {
@@ -59,9 +61,9 @@ impl Default for BackupVerifySpec {
             backup: LATEST.into(),
             decrypt: DecryptOptions::default(),
             restore: false,
-            trusted_key: None,
             etcd_bin: ETCD_BIN.into(),
             etcdutl_bin: ETCDUTL_BIN.into(),
+            work_dir: None,
         }
     }
 }
@@ -92,6 +94,8 @@ pub struct VerifyResult {
     pub backup: String,
     pub cluster: String,
     pub ok: bool,
+    /// The manifest is signed by the trusted key (without one, authenticity is not checked).
+    pub signed: bool,
     pub restored: bool,
     pub checks: Vec<Check>,
     pub seconds: f64,
@@ -107,6 +111,11 @@ impl Render for VerifyResult {
                 c.expected.clone(),
                 c.actual.clone(),
             ]);
+        }
+        if !self.signed {
+            t.note(
+                "\nauthenticity NOT checked (no --trusted-key / $KIRT_TRUSTED_KEY): whoever can write to the store could have made this backup",
+            );
         }
         t.note(format!(
             "\nbackup {}/{}: {} ({:.2}s)",
@@ -164,9 +173,13 @@ pub async fn stream_and_check(
     let reader = loc.store.get(&m.object).await?;
     let stage: Arc<dyn Stage> = Arc::from(ctx.progress.stage("verify", Some(m.object_size)));
     let s = stage.clone();
+    let limit = m.snapshot.size;
+    let stop = ctx.shutdown.clone();
     let res = join(
         "verify",
-        tokio::task::spawn_blocking(move || decode(open_reader(reader), decryption, out, &*s)),
+        tokio::task::spawn_blocking(move || {
+            decode(open_reader(reader), decryption, limit, out, &*s, &stop)
+        }),
     )
     .await?;
     stage.finish();
@@ -194,12 +207,15 @@ pub async fn stream_and_check(
 }
 
 /// The blocking side: decrypt and decompress, check etcd's trailer on the fly, and write the
-/// plaintext snapshot to `out` if given.
+/// plaintext snapshot to `out` if given. Stops as soon as the plaintext grows past `limit` (the
+/// manifest's snapshot size): a small object must not fill a disk (a decompression bomb).
 fn decode(
     source: Box<dyn Read + Send>,
     decryption: Decryption,
+    limit: u64,
     out: Option<PathBuf>,
     stage: &dyn Stage,
+    stop: &Shutdown,
 ) -> Result<(TrailerCheck, Option<DecodeStats>)> {
     let mut dec = Decoder::new(source, decryption, true)?;
     let mut trailer = TrailerCheck::default();
@@ -216,7 +232,13 @@ fn decode(
             Ok(n) => n,
             Err(e) => return Err(decode_error(e)),
         };
+        stop.check("nothing was restored")?;
         trailer.update(&buf[..n]);
+        if trailer.len() > limit {
+            return Err(Error::VerifyFailed(format!(
+                "the object decompresses to more than the {limit} bytes its manifest records: corrupt, swapped, or a decompression bomb; stopped"
+            )));
+        }
         stage.inc(n as u64);
         if let Some(f) = file.as_mut() {
             f.write_all(&buf[..n])
@@ -247,17 +269,12 @@ fn decode_error(e: std::io::Error) -> Error {
 pub async fn run(ctx: &Ctx, spec: BackupVerifySpec) -> Result<VerifyResult> {
     let t = Instant::now();
     let loc = spec.source.locate(&spec.backup).await?;
-    if let Some(key) = &spec.trusted_key {
-        super::signing::verify(&loc, key).await?;
-    }
     let decryption = loc.decryption(&spec.decrypt)?;
     let tmp = if spec.restore {
-        Some(
-            tempfile::Builder::new()
-                .prefix("kirt-verify-")
-                .tempdir()
-                .map_err(|e| Error::io("creating a temp dir", e))?,
-        )
+        Some(crate::scratch::work_dir(
+            "kirt-verify-",
+            spec.work_dir.as_deref(),
+        )?)
     } else {
         None
     };
@@ -267,6 +284,7 @@ pub async fn run(ctx: &Ctx, spec: BackupVerifySpec) -> Result<VerifyResult> {
     let mut ok = streamed.ok;
     if let (true, Some(dir), Some(snap)) = (ok, tmp.as_ref(), snap) {
         let restore_checks = trial_restore(
+            &ctx.shutdown,
             &spec.etcd_bin,
             &spec.etcdutl_bin,
             &snap,
@@ -281,6 +299,7 @@ pub async fn run(ctx: &Ctx, spec: BackupVerifySpec) -> Result<VerifyResult> {
         backup: loc.entry.id.clone(),
         cluster: loc.entry.cluster.clone(),
         ok,
+        signed: loc.signed,
         restored: spec.restore && ok,
         checks,
         seconds: t.elapsed().as_secs_f64(),
@@ -299,6 +318,7 @@ pub async fn run(ctx: &Ctx, spec: BackupVerifySpec) -> Result<VerifyResult> {
 
 /// Restores into `dir`, starts a throwaway etcd and compares with the manifest.
 pub async fn trial_restore(
+    stop: &Shutdown,
     etcd_bin: &Path,
     etcdutl_bin: &Path,
     snap: &Path,
@@ -307,9 +327,17 @@ pub async fn trial_restore(
 ) -> Result<Vec<Check>> {
     let data = dir.join("data");
     let ports = Ports::free()?;
-    etcdutl_restore(etcdutl_bin, snap, &data, &ports.restore_args("kirt-verify")).await?;
-    let etcd = ScratchEtcd::start(etcd_bin, "kirt-verify", &data, &ports, dir).await?;
-    let observed = etcd.observe(m.etcd.revision).await;
+    let args = ports.restore_args("kirt-verify");
+    etcdutl_restore(stop, etcdutl_bin, snap, &data, &args).await?;
+    let _ = std::fs::remove_file(snap);
+    let pki = Pki::create(dir)?;
+    let etcd = ScratchEtcd::start(etcd_bin, "kirt-verify", &data, &ports, &pki, dir).await?;
+    let observed = stop
+        .guard("the throwaway etcd was stopped", async {
+            stop.hold("scratch-etcd").await;
+            etcd.observe(m.etcd.revision).await
+        })
+        .await;
     etcd.stop().await;
     let observed = observed?;
     Ok(vec![

@@ -20,6 +20,7 @@ use super::gather;
 use super::{
     bundle_name, object_name, ClusterInfo, Collector, Manifest, Missing, Options, PodRef, FORMAT,
 };
+use crate::actions::backup::signing;
 use crate::context::Ctx;
 use crate::crypto::EncryptOptions;
 use crate::error::{Error, Exit, Result};
@@ -70,6 +71,10 @@ pub struct EvidenceCollectSpec {
     /// Free-text note recorded in the manifest
     #[arg(long, value_name = "TEXT")]
     pub note: Option<String>,
+    /// Sign the bundle's sha256 with this minisign secret key (detached BUNDLE.minisig, checked by
+    /// `evidence verify --trusted-key`; default: $KIRT_SIGN_KEY)
+    #[arg(long, value_name = "FILE")]
+    pub sign_key: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -85,6 +90,8 @@ pub struct BundleResult {
     pub files: usize,
     pub missing: Vec<Missing>,
     pub encrypted: bool,
+    /// A detached signature BUNDLE.minisig was stored next to it.
+    pub signed: bool,
     pub duration_seconds: f64,
     pub dry_run: bool,
     /// Name of the Event recorded on the pod (`--record-event`).
@@ -151,6 +158,7 @@ impl Render for CollectResult {
 /// Checked options shared by every pod of one run.
 struct Plan {
     encryption: Encryption,
+    signer: Option<minisign::SecretKey>,
     store: Arc<dyn Store>,
     spec: EvidenceCollectSpec,
 }
@@ -167,10 +175,14 @@ pub async fn run(ctx: &Ctx, spec: EvidenceCollectSpec) -> Result<CollectResult> 
         return Err(Error::usage("--tail-lines must be 0 or more"));
     }
     let (encryption, _) = spec.encryption.resolve(false)?;
+    let signer = signing::sign_key_path(&spec.sign_key)
+        .map(|p| signing::load_secret_key(&p))
+        .transpose()?;
     let store = store::open(&spec.to, &spec.s3).await?;
     let pods = spec.target.resolve(ctx).await?;
     let plan = Plan {
         encryption,
+        signer,
         store,
         spec,
     };
@@ -229,6 +241,7 @@ async fn collect_one(ctx: &Ctx, plan: &Plan, pod: Pod) -> Result<BundleResult> {
     let stage = ctx.progress.stage(&format!("evidence {ns}/{name}"), None);
     let outcome = pipeline::run(
         job,
+        &ctx.shutdown,
         move |rx, enc| write_tar(rx, enc, &top, mtime),
         |feed| async {
             let mut w = BundleWriter {
@@ -245,9 +258,25 @@ async fn collect_one(ctx: &Ctx, plan: &Plan, pod: Pod) -> Result<BundleResult> {
     )
     .await;
     stage.finish();
-    let encoded = outcome.into_result()?;
+    let encoded = outcome.into_result(&ctx.shutdown)?;
     let (files, missing) = encoded.output;
-    encoded.upload.commit().await?;
+    let signed = match (&plan.signer, ctx.dry_run) {
+        (Some(sk), false) => {
+            publish_signed(
+                plan.store.as_ref(),
+                &object,
+                sk,
+                &encoded.stats.stored_sha256,
+                encoded.upload,
+            )
+            .await?;
+            true
+        }
+        _ => {
+            encoded.upload.commit().await?;
+            false
+        }
+    };
     let mut result = BundleResult {
         namespace: ns.clone(),
         pod: name,
@@ -258,6 +287,7 @@ async fn collect_one(ctx: &Ctx, plan: &Plan, pod: Pod) -> Result<BundleResult> {
         files,
         missing,
         encrypted,
+        signed,
         duration_seconds: clock.elapsed().as_secs_f64(),
         dry_run: ctx.dry_run,
         event: None,
@@ -272,6 +302,36 @@ async fn collect_one(ctx: &Ctx, plan: &Plan, pod: Pod) -> Result<BundleResult> {
         }
     }
     Ok(result)
+}
+
+/// The signature of the bundle's sha256 first, then the bundle: a bundle never appears unsigned
+/// when a key was given. If the bundle cannot be committed, its signature goes again.
+async fn publish_signed(
+    store: &dyn Store,
+    object: &str,
+    sk: &minisign::SecretKey,
+    sha256: &str,
+    upload: crate::pipeline::Pending,
+) -> Result<()> {
+    let sig_key = format!("{object}{}", signing::SUFFIX);
+    let signed = async {
+        let sig = signing::sign(
+            sk,
+            sha256.as_bytes(),
+            &format!("kirt evidence bundle {object}"),
+        )?;
+        store.put(&sig_key, bytes::Bytes::from(sig)).await
+    }
+    .await;
+    if let Err(e) = signed {
+        upload.abort().await;
+        return Err(e);
+    }
+    if let Err(e) = upload.commit().await {
+        let _ = store.delete(&sig_key).await;
+        return Err(e);
+    }
+    Ok(())
 }
 
 /// `manifest.json`: who collected what, when, from where, and what is missing.

@@ -9,10 +9,11 @@ use std::path::{Component, Path};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::{parse_object_name, parse_sums, Manifest, FORMAT, MANIFEST, SUMS};
+use super::{parse_sums, Manifest, FORMAT, MANIFEST, SUMS};
+use crate::actions::backup::signing;
 use crate::context::Ctx;
 use crate::crypto::{DecryptOptions, MODE_PASSPHRASE, MODE_RECIPIENTS};
-use crate::error::{join, Error, Exit, Result};
+use crate::error::{join, Error, Exit, IoContext, Result};
 use crate::output::{Render, Table};
 use crate::pipeline::{open_reader, Decoder};
 use crate::store::{self, S3Options};
@@ -34,6 +35,10 @@ pub struct EvidenceVerifySpec {
     /// Also require the stored bytes to have this sha256 (as printed by `evidence collect`)
     #[arg(long, value_name = "HEX")]
     pub sha256: Option<String>,
+    /// Require the bundle's signature (BUNDLE.minisig) by this minisign public key (default:
+    /// $KIRT_TRUSTED_KEY)
+    #[arg(long, value_name = "FILE")]
+    pub trusted_key: Option<std::path::PathBuf>,
     #[command(flatten)]
     pub s3: S3Options,
 }
@@ -61,6 +66,10 @@ pub struct VerifyResult {
     pub collected_at: Option<jiff::Timestamp>,
     pub files: Vec<FileCheck>,
     pub problems: Vec<String>,
+    /// Checked against something outside the bundle (a signature by the trusted key, or the
+    /// sha256 recorded at collection): without it, a bundle rebuilt with consistent digests
+    /// would pass.
+    pub authenticated: bool,
 }
 
 impl Render for VerifyResult {
@@ -83,6 +92,9 @@ impl Render for VerifyResult {
                 self.files.len(),
                 self.stored_sha256
             ));
+            if !self.authenticated {
+                t.note("authenticity NOT checked: the digests only show the bundle is consistent with itself; give --trusted-key (signed bundles) or --sha256 (the digest recorded at collection)");
+            }
         } else {
             t.note(format!("verification FAILED for {}:", self.bundle));
             for p in &self.problems {
@@ -213,19 +225,9 @@ fn path_escapes(p: &Path) -> bool {
 
 pub async fn run(_ctx: &Ctx, spec: EvidenceVerifySpec) -> Result<VerifyResult> {
     let (store_url, key) = split_location(&spec.bundle)?;
-    let Some((bundle, encrypted)) = parse_object_name(&key) else {
-        return Err(Error::usage(format!(
-            "{key:?} is not an evidence bundle name (evidence-NS-POD-STAMP.tar.zst[.age])"
-        )));
-    };
-    let bundle = bundle.to_string();
-    // The file name says whether it is encrypted, not how: the options say which key to use.
-    let mode = encrypted.then_some(if spec.decrypt.passphrase {
-        MODE_PASSPHRASE
-    } else {
-        MODE_RECIPIENTS
-    });
-    let decryption = spec.decrypt.resolve(mode, "the bundle (.age)")?;
+    let trusted = signing::trusted_key_path(&spec.trusted_key)
+        .map(|p| signing::load_public_key(&p))
+        .transpose()?;
     let store = store::open(&store_url, &spec.s3).await?;
     let reader = store.get(&key).await.map_err(|e| match e {
         Error::NotFound { .. } => Error::not_found(
@@ -234,6 +236,14 @@ pub async fn run(_ctx: &Ctx, spec: EvidenceVerifySpec) -> Result<VerifyResult> {
         ),
         e => e,
     })?;
+    // Whatever the file is called: its first bytes say whether it is age-encrypted.
+    let (encrypted, reader) = sniff_age(reader).await?;
+    let mode = encrypted.then_some(if spec.decrypt.passphrase {
+        MODE_PASSPHRASE
+    } else {
+        MODE_RECIPIENTS
+    });
+    let decryption = spec.decrypt.resolve(mode, "the bundle (age-encrypted)")?;
     let location = spec.bundle.clone();
     let (scan, stats) = join("verify", tokio::task::spawn_blocking(move || -> Result<_> {
         let mut dec = Decoder::new(open_reader(reader), decryption, true)?;
@@ -246,10 +256,13 @@ pub async fn run(_ctx: &Ctx, spec: EvidenceVerifySpec) -> Result<VerifyResult> {
     }))
     .await??;
     let stats = stats.ok_or_else(|| Error::failed("the bundle was not read to its end"))?;
+    // The bundle is what its content says (top directory, manifest), not its file name.
+    let bundle = scan.top.clone().unwrap_or_default();
     let mut result = compare(&bundle, &scan);
     result.stored_size = stats.stored_size;
     result.stored_sha256 = stats.stored_sha256.clone();
     if let Some(want) = &spec.sha256 {
+        result.authenticated = true;
         if !want.eq_ignore_ascii_case(&stats.stored_sha256) {
             result.ok = false;
             result.problems.push(format!(
@@ -258,7 +271,47 @@ pub async fn run(_ctx: &Ctx, spec: EvidenceVerifySpec) -> Result<VerifyResult> {
             ));
         }
     }
+    if let Some(pk) = &trusted {
+        let sig_key = format!("{key}{}", signing::SUFFIX);
+        let problem = match store.get_bytes(&sig_key, signing::MAX_SIGNATURE).await {
+            Ok(sig) => signing::check(pk, stats.stored_sha256.as_bytes(), &sig)
+                .err()
+                .map(|why| format!("signature {sig_key} {why}")),
+            Err(Error::NotFound { .. }) => Some(format!(
+                "no signature {sig_key}, but a trusted key is configured: not signed by your collector"
+            )),
+            Err(e @ Error::VerifyFailed(_)) => Some(e.to_string()),
+            Err(e) => return Err(e),
+        };
+        match problem {
+            None => result.authenticated = true,
+            Some(p) => {
+                result.ok = false;
+                result.problems.push(p);
+            }
+        }
+    }
     Ok(result)
+}
+
+/// Reads the first bytes of an object to tell an age file (binary or armored) from a plain one,
+/// and hands back a reader that still starts at byte 0.
+async fn sniff_age(
+    mut r: Box<dyn tokio::io::AsyncRead + Send + Unpin>,
+) -> Result<(bool, Box<dyn tokio::io::AsyncRead + Send + Unpin>)> {
+    use tokio::io::AsyncReadExt;
+    let mut head = Vec::with_capacity(64);
+    (&mut r)
+        .take(64)
+        .read_to_end(&mut head)
+        .await
+        .ctx(|| "reading the bundle".into())?;
+    let age = head.starts_with(b"age-encryption.org/")
+        || head.starts_with(b"-----BEGIN AGE ENCRYPTED FILE-----");
+    Ok((
+        age,
+        Box::new(AsyncReadExt::chain(std::io::Cursor::new(head), r)),
+    ))
 }
 
 /// What comparing a bundle with its own records found: a status per file (the first problem
@@ -425,6 +478,7 @@ pub(super) fn compare(bundle: &str, scan: &Scan) -> VerifyResult {
         collected_at: manifest.as_ref().map(|m| m.started_at),
         files,
         problems,
+        authenticated: false,
     }
 }
 

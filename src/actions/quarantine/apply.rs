@@ -412,14 +412,19 @@ pub fn pod_patch(pod: &Pod, spec: &QuarantineSpec, by: &str, at: &str) -> Value 
     if let Some(reason) = &spec.reason {
         annotations.insert(QUARANTINED_REASON.into(), Value::String(reason.clone()));
     }
+    // resourceVersion and UID are preconditions: a pod changed, or deleted and re-created
+    // under the same name, since it was read is not patched (409)
     json!({"metadata": {
+        "uid": pod.metadata.uid,
         "resourceVersion": pod.metadata.resource_version,
         "labels": labels,
         "annotations": annotations,
     }})
 }
 
-async fn quarantine_pod(
+/// Quarantines one pod that `prepare_namespace` made ready: allowance policy, cordon, then the
+/// pod patch (guarded by resourceVersion and UID), then the Event.
+pub async fn quarantine_pod(
     cluster: &Cluster,
     dry: bool,
     spec: &QuarantineSpec,
@@ -511,6 +516,7 @@ fn allowance_label_patch(pod: &Pod, spec: &QuarantineSpec) -> Option<Value> {
         return None;
     }
     Some(json!({"metadata": {
+        "uid": pod.metadata.uid,
         "resourceVersion": pod.metadata.resource_version,
         "labels": {QUARANTINE_POD: want},
     }}))

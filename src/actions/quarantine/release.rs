@@ -245,6 +245,7 @@ pub fn release_patch(pod: &Pod, target: &Labels) -> Value {
         .map(|k| (k.to_string(), Value::Null))
         .collect();
     json!({"metadata": {
+        "uid": pod.metadata.uid,
         "resourceVersion": pod.metadata.resource_version,
         "labels": labels,
         "annotations": annotations,

@@ -44,6 +44,9 @@ pub struct VerifyReport {
     pub breaches: Vec<PolicyVerdict>,
     /// Why the pod is not isolated (empty when it is).
     pub problems: Vec<String>,
+    /// The NetworkPolicy-enforcing CNI kirt recognised, or None (the verdict above is then about
+    /// intent only: nothing may enforce it).
+    pub cni: Option<String>,
 }
 
 impl Render for VerifyReport {
@@ -62,6 +65,14 @@ impl Render for VerifyReport {
                     .collect();
                 t.row([v.policy.as_str(), verdict, &admits.join("; ")]);
             }
+        }
+        if self.cni.is_none() {
+            t.row(["(cluster CNI)", "WARNING", crate::actions::doctor::NO_CNI]);
+            t.note(format!(
+                "warning: {}: {}",
+                crate::actions::doctor::NO_CNI,
+                crate::actions::doctor::NO_CNI_HINT
+            ));
         }
         let target = format!("pod {}/{}", self.namespace, self.pod);
         if self.isolated {
@@ -111,12 +122,9 @@ pub async fn run(ctx: &Ctx, spec: VerifySpec) -> Result<VerifyReport> {
         .await?;
     let pod = &pods[0];
     let ns = pod.metadata.namespace.clone().unwrap_or_default();
-    let policies = ctx
-        .cluster()
-        .await?
-        .namespaced::<NetworkPolicy>(&ns)
-        .list_all()
-        .await?;
+    let cluster = ctx.cluster().await?;
+    let policies = cluster.namespaced::<NetworkPolicy>(&ns).list_all().await?;
+    let cni = crate::actions::doctor::enforcing_cni(cluster).await;
     let labels = labels_of(pod);
     let iso = policy_eval::assess(&policies, &labels, |np| is_allowance_of(np, &ns, &spec.pod));
     let mut problems = iso.problems();
@@ -144,5 +152,6 @@ pub async fn run(ctx: &Ctx, spec: VerifySpec) -> Result<VerifyReport> {
         deny_all: iso.deny_all,
         allowances: iso.allowances,
         breaches: iso.breaches,
+        cni,
     })
 }

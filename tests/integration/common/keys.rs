@@ -28,3 +28,16 @@ pub fn ssh_key(lab: &Lab) -> (String, String) {
         .to_string();
     (key.display().to_string(), public)
 }
+
+/// A new unencrypted minisign key pair made by `kirt keygen`: (secret key file, public key file).
+/// (Keys made by the minisign CLI with a password take 1 GiB and seconds of scrypt to open; the
+/// interoperability test uses those.)
+pub fn signing_keys(lab: &Lab) -> (String, String) {
+    let base = lab.dir.path().join(unique("minisign"));
+    let (sk, pk) = (
+        format!("{}.key", base.display()),
+        format!("{}.pub", base.display()),
+    );
+    lab.kirt(["keygen", "-s", &sk, "-p", &pk]).ok();
+    (sk, pk)
+}

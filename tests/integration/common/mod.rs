@@ -6,7 +6,7 @@
 //!   objects back with kubectl;
 //! - [`s3`]: S3 clients and buckets for the lab's moto and s3s-fs (and private s3s-fs servers);
 //! - [`etcd`]: private etcd servers and data to back up;
-//! - [`keys`]: age and SSH keys made with the real CLIs.
+//! - [`keys`]: age and SSH keys made with the real CLIs, minisign keys made by `kirt keygen`.
 //!
 //! Each test uses its own temp dir, namespace, bucket or key prefix ([`unique`]), so tests run
 //! in parallel.

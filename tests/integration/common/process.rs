@@ -86,6 +86,34 @@ pub fn kirt_without_lab(args: &[&str]) -> Run {
     run(c, format!("kirt {}", args.join(" ")))
 }
 
+/// Runs `cmd` (built with an empty environment, as `Lab::kirt_cmd` does) under GNU time: its
+/// result and its peak RSS in KiB.
+#[track_caller]
+pub fn peak_rss(cmd: Command, what: &str) -> (Run, u64) {
+    const MARK: &str = "KIRT-PEAK-RSS-KB=";
+    let mut timed = Command::new("/usr/bin/time");
+    timed
+        .args(["-f", &format!("{MARK}%M")])
+        .arg(cmd.get_program());
+    timed.args(cmd.get_args());
+    if let Some(dir) = cmd.get_current_dir() {
+        timed.current_dir(dir);
+    }
+    timed.env_clear();
+    for (k, v) in cmd.get_envs() {
+        if let Some(v) = v {
+            timed.env(k, v);
+        }
+    }
+    let r = run(timed, format!("time {what}"));
+    let kb = r
+        .stderr()
+        .lines()
+        .find_map(|l| l.strip_prefix(MARK).and_then(|n| n.trim().parse().ok()))
+        .unwrap_or_else(|| panic!("no peak RSS from /usr/bin/time:\n{}", r.dump()));
+    (r, kb)
+}
+
 fn describe(tool: &str, args: &[OsString]) -> String {
     let args: Vec<_> = args.iter().map(|a| a.to_string_lossy()).collect();
     format!("{tool} {}", args.join(" "))
@@ -198,4 +226,132 @@ impl Drop for Proc {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// A kirt running in the background, to be stopped by a signal. Started with
+/// [`Held::start`], it runs until a phase (`KIRT_HOLD_AT=PHASE`), says so and waits there for
+/// the signal (src/signal.rs): the tests send SIGTERM in a known phase, not at a guessed time.
+pub struct Held {
+    pub child: std::process::Child,
+    stderr: std::sync::Arc<std::sync::Mutex<String>>,
+    held: std::sync::mpsc::Receiver<()>,
+    /// Closed when kirt's stderr reaches its end.
+    eof: std::sync::mpsc::Receiver<()>,
+}
+
+impl Held {
+    /// Starts `cmd` in the background, collecting its stderr.
+    pub fn spawn(mut cmd: Command) -> Held {
+        use std::io::BufRead;
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("start kirt");
+        let stderr = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let (tx, held) = std::sync::mpsc::channel();
+        let (eof_tx, eof) = std::sync::mpsc::channel::<()>();
+        let pipe = child.stderr.take().expect("stderr");
+        let log = stderr.clone();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(pipe).lines().map_while(Result::ok) {
+                if line.contains("holding at") {
+                    let _ = tx.send(());
+                }
+                let mut l = log.lock().unwrap();
+                l.push_str(&line);
+                l.push('\n');
+            }
+            drop(eof_tx);
+        });
+        Held {
+            child,
+            stderr,
+            held,
+            eof,
+        }
+    }
+
+    /// Starts `cmd` with the hook for `phase` and waits (up to `within`) until kirt holds there.
+    #[track_caller]
+    pub fn start(mut cmd: Command, phase: &str, within: Duration) -> Held {
+        cmd.env("KIRT_HOLD_AT", phase);
+        let mut h = Held::spawn(cmd);
+        let start = Instant::now();
+        loop {
+            if h.held.recv_timeout(Duration::from_millis(200)).is_ok() {
+                break;
+            }
+            if let Ok(Some(status)) = h.child.try_wait() {
+                panic!(
+                    "kirt exited ({status}) before holding at {phase}:\n{}",
+                    h.stderr()
+                );
+            }
+            assert!(
+                start.elapsed() < within,
+                "kirt did not reach {phase} within {within:?}:\n{}",
+                h.stderr()
+            );
+        }
+        h
+    }
+
+    /// What kirt wrote on stderr so far.
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    /// The processes kirt started (scratch servers, etcdutl), by PID.
+    pub fn children(&self) -> Vec<u32> {
+        let pid = self.child.id();
+        let mut out = Vec::new();
+        for task in std::fs::read_dir(format!("/proc/{pid}/task"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let text = std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
+            out.extend(
+                text.split_whitespace()
+                    .filter_map(|p| p.parse::<u32>().ok()),
+            );
+        }
+        out
+    }
+
+    /// Sends SIGTERM and waits for kirt to exit; returns its exit code, how long it took, and
+    /// what it wrote on stderr.
+    pub fn terminate(self) -> (i32, Duration, String) {
+        self.signal("TERM")
+    }
+
+    /// Sends `SIG` (`TERM`, `INT`) and waits for kirt to exit, as [`Held::terminate`].
+    pub fn signal(mut self, sig: &str) -> (i32, Duration, String) {
+        let start = Instant::now();
+        let _ = Command::new("kill")
+            .args([&format!("-{sig}"), &self.child.id().to_string()])
+            .status();
+        let status = loop {
+            if let Ok(Some(s)) = self.child.try_wait() {
+                break s;
+            }
+            if start.elapsed() > Duration::from_secs(60) {
+                let _ = self.child.kill();
+                break self.child.wait().expect("wait");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let took = start.elapsed();
+        // all of stderr (a child that inherited it and survived would hold it open: then what
+        // arrived within 10 s)
+        let _ = self.eof.recv_timeout(Duration::from_secs(10));
+        (status.code().unwrap_or(-1), took, self.stderr())
+    }
+}
+
+/// Whether a process still exists (zombies of exited parents are reaped by init).
+pub fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| !s.contains(") Z "))
+        .unwrap_or(false)
 }
