@@ -6,6 +6,7 @@ pub mod backup;
 pub mod doctor;
 pub mod drill;
 pub mod evidence;
+pub mod node;
 pub mod quarantine;
 pub mod restore;
 pub mod rollback;

@@ -139,6 +139,19 @@ where
             .len())
     }
 
+    /// Metadata only (a Secret's data is never fetched), e.g. with a field selector on `type`.
+    pub async fn list_metadata(&self, lp: &ListParams) -> Result<Vec<kube::api::ObjectMeta>> {
+        Ok(self
+            .api
+            .list_metadata(lp)
+            .await
+            .op(&self.op("list", None))?
+            .items
+            .into_iter()
+            .map(|o| o.metadata)
+            .collect())
+    }
+
     /// Objects matching a label selector.
     pub async fn list_labelled(&self, selector: &str) -> Result<Vec<K>> {
         self.list(&ListParams::default().labels(selector)).await
@@ -168,6 +181,21 @@ where
     /// Deletes `name`; an object that is already gone is not an error.
     pub async fn delete(&self, name: &str, dry_run: bool) -> Result<()> {
         match self.api.delete(name, &delete_params(dry_run)).await {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+            Err(e) => Err(self.op("delete", Some(name)).err(e)),
+        }
+    }
+
+    /// Deletes `name` only if it is still the object with this uid (not a successor of the same
+    /// name); one that is already gone is not an error.
+    pub async fn delete_uid(&self, name: &str, uid: &str, dry_run: bool) -> Result<()> {
+        let mut dp = delete_params(dry_run);
+        dp.preconditions = Some(kube::api::Preconditions {
+            uid: Some(uid.into()),
+            resource_version: None,
+        });
+        match self.api.delete(name, &dp).await {
             Ok(_) => Ok(()),
             Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
             Err(e) => Err(self.op("delete", Some(name)).err(e)),
