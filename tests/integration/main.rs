@@ -10,6 +10,7 @@ mod common;
 
 mod backup;
 mod cli;
+mod credentials;
 mod deploy;
 mod doctor;
 mod evidence;
