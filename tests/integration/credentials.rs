@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::common::k8s::{annotations, desired_state, labels, nodes_to_myself};
+use crate::common::k8s::{annotations, desired_state, labels, nodes_to_myself, NodeGuard};
 use crate::common::{self, lab, wait_until, Lab};
 
 /// A Namespace `ns` with ServiceAccount `victim` (and its legacy token), bound by
@@ -504,25 +504,6 @@ fn a_missing_permission_is_named_before_anything_changes() {
     assert_eq!(bindings(&lab, &ns, &crb), before);
 }
 
-/// Puts a lab node back as the tests found it, even when a test fails half-way.
-struct NodeGuard<'a>(&'a Lab, String);
-
-impl Drop for NodeGuard<'_> {
-    fn drop(&mut self) {
-        let (lab, n) = (self.0, &self.1);
-        let _ = lab.kubectl(["uncordon", n]);
-        let _ = lab.kubectl(["taint", "node", n, "kirt.dev/quarantine:NoSchedule-"]);
-        let _ = lab.kubectl(["label", "node", n, "kirt.dev/under-investigation-"]);
-        let _ = lab.kubectl([
-            "annotate",
-            "node",
-            n,
-            "kirt.dev/isolated-by-",
-            "kirt.dev/cordoned-by-quarantine-",
-        ]);
-    }
-}
-
 /// What kirt may change on a node: spec, labels, annotations (not the status the kubelet writes).
 fn node_state(lab: &Lab, node: &str) -> Value {
     let n = lab.get_json(&["node", node]);
@@ -540,7 +521,7 @@ fn node_isolation_is_exactly_undone_and_someone_elses_cordon_stays() {
         .as_str()
         .unwrap()
         .to_string();
-    let _guard = NodeGuard(&lab, node.clone());
+    let _guard = NodeGuard::new(&lab, vec![node.clone()]);
     let before = node_state(&lab, &node);
 
     lab.kirt([
@@ -672,4 +653,86 @@ fn delete_pod_needs_evidence_and_release_of_the_gone_pod_restores_credentials() 
     let after = bindings(&lab, &ns, &crb);
     assert_eq!(desired_state(&after.0), desired_state(&before.0));
     assert_eq!(desired_state(&after.1), desired_state(&before.1));
+}
+
+#[test]
+fn playbook_revokes_journals_the_subjects_and_undo_restores_the_bindings() {
+    let Some(lab) = lab() else { return };
+    let ns = lab.namespace("cred-playbook");
+    let (token, objects) = victim_setup(&lab, &ns);
+    let crb = objects.crb().to_string();
+    let before = bindings(&lab, &ns, &crb);
+    let journal = lab.dir.path().join("runs");
+    let j = journal.to_str().unwrap();
+    let (nsp, ev) = (
+        format!("namespace={}", &*ns),
+        format!("evidence_to={}", lab.dir.path().join("evidence").display()),
+    );
+    let r = lab
+        .kirt([
+            "--journal",
+            j,
+            "run",
+            "isolate-compromised-pod",
+            "-p",
+            &nsp,
+            "-p",
+            "pod=suspect",
+            "-p",
+            &ev,
+            "-p",
+            "revoke_credentials=true",
+            "--yes",
+            "-o",
+            "json",
+        ])
+        .ok();
+    let s = r.json();
+    let st: Vec<&str> = s["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x["status"].as_str().unwrap())
+        .collect();
+    assert_eq!(st, ["ok", "ok", "ok", "skipped"], "{}", r.dump());
+    assert!(!lab.account_allowed(&ns, "victim", "list", "secrets", &ns));
+    assert_ne!(lists_secrets(&lab, &token, &ns).code(), 0);
+
+    // the journal holds each binding's subjects before and after, and never the token
+    let run_id = s["run_id"].as_str().unwrap();
+    let text = std::fs::read_to_string(journal.join(format!("{run_id}.jsonl"))).unwrap();
+    assert!(!text.contains(&token), "the journal holds the token");
+    let mutations: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|v| v["type"] == "mutation" && v["object"]["kind"] != "Pod")
+        .collect();
+    let shared = mutations
+        .iter()
+        .find(|m| m["object"]["kind"] == "RoleBinding")
+        .unwrap_or_else(|| panic!("no RoleBinding mutation:\n{text}"));
+    assert_eq!(shared["object"]["before"], before.0["subjects"]);
+    assert_eq!(shared["object"]["after"].as_array().unwrap().len(), 1);
+    assert_eq!(shared["undo"]["action"], "quarantine.release");
+    assert!(mutations.iter().any(
+        |m| m["object"]["kind"] == "ClusterRoleBinding" && m["object"]["name"] == crb.as_str()
+    ));
+
+    let r = lab
+        .kirt(["--journal", j, "undo", run_id, "--yes", "-o", "json"])
+        .ok();
+    let items = r.json()["items"].as_array().unwrap().clone();
+    assert!(
+        items.iter().all(|i| i["status"] == "undone"),
+        "{}",
+        r.dump()
+    );
+    let after = bindings(&lab, &ns, &crb);
+    assert_eq!(desired_state(&after.0), desired_state(&before.0));
+    assert_eq!(desired_state(&after.1), desired_state(&before.1));
+    assert!(lab.account_allowed(&ns, "victim", "list", "secrets", &ns));
+    assert_eq!(
+        labels(&lab.get_json(&["pod", "suspect", "-n", &ns]))["app"],
+        "shop"
+    );
 }

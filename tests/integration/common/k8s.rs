@@ -27,6 +27,46 @@ pub fn nodes_to_myself() -> std::sync::MutexGuard<'static, ()> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
+/// Puts lab nodes back as the tests found them — not cordoned, without kirt's taint, label and
+/// records — when dropped, also when a test fails half-way. Hold [`nodes_to_myself`] meanwhile.
+pub struct NodeGuard<'a> {
+    lab: &'a Lab,
+    nodes: Vec<String>,
+}
+
+impl<'a> NodeGuard<'a> {
+    pub fn new(lab: &'a Lab, nodes: Vec<String>) -> Self {
+        NodeGuard { lab, nodes }
+    }
+
+    /// Every node of the lab.
+    pub fn all(lab: &'a Lab) -> Self {
+        let names = lab
+            .kubectl(["get", "nodes", "-o", "jsonpath={.items[*].metadata.name}"])
+            .ok()
+            .stdout();
+        NodeGuard::new(lab, names.split_whitespace().map(String::from).collect())
+    }
+}
+
+impl Drop for NodeGuard<'_> {
+    fn drop(&mut self) {
+        for n in &self.nodes {
+            let lab = self.lab;
+            let _ = lab.kubectl(["uncordon", n]);
+            let _ = lab.kubectl(["taint", "node", n, "kirt.dev/quarantine:NoSchedule-"]);
+            let _ = lab.kubectl(["label", "node", n, "kirt.dev/under-investigation-"]);
+            let _ = lab.kubectl([
+                "annotate",
+                "node",
+                n,
+                "kirt.dev/isolated-by-",
+                "kirt.dev/cordoned-by-quarantine-",
+            ]);
+        }
+    }
+}
+
 /// A namespace for one test; deleted (without waiting) when dropped, unless `KIRT_KEEP_NS` is set.
 pub struct Namespace<'a> {
     lab: &'a Lab,
