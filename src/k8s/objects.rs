@@ -202,6 +202,17 @@ where
         }
     }
 
+    /// Whether the apiserver's watch cache (which its own informers follow) still holds `name`
+    /// with this uid: a read at resourceVersion 0, served from that cache, metadata only.
+    pub async fn in_watch_cache(&self, name: &str, uid: &str) -> Result<bool> {
+        let meta = self
+            .api
+            .get_metadata_opt_with(name, &kube::api::GetParams::any())
+            .await
+            .op(&self.op("get", Some(name)))?;
+        Ok(meta.is_some_and(|m| m.metadata.uid.as_deref() == Some(uid)))
+    }
+
     /// The object attempt `n` of a conflict-retried write works on: the one in hand first, then
     /// a fresh read (see [`super::write::retry_conflict`]).
     pub async fn current(&self, in_hand: &K, n: usize) -> Result<K> {

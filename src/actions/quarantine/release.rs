@@ -211,7 +211,20 @@ pub async fn run(ctx: &Ctx, spec: ReleaseSpec) -> Result<ReleaseReport> {
             Err(e) => report.cleanup_errors.push(format!("namespace {ns}: {e}")),
         }
     }
-    for plan in &restores {
+    restore_credentials(cluster, ctx.dry_run, &restores, &mut report).await;
+    (report.released, report.unchanged, report.failed) = tally(&report.pods);
+    Ok(report)
+}
+
+/// Puts back the credentials of each account whose pods were released (an account whose pod
+/// failed to release stays revoked).
+async fn restore_credentials(
+    cluster: &Cluster,
+    dry: bool,
+    restores: &[RestorePlan],
+    report: &mut ReleaseReport,
+) {
+    for plan in restores {
         let failed = report.pods.iter().any(|r| {
             r.outcome == Outcome::Failed
                 && plan
@@ -227,10 +240,8 @@ pub async fn run(ctx: &Ctx, spec: ReleaseSpec) -> Result<ReleaseReport> {
         }
         report
             .credentials
-            .push(restore::execute(cluster, ctx.dry_run, plan).await);
+            .push(restore::execute(cluster, dry, plan).await);
     }
-    (report.released, report.unchanged, report.failed) = tally(&report.pods);
-    Ok(report)
 }
 
 /// The confirmation question: the pods, then each ServiceAccount's restore plan.
@@ -422,7 +433,10 @@ async fn release_leftovers(
         .await?
         .iter()
         .any(|np| is_kirt_policy(np) || annotation(&np.metadata, ORIGINAL_SPEC).is_some());
-    let restore = restore::plan(cluster, ns, &[pod.to_string()], None).await?;
+    let restore = match restore::plan(cluster, ns, &[pod.to_string()], None).await {
+        Ok(p) => p,
+        Err(e) => restore::readable(e)?,
+    };
     if !has_allowance && nodes.is_empty() && !ns_objects && restore.is_none() {
         return Err(not_found);
     }

@@ -30,6 +30,8 @@ const RBAC_GROUP: &str = "rbac.authorization.k8s.io";
 /// How long kirt waits for the apiserver to reject a deleted Secret's token. It caches successful
 /// token authentications for 10 s, so a token used just before may work that long.
 const REJECT_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long after the watch cache the apiserver's own informer is assumed to have caught up.
+const INFORMER_MARGIN: Duration = Duration::from_millis(100);
 
 /// What revocation did for one ServiceAccount.
 #[derive(Debug, Clone, Serialize)]
@@ -213,9 +215,13 @@ pub async fn preflight(cluster: &Cluster, plans: &[AccountPlan], dry: bool) -> R
         .filter(|p| p.sa.is_some())
         .flat_map(|p| p.removals.iter().map(move |r| (&p.account, &r.binding)))
         .map(|(account, b)| async move {
-            let Some((patch, _, _)) = removal_patch(b, account) else {
+            let Some((mut patch, _, _)) = removal_patch(b, account) else {
                 return Ok(());
             };
+            // a trial writes nothing: a binding changed since the plan must not fail it
+            if let Some(m) = patch["metadata"].as_object_mut() {
+                m.remove("resourceVersion");
+            }
             rbac::patch_binding(cluster, b, &patch, true)
                 .await
                 .map(|_| ())
@@ -273,7 +279,12 @@ pub async fn execute(ctx: &Ctx, plan: &AccountPlan, by: &str, at: &str) -> Crede
         ));
         return report;
     };
-    if let Err(e) = run(ctx, plan, sa, by, at, &mut report).await {
+    if !plan.changes_something() {
+        report.notes.push(format!(
+            "no binding names ServiceAccount {} and it has no legacy token: nothing to revoke",
+            plan.account
+        ));
+    } else if let Err(e) = run(ctx, plan, sa, by, at, &mut report).await {
         report.exit = e.exit();
         report.notes.push(format!("FAILED: {e}"));
     }
@@ -483,7 +494,7 @@ async fn revoke_tokens(
                 change.outcome = Outcome::Done;
                 change.detail = "deleted (it had changed or gone; no token to review)".into();
             }
-            Ok(Some(token)) => match wait_rejected(cluster, &token).await {
+            Ok(Some(token)) => match wait_rejected(cluster, &secrets, t, &token).await {
                 Ok(Some(after)) => {
                     let r = format!("unauthenticated after {:.1}s", after.as_secs_f64());
                     change.outcome = Outcome::Done;
@@ -537,8 +548,23 @@ async fn take_token(
 
 /// Repeats the TokenReview until the apiserver rejects the token (`Some(after)`), or gives up
 /// after [`REJECT_TIMEOUT`] (`None`).
-async fn wait_rejected(cluster: &Cluster, token: &str) -> Result<Option<Duration>> {
+///
+/// The apiserver looks legacy tokens up in its informer's cache and caches each successful
+/// authentication for 10 s: a review that arrives before its informer has seen the deletion
+/// would keep the token valid for 10 s more. So the first review waits until the watch cache
+/// (which feeds those informers) no longer has the Secret, plus a moment for the informer.
+/// That wait only makes kirt faster; the verdict is always the apiserver's.
+async fn wait_rejected(
+    cluster: &Cluster,
+    secrets: &crate::k8s::Objects<'_, Secret>,
+    t: &SecretRef,
+    token: &str,
+) -> Result<Option<Duration>> {
     let start = Instant::now();
+    while secrets.in_watch_cache(&t.name, &t.uid).await? && start.elapsed() < REJECT_TIMEOUT {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(INFORMER_MARGIN).await;
     let mut delay = Duration::from_millis(50);
     loop {
         if access::token_user(cluster, token).await?.is_none() {
