@@ -533,6 +533,17 @@ fn node_isolation_is_exactly_undone_and_someone_elses_cordon_stays() {
         "--yes",
     ])
     .ok();
+    // the node controller taints a cordoned node too: let it finish before the node changes again
+    let controller_taint = || {
+        lab.get_json(&["node", &node])["spec"]["taints"]
+            .to_string()
+            .contains("node.kubernetes.io/unschedulable")
+    };
+    wait_until(
+        Duration::from_secs(30),
+        "the node controller's unschedulable taint",
+        controller_taint,
+    );
     let n = lab.get_json(&["node", &node]);
     assert_eq!(n["spec"]["unschedulable"], true);
     assert!(
@@ -564,11 +575,7 @@ fn node_isolation_is_exactly_undone_and_someone_elses_cordon_stays() {
     wait_until(
         Duration::from_secs(30),
         "the node controller's unschedulable taint",
-        || {
-            lab.get_json(&["node", &node])["spec"]["taints"]
-                .to_string()
-                .contains("node.kubernetes.io/unschedulable")
-        },
+        controller_taint,
     );
     let cordoned = node_state(&lab, &node);
     lab.kirt([
@@ -735,4 +742,94 @@ fn playbook_revokes_journals_the_subjects_and_undo_restores_the_bindings() {
         labels(&lab.get_json(&["pod", "suspect", "-n", &ns]))["app"],
         "shop"
     );
+}
+
+#[test]
+fn a_selector_revokes_once_per_account_and_the_last_release_restores() {
+    let Some(lab) = lab() else { return };
+    let ns = lab.namespace("cred-sel");
+    let (_token, objects) = victim_setup(&lab, &ns);
+    let crb = objects.crb().to_string();
+    let before = bindings(&lab, &ns, &crb);
+    let v = lab
+        .kirt([
+            "quarantine",
+            "-l",
+            "app=shop",
+            "-n",
+            &ns,
+            "--revoke-credentials",
+            "--yes",
+            "-o",
+            "json",
+        ])
+        .ok()
+        .json();
+    let creds = v["credentials"].as_array().unwrap();
+    assert_eq!(creds.len(), 1, "{v:#}");
+    assert_eq!(creds[0]["pods"].as_array().unwrap().len(), 2, "{v:#}");
+    assert!(
+        creds[0]["blast_radius"].as_array().unwrap().is_empty(),
+        "{v:#}"
+    );
+    // one pod released: the other is still quarantined, so the account stays revoked
+    let r = lab.kirt(["release", "suspect", "-n", &ns, "--yes"]).ok();
+    assert!(r.stdout().contains("stays revoked"), "{}", r.dump());
+    assert!(!lab.account_allowed(&ns, "victim", "list", "secrets", &ns));
+    lab.kirt(["release", "-l", "app=shop", "-n", &ns, "--yes"])
+        .ok();
+    let after = bindings(&lab, &ns, &crb);
+    assert_eq!(desired_state(&after.0), desired_state(&before.0));
+    assert_eq!(desired_state(&after.1), desired_state(&before.1));
+}
+
+#[test]
+fn an_edited_record_grants_nothing_on_release() {
+    let Some(lab) = lab() else { return };
+    let ns = lab.namespace("cred-forged");
+    let (_token, objects) = victim_setup(&lab, &ns);
+    let crb = objects.crb().to_string();
+    let before = bindings(&lab, &ns, &crb);
+    lab.kirt([
+        "quarantine",
+        "suspect",
+        "-n",
+        &ns,
+        "--revoke-credentials",
+        "--yes",
+    ])
+    .ok();
+    // someone adds mallory to kirt's record of the ClusterRoleBinding's original subjects
+    let forged = serde_json::json!({
+        "subjects": [{"kind": "ServiceAccount", "name": "victim", "namespace": &*ns},
+                     {"kind": "User", "name": "mallory", "apiGroup": "rbac.authorization.k8s.io"}],
+        "revokedFor": [format!("{}/victim", &*ns)],
+    });
+    lab.kubectl([
+        "annotate",
+        "clusterrolebinding",
+        &crb,
+        "--overwrite",
+        &format!("kirt.dev/original-subjects={forged}"),
+    ])
+    .ok();
+    let edited = lab.get_json(&["clusterrolebinding", &crb]);
+    // release: the preview says what it will not restore; the shared binding comes back, the
+    // edited one is left alone, and mallory gains nothing
+    let r = lab
+        .kirt(["release", "suspect", "-n", &ns, "--yes"])
+        .code_is(5);
+    assert!(
+        r.stdout()
+            .contains(&format!("NOT restored: ClusterRoleBinding {crb}")),
+        "{}",
+        r.dump()
+    );
+    assert_eq!(
+        desired_state(&lab.get_json(&["rolebinding", "shared", "-n", &ns])),
+        desired_state(&before.0)
+    );
+    assert_eq!(lab.get_json(&["clusterrolebinding", &crb]), edited);
+    assert!(!lab.subject_allowed("mallory", &[], "list", "nodes", ""));
+    assert!(!lab.account_allowed(&ns, "victim", "list", "nodes", ""));
 }
