@@ -365,14 +365,16 @@ async fn run(
         report.bindings.push(change);
     }
     let reviewed = revoke_tokens(ctx, cluster, &account.namespace, &plan.tokens, report).await;
-    // what really happened: bindings that failed are not claimed; digests follow what was read
-    let failed: Vec<BindingEntry> = planned
+    // what really happened: bindings left unchanged (failed, gone, no longer naming the account)
+    // are not claimed; digests follow what was read
+    let untouched: Vec<BindingEntry> = planned
         .iter()
         .filter(|p| !actual.iter().any(|a| a.same(p)) && !recorded_before.iter().any(|b| b.same(p)))
         .cloned()
         .collect();
     write_record(cluster, dry, sa, |rec| {
-        rec.bindings.retain(|b| !failed.iter().any(|f| f.same(b)));
+        rec.bindings
+            .retain(|b| !untouched.iter().any(|f| f.same(b)));
         actual.iter().for_each(|e| rec.upsert(e.clone()));
         for t in rec.token_secrets.iter_mut() {
             if let Some((_, r)) = reviewed.iter().find(|(uid, _)| *uid == t.uid) {
