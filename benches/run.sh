@@ -7,7 +7,8 @@
 #   4. kirt backup create to the same S3 server (its default zstd level 1; level 3 is measured too)
 # The S3 server is s3s-fs: on these 2 shared cores moto's Python spends 1.5–2.6 CPU-seconds per
 # 256 MiB backup, which would measure moto rather than either contender.
-# K4: benches/quarantine.sh (1 pod and 200 pods against the lab apiserver), at the end; then K5
+# K4: benches/quarantine.sh (1 pod and 200 pods against the lab apiserver), at the end; then K11
+# benches/credentials.sh (--revoke-credentials --isolate-node among 250 bindings), K5
 # benches/evidence.sh and K14 benches/hostile.sh (planted oversized input, zstd bomb, signals).
 # Targets: kirt ≥ 2.5× faster than (2); kirt ≤ 1.25× (3); peak RSS ≤ 100 MiB and within 10 %
 # between the two sizes. Prints the figures and which targets pass. Servers run on 127.0.0.1 only.
@@ -152,6 +153,9 @@ fi
 echo
 echo "== K4 quarantine (lab apiserver)"
 KIRT="$PWD/$KIRT" bash benches/quarantine.sh || fail=1
+echo
+echo "== K11 quarantine --revoke-credentials --isolate-node (lab apiserver)"
+KIRT="$PWD/$KIRT" bash benches/credentials.sh || fail=1
 echo
 echo "== K5 evidence (pod with 100 MB of logs)"
 KIRT_BIN="$PWD/$KIRT" bash benches/evidence.sh || fail=1

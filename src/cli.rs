@@ -68,8 +68,12 @@ pub enum Command {
     Doctor(actions::doctor::DoctorSpec),
     /// Isolate compromised pods with NetworkPolicies (kept alive for forensics); verify; status
     Quarantine(QuarantineCmd),
-    /// Undo a quarantine exactly: original labels, kirt's policies, --exclusive edits, cordon
+    /// Undo a quarantine exactly: original labels, kirt's policies, --exclusive edits, node
+    /// changes, revoked ServiceAccount subjects
     Release(actions::quarantine::ReleaseSpec),
+    /// Node containment by hand: quarantine (cordon + taint + label) or release a node
+    #[command(subcommand)]
+    Node(NodeCmd),
     /// etcd backups: create (stream, compress, encrypt, upload), list, prune
     #[command(subcommand)]
     Backup(BackupCmd),
@@ -194,6 +198,15 @@ pub enum QuarantineSub {
 }
 
 #[derive(Debug, Subcommand)]
+pub enum NodeCmd {
+    /// Cordon the node, taint it kirt.dev/quarantine=manual:NoSchedule, label it
+    /// kirt.dev/under-investigation=true (a node someone else cordoned stays as it is)
+    Quarantine(actions::node::NodeSpec),
+    /// Remove exactly what `kirt node quarantine` added (quarantined pods on it keep it isolated)
+    Release(actions::node::NodeSpec),
+}
+
+#[derive(Debug, Subcommand)]
 pub enum EvidenceCmd {
     /// Capture a pod's object, events, logs, owners, network and RBAC context (+ checkpoints)
     /// into one tar.zst[.age] bundle with manifest.json and SHA256SUMS
@@ -240,6 +253,12 @@ pub async fn run(cli: Cli, shutdown: crate::signal::Shutdown) -> Result<Exit> {
             spec,
         }) => show(&ctx, &actions::quarantine::apply::run(&ctx, spec).await?),
         Command::Release(spec) => show(&ctx, &actions::quarantine::release::run(&ctx, spec).await?),
+        Command::Node(NodeCmd::Quarantine(spec)) => {
+            show(&ctx, &actions::node::quarantine(&ctx, spec).await?)
+        }
+        Command::Node(NodeCmd::Release(spec)) => {
+            show(&ctx, &actions::node::release_by_hand(&ctx, spec).await?)
+        }
         Command::Backup(BackupCmd::Create(spec)) => {
             show(&ctx, &actions::backup::create::run(&ctx, spec).await?)
         }

@@ -40,6 +40,8 @@ pub struct Ctx {
     /// SIGINT/SIGTERM: long commands stop cleanly when it fires.
     pub shutdown: Shutdown,
     cluster: OnceCell<Cluster>,
+    /// Legacy tokens of Secrets kirt deleted in this process (memory only, never written).
+    held_tokens: std::sync::Mutex<Vec<crate::k8s::access::HeldToken>>,
 }
 
 impl Ctx {
@@ -54,6 +56,7 @@ impl Ctx {
             prompt: Arc::new(NoPrompt),
             shutdown: Shutdown::default(),
             cluster: OnceCell::new(),
+            held_tokens: std::sync::Mutex::new(Vec::new()),
         }
     }
 
@@ -79,6 +82,21 @@ impl Ctx {
             Some(ns) => Ok(ns.clone()),
             None => self.namespace().await,
         }
+    }
+
+    /// Keeps a revoked token in memory for a later check in the same process (a playbook's
+    /// `quarantine.verify` after `quarantine.apply`).
+    pub fn hold_token(&self, t: crate::k8s::access::HeldToken) {
+        self.held_tokens
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(t);
+    }
+
+    /// A copy (zeroed when dropped) of the token held for the Secret with this uid.
+    pub fn held_token(&self, uid: &str) -> Option<zeroize::Zeroizing<String>> {
+        let held = self.held_tokens.lock().unwrap_or_else(|e| e.into_inner());
+        held.iter().find(|t| t.uid == uid).map(|t| t.token.clone())
     }
 
     /// Gate for every mutation: proceeds with `--yes` or in dry-run, asks on a terminal, and

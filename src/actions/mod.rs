@@ -7,6 +7,7 @@ pub mod doctor;
 pub mod drill;
 pub mod evidence;
 pub mod keygen;
+pub mod node;
 pub mod quarantine;
 pub mod restore;
 pub mod rollback;

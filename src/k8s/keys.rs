@@ -17,6 +17,19 @@ pub const ORIGINAL_SPEC: &str = "kirt.dev/original-spec";
 pub const ALLOWANCE_FOR: &str = "kirt.dev/allowance-for";
 /// On nodes cordoned by `--cordon-node`: JSON list of the `NS/POD`s that asked for it.
 pub const CORDONED_BY: &str = "kirt.dev/cordoned-by-quarantine";
+/// On bindings kirt removed a ServiceAccount from (`--revoke-credentials`): their subjects before
+/// kirt's first change and the accounts removed (JSON).
+pub const ORIGINAL_SUBJECTS: &str = "kirt.dev/original-subjects";
+/// On ServiceAccounts whose credentials kirt revoked: which pods asked, which bindings changed
+/// (uid + digest of their recorded subjects) and which legacy token Secrets were deleted (JSON).
+pub const CREDENTIALS_REVOKED: &str = "kirt.dev/credentials-revoked";
+/// On nodes isolated by `--isolate-node` / `kirt node quarantine`: who asked and which of the
+/// label and taint kirt added itself (JSON).
+pub const ISOLATED_BY: &str = "kirt.dev/isolated-by";
+/// Label on isolated nodes.
+pub const UNDER_INVESTIGATION: &str = "kirt.dev/under-investigation";
+/// Key of the NoSchedule taint on isolated nodes (value: the pod that asked).
+pub const QUARANTINE_TAINT: &str = "kirt.dev/quarantine";
 /// On policies kirt created.
 pub const DESCRIPTION: &str = "kirt.dev/description";
 /// The standard label naming who manages an object (`kirt` on kirt's policies).

@@ -1,22 +1,26 @@
 //! Kubernetes plumbing written once: the client from kubeconfig/in-cluster config ([`Cluster`]),
 //! typed object access that names the permission an error lacks ([`Objects`], [`Op`]),
 //! resourceVersion-guarded writes retried on conflict ([`write`]), Events ([`Recorder`]), which
-//! pods a command means ([`PodTarget`]), label selectors ([`selector`]) and the labels and
-//! annotations kirt writes ([`keys`]). Actions never build an `Api` or map a kube error themselves.
+//! pods a command means ([`PodTarget`]), label selectors ([`selector`]), the labels and
+//! annotations kirt writes ([`keys`]), RBAC bindings as they apply to a ServiceAccount ([`rbac`])
+//! and access/token reviews ([`access`]). Actions never build an `Api` or map a kube error
+//! themselves.
 
+pub mod access;
 mod cluster;
 mod events;
 pub mod keys;
 mod objects;
 mod op;
 mod pods;
+pub mod rbac;
 pub mod selector;
 pub mod write;
 
 pub use cluster::{Cluster, KubeOptions};
 pub use events::{EventType, Recorder};
 pub use objects::Objects;
-pub use op::{error_chain, status_code, KubeContext, Op};
+pub use op::{error_chain, status_code, KubeContext, Op, ESCALATION};
 pub use pods::{annotation, ensure_namespace, get_pod, labels_of, name_of, node_of, PodTarget};
 
 use kube::api::{DeleteParams, PatchParams, PostParams};

@@ -139,6 +139,19 @@ where
             .len())
     }
 
+    /// Metadata only (a Secret's data is never fetched), e.g. with a field selector on `type`.
+    pub async fn list_metadata(&self, lp: &ListParams) -> Result<Vec<kube::api::ObjectMeta>> {
+        Ok(self
+            .api
+            .list_metadata(lp)
+            .await
+            .op(&self.op("list", None))?
+            .items
+            .into_iter()
+            .map(|o| o.metadata)
+            .collect())
+    }
+
     /// Objects matching a label selector.
     pub async fn list_labelled(&self, selector: &str) -> Result<Vec<K>> {
         self.list(&ListParams::default().labels(selector)).await
@@ -172,6 +185,32 @@ where
             Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
             Err(e) => Err(self.op("delete", Some(name)).err(e)),
         }
+    }
+
+    /// Deletes `name` only if it is still the object with this uid (not a successor of the same
+    /// name); one that is already gone is not an error.
+    pub async fn delete_uid(&self, name: &str, uid: &str, dry_run: bool) -> Result<()> {
+        let mut dp = delete_params(dry_run);
+        dp.preconditions = Some(kube::api::Preconditions {
+            uid: Some(uid.into()),
+            resource_version: None,
+        });
+        match self.api.delete(name, &dp).await {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+            Err(e) => Err(self.op("delete", Some(name)).err(e)),
+        }
+    }
+
+    /// Whether the apiserver's watch cache (which its own informers follow) still holds `name`
+    /// with this uid: a read at resourceVersion 0, served from that cache, metadata only.
+    pub async fn in_watch_cache(&self, name: &str, uid: &str) -> Result<bool> {
+        let meta = self
+            .api
+            .get_metadata_opt_with(name, &kube::api::GetParams::any())
+            .await
+            .op(&self.op("get", Some(name)))?;
+        Ok(meta.is_some_and(|m| m.metadata.uid.as_deref() == Some(uid)))
     }
 
     /// The object attempt `n` of a conflict-retried write works on: the one in hand first, then

@@ -63,7 +63,7 @@ impl Op {
                 resource: self.resource.clone(),
                 group: self.group.clone(),
                 namespace: self.namespace.clone(),
-                detail: String::new(),
+                detail: escalation_detail(&s.message),
             })),
             kube::Error::Api(s) if s.code == 404 => {
                 // A 404 on a namespaced object can mean the namespace itself is missing.
@@ -98,6 +98,24 @@ impl Op {
                 source: e,
             },
         }
+    }
+}
+
+/// Marks the RBAC escalation check's refusal (changing a binding whose role kirt may neither
+/// `bind` nor holds), which the same 403 as a missing `patch` would otherwise hide.
+pub const ESCALATION: &str = "RBAC escalation check";
+
+fn escalation_detail(message: &str) -> String {
+    const HELD: &str = "is attempting to grant RBAC permissions not currently held";
+    match message.find(HELD) {
+        Some(i) => format!(
+            "{ESCALATION}: {}",
+            message[i + 3..]
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" ")
+        ),
+        None => String::new(),
     }
 }
 
@@ -151,6 +169,17 @@ mod tests {
         let m = r#"pods "web" is forbidden: User "lab-nobody" cannot patch resource "pods" in API group "" in the namespace "x""#;
         assert_eq!(forbidden_identity(m).as_deref(), Some("user lab-nobody"));
         assert_eq!(forbidden_identity("nope"), None);
+    }
+
+    #[test]
+    fn escalation_refusals_are_marked() {
+        let m = "rolebindings.rbac.authorization.k8s.io \"x\" is forbidden: user \"u\" (groups=[]) is attempting to grant RBAC permissions not currently held:\n{APIGroups:[\"\"], Resources:[\"secrets\"], Verbs:[\"list\"]}";
+        let d = escalation_detail(m);
+        assert!(
+            d.starts_with(ESCALATION) && d.contains("Resources:[\"secrets\"]"),
+            "{d}"
+        );
+        assert_eq!(escalation_detail("cannot patch"), "");
     }
 
     #[test]

@@ -372,6 +372,10 @@ static ACTIONS: LazyLock<Vec<ActionDef>> = LazyLock::new(|| {
         ),
         action!("quarantine.release", quarantine::ReleaseSpec, quarantine::release::run,
             "undo a quarantine exactly (kirt release)", mutates: no_undo, reversal: true),
+        action!("node.quarantine", actions::node::NodeSpec, actions::node::quarantine,
+            "cordon, taint and label a node (kirt node quarantine)", mutates: node_isolated),
+        action!("node.release", actions::node::NodeSpec, actions::node::release_by_hand,
+            "undo kirt node quarantine exactly (kirt node release)", mutates: no_undo, reversal: true),
         action!(
             "quarantine.status",
             quarantine::StatusSpec,
@@ -447,10 +451,17 @@ fn rolled_back(with: &Value, o: &Value) -> Vec<Mutation> {
     vec![Mutation { object, undo }]
 }
 
-/// quarantine.apply is reversed by releasing each pod it quarantined (labels and policies restored
-/// from the record kirt keeps on the pod).
+/// quarantine.apply is reversed by releasing each pod it quarantined (labels, policies, node and
+/// ServiceAccount subjects restored from the records kirt keeps on the objects). Each binding
+/// whose subjects changed is journaled with its subjects before and after.
 fn quarantined(_with: &Value, o: &Value) -> Vec<Mutation> {
-    o["pods"]
+    let release = |ns: &Value, pod: &Value| {
+        Some(UndoPlan {
+            action: "quarantine.release".into(),
+            with: json!({"pod": pod, "namespace": ns}),
+        })
+    };
+    let mut out: Vec<Mutation> = o["pods"]
         .as_array()
         .into_iter()
         .flatten()
@@ -458,12 +469,40 @@ fn quarantined(_with: &Value, o: &Value) -> Vec<Mutation> {
         .map(|p| Mutation {
             object: json!({"kind": "Pod", "namespace": p["namespace"], "name": p["pod"],
                            "node": p["node"], "changes": p["changes"]}),
-            undo: Some(UndoPlan {
-                action: "quarantine.release".into(),
-                with: json!({"pod": p["pod"], "namespace": p["namespace"]}),
-            }),
+            undo: release(&p["namespace"], &p["pod"]),
         })
-        .collect()
+        .collect();
+    for c in o["credentials"].as_array().into_iter().flatten() {
+        // released with the account's (first) pod; the last pod released restores the subjects
+        let first = c["pods"][0].as_str().unwrap_or_default();
+        let (ns, pod) = first.split_once('/').unwrap_or_default();
+        for b in c["bindings"].as_array().into_iter().flatten() {
+            if b["outcome"] != "done" {
+                continue;
+            }
+            out.push(Mutation {
+                object: json!({"kind": b["kind"], "namespace": b["namespace"], "name": b["name"],
+                               "serviceAccount": c["service_account"],
+                               "before": b["before"], "after": b["after"]}),
+                undo: release(&json!(ns), &json!(pod)),
+            });
+        }
+    }
+    out
+}
+
+/// node.quarantine is reversed by node.release.
+fn node_isolated(_with: &Value, o: &Value) -> Vec<Mutation> {
+    if o["outcome"] != "done" {
+        return vec![];
+    }
+    vec![Mutation {
+        object: json!({"kind": "Node", "name": o["node"], "changes": o["changes"]}),
+        undo: Some(UndoPlan {
+            action: "node.release".into(),
+            with: json!({"node": o["node"]}),
+        }),
+    }]
 }
 
 /// An `exec` may have changed anything; the journal names the program, undo cannot reverse it.

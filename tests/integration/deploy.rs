@@ -6,7 +6,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 
 use crate::common::etcd::populate_etcd;
-use crate::common::k8s::Namespace;
+use crate::common::k8s::{nodes_to_myself, Namespace, NodeGuard};
 use crate::common::process::wait_serving;
 use crate::common::{self, lab, repo_root, sh, Lab, Run};
 use serde_json::Value;
@@ -96,7 +96,8 @@ fn manifests_apply_and_the_responder_is_least_privilege() {
             "kirt-backup may {line}"
         );
     }
-    // the responder: no wildcards, no Secrets, no ConfigMap values
+    // the responder: no wildcards, no ConfigMap values; Secrets only to find, read and delete
+    // legacy tokens (--revoke-credentials), never to create or change one
     let sa = "system:serviceaccount:kirt:kirt-responder";
     let r = lab
         .kubectl(["auth", "can-i", "--list", "--as", sa])
@@ -106,23 +107,28 @@ fn manifests_apply_and_the_responder_is_least_privilege() {
     for line in r.lines().skip(1).filter(|l| !l.contains("[/")) {
         assert!(!line.contains('*'), "wildcard for the responder: {line}");
         let resource = line.split_whitespace().next().unwrap_or("");
-        assert!(
-            !resource.starts_with("secrets") && !resource.starts_with("configmaps"),
-            "responder may {line}"
-        );
+        assert!(!resource.starts_with("configmaps"), "responder may {line}");
+        if resource.starts_with("secrets") {
+            assert!(
+                line.trim_end().ends_with("[get list delete]"),
+                "responder may {line}"
+            );
+        }
     }
-    assert_eq!(
-        lab.kubectl(["auth", "can-i", "patch", "pods", "--as", sa, "-n", "default"])
+    let can = |verb: &str, what: &str| {
+        lab.kubectl(["auth", "can-i", verb, what, "--as", sa, "-n", "default"])
             .stdout()
-            .trim(),
-        "yes"
-    );
-    assert_eq!(
-        lab.kubectl(["auth", "can-i", "get", "secrets", "--as", sa, "-n", "default"])
-            .stdout()
-            .trim(),
-        "no"
-    );
+            .trim()
+            .to_string()
+    };
+    assert_eq!(can("patch", "pods"), "yes");
+    for (verb, what) in [
+        ("create", "secrets"),
+        ("update", "secrets"),
+        ("get", "configmaps"),
+    ] {
+        assert_eq!(can(verb, what), "no", "{verb} {what}");
+    }
 }
 
 #[test]
@@ -322,8 +328,10 @@ fn the_image_builds_offline_and_runs_kirt() {
     sh(&format!("buildah --storage-driver vfs rm {ctr} >/dev/null; buildah --storage-driver vfs rmi -f {image} >/dev/null")).ok();
 }
 
-/// The responder's commands, in the order an incident runs them, against `ns` (pod `victim`,
-/// Deployment `web` with two revisions). Returns (command, run) for each.
+/// The responder's commands, in the order an incident runs them (docs/quarantine.md's runbook),
+/// against `ns` (pod `victim` of Deployment `web` with two revisions, running as ServiceAccount
+/// `app`, which a RoleBinding grants something). Returns (command, run) for each. Takes the lab's
+/// nodes for itself: the quarantine isolates the pod's node.
 fn responder_session(
     lab: &Lab,
     ns: &str,
@@ -331,6 +339,8 @@ fn responder_session(
     pod: &str,
     out: &Path,
 ) -> Vec<(String, Run)> {
+    let _nodes = nodes_to_myself();
+    let _clean = NodeGuard::all(lab);
     let as_flag = format!("--as={identity}");
     let cmds: Vec<Vec<String>> = vec![
         vec![
@@ -339,6 +349,8 @@ fn responder_session(
             "-n".into(),
             ns.into(),
             "--yes".into(),
+            "--revoke-credentials".into(),
+            "--isolate-node".into(),
         ],
         vec![
             "quarantine".into(),
@@ -354,6 +366,16 @@ fn responder_session(
             "-n".into(),
             ns.into(),
             "--to".into(),
+            out.display().to_string(),
+        ],
+        vec![
+            "quarantine".into(),
+            pod.into(),
+            "-n".into(),
+            ns.into(),
+            "--yes".into(),
+            "--delete-pod".into(),
+            "--evidence-from".into(),
             out.display().to_string(),
         ],
         vec![

@@ -169,6 +169,12 @@ rules:
 - apiGroups: ["apps"]
   resources: [replicasets]
   verbs: [list]
+- apiGroups: ["rbac.authorization.k8s.io"]
+  resources: [rolebindings, clusterrolebindings]
+  verbs: [list]
+- apiGroups: ["authorization.k8s.io"]
+  resources: [subjectaccessreviews]
+  verbs: [create]
 ---
 apiVersion: rbac.authorization.k8s.io/v1
 kind: RoleBinding

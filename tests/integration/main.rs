@@ -11,6 +11,7 @@ mod common;
 mod authenticity;
 mod backup;
 mod cli;
+mod credentials;
 mod deploy;
 mod doctor;
 mod evidence;

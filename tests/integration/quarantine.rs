@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::common::k8s::{annotations, desired_state, labels, resource_version};
+use crate::common::k8s::{annotations, desired_state, labels, nodes_to_myself, resource_version};
 use crate::common::{self, lab, wait_until, Lab};
 
 const QLABEL: &str = "kirt.dev/quarantined";
@@ -392,15 +392,6 @@ spec:
             ("role".to_string(), "worker".to_string())
         ])
     );
-}
-
-/// The lab's nodes are shared: tests that cordon one, or check that nothing was cordoned, take turns.
-static NODES: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn nodes_to_myself() -> std::sync::MutexGuard<'static, ()> {
-    NODES
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 #[test]

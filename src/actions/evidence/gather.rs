@@ -8,9 +8,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use k8s_openapi::api::apps::v1::{DaemonSet, ReplicaSet, StatefulSet};
 use k8s_openapi::api::core::v1::{Endpoints, Event, Pod, Service, ServiceAccount};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
-use k8s_openapi::api::rbac::v1::{
-    ClusterRole, ClusterRoleBinding, Role, RoleBinding, RoleRef, Subject,
-};
+use k8s_openapi::api::rbac::v1::{ClusterRole, Role};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, OwnerReference};
 use kube::api::ListParams;
 use kube::core::{ApiResource, GroupVersionKind};
@@ -20,6 +18,7 @@ use serde_json::{json, Value};
 use super::Missing;
 use crate::error::{Error, Result};
 use crate::k8s::keys::ORIGINAL_LABELS;
+use crate::k8s::rbac::{self, Account};
 use crate::k8s::selector::{self, Labels};
 use crate::k8s::Cluster;
 
@@ -212,99 +211,24 @@ pub async fn service_account(cluster: &Cluster, ns: &str, sa: &str) -> Result<Op
     }
 }
 
-/// Why a subject applies to the ServiceAccount `ns/sa`, following the apiserver's rules (a
-/// ServiceAccount subject without namespace means the binding's own namespace).
-pub fn subject_applies(
-    s: &Subject,
-    ns: &str,
-    sa: &str,
-    binding_ns: Option<&str>,
-) -> Option<String> {
-    match s.kind.as_str() {
-        "ServiceAccount" => {
-            let subject_ns = s
-                .namespace
-                .as_deref()
-                .filter(|n| !n.is_empty())
-                .or(binding_ns)?;
-            (subject_ns == ns && s.name == sa).then(|| format!("ServiceAccount {ns}/{sa}"))
-        }
-        "Group" => {
-            let groups = [
-                "system:serviceaccounts".to_string(),
-                format!("system:serviceaccounts:{ns}"),
-                "system:authenticated".to_string(),
-            ];
-            groups
-                .contains(&s.name)
-                .then(|| format!("Group {}", s.name))
-        }
-        "User" => (s.name == format!("system:serviceaccount:{ns}:{sa}"))
-            .then(|| format!("User {}", s.name)),
-        _ => None,
-    }
-}
-
-/// A binding whose subjects include the ServiceAccount, before its role's rules are looked up.
-struct Grant {
-    kind: &'static str,
-    namespace: Option<String>,
-    name: String,
-    matched: Vec<String>,
-    role_ref: RoleRef,
-}
-
-fn matched_subjects(
-    subjects: Option<&[Subject]>,
-    ns: &str,
-    sa: &str,
-    binding_ns: Option<&str>,
-) -> Vec<String> {
-    subjects
-        .unwrap_or_default()
-        .iter()
-        .filter_map(|s| subject_applies(s, ns, sa, binding_ns))
-        .collect()
-}
-
 /// Every RoleBinding (any namespace) and ClusterRoleBinding that grants the ServiceAccount
-/// something, each with the rules of the role it refers to.
+/// something — naming it or a group it belongs to — each with the rules of the role it refers to.
 pub async fn rbac(cluster: &Cluster, ns: &str, sa: &str) -> Result<Value> {
-    let rbs = cluster.all::<RoleBinding>().list_all().await?;
-    let crbs = cluster.all::<ClusterRoleBinding>().list_all().await?;
-    let mut grants = Vec::new();
-    for b in rbs {
-        let bns = b.metadata.namespace.clone();
-        let matched = matched_subjects(b.subjects.as_deref(), ns, sa, bns.as_deref());
-        if !matched.is_empty() {
-            grants.push(Grant {
-                kind: "RoleBinding",
-                namespace: bns,
-                name: b.metadata.name.unwrap_or_default(),
-                matched,
-                role_ref: b.role_ref,
-            });
-        }
-    }
-    for b in crbs {
-        let matched = matched_subjects(b.subjects.as_deref(), ns, sa, None);
-        if !matched.is_empty() {
-            grants.push(Grant {
-                kind: "ClusterRoleBinding",
-                namespace: None,
-                name: b.metadata.name.unwrap_or_default(),
-                matched,
-                role_ref: b.role_ref,
-            });
-        }
-    }
+    let account = Account::new(ns, sa);
     let mut rules_of: HashMap<(String, Option<String>, String), Value> = HashMap::new();
     let mut bindings = Vec::new();
-    for g in grants {
+    for b in rbac::list_bindings(cluster).await? {
+        let matched = b.matches(&account);
+        if matched.is_empty() {
+            continue;
+        }
         // A Role lives in its binding's namespace; a ClusterRole is cluster-wide (bound by a
         // RoleBinding its rules apply in that namespace only, which `namespace` records).
-        let role_ns = g.namespace.clone().filter(|_| g.role_ref.kind == "Role");
-        let key = (g.role_ref.kind.clone(), role_ns, g.role_ref.name.clone());
+        let role_ns = b
+            .namespace()
+            .map(String::from)
+            .filter(|_| b.role_ref.kind == "Role");
+        let key = (b.role_ref.kind.clone(), role_ns, b.role_ref.name.clone());
         let rules = match rules_of.get(&key) {
             Some(r) => r.clone(),
             None => {
@@ -314,11 +238,11 @@ pub async fn rbac(cluster: &Cluster, ns: &str, sa: &str) -> Result<Value> {
             }
         };
         bindings.push(json!({
-            "kind": g.kind,
-            "namespace": g.namespace,
-            "name": g.name,
-            "matchedSubjects": g.matched,
-            "roleRef": g.role_ref,
+            "kind": b.kind.as_str(),
+            "namespace": b.namespace(),
+            "name": b.name(),
+            "matchedSubjects": matched,
+            "roleRef": b.role_ref,
             "rules": rules,
         }));
     }
@@ -499,27 +423,6 @@ mod tests {
         assert!(!selector::map_selects(Some(&labels(&[("app", "db")])), &l));
         assert!(!selector::map_selects(Some(&BTreeMap::new()), &l));
         assert!(!selector::map_selects(None, &l));
-    }
-
-    #[test]
-    fn subjects_follow_apiserver_rules() {
-        let sa = |name: &str, ns: Option<&str>| Subject {
-            kind: "ServiceAccount".into(),
-            name: name.into(),
-            namespace: ns.map(Into::into),
-            api_group: None,
-        };
-        assert!(subject_applies(&sa("app", Some("prod")), "prod", "app", None).is_some());
-        assert!(subject_applies(&sa("app", None), "prod", "app", Some("prod")).is_some());
-        assert!(subject_applies(&sa("app", None), "prod", "app", None).is_none());
-        assert!(subject_applies(&sa("app", Some("dev")), "prod", "app", None).is_none());
-        let g = Subject {
-            kind: "Group".into(),
-            name: "system:serviceaccounts:prod".into(),
-            namespace: None,
-            api_group: None,
-        };
-        assert!(subject_applies(&g, "prod", "app", None).is_some());
     }
 
     #[test]

@@ -4,21 +4,24 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::core::v1::Pod;
 use kube::api::Patch;
 use kube::Resource;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
+use super::contain;
+use super::credentials::revoke::CredentialsReport;
 use super::policies::{
     allowance_policy, ensure_policy, namespace_policy, narrow_policies, PolicyChange,
 };
 use super::policy_eval::Labels;
 use super::{is_quarantined, pod_label_value, Outcome, DEFAULT_CONCURRENCY};
+use crate::actions::node;
 use crate::context::Ctx;
 use crate::error::{Error, Exit, Result};
 use crate::k8s::keys::{
-    CORDONED_BY, ORIGINAL_LABELS, QUARANTINED, QUARANTINED_AT, QUARANTINED_BY, QUARANTINED_REASON,
+    ORIGINAL_LABELS, QUARANTINED, QUARANTINED_AT, QUARANTINED_BY, QUARANTINED_REASON,
     QUARANTINE_POD,
 };
 use crate::k8s::write::retry_conflict;
@@ -56,6 +59,25 @@ pub struct QuarantineSpec {
     /// Cordon the pod's node (uncordoned on release if kirt cordoned it)
     #[arg(long)]
     pub cordon_node: bool,
+    /// Contain the identity too: take the pod's ServiceAccount out of every binding that names it
+    /// (restored exactly on release) and delete its legacy token Secrets
+    #[arg(long)]
+    pub revoke_credentials: bool,
+    /// Isolate the pod's node: cordon it, taint it kirt.dev/quarantine=POD:NoSchedule, label it
+    /// kirt.dev/under-investigation=true (only what kirt added is removed on release)
+    #[arg(long)]
+    pub isolate_node: bool,
+    /// Then delete the pod (its bound tokens die with it): refused unless --evidence-from holds
+    /// an evidence bundle of it, or --force
+    #[arg(long)]
+    pub delete_pod: bool,
+    /// The store where `kirt evidence collect` put the pod's bundle (a directory or
+    /// s3://BUCKET/PREFIX), for --delete-pod
+    #[arg(long, value_name = "URL")]
+    pub evidence_from: Option<String>,
+    /// With --delete-pod: delete even without an evidence bundle
+    #[arg(long)]
+    pub force: bool,
     /// Pods changed at once with -l/-A
     #[arg(long, value_name = "N")]
     pub concurrency: Option<usize>,
@@ -70,6 +92,11 @@ impl QuarantineSpec {
         self.target.validate()?;
         for cidr in &self.allow_from {
             validate_cidr(cidr)?;
+        }
+        if !self.delete_pod && (self.force || self.evidence_from.is_some()) {
+            return Err(Error::usage(
+                "--force and --evidence-from go with --delete-pod",
+            ));
         }
         Ok(())
     }
@@ -172,6 +199,9 @@ pub struct QuarantineReport {
     pub failed: usize,
     pub policies: Vec<PolicyChange>,
     pub pods: Vec<PodRow>,
+    /// `--revoke-credentials`: one entry per ServiceAccount.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub credentials: Vec<CredentialsReport>,
 }
 
 impl Render for QuarantineReport {
@@ -192,6 +222,9 @@ impl Render for QuarantineReport {
             }
             note_patches(&mut t, &self.pods);
         }
+        for c in &self.credentials {
+            t.note(c.notes().join("\n"));
+        }
         note_totals(
             &mut t,
             self.dry_run,
@@ -204,7 +237,16 @@ impl Render for QuarantineReport {
     }
 
     fn exit(&self) -> Exit {
-        aggregate_exit(self.pods.iter().map(|r| r.exit), self.failed)
+        let pods = aggregate_exit(self.pods.iter().map(|r| r.exit), self.failed);
+        let credentials = self
+            .credentials
+            .iter()
+            .map(|c| c.exit)
+            .find(|e| *e != Exit::Ok);
+        match (pods, credentials) {
+            (Exit::Ok, Some(e)) => e,
+            (p, _) => p,
+        }
     }
 }
 
@@ -298,7 +340,8 @@ pub async fn run(ctx: &Ctx, spec: QuarantineSpec) -> Result<QuarantineReport> {
     let pods = spec.target.resolve(ctx).await?;
     let cluster = ctx.cluster().await?;
     let single = spec.target.pod.is_some();
-    ctx.confirm(&describe(&spec, &pods))?;
+    let plan = contain::prepare(cluster, ctx.dry_run, &spec, &pods).await?;
+    ctx.confirm(&plan.question(describe(&spec, &pods)))?;
     let by = cluster.identity().await;
     let at = crate::k8s::now();
 
@@ -313,6 +356,7 @@ pub async fn run(ctx: &Ctx, spec: QuarantineSpec) -> Result<QuarantineReport> {
         failed: 0,
         policies: Vec::new(),
         pods: Vec::new(),
+        credentials: Vec::new(),
     };
     let concurrency = spec.concurrency.unwrap_or(DEFAULT_CONCURRENCY);
     // The deny-all policy of each namespace exists before any pod carries the label it selects.
@@ -352,6 +396,7 @@ pub async fn run(ctx: &Ctx, spec: QuarantineSpec) -> Result<QuarantineReport> {
             Err(e) => report.pods.push(PodRow::failed(&pod, &e)),
         }
     }
+    contain::finish(ctx, &plan, &mut report, &by, &at).await?;
     (report.quarantined, report.unchanged, report.failed) = tally(&report.pods);
     Ok(report)
 }
@@ -440,12 +485,10 @@ pub async fn quarantine_pod(
             changes.push(format!("networkpolicy {}: {}", c.name, c.change));
         }
     }
-    if spec.cordon_node {
-        if let Some(node) = node_of(pod) {
-            if let Some(c) = cordon(cluster, dry, node, &ns, &name).await? {
-                changes.push(c);
-            }
-        }
+    if let (Some(node), Some(what)) = (node_of(pod), spec.node_containment()) {
+        let me = format!("{ns}/{name}");
+        let value = contain::taint_value(&name);
+        changes.extend(node::isolate(cluster, dry, node, &me, &value, what).await?);
     }
     let pods = cluster.namespaced::<Pod>(&ns);
     let applied: Option<(Pod, Value)> = retry_conflict(|n| {
@@ -520,48 +563,6 @@ fn allowance_label_patch(pod: &Pod, spec: &QuarantineSpec) -> Option<Value> {
         "resourceVersion": pod.metadata.resource_version,
         "labels": {QUARANTINE_POD: want},
     }}))
-}
-
-/// Marks the node unschedulable and records which quarantined pod asked for it. A node that was
-/// already cordoned by someone else is left alone (and therefore not uncordoned on release).
-async fn cordon(
-    cluster: &Cluster,
-    dry: bool,
-    node: &str,
-    ns: &str,
-    pod: &str,
-) -> Result<Option<String>> {
-    let nodes = cluster.all::<Node>();
-    let me = format!("{ns}/{pod}");
-    retry_conflict(|_| {
-        let (nodes, me) = (&nodes, &me);
-        async move {
-            let cur = nodes.get(node).await?;
-            let mut by: Vec<String> = crate::k8s::annotation(&cur.metadata, CORDONED_BY)
-                .and_then(|v| serde_json::from_str(v).ok())
-                .unwrap_or_default();
-            let unschedulable = cur.spec.as_ref().and_then(|s| s.unschedulable) == Some(true);
-            if unschedulable && by.is_empty() {
-                return Ok(Some(format!(
-                    "node {node} was already cordoned (not by kirt); left alone"
-                )));
-            }
-            if by.contains(me) {
-                return Ok(None);
-            }
-            by.push(me.clone());
-            let patch = json!({
-                "metadata": {
-                    "resourceVersion": cur.metadata.resource_version,
-                    "annotations": {CORDONED_BY: serde_json::to_string(&by).unwrap_or_default()},
-                },
-                "spec": {"unschedulable": true},
-            });
-            nodes.patch(node, &Patch::Merge(&patch), dry).await?;
-            Ok(Some(format!("node {node} cordoned")))
-        }
-    })
-    .await
 }
 
 #[cfg(test)]

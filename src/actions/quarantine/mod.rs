@@ -10,9 +10,16 @@
 //!   `kirt.dev/original-labels`;
 //! - with `--exclusive`: a `kirt.dev/quarantined DoesNotExist` requirement on other policies, the
 //!   original spec saved in `kirt.dev/original-spec` on each;
-//! - with `--cordon-node`: `spec.unschedulable` and `kirt.dev/cordoned-by-quarantine` on the node.
+//! - with `--cordon-node`: `spec.unschedulable` and `kirt.dev/cordoned-by-quarantine` on the node;
+//! - with `--isolate-node`: also the taint `kirt.dev/quarantine`, the label
+//!   `kirt.dev/under-investigation` and `kirt.dev/isolated-by` on the node (`actions::node`);
+//! - with `--revoke-credentials`: the ServiceAccount's subjects removed from bindings, their
+//!   originals in `kirt.dev/original-subjects`, the account's record in
+//!   `kirt.dev/credentials-revoked`, its legacy token Secrets deleted (`credentials`).
 
 pub mod apply;
+pub mod contain;
+pub mod credentials;
 pub mod policies;
 pub mod policy_eval;
 pub mod release;

@@ -13,13 +13,16 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use super::apply::{aggregate_exit, note_patches, note_totals, pod_table, tally, PodRow};
+use super::credentials::restore::{self, RestorePlan, RestoreReport};
 use super::policies::{is_kirt_policy, patch_policy, PolicyChange};
 use super::policy_eval::Labels;
 use super::{is_quarantined, pod_policy_name, Outcome, DEFAULT_CONCURRENCY, NS_POLICY};
+use crate::actions::node;
 use crate::context::Ctx;
 use crate::error::{Error, Exit, Result};
 use crate::k8s::keys::{
-    CORDONED_BY, ORIGINAL_LABELS, ORIGINAL_SPEC, POD_ANNOTATIONS, QUARANTINED, QUARANTINE_POD,
+    CORDONED_BY, ISOLATED_BY, ORIGINAL_LABELS, ORIGINAL_SPEC, POD_ANNOTATIONS, QUARANTINED,
+    QUARANTINE_POD,
 };
 use crate::k8s::write::retry_conflict;
 use crate::k8s::{
@@ -60,6 +63,9 @@ pub struct ReleaseReport {
     /// Namespace clean-up (deny-all policy, `--exclusive` edits) that failed: exit 5.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub cleanup_errors: Vec<String>,
+    /// Revoked credentials put back (one entry per ServiceAccount).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub credentials: Vec<RestoreReport>,
 }
 
 impl Render for ReleaseReport {
@@ -70,6 +76,9 @@ impl Render for ReleaseReport {
         }
         for e in &self.cleanup_errors {
             t.note(format!("FAILED clean-up: {e}"));
+        }
+        for c in &self.credentials {
+            t.note(c.notes());
         }
         if self.dry_run {
             t.note("\ndry run (server-side dryRun=All): nothing was changed. Would apply:");
@@ -87,8 +96,14 @@ impl Render for ReleaseReport {
     }
 
     fn exit(&self) -> Exit {
+        let credentials = self
+            .credentials
+            .iter()
+            .map(|c| c.exit)
+            .find(|e| *e != Exit::Ok);
         match aggregate_exit(self.pods.iter().map(|r| r.exit), self.failed) {
             Exit::Ok if !self.cleanup_errors.is_empty() => Exit::Partial,
+            Exit::Ok => credentials.unwrap_or(Exit::Ok),
             other => other,
         }
     }
@@ -108,6 +123,7 @@ pub async fn run(ctx: &Ctx, spec: ReleaseSpec) -> Result<ReleaseReport> {
         pods: Vec::new(),
         notes: Vec::new(),
         cleanup_errors: Vec::new(),
+        credentials: Vec::new(),
     };
     let pods = match (&spec.target.pod, &spec.target.selector) {
         (Some(pod), _) => {
@@ -140,7 +156,8 @@ pub async fn run(ctx: &Ctx, spec: ReleaseSpec) -> Result<ReleaseReport> {
         }
         _ => format!("release {} quarantined pods", pods.len()),
     };
-    ctx.confirm(&what)?;
+    let restores = restore::plan_for_pods(cluster, &pods).await?;
+    ctx.confirm(&question(what, &restores))?;
 
     let mut by_ns: BTreeMap<String, Vec<Pod>> = BTreeMap::new();
     for pod in pods {
@@ -194,8 +211,47 @@ pub async fn run(ctx: &Ctx, spec: ReleaseSpec) -> Result<ReleaseReport> {
             Err(e) => report.cleanup_errors.push(format!("namespace {ns}: {e}")),
         }
     }
+    restore_credentials(cluster, ctx.dry_run, &restores, &mut report).await;
     (report.released, report.unchanged, report.failed) = tally(&report.pods);
     Ok(report)
+}
+
+/// Puts back the credentials of each account whose pods were released (an account whose pod
+/// failed to release stays revoked).
+async fn restore_credentials(
+    cluster: &Cluster,
+    dry: bool,
+    restores: &[RestorePlan],
+    report: &mut ReleaseReport,
+) {
+    for plan in restores {
+        let failed = report.pods.iter().any(|r| {
+            r.outcome == Outcome::Failed
+                && plan
+                    .releasing
+                    .contains(&format!("{}/{}", r.namespace, r.pod))
+        });
+        if failed {
+            report.notes.push(format!(
+                "ServiceAccount {} stays revoked: its pod was not released",
+                plan.account
+            ));
+            continue;
+        }
+        report
+            .credentials
+            .push(restore::execute(cluster, dry, plan).await);
+    }
+}
+
+/// The confirmation question: the pods, then each ServiceAccount's restore plan.
+fn question(pods: String, restores: &[RestorePlan]) -> String {
+    let lines: Vec<String> = restores.iter().flat_map(RestorePlan::preview).collect();
+    if lines.is_empty() {
+        pods
+    } else {
+        format!("{pods}\n{}\n", lines.join("\n"))
+    }
 }
 
 /// Quarantined pods whose current or original labels match `selector` (none: NotFound only
@@ -298,9 +354,7 @@ async fn release_pod(
         changes.push(c);
     }
     if let Some(node) = node_of(pod) {
-        if let Some(c) = uncordon(cluster, dry, node, &ns, &name).await? {
-            changes.push(c);
-        }
+        changes.extend(uncordon(cluster, dry, node, &ns, &name).await?);
     }
     let Some((patched, patch)) = applied else {
         return Ok(PodRow::unchanged(
@@ -364,8 +418,9 @@ async fn release_leftovers(
         Ok(list) => list
             .iter()
             .filter(|n| {
-                annotation(&n.metadata, CORDONED_BY)
-                    .is_some_and(|v| v.contains(&format!("\"{me}\"")))
+                [CORDONED_BY, ISOLATED_BY].iter().any(|k| {
+                    annotation(&n.metadata, k).is_some_and(|v| v.contains(&format!("\"{me}\"")))
+                })
             })
             .filter_map(|n| n.metadata.name.clone())
             .collect(),
@@ -379,24 +434,33 @@ async fn release_leftovers(
         .await?
         .iter()
         .any(|np| is_kirt_policy(np) || annotation(&np.metadata, ORIGINAL_SPEC).is_some());
-    if !has_allowance && nodes.is_empty() && !ns_objects {
+    let restore = match restore::plan(cluster, ns, &[pod.to_string()], None).await {
+        Ok(p) => p,
+        Err(e) => restore::readable(e)?,
+    };
+    if !has_allowance && nodes.is_empty() && !ns_objects && restore.is_none() {
         return Err(not_found);
     }
-    ctx.confirm(&format!(
-        "pod {me} is gone: remove the quarantine objects kirt left for it"
+    let restores: Vec<RestorePlan> = restore.into_iter().collect();
+    ctx.confirm(&question(
+        format!("pod {me} is gone: remove the quarantine objects kirt left for it"),
+        &restores,
     ))?;
     let mut changes = Vec::new();
     if let Some(c) = delete_allowance_policy(cluster, dry, ns, pod).await? {
         changes.push(c);
     }
     for node in &nodes {
-        if let Some(c) = uncordon(cluster, dry, node, ns, pod).await? {
-            changes.push(c);
-        }
+        changes.extend(uncordon(cluster, dry, node, ns, pod).await?);
     }
     let (policies, note) = cleanup_namespace(cluster, dry, ns, &BTreeSet::new()).await?;
     report.policies.extend(policies);
     report.notes.extend(note);
+    for plan in &restores {
+        report
+            .credentials
+            .push(restore::execute(cluster, dry, plan).await);
+    }
     let ghost: Pod = serde_json::from_value(json!({"metadata": {"name": pod, "namespace": ns}}))
         .map_err(|e| Error::json(format!("pod {me}"), e))?;
     let detail = if changes.is_empty() {
@@ -411,62 +475,22 @@ async fn release_leftovers(
     Ok(report)
 }
 
-/// Removes this pod from the node's kirt cordon record; uncordons when nobody is left.
+/// Withdraws this pod's cordon/isolation of the node (the node stays cordoned and isolated while
+/// another quarantined pod, or a person, still asks for it).
 async fn uncordon(
     cluster: &Cluster,
     dry: bool,
     node: &str,
     ns: &str,
     pod: &str,
-) -> Result<Option<String>> {
-    let nodes = cluster.all::<Node>();
-    let me = format!("{ns}/{pod}");
-    let res = retry_conflict(|_| {
-        let (nodes, me) = (&nodes, &me);
-        async move {
-            let Some(cur) = nodes.get_opt(node).await? else {
-                return Ok(None);
-            };
-            let Some(raw) = annotation(&cur.metadata, CORDONED_BY) else {
-                return Ok(None);
-            };
-            let mut by: Vec<String> = serde_json::from_str(raw).unwrap_or_default();
-            if !by.contains(me) {
-                return Ok(None);
-            }
-            by.retain(|p| p != me);
-            let (patch, what) = if by.is_empty() {
-                (
-                    json!({
-                        "metadata": {"resourceVersion": cur.metadata.resource_version, "annotations": {CORDONED_BY: null}},
-                        "spec": {"unschedulable": null},
-                    }),
-                    format!("node {node} uncordoned"),
-                )
-            } else {
-                (
-                    json!({
-                        "metadata": {"resourceVersion": cur.metadata.resource_version,
-                                     "annotations": {CORDONED_BY: serde_json::to_string(&by).unwrap_or_default()}},
-                    }),
-                    format!(
-                        "node {node} stays cordoned for {} other quarantined pod(s)",
-                        by.len()
-                    ),
-                )
-            };
-            nodes.patch(node, &Patch::Merge(&patch), dry).await?;
-            Ok(Some(what))
-        }
-    })
-    .await;
-    match res {
+) -> Result<Vec<String>> {
+    match node::release(cluster, dry, node, &format!("{ns}/{pod}")).await {
         // Reading nodes is optional for quarantine without --cordon-node; do not fail the release.
         Err(Error::Forbidden(_)) => {
             tracing::warn!(
                 "cannot check node {node} for a kirt cordon (forbidden); uncordon it yourself if kirt cordoned it"
             );
-            Ok(None)
+            Ok(Vec::new())
         }
         other => other,
     }

@@ -1,11 +1,14 @@
 //! `kirt quarantine verify POD`: evaluates every NetworkPolicy of the namespace against the pod's
 //! current labels and says whether the pod is isolated apart from its declared allowances (kirt's
-//! per-pod policy). Exit 3 when it is not. Enforcement itself is the CNI's job; this checks intent.
+//! per-pod policy); asks the apiserver what the pod's ServiceAccount may still do
+//! (`credentials::check`); checks the node's isolation if kirt isolated it. Exit 3 when any of
+//! them is not contained. Enforcement itself is the CNI's job; the network part checks intent.
 
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Node, Pod};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use serde::{Deserialize, Serialize};
 
+use super::credentials::check::{self, CredentialsVerdict};
 use super::is_quarantined;
 use super::policies::is_kirt_policy;
 use super::policy_eval::{self, PolicyVerdict};
@@ -47,6 +50,13 @@ pub struct VerifyReport {
     /// The NetworkPolicy-enforcing CNI kirt recognised, or None (the verdict above is then about
     /// intent only: nothing may enforce it).
     pub cni: Option<String>,
+    /// The pod's ServiceAccount: what it may still do, and its revoked tokens.
+    pub credentials: CredentialsVerdict,
+    /// What is missing from the node's isolation (`--isolate-node`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub node: Vec<String>,
+    /// Network, identity and node are all contained.
+    pub contained: bool,
 }
 
 impl Render for VerifyReport {
@@ -94,11 +104,41 @@ impl Render for VerifyReport {
                 "note: {target} does not carry {QUARANTINED}=true (not quarantined)"
             ));
         }
+        let c = &self.credentials;
+        if c.contained {
+            t.note(format!(
+                "ServiceAccount {}: nothing sensitive allowed ({} SubjectAccessReviews){}",
+                c.service_account,
+                c.reviews,
+                if c.revoked {
+                    "; credentials revoked by kirt"
+                } else {
+                    ""
+                }
+            ));
+        } else {
+            t.note(format!(
+                "ServiceAccount {} is NOT contained:",
+                c.service_account
+            ));
+            for p in &c.problems {
+                t.note(format!("  - {p}"));
+            }
+        }
+        for tk in c.token_secrets.iter().filter(|t| t.ok) {
+            t.note(format!("  token Secret {}: {}", tk.secret, tk.status));
+        }
+        for n in &c.notes {
+            t.note(format!("  note: {n}"));
+        }
+        for n in &self.node {
+            t.note(format!("node NOT isolated: {n}"));
+        }
         t
     }
 
     fn exit(&self) -> Exit {
-        if self.isolated {
+        if self.contained {
             Exit::Ok
         } else {
             Exit::VerifyFailed
@@ -140,11 +180,17 @@ pub async fn run(ctx: &Ctx, spec: VerifySpec) -> Result<VerifyReport> {
             "the pod uses hostNetwork: NetworkPolicies do not apply to it; isolate the node".into(),
         );
     }
+    let credentials = check::check(ctx, pod).await?;
+    let node = node_problems(ctx, pod).await?;
+    let isolated = iso.isolated() && !host_network;
     Ok(VerifyReport {
+        contained: isolated && credentials.contained && node.is_empty(),
+        credentials,
+        node,
         namespace: ns.clone(),
         pod: spec.pod.clone(),
         quarantined: is_quarantined(pod),
-        isolated: iso.isolated() && !host_network,
+        isolated,
         ingress_isolated: iso.ingress_isolated,
         egress_isolated: iso.egress_isolated,
         policies_evaluated: policies.len(),
@@ -154,4 +200,23 @@ pub async fn run(ctx: &Ctx, spec: VerifySpec) -> Result<VerifyReport> {
         breaches: iso.breaches,
         cni,
     })
+}
+
+/// What is missing from the isolation of the pod's node, if kirt isolated it for this pod.
+async fn node_problems(ctx: &Ctx, pod: &Pod) -> Result<Vec<String>> {
+    let Some(node) = crate::k8s::node_of(pod) else {
+        return Ok(Vec::new());
+    };
+    let (ns, name) = crate::k8s::name_of(pod);
+    let n = match ctx.cluster().await?.all::<Node>().get_opt(node).await {
+        Ok(Some(n)) => n,
+        Ok(None) => return Ok(Vec::new()),
+        // only --isolate-node needs it; without `get nodes` that part cannot be checked
+        Err(Error::Forbidden(d)) => {
+            tracing::warn!("node {node} not checked: {d}");
+            return Ok(Vec::new());
+        }
+        Err(e) => return Err(e),
+    };
+    Ok(crate::actions::node::isolation_problems(&n, &format!("{ns}/{name}")).unwrap_or_default())
 }

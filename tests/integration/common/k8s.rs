@@ -17,6 +17,56 @@ use serde_json::Value;
 
 use super::{unique, wait_until, Lab};
 
+/// The lab's nodes are shared: tests that cordon, taint or label one, or check that nothing was
+/// cordoned, take turns (all such tests are in this one test binary).
+static NODES: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+pub fn nodes_to_myself() -> std::sync::MutexGuard<'static, ()> {
+    NODES
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Puts lab nodes back as the tests found them — not cordoned, without kirt's taint, label and
+/// records — when dropped, also when a test fails half-way. Hold [`nodes_to_myself`] meanwhile.
+pub struct NodeGuard<'a> {
+    lab: &'a Lab,
+    nodes: Vec<String>,
+}
+
+impl<'a> NodeGuard<'a> {
+    pub fn new(lab: &'a Lab, nodes: Vec<String>) -> Self {
+        NodeGuard { lab, nodes }
+    }
+
+    /// Every node of the lab.
+    pub fn all(lab: &'a Lab) -> Self {
+        let names = lab
+            .kubectl(["get", "nodes", "-o", "jsonpath={.items[*].metadata.name}"])
+            .ok()
+            .stdout();
+        NodeGuard::new(lab, names.split_whitespace().map(String::from).collect())
+    }
+}
+
+impl Drop for NodeGuard<'_> {
+    fn drop(&mut self) {
+        for n in &self.nodes {
+            let lab = self.lab;
+            let _ = lab.kubectl(["uncordon", n]);
+            let _ = lab.kubectl(["taint", "node", n, "kirt.dev/quarantine:NoSchedule-"]);
+            let _ = lab.kubectl(["label", "node", n, "kirt.dev/under-investigation-"]);
+            let _ = lab.kubectl([
+                "annotate",
+                "node",
+                n,
+                "kirt.dev/isolated-by-",
+                "kirt.dev/cordoned-by-quarantine-",
+            ]);
+        }
+    }
+}
+
 /// A namespace for one test; deleted (without waiting) when dropped, unless `KIRT_KEEP_NS` is set.
 pub struct Namespace<'a> {
     lab: &'a Lab,
@@ -234,6 +284,71 @@ impl Lab {
         )
         .unwrap();
         path
+    }
+
+    /// A SubjectAccessReview (created with the real kubectl) for `user` in `groups`: whether the
+    /// apiserver allows `verb` on `resource` (in `ns`, or cluster-wide when empty).
+    #[track_caller]
+    pub fn subject_allowed(
+        &self,
+        user: &str,
+        groups: &[&str],
+        verb: &str,
+        resource: &str,
+        ns: &str,
+    ) -> bool {
+        let review = serde_json::json!({
+            "apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview",
+            "spec": {"user": user, "groups": groups,
+                     "resourceAttributes": {"verb": verb, "resource": resource, "namespace": ns}},
+        });
+        let path = self
+            .dir
+            .path()
+            .join(format!("sar-{}.json", super::unique("r")));
+        std::fs::write(&path, review.to_string()).unwrap();
+        let v = self
+            .kubectl(["create", "-f", path.to_str().unwrap(), "-o", "json"])
+            .ok()
+            .json();
+        v["status"]["allowed"] == true
+    }
+
+    /// The same for ServiceAccount `ns`/`sa`, with the groups its tokens carry.
+    #[track_caller]
+    pub fn account_allowed(
+        &self,
+        ns: &str,
+        sa: &str,
+        verb: &str,
+        resource: &str,
+        in_ns: &str,
+    ) -> bool {
+        let groups = [
+            "system:serviceaccounts".to_string(),
+            format!("system:serviceaccounts:{ns}"),
+            "system:authenticated".to_string(),
+        ];
+        let g: Vec<&str> = groups.iter().map(String::as_str).collect();
+        self.subject_allowed(
+            &format!("system:serviceaccount:{ns}:{sa}"),
+            &g,
+            verb,
+            resource,
+            in_ns,
+        )
+    }
+
+    /// The real kubectl with a bearer token only (no admin credentials), e.g. a stolen token.
+    pub fn kubectl_with_token<I, S>(&self, token: &str, args: I) -> super::Run
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<std::ffi::OsStr>,
+    {
+        let kc = self.kubeconfig_for_token(&super::unique("tok"), token);
+        let mut c = Command::new("kubectl");
+        c.env("KUBECONFIG", kc).args(args);
+        super::run(c, "kubectl --token=[redacted] …".into())
     }
 
     /// Creates a ServiceAccount in `ns` and returns its token (1.20 token controller secrets).

@@ -127,6 +127,57 @@ impl Lab {
         S: AsRef<OsStr>,
     {
         let mut c = Command::new(kirt_bin());
+        self.lab_env(&mut c);
+        c.args(args);
+        c
+    }
+
+    /// `kirt ARGS` with a terminal on stdin, so that it asks for confirmation; once the question
+    /// is on stderr, `at_prompt` runs (kirt is waiting: nothing timing-dependent), then kirt is
+    /// answered `y`. Returns the run and the question asked.
+    pub fn kirt_confirming(&self, args: &[&str], at_prompt: impl FnOnce()) -> (Run, String) {
+        use std::io::{BufRead, Write};
+        let script = self.dir.path().join("answer_on_a_terminal.py");
+        std::fs::write(&script, TTY_PY).unwrap();
+        let (out, err) = (
+            self.dir.path().join("tty.out"),
+            self.dir.path().join("tty.err"),
+        );
+        let mut c = Command::new("python3");
+        self.lab_env(&mut c);
+        c.arg(&script)
+            .arg(&out)
+            .arg(&err)
+            .arg(kirt_bin())
+            .args(args);
+        c.stdin(Stdio::piped()).stdout(Stdio::piped());
+        let mut child = c.spawn().expect("python3");
+        let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        let first = lines.next().and_then(|l| l.ok()).unwrap_or_default();
+        let asked = first == "PROMPT";
+        if asked {
+            at_prompt();
+        }
+        let mut stdin = child.stdin.take().unwrap();
+        let _ = stdin.write_all(b"go\n");
+        drop(stdin);
+        let status = child.wait().unwrap();
+        let stderr = std::fs::read(&err).unwrap_or_default();
+        let question = String::from_utf8_lossy(&stderr).into_owned();
+        assert!(asked, "kirt did not ask for confirmation:\n{question}");
+        let run = Run {
+            out: Output {
+                status,
+                stdout: std::fs::read(&out).unwrap_or_default(),
+                stderr,
+            },
+            what: format!("kirt {} (answered y on a terminal)", args.join(" ")),
+        };
+        (run, question)
+    }
+
+    /// The clean environment every kirt run gets (HOME and working directory in the test's dir).
+    fn lab_env(&self, c: &mut Command) {
         c.current_dir(self.dir.path())
             .env_clear()
             .env("PATH", self.path())
@@ -136,9 +187,7 @@ impl Lab {
             .env("AWS_SECRET_ACCESS_KEY", "kirt-test-secret")
             .env("AWS_REGION", "us-east-1")
             // never let the AWS credential chain reach for a cloud metadata address
-            .env("AWS_EC2_METADATA_DISABLED", "true")
-            .args(args);
-        c
+            .env("AWS_EC2_METADATA_DISABLED", "true");
     }
 
     pub fn kirt<I, S>(&self, args: I) -> Run
@@ -175,6 +224,34 @@ impl Lab {
         run(c, describe("etcdctl", &owned)).ok()
     }
 }
+
+/// Runs ARGV with a pseudo-terminal on stdin (stdout and stderr to the files given), prints
+/// `PROMPT` once the confirmation question is on stderr, waits for a line on its own stdin, then
+/// answers `y`; exits with the program's code.
+const TTY_PY: &str = r#"
+import os, pty, subprocess, sys
+out_path, err_path, argv = sys.argv[1], sys.argv[2], sys.argv[3:]
+master, slave = pty.openpty()
+with open(out_path, "wb") as out, open(err_path, "wb") as err:
+    p = subprocess.Popen(argv, stdin=slave, stdout=out, stderr=subprocess.PIPE)
+    os.close(slave)
+    seen = b""
+    while b"Proceed?" not in seen:
+        chunk = p.stderr.read1(4096)
+        if not chunk:
+            break
+        seen += chunk
+    err.write(seen)
+    err.flush()
+    print("PROMPT" if b"Proceed?" in seen else "EXITED", flush=True)
+    sys.stdin.readline()
+    try:
+        os.write(master, b"y\n")
+    except OSError:
+        pass
+    err.write(p.stderr.read())
+sys.exit(p.wait())
+"#;
 
 /// Polls `f` until it returns true, panicking with `what` after `timeout`.
 #[track_caller]
@@ -346,6 +423,17 @@ impl Held {
         // arrived within 10 s)
         let _ = self.eof.recv_timeout(Duration::from_secs(10));
         (status.code().unwrap_or(-1), took, self.stderr())
+    }
+}
+
+/// A test that fails before it signals its kirt must not leave it holding forever (it would keep
+/// its scratch servers, and any lock it holds, alive).
+impl Drop for Held {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
     }
 }
 
