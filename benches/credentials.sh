@@ -19,6 +19,9 @@ if [[ ! -f "$LAB_DIR/env" ]]; then
   started_here=1
 fi
 set -a; source "$LAB_DIR/env"; set +a
+# the lab's nodes are shared with tests running against the same lab: take turns (tests lock too)
+exec 9>"$LAB_DIR/nodes.lock"
+flock 9
 export KUBECONFIG="$KIRT_LAB_KUBECONFIG"
 ns="kirt-bench-c-$$"
 work=$(mktemp -d /tmp/kirt-bench-c.XXXXXX)

@@ -513,7 +513,7 @@ fn node_state(lab: &Lab, node: &str) -> Value {
 #[test]
 fn node_isolation_is_exactly_undone_and_someone_elses_cordon_stays() {
     let Some(lab) = lab() else { return };
-    let _nodes = nodes_to_myself();
+    let _nodes = nodes_to_myself(&lab);
     let ns = lab.namespace("cred-node");
     lab.apply(&ns, "apiVersion: v1\nkind: Pod\nmetadata: {name: suspect}\nspec: {containers: [{name: c, image: 'nginx:1.25'}]}\n");
     lab.wait_pod_running(&ns, "suspect");

@@ -397,7 +397,7 @@ spec:
 #[test]
 fn dry_run_changes_nothing_and_prints_the_policy_and_patch() {
     let Some(lab) = lab() else { return };
-    let _nodes = nodes_to_myself();
+    let _nodes = nodes_to_myself(&lab);
     let ns = lab.namespace("quar-dry");
     lab.apply(&ns, &standalone("suspect"));
     lab.apply(&ns, ALLOW_ALL);
@@ -791,7 +791,7 @@ spec:
 #[test]
 fn allowances_and_cordon_are_written_and_removed() {
     let Some(lab) = lab() else { return };
-    let _nodes = nodes_to_myself();
+    let _nodes = nodes_to_myself(&lab);
     let ns = lab.namespace("quar-allow");
     lab.apply(&ns, &standalone("suspect"));
     lab.apply(&ns, &standalone("neighbour"));

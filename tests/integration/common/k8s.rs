@@ -18,13 +18,41 @@ use serde_json::Value;
 use super::{unique, wait_until, Lab};
 
 /// The lab's nodes are shared: tests that cordon, taint or label one, or check that nothing was
-/// cordoned, take turns (all such tests are in this one test binary).
+/// cordoned, take turns — within this test binary (a mutex) and with any other test run or bench
+/// against the same lab (an exclusive lock on `LAB_DIR/nodes.lock`).
 static NODES: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
-pub fn nodes_to_myself() -> std::sync::MutexGuard<'static, ()> {
-    NODES
+/// Held while a test owns the lab's nodes.
+pub struct NodesLock {
+    _file: std::fs::File,
+    _here: std::sync::MutexGuard<'static, ()>,
+}
+
+pub fn nodes_to_myself(lab: &Lab) -> NodesLock {
+    use std::os::fd::AsRawFd;
+    let here = NODES
         .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let path = std::path::Path::new(&lab.get("KIRT_LAB_DIR")).join("nodes.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    // SAFETY: flock on a descriptor this function owns; released when the file is closed.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) };
+    assert_eq!(
+        rc,
+        0,
+        "flock {}: {}",
+        path.display(),
+        std::io::Error::last_os_error()
+    );
+    NodesLock {
+        _file: file,
+        _here: here,
+    }
 }
 
 /// Puts lab nodes back as the tests found them — not cordoned, without kirt's taint, label and
