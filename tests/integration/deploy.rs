@@ -339,7 +339,7 @@ fn responder_session(
     pod: &str,
     out: &Path,
 ) -> Vec<(String, Run)> {
-    let _nodes = nodes_to_myself(&lab);
+    let _nodes = nodes_to_myself(lab);
     let _clean = NodeGuard::all(lab);
     let as_flag = format!("--as={identity}");
     let cmds: Vec<Vec<String>> = vec![

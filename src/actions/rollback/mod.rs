@@ -148,6 +148,9 @@ pub struct Workload {
     /// `metadata.generation`: moves on with every change of the spec.
     pub generation: i64,
     pub paused: bool,
+    /// `.spec`, raw from the server.
+    pub spec: Value,
+    pub labels: BTreeMap<String, String>,
     /// `.spec.template`, raw from the server.
     pub template: Value,
     pub annotations: BTreeMap<String, String>,
@@ -155,6 +158,16 @@ pub struct Workload {
 }
 
 impl Workload {
+    /// Whether `now` is this workload with only its status (and resourceVersion) moved on: what a
+    /// rollback confirmed against it still holds.
+    pub fn same_spec(&self, now: &Workload) -> bool {
+        self.uid == now.uid
+            && self.generation == now.generation
+            && self.spec == now.spec
+            && self.labels == now.labels
+            && self.annotations == now.annotations
+    }
+
     /// Reads the workload and every revision it controls. Only reads: safe before any confirmation.
     pub async fn load(cluster: &Cluster, namespace: &str, target: &Target) -> Result<Self> {
         let obj = cluster
@@ -250,6 +263,8 @@ impl Workload {
             resource_version: obj.metadata.resource_version.clone().unwrap_or_default(),
             generation: obj.metadata.generation.unwrap_or_default(),
             paused: spec["paused"].as_bool().unwrap_or(false),
+            spec: spec.clone(),
+            labels: obj.metadata.labels.clone().unwrap_or_default(),
             template,
             annotations: obj.metadata.annotations.clone().unwrap_or_default(),
             revisions,

@@ -183,7 +183,8 @@ pub async fn run(ctx: &Ctx, spec: RollbackSpec) -> Result<RollbackResult> {
             "roll back {target} in namespace {ns} to revision {}",
             rev.revision
         ))?;
-        result.generation = apply(cluster, ctx.dry_run, &w, &rev).await?;
+        let (w, generation) = apply_guarded(cluster, ctx.dry_run, w, &rev, spec.to_revision).await?;
+        result.generation = generation;
         if ctx.dry_run {
             result.outcome = Outcome::DryRun;
             result.message = format!(
@@ -282,13 +283,60 @@ pub fn controller_revision_patch(w: &Workload, rev: &Revision) -> Value {
     p
 }
 
+/// How many times a rollback patch is sent again after only the workload's status moved on.
+const STATUS_RETRIES: u32 = 5;
+
+/// What a guarded rollback patch did.
+#[derive(Debug)]
+enum Patched {
+    /// Written (or accepted in a dry run); the workload's generation after it.
+    Done(Option<i64>),
+    /// The resourceVersion moved on since `w` was read: nothing was written.
+    Moved,
+}
+
+/// Sends the rollback patch; when the resourceVersion moved on only because a controller wrote
+/// the status (spec, labels, annotations and the chosen revision as confirmed), reads the workload again and
+/// sends it again. Any other change refuses, changing nothing: the confirmation covered the
+/// preview, not whatever the workload became since. Returns the workload as last read.
+pub async fn apply_guarded(
+    cluster: &Cluster,
+    dry_run: bool,
+    mut w: Workload,
+    rev: &Revision,
+    to_revision: i64,
+) -> Result<(Workload, Option<i64>)> {
+    for _ in 0..=STATUS_RETRIES {
+        if let Patched::Done(generation) = apply(cluster, dry_run, &w, rev).await? {
+            return Ok((w, generation));
+        }
+        let now = Workload::load(cluster, &w.namespace, &w.target).await?;
+        let same_revision = select_revision(&now, to_revision)
+            .map(|r| r.revision == rev.revision && r.template == rev.template)
+            .unwrap_or(false);
+        if !(same_revision && w.same_spec(&now)) {
+            break;
+        }
+        tracing::debug!(
+            "{} in namespace {}: only its status moved on; sending the rollback again",
+            w.target,
+            w.namespace
+        );
+        w = now;
+    }
+    Err(Error::failed(format!(
+        "{} in namespace {} changed while kirt was rolling it back (its spec, labels or annotations are no longer the ones shown); nothing was changed — look at it again and re-run",
+        w.target, w.namespace
+    )))
+}
+
 /// Sends kubectl's rollback patch for `rev` (guarded by the resourceVersion `w` was read at).
-pub async fn apply(
+async fn apply(
     cluster: &Cluster,
     dry_run: bool,
     w: &Workload,
     rev: &Revision,
-) -> Result<Option<i64>> {
+) -> Result<Patched> {
     let ns = w.namespace.as_str();
     let name = w.target.name.as_str();
     let workloads = cluster.dynamic(ns, &w.target.kind.api_resource());
@@ -310,7 +358,7 @@ pub async fn apply(
                 .client
                 .request::<Value>(req)
                 .await
-                .map(|o| o["metadata"]["generation"].as_i64())
+                .map(|o| Patched::Done(o["metadata"]["generation"].as_i64()))
         }
         Kind::StatefulSet | Kind::DaemonSet => {
             let patch = controller_revision_patch(w, rev);
@@ -322,17 +370,11 @@ pub async fn apply(
                     &Patch::Strategic(&patch),
                 )
                 .await
-                .map(|o| o.metadata.generation)
+                .map(|o| Patched::Done(o.metadata.generation))
         }
     };
-    let changed = |detail: &str| {
-        Error::failed(format!(
-            "{} in namespace {ns} changed while kirt was rolling it back ({detail}); nothing was changed — look at it again and re-run",
-            w.target
-        ))
-    };
     match res {
-        Err(kube::Error::Api(s)) if s.code == 409 => Err(changed(&s.message)),
+        Err(kube::Error::Api(s)) if s.code == 409 => Ok(Patched::Moved),
         Err(e) if matches!(status_code(&e), Some(422 | 400)) => {
             // A failed JSON-patch `test` answers 422 without saying which operation failed: look
             // whether the resourceVersion moved on.
@@ -343,9 +385,7 @@ pub async fn apply(
                 Err(_) => false,
             };
             if w.target.kind == Kind::Deployment && moved {
-                return Err(changed(
-                    "its resourceVersion is no longer the one kirt read",
-                ));
+                return Ok(Patched::Moved);
             }
             let message = match e {
                 kube::Error::Api(s) => s.message,
@@ -418,6 +458,8 @@ mod tests {
             resource_version: "42".into(),
             generation: 1,
             paused: false,
+            spec: Value::Null,
+            labels: BTreeMap::new(),
             template: json!({}),
             annotations: [
                 ("deployment.kubernetes.io/revision", "3"),
