@@ -183,7 +183,8 @@ pub async fn run(ctx: &Ctx, spec: RollbackSpec) -> Result<RollbackResult> {
             "roll back {target} in namespace {ns} to revision {}",
             rev.revision
         ))?;
-        let (w, generation) = apply_guarded(cluster, ctx.dry_run, w, &rev, spec.to_revision).await?;
+        let (w, generation) =
+            apply_guarded(cluster, ctx.dry_run, w, &rev, spec.to_revision).await?;
         result.generation = generation;
         if ctx.dry_run {
             result.outcome = Outcome::DryRun;
@@ -331,12 +332,7 @@ pub async fn apply_guarded(
 }
 
 /// Sends kubectl's rollback patch for `rev` (guarded by the resourceVersion `w` was read at).
-async fn apply(
-    cluster: &Cluster,
-    dry_run: bool,
-    w: &Workload,
-    rev: &Revision,
-) -> Result<Patched> {
+async fn apply(cluster: &Cluster, dry_run: bool, w: &Workload, rev: &Revision) -> Result<Patched> {
     let ns = w.namespace.as_str();
     let name = w.target.name.as_str();
     let workloads = cluster.dynamic(ns, &w.target.kind.api_resource());
