@@ -1,12 +1,14 @@
 //! Kubernetes plumbing written once: the client from kubeconfig/in-cluster config ([`Cluster`]),
 //! typed object access that names the permission an error lacks ([`Objects`], [`Op`]),
 //! resourceVersion-guarded writes retried on conflict ([`write`]), Events ([`Recorder`]), which
-//! pods a command means ([`PodTarget`]), label selectors ([`selector`]) and the labels and
-//! annotations kirt writes ([`keys`]). Actions never build an `Api` or map a kube error themselves.
+//! pods a command means ([`PodTarget`]), label selectors ([`selector`]), the labels and
+//! annotations kirt writes ([`keys`]) and run locks held as Leases ([`lease`]). Actions never
+//! build an `Api` or map a kube error themselves.
 
 mod cluster;
 mod events;
 pub mod keys;
+pub mod lease;
 mod objects;
 mod op;
 mod pods;
