@@ -70,7 +70,7 @@ pub enum Command {
     Quarantine(QuarantineCmd),
     /// Undo a quarantine exactly: original labels, kirt's policies, --exclusive edits, cordon
     Release(actions::quarantine::ReleaseSpec),
-    /// etcd backups: create (stream, compress, encrypt, upload), list, prune
+    /// etcd backups: create (stream, compress, encrypt, upload), list, verify, prune, copy
     #[command(subcommand)]
     Backup(BackupCmd),
     /// Disaster-recovery drill: verify, restore into scratch etcd + kube-apiserver, count objects, report RPO/RTO
@@ -119,6 +119,9 @@ pub enum BackupCmd {
     Prune(actions::backup::prune::BackupPruneSpec),
     /// Check a backup: every digest against its manifest; --restore proves it restores
     Verify(actions::backup::verify::BackupVerifySpec),
+    /// Copy backups to a second store (offsite): streamed, digests checked on the way, the
+    /// manifest written last; --missing copies only what the target lacks
+    Copy(actions::backup::copy::BackupCopySpec),
 }
 
 /// `kirt rollback KIND/NAME` or `kirt rollback history KIND/NAME`.
@@ -251,6 +254,9 @@ pub async fn run(cli: Cli, shutdown: crate::signal::Shutdown) -> Result<Exit> {
         }
         Command::Backup(BackupCmd::Prune(spec)) => {
             show(&ctx, &actions::backup::prune::run(&ctx, spec).await?)
+        }
+        Command::Backup(BackupCmd::Copy(spec)) => {
+            show(&ctx, &actions::backup::copy::run(&ctx, spec).await?)
         }
         Command::Drill(spec) => show(&ctx, &actions::drill::run(&ctx, spec).await?),
         Command::Restore(spec) => show(&ctx, &actions::restore::run(&ctx, spec).await?),

@@ -69,6 +69,8 @@ pub struct BackupEntry {
     pub snapshot_size: Option<u64>,
     pub stored_size: u64,
     pub encrypted: bool,
+    /// The Object Lock retention its manifest records (what the backup was written with).
+    pub object_lock: Option<crate::store::Retention>,
     pub object: String,
     #[serde(skip)]
     pub manifest: Option<Manifest>,
@@ -105,6 +107,7 @@ impl Render for BackupList {
             "SNAPSHOT",
             "STORED",
             "ENCRYPTED",
+            "LOCKED",
         ]);
         for b in &self.backups {
             t.row([
@@ -121,6 +124,12 @@ impl Render for BackupList {
                     .unwrap_or_else(|| "-".into()),
                 human_bytes(b.stored_size),
                 if b.encrypted { "age" } else { "no" }.into(),
+                match &b.object_lock {
+                    Some(r) => {
+                        format!("{} until {}", r.mode, crate::runlock::stamp(r.retain_until))
+                    }
+                    None => "-".into(),
+                },
             ]);
         }
         if self.backups.is_empty() {
@@ -268,6 +277,7 @@ async fn entry(
         snapshot_size: manifest.as_ref().map(|m| m.snapshot.size),
         stored_size: object.map(|o| o.size).unwrap_or(0),
         encrypted: object.map(|o| o.key.ends_with(".age")).unwrap_or(false),
+        object_lock: manifest.as_ref().and_then(|m| m.object_lock),
         object: object.map(|o| o.key.clone()).unwrap_or_default(),
         extra_keys: files.iter().map(|f| f.key.clone()).collect(),
         manifest,
