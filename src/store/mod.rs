@@ -322,6 +322,55 @@ mod tests {
     }
 
     #[test]
+    fn object_lock_options_give_a_retention_to_the_second() {
+        let from: jiff::Timestamp = "2026-11-27T10:00:00.750Z".parse().unwrap();
+        let none = ObjectLockOptions::default();
+        assert_eq!(none.retention(from).unwrap(), None);
+        let o = ObjectLockOptions {
+            object_lock: Some(LockMode::Compliance),
+            retain_for: Some(Duration::from_secs(14 * 86400)),
+        };
+        let r = o.retention(from).unwrap().unwrap();
+        assert_eq!(r.mode, LockMode::Compliance);
+        assert_eq!(r.retain_until, "2026-12-11T10:00:00Z".parse().unwrap());
+        assert_eq!(
+            Protection::Retained(r).to_string(),
+            "locked until 2026-12-11T10:00:00Z (compliance)"
+        );
+        for bad in [
+            ObjectLockOptions {
+                object_lock: Some(LockMode::Governance),
+                retain_for: None,
+            },
+            ObjectLockOptions {
+                object_lock: None,
+                retain_for: Some(Duration::from_secs(60)),
+            },
+            ObjectLockOptions {
+                object_lock: Some(LockMode::Governance),
+                retain_for: Some(Duration::ZERO),
+            },
+        ] {
+            let e = bad.retention(from).unwrap_err();
+            assert_eq!(e.exit(), crate::Exit::Usage, "{e}");
+        }
+    }
+
+    #[tokio::test]
+    async fn object_lock_is_refused_on_a_local_store() {
+        let r = Some(Retention {
+            mode: LockMode::Compliance,
+            retain_until: jiff::Timestamp::now(),
+        });
+        let e = open_retained("/tmp/x", &S3Options::default(), r)
+            .await
+            .err()
+            .unwrap();
+        assert_eq!(e.exit(), crate::Exit::Usage);
+        assert!(e.to_string().contains("needs an S3 store"), "{e}");
+    }
+
+    #[test]
     fn joins_keys() {
         assert_eq!(join_key("", "a/b"), "a/b");
         assert_eq!(join_key("p/", "/a"), "p/a");
