@@ -580,7 +580,7 @@ async fn store_checks(url: &str, spec: &DoctorSpec, r: &mut Report) {
 
 /// The cluster-prefix guard of `backup create`, as a row.
 async fn prefix_check(store: &dyn crate::store::Store, spec: &DoctorSpec, r: &mut Report) {
-    use crate::actions::backup::{guard, signing};
+    use crate::actions::backup::{guard, list, signing};
     let Ok((_, status)) = spec.etcd.connect_healthy().await else {
         return; // the etcd rows say why
     };
@@ -604,7 +604,7 @@ async fn prefix_check(store: &dyn crate::store::Store, spec: &DoctorSpec, r: &mu
         Ok(t) => t,
         Err(e) => return r.fail("store", check, &e, "fix $KIRT_SIGN_KEY / $KIRT_TRUSTED_KEY"),
     };
-    match guard::newest(store, &cluster, trusted.as_ref()).await {
+    match list::newest_usable(store, &cluster, trusted.as_ref()).await {
         Ok(newest) => match guard::foreign(newest.as_ref(), &cluster, &status.cluster_id) {
             Some(why) => r.fail(
                 "store",

@@ -1,28 +1,18 @@
 //! The cluster-prefix guard: the backups under `PREFIX/CLUSTER/` are one etcd cluster's history.
 //! Two clusters given the same `--cluster-name` (a copied CronJob, a staging cluster pointed at
 //! production's bucket) would interleave their backups, and `latest` would flip between them. So
-//! `backup create` refuses (exit 4) when the newest backup there comes from another etcd cluster
-//! id, unless `--force` (a cluster that replaced that one, e.g. after a restore: once it has a
+//! `backup create` refuses (exit 4) when the newest backup there (by id, the time it was made)
+//! comes from another etcd cluster id, unless `--force` (a cluster that replaced that one, e.g. after a restore: once it has a
 //! backup there, the next runs pass by themselves). With a signing key only backups signed by
 //! it count — a planted manifest cannot stop backups. Credentials that may not list or read the
 //! store (a write-only writer) cannot check: the run goes on and says so.
 
-use super::list::{scan, BackupEntry};
+use super::list::{newest_usable, BackupEntry};
 use crate::error::{Error, Result};
 use crate::store::Store;
 
-/// The newest backup that counts under `cluster`'s prefix, if any.
-pub async fn newest(
-    store: &dyn Store,
-    cluster: &str,
-    trusted: Option<&minisign::PublicKey>,
-) -> Result<Option<BackupEntry>> {
-    let all = scan(store, Some(cluster), trusted).await?;
-    Ok(all.into_iter().find(|b| b.usable() && b.cluster == cluster))
-}
-
-/// What the newest backup says about the prefix, for this etcd cluster: `Ok(None)` when it is
-/// this cluster's (or empty), `Ok(Some(why))` when another cluster's backups are there.
+/// What the newest backup says about the prefix, for this etcd cluster: `None` when it is this
+/// cluster's (or there is none), `Some(why)` when it is another cluster's.
 pub fn foreign(newest: Option<&BackupEntry>, cluster: &str, cluster_id: &str) -> Option<String> {
     let b = newest?;
     let theirs = &b.manifest.as_ref()?.etcd.cluster_id;
@@ -42,7 +32,7 @@ pub async fn check(
     trusted: Option<&minisign::PublicKey>,
     force: bool,
 ) -> Result<()> {
-    let newest = match newest(store, cluster, trusted).await {
+    let newest = match newest_usable(store, cluster, trusted).await {
         Ok(n) => n,
         Err(e) if e.is_store_denied() => {
             tracing::warn!("{e}: cannot check that {}/{cluster}/ holds only this etcd cluster's backups (cluster-prefix guard skipped: write-only credentials?)", store.url());

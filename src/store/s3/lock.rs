@@ -53,15 +53,14 @@ pub(super) async fn acquire(
         match lock.put(holder, Some(&found.etag)).await? {
             Put::Written(etag) => {
                 tracing::warn!(
-                    "took over the stale lock {}: {} (held by {}; not renewed for longer than its lease)",
+                    "took over the stale lock {} of {}: not renewed for {}s, longer than its lease of {}s",
                     lock.loc(),
-                    busy.renewed_ago
-                        .map(|a| format!("last renewed {}s ago", a.as_secs()))
-                        .unwrap_or_default(),
                     busy.holder
                         .as_ref()
                         .map(Holder::to_string)
-                        .unwrap_or_else(|| "an unreadable record".into())
+                        .unwrap_or_else(|| "a run whose record cannot be read".into()),
+                    busy.renewed_ago.unwrap_or_default().as_secs(),
+                    busy.lease.as_secs()
                 );
                 return Ok(Attempt::Acquired(lock.hold(holder, lease, etag)));
             }

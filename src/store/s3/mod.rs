@@ -340,6 +340,11 @@ where
             reason: format!("{what} {loc}: {}", DisplayErrorContext(&e)),
             hint: "check --endpoint-url and that the S3 server is up".into(),
         },
+        _ if denied(&e) => Error::StoreDenied {
+            location: loc.to_string(),
+            action: iam_action(what).to_string(),
+            source: Some(Box::new(e)),
+        },
         _ => {
             let code = e.code().unwrap_or("");
             let status = match &e {
@@ -355,16 +360,6 @@ where
                     format!("object {loc}"),
                     "check the backup id (kirt backup list)",
                 ),
-                "AccessDenied" | "Forbidden" => Error::StoreDenied {
-                    location: loc.to_string(),
-                    action: iam_action(what).to_string(),
-                    source: Some(Box::new(e)),
-                },
-                "" if status == 403 => Error::StoreDenied {
-                    location: loc.to_string(),
-                    action: iam_action(what).to_string(),
-                    source: Some(Box::new(e)),
-                },
                 "InvalidAccessKeyId" | "SignatureDoesNotMatch" => with_source(
                     format!("{what}: the credentials were refused ({code}); check them"),
                     e,
@@ -446,7 +441,7 @@ impl Store for S3Store {
                 let Some(k) = o.key() else { continue };
                 let rel = k.strip_prefix(&strip).unwrap_or(k).to_string();
                 if rel.starts_with(".kirt/") {
-                    continue; // kirt's own bookkeeping (pending-upload records), not objects
+                    continue; // kirt's own bookkeeping (upload records, run locks), not objects
                 }
                 let modified = o
                     .last_modified()
