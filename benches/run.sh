@@ -9,7 +9,8 @@
 # 256 MiB backup, which would measure moto rather than either contender.
 # K4: benches/quarantine.sh (1 pod and 200 pods against the lab apiserver), at the end; then K11
 # benches/credentials.sh (--revoke-credentials --isolate-node among 250 bindings), K5
-# benches/evidence.sh and K14 benches/hostile.sh (planted oversized input, zstd bomb, signals).
+# benches/evidence.sh, K14 benches/hostile.sh (planted oversized input, zstd bomb, signals) and K10
+# benches/copy.sh (`backup copy` of the 1 GiB backup between the two S3 servers vs `aws s3 cp`).
 # Targets: kirt ≥ 2.5× faster than (2); kirt ≤ 1.25× (3); peak RSS ≤ 100 MiB and within 10 %
 # between the two sizes. Prints the figures and which targets pass. Servers run on 127.0.0.1 only.
 set -euo pipefail
@@ -162,5 +163,8 @@ KIRT_BIN="$PWD/$KIRT" bash benches/evidence.sh || fail=1
 echo
 echo "== K14 planted input and signals"
 KIRT="$PWD/$KIRT" bash benches/hostile.sh || fail=1
+echo
+echo "== K10 backup copy between the S3 servers"
+KIRT="$PWD/$KIRT" LIMIT="$PWD/$LIMIT" bash benches/copy.sh || fail=1
 ((lab_started)) && bash tests/lab/lab.sh down >&2
 exit $fail

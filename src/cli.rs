@@ -74,7 +74,7 @@ pub enum Command {
     /// Node containment by hand: quarantine (cordon + taint + label) or release a node
     #[command(subcommand)]
     Node(NodeCmd),
-    /// etcd backups: create (stream, compress, encrypt, upload), list, prune
+    /// etcd backups: create (stream, compress, encrypt, upload), list, verify, prune, copy
     #[command(subcommand)]
     Backup(BackupCmd),
     /// Disaster-recovery drill: verify, restore into scratch etcd + kube-apiserver, count objects, report RPO/RTO
@@ -123,6 +123,9 @@ pub enum BackupCmd {
     Prune(actions::backup::prune::BackupPruneSpec),
     /// Check a backup: every digest against its manifest; --restore proves it restores
     Verify(actions::backup::verify::BackupVerifySpec),
+    /// Copy backups to a second store (offsite): streamed, digests checked on the way, the
+    /// manifest written last; --missing copies only what the target lacks
+    Copy(actions::backup::copy::BackupCopySpec),
 }
 
 /// `kirt rollback KIND/NAME` or `kirt rollback history KIND/NAME`.
@@ -270,6 +273,9 @@ pub async fn run(cli: Cli, shutdown: crate::signal::Shutdown) -> Result<Exit> {
         }
         Command::Backup(BackupCmd::Prune(spec)) => {
             show(&ctx, &actions::backup::prune::run(&ctx, spec).await?)
+        }
+        Command::Backup(BackupCmd::Copy(spec)) => {
+            show(&ctx, &actions::backup::copy::run(&ctx, spec).await?)
         }
         Command::Drill(spec) => show(&ctx, &actions::drill::run(&ctx, spec).await?),
         Command::Restore(spec) => show(&ctx, &actions::restore::run(&ctx, spec).await?),

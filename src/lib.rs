@@ -18,6 +18,7 @@ pub mod output;
 pub mod pipeline;
 pub mod playbook;
 pub mod progress;
+pub mod runlock;
 pub mod scratch;
 pub mod signal;
 pub mod store;

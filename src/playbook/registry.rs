@@ -329,6 +329,8 @@ static ACTIONS: LazyLock<Vec<ActionDef>> = LazyLock::new(|| {
         ),
         action!("backup.prune", prune::BackupPruneSpec, prune::run,
             "remove backups no keep rule selects (kirt backup prune)", mutates: no_undo),
+        action!("backup.copy", actions::backup::copy::BackupCopySpec, actions::backup::copy::run,
+            "copy backups to a second store, digests checked (kirt backup copy)", mutates: no_undo),
         action!(
             "backup.list",
             actions::backup::list::BackupListSpec,

@@ -11,7 +11,12 @@ use crate::common::{self, files_under, lab, sh, Lab};
 
 /// Decrypts with the age CLI, decompresses with the zstd CLI, checks the result with etcdutl
 /// against the manifest, and restores it (with etcdutl's hash check).
-fn check_with_cli_tools(lab: &Lab, object: &Path, manifest: &serde_json::Value, identity: &str) {
+pub(crate) fn check_with_cli_tools(
+    lab: &Lab,
+    object: &Path,
+    manifest: &serde_json::Value,
+    identity: &str,
+) {
     let snap = lab
         .dir
         .path()
@@ -637,10 +642,18 @@ fn s3_dying_mid_upload_leaves_nothing_once_it_is_back() {
     let s3s = lab.private_s3s(Some((&data, port)));
     let keys = s3::keys(&client, "crash");
     assert!(
-        keys.iter().all(|k| k.starts_with("p/.kirt/pending/")),
+        keys.iter().all(|k| k.starts_with("p/.kirt/")),
         "an object became visible: {keys:?}"
     );
-    assert_eq!(keys.len(), 1, "the record of the upload: {keys:?}");
+    // the record of the upload, and the run lock kirt could not release with S3 gone (the next
+    // backup takes it over once its lease has passed)
+    let (records, locks): (Vec<&String>, Vec<&String>) =
+        keys.iter().partition(|k| k.starts_with("p/.kirt/pending/"));
+    assert_eq!(records.len(), 1, "the record of the upload: {keys:?}");
+    assert!(
+        locks.iter().all(|k| k.starts_with("p/.kirt/locks/")),
+        "{keys:?}"
+    );
     // the next kirt run against the bucket aborts the upload it could not abort before
     let mut list = lab.kirt_cmd([
         "backup",
@@ -682,16 +695,23 @@ fn s3_dying_mid_upload_leaves_nothing_once_it_is_back() {
         "the multipart upload still exists: {parts:?}"
     );
     // and nothing of the upload is left on the server's disk (s3s-fs 0.14 keeps the sidecar
-    // metadata files of a deleted object: those of the removed record are not upload data)
+    // metadata files of a deleted object: those of the removed record are not upload data; nor
+    // is the run lock, and its sidecar)
     use base64::Engine;
-    let record_sidecar = format!(
-        ".object-{}",
-        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode("p/.kirt/pending/")
-    );
-    let record_sidecar = &record_sidecar[..record_sidecar.len() - 2]; // (last chars span the hash)
+    let sidecar = |prefix: &str| {
+        let s = format!(
+            ".object-{}",
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(prefix)
+        );
+        s[..s.len() - 2].to_string() // (the last chars span what follows)
+    };
+    let kirt_own = [sidecar("p/.kirt/pending/"), sidecar("p/.kirt/locks/")];
     let files: Vec<_> = files_under(&data)
         .into_iter()
-        .filter(|f| !f.to_string_lossy().contains(record_sidecar))
+        .filter(|f| {
+            let f = f.to_string_lossy();
+            !f.contains("/p/.kirt/locks/") && !kirt_own.iter().any(|s| f.contains(s.as_str()))
+        })
         .collect();
     assert!(files.is_empty(), "s3s-fs still holds {files:?}");
 }

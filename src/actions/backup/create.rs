@@ -1,7 +1,9 @@
 //! `kirt backup create`: one etcd member's snapshot stream → trailer check → zstd → age → store,
 //! all stages overlapping, memory bounded by part size × concurrency plus small buffers. The
 //! object is committed only if every stage succeeded and etcd's trailer checks out; the manifest
-//! is written after it and is the commit marker.
+//! is written after it and is the commit marker. Before any of it: the cluster-prefix guard
+//! (another etcd cluster's history there refuses) and the run lock (another run of this
+//! cluster refuses); with `--object-lock` everything is written under S3 Object Lock.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -11,6 +13,7 @@ use bytes::Bytes;
 use etcd_client::{GetOptions, HashKvResponse};
 use serde::{Deserialize, Serialize};
 
+use super::lock::LockOptions;
 use super::manifest::{self, Manifest};
 use super::metrics;
 use crate::context::Ctx;
@@ -22,8 +25,9 @@ use crate::pipeline::{
     self, Compression, Encryption, Feed, Job, Pending, SnapshotDigest, TrailerCheck,
 };
 use crate::progress::Stage;
+use crate::runlock::Held;
 use crate::signal::Shutdown;
-use crate::store::{self, S3Options, Store};
+use crate::store::{self, ObjectLockOptions, Retention, S3Options, Store};
 use crate::units::human_bytes;
 
 /// zstd level when none is given: on etcd data as small as 3 at half the CPU (docs/backup.md).
@@ -67,6 +71,14 @@ pub struct BackupCreateSpec {
     /// password from $KIRT_SIGN_PASSWORD if the key is encrypted)
     #[arg(long, value_name = "FILE")]
     pub sign_key: Option<PathBuf>,
+    #[command(flatten)]
+    pub retention: ObjectLockOptions,
+    #[command(flatten)]
+    pub run_lock: LockOptions,
+    /// Write even when the newest backup under the cluster's prefix comes from another etcd
+    /// cluster (this one replaced it, e.g. after a restore)
+    #[arg(long)]
+    pub force: bool,
 }
 
 impl Default for BackupCreateSpec {
@@ -82,6 +94,9 @@ impl Default for BackupCreateSpec {
             metrics_file: None,
             pushgateway: None,
             sign_key: None,
+            retention: ObjectLockOptions::default(),
+            run_lock: LockOptions::default(),
+            force: false,
         }
     }
 }
@@ -103,6 +118,8 @@ pub struct BackupResult {
     pub encrypted: bool,
     /// The manifest is signed (`ID.manifest.json.minisig`).
     pub signed: bool,
+    /// The Object Lock retention everything was written with.
+    pub object_lock: Option<Retention>,
     pub dry_run: bool,
 }
 
@@ -142,6 +159,13 @@ impl Render for BackupResult {
                     "yes (minisign)".into()
                 } else {
                     "NO: anyone who can write to the store can plant a backup; restore and drill refuse unsigned backups by default".to_string()
+                },
+            ),
+            (
+                "object lock",
+                match &self.object_lock {
+                    Some(r) => store::Protection::Retained(*r).to_string(),
+                    None => "no".into(),
                 },
             ),
             ("duration", format!("{:.2}s", self.duration_seconds)),
@@ -205,10 +229,13 @@ struct Plan {
     enc_info: Option<EncryptionInfo>,
     compression: Compression,
     signer: Option<minisign::SecretKey>,
+    /// The signer's public key: only backups it signed count for the cluster-prefix guard.
+    trusted: Option<minisign::PublicKey>,
+    retention: Option<Retention>,
 }
 
 impl Plan {
-    fn check(spec: &BackupCreateSpec) -> Result<Plan> {
+    fn check(spec: &BackupCreateSpec, started: jiff::Timestamp) -> Result<Plan> {
         if spec.to.is_empty() {
             return Err(Error::usage(
                 "missing --to: where to store the backup (s3://BUCKET/PREFIX or a directory)",
@@ -237,11 +264,18 @@ impl Plan {
                 "this backup will NOT be signed: whoever can write to the store can plant a backup that decrypts and restores, and restore/drill refuse unsigned backups by default; give --sign-key or $KIRT_SIGN_KEY (docs/backup.md)"
             );
         }
+        let trusted = signer
+            .as_ref()
+            .map(minisign::PublicKey::from_secret_key)
+            .transpose()
+            .map_err(|e| Error::usage(format!("--sign-key: {e}")))?;
         Ok(Plan {
             encryption,
             enc_info,
             compression,
             signer,
+            trusted,
+            retention: spec.retention.retention(started)?,
         })
     }
 }
@@ -285,18 +319,81 @@ async fn read_revision(client: &etcd_client::Client, status: &MemberStatus) -> R
 async fn create(ctx: &Ctx, spec: &BackupCreateSpec) -> Result<BackupResult> {
     let started = jiff::Timestamp::now();
     let clock = Instant::now();
-    let plan = Plan::check(spec)?;
-    let store = store::open(&spec.to, &spec.s3).await?;
+    let plan = Plan::check(spec, started)?;
+    let store = store::open_retained(&spec.to, &spec.s3, plan.retention).await?;
     // Fail on a missing bucket, bad credentials or an unreachable store before etcd is touched.
     store.check().await?;
 
     let (client, status) = spec.etcd.connect_healthy().await?;
-    let endpoint = status.endpoint.clone();
     let cluster = spec
         .cluster_name
         .clone()
         .unwrap_or_else(|| format!("etcd-{}", status.cluster_id));
-    let at = read_revision(&client, &status).await?;
+    super::guard::check(
+        store.as_ref(),
+        &cluster,
+        &status.cluster_id,
+        plan.trusted.as_ref(),
+        spec.force,
+    )
+    .await?;
+    // a dry run writes nothing, not even a lock
+    let lock = if ctx.dry_run {
+        None
+    } else {
+        super::lock::acquire(ctx, &spec.run_lock, store.as_ref(), &cluster, "backup").await?
+    };
+    let run = Run {
+        ctx,
+        spec,
+        plan,
+        store: store.as_ref(),
+        cluster,
+        started,
+        clock,
+        lock: lock.as_deref(),
+    };
+    let result = async {
+        ctx.shutdown.hold("locked").await;
+        backup(run, &client, status).await
+    }
+    .await;
+    if let Some(l) = lock {
+        l.release().await;
+    }
+    result
+}
+
+/// One backup, once the store, the member and the lock are in hand.
+struct Run<'a> {
+    ctx: &'a Ctx,
+    spec: &'a BackupCreateSpec,
+    plan: Plan,
+    store: &'a dyn Store,
+    cluster: String,
+    started: jiff::Timestamp,
+    clock: Instant,
+    lock: Option<&'a dyn Held>,
+}
+
+/// Streams, checks and publishes the backup (the store, the member and the lock in hand).
+async fn backup(
+    run: Run<'_>,
+    client: &etcd_client::Client,
+    status: MemberStatus,
+) -> Result<BackupResult> {
+    let Run {
+        ctx,
+        spec,
+        plan,
+        store,
+        cluster,
+        started,
+        clock,
+        lock,
+    } = run;
+    let endpoint = status.endpoint.clone();
+    let at = read_revision(client, &status).await?;
     // HashKV walks the whole keyspace: run it beside the snapshot stream.
     let mut maint = client.maintenance_client();
     let revision = at.revision;
@@ -322,7 +419,7 @@ async fn create(ctx: &Ctx, spec: &BackupCreateSpec) -> Result<BackupResult> {
         .stage("snapshot", Some(status.db_size.max(0) as u64));
     let stop = &ctx.shutdown;
     let outcome = pipeline::run(job, stop, pipeline::copy_chunks, |feed| {
-        stream_snapshot(&client, &endpoint, feed, &*stage)
+        stream_snapshot(client, &endpoint, feed, &*stage)
     })
     .await;
     stage.finish();
@@ -369,6 +466,7 @@ async fn create(ctx: &Ctx, spec: &BackupCreateSpec) -> Result<BackupResult> {
             level: spec.compression_level,
         },
         encryption: plan.enc_info,
+        object_lock: plan.retention,
         kirt_version: crate::actions::version::long(),
         started_at: started,
         finished_at: jiff::Timestamp::now(),
@@ -377,14 +475,19 @@ async fn create(ctx: &Ctx, spec: &BackupCreateSpec) -> Result<BackupResult> {
     if ctx.dry_run {
         encoded.upload.abort().await;
     } else {
-        publish(
-            stop,
-            store.as_ref(),
-            encoded.upload,
-            &m,
-            plan.signer.as_ref(),
-        )
-        .await?;
+        let json = to_json("the manifest", &m)?;
+        let signature = plan
+            .signer
+            .as_ref()
+            .map(|sk| super::signing::sign(sk, &json, &super::signing::manifest_comment(&m.id)))
+            .transpose()?;
+        let p = Publication {
+            object_key: m.object.clone(),
+            manifest_key: manifest_key.clone(),
+            manifest: json,
+            signature,
+        };
+        publish(stop, store, encoded.upload, &p, lock).await?;
     }
     let result = BackupResult {
         id,
@@ -401,6 +504,7 @@ async fn create(ctx: &Ctx, spec: &BackupCreateSpec) -> Result<BackupResult> {
         duration_seconds: clock.elapsed().as_secs_f64(),
         encrypted,
         signed: plan.signer.is_some(),
+        object_lock: plan.retention,
         dry_run: ctx.dry_run,
     };
     tracing::info!(
@@ -470,38 +574,57 @@ async fn stream_snapshot(
     Ok(trailer.finish())
 }
 
+/// What makes a backup exist once its object is uploaded: the manifest (exactly these bytes)
+/// and its signature.
+pub struct Publication {
+    pub object_key: String,
+    pub manifest_key: String,
+    pub manifest: Vec<u8>,
+    pub signature: Option<Vec<u8>>,
+}
+
 /// Makes the backup exist: the object, then its signature, then the manifest — the commit
-/// marker, always the last write. If a later write fails, or a signal arrives before the
-/// manifest is written, the object (and signature) are removed again rather than left behind.
-async fn publish(
+/// marker, always the last write. If a later write fails, a signal arrives or the run lost its
+/// lock before the manifest is written, the object (and signature) are removed again rather
+/// than left behind (where the store allows: a locked or write-only store keeps them as an
+/// incomplete object, never listed as a backup).
+pub async fn publish(
     stop: &Shutdown,
     store: &dyn Store,
     upload: Pending,
-    m: &Manifest,
-    signer: Option<&minisign::SecretKey>,
+    p: &Publication,
+    lock: Option<&dyn Held>,
 ) -> Result<()> {
-    if let Err(e) = stop.check("nothing was published") {
+    let ready = stop
+        .check("nothing was published")
+        .and_then(|_| lock.map_or(Ok(()), |l| l.check()));
+    if let Err(e) = ready {
         upload.abort().await;
         return Err(e);
     }
     upload.commit().await?;
-    let manifest_key = manifest::manifest_key(&m.cluster_name, &m.id);
-    let sig_key = format!("{manifest_key}{}", super::signing::SUFFIX);
+    let sig_key = format!("{}{}", p.manifest_key, super::signing::SUFFIX);
     let written = async {
-        let json = to_json("the manifest", m)?;
-        if let Some(sk) = signer {
-            let sig = super::signing::sign(sk, &json, &super::signing::manifest_comment(&m.id))?;
-            store.put(&sig_key, Bytes::from(sig)).await?;
+        if let Some(sig) = &p.signature {
+            store.put(&sig_key, Bytes::from(sig.clone())).await?;
         }
         stop.hold("manifest").await;
         stop.check("nothing was published")?;
-        store.put(&manifest_key, Bytes::from(json)).await
+        if let Some(l) = lock {
+            l.check()?;
+        }
+        store
+            .put(&p.manifest_key, Bytes::from(p.manifest.clone()))
+            .await
     }
     .await;
     if let Err(e) = written {
         // Without its manifest the object is not a backup: remove it rather than leave an orphan.
-        let _ = store.delete(&sig_key).await;
-        let _ = store.delete(&m.object).await;
+        for key in [&sig_key, &p.object_key] {
+            if let Err(d) = store.delete(key).await {
+                tracing::warn!("{d}: {key} stays behind as an incomplete object (never listed as a backup; prune removes it once it may)");
+            }
+        }
         return Err(e);
     }
     Ok(())

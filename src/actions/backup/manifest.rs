@@ -23,6 +23,10 @@ pub struct Manifest {
     pub etcd: EtcdInfo,
     pub compression: CompressionInfo,
     pub encryption: Option<EncryptionInfo>,
+    /// The S3 Object Lock retention the object, its signature and this manifest were written
+    /// with (`backup create --object-lock`). A copy's manifest is the original's, byte for byte.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub object_lock: Option<crate::store::Retention>,
     pub kirt_version: String,
     pub started_at: jiff::Timestamp,
     pub finished_at: jiff::Timestamp,
