@@ -218,12 +218,7 @@ impl Subject {
                 Err(SdkError::ServiceError(e)) if e.err().is_no_such_key() => continue,
                 Err(e) => panic!("get record {:?}: {e:?}", o.key()),
             };
-            let body = got
-                .body
-                .collect()
-                .await
-                .unwrap()
-                .into_bytes();
+            let body = got.body.collect().await.unwrap().into_bytes();
             let r: serde_json::Value = serde_json::from_slice(&body).unwrap();
             out.push((
                 r["key"].as_str().unwrap().to_string(),
