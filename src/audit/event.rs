@@ -237,7 +237,7 @@ pub fn redact(line: &[u8]) -> Option<Vec<u8>> {
 }
 
 /// A core-group object whose audit events belong to a subject.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Object {
     pub resource: String,
     pub namespace: String,
@@ -257,7 +257,7 @@ impl Object {
 /// Whose activity to select: requests made as (or impersonating) one of `users`, requests on one
 /// of `objects` (any subresource: `pods/exec` of the pod, `serviceaccounts/token` of its account),
 /// and requests from one of `ips`.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Subject {
     pub users: Vec<String>,
     pub objects: Vec<Object>,

@@ -14,7 +14,7 @@ mod summary;
 
 use std::io::Write;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 pub use event::{Event, Object, Subject, REDACTED};
@@ -34,7 +34,7 @@ const SELECTION_BUDGET: usize = 8 << 20;
 const CHECK_EVERY: u64 = 8192;
 
 /// Which events count by time: received at or after `since` and before `until`.
-#[derive(Debug, Clone, Copy, Default, Serialize)]
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
 pub struct Window {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub since: Option<jiff::Timestamp>,
@@ -255,6 +255,7 @@ pub async fn select(
     subjects: Vec<Subject>,
     window: Window,
 ) -> Result<(ScanStats, Vec<Found>)> {
+    stop.hold("audit-log").await;
     let stage = progress.stage("audit log", Some(sources.total_bytes()));
     let stop = stop.clone();
     let task = tokio::task::spawn_blocking(move || {

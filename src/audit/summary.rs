@@ -35,7 +35,10 @@ impl Counts {
         let mut v: Vec<(&String, &u64)> = self.0.iter().collect();
         v.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
         v.iter()
-            .map(|(k, n)| format!("{k} ({n})"))
+            .map(|(k, n)| match k.as_str() {
+                "" => format!("(none) ({n})"),
+                k => format!("{k} ({n})"),
+            })
             .collect::<Vec<_>>()
             .join(", ")
     }

@@ -8,6 +8,7 @@
 
 mod common;
 
+mod audit;
 mod authenticity;
 mod backup;
 mod cli;
