@@ -371,7 +371,7 @@ static ACTIONS: LazyLock<Vec<ActionDef>> = LazyLock::new(|| {
             "prove a pod is isolated (kirt quarantine verify)"
         ),
         action!("quarantine.release", quarantine::ReleaseSpec, quarantine::release::run,
-            "undo a quarantine exactly (kirt release)", mutates: no_undo, reversal: true),
+            "undo a quarantine exactly (kirt release)", mutates: released, reversal: true),
         action!(
             "quarantine.status",
             quarantine::StatusSpec,
@@ -420,7 +420,8 @@ fn backup_created(_with: &Value, outputs: &Value) -> Vec<Mutation> {
     }
     vec![Mutation {
         object: json!({"kind": "Backup", "location": outputs["location"], "object": outputs["object"],
-                       "manifest": outputs["manifest"], "id": outputs["id"]}),
+                       "manifest": outputs["manifest"], "id": outputs["id"],
+                       "sha256": outputs["stored_sha256"]}),
         undo: None,
     }]
 }
@@ -431,6 +432,7 @@ fn rolled_back(with: &Value, o: &Value) -> Vec<Mutation> {
         return vec![];
     }
     let object = json!({"kind": o["kind"], "namespace": o["namespace"], "name": o["name"],
+                        "resourceVersion": o["resource_version"],
                         "from_revision": o["from_revision"], "to_revision": o["to_revision"],
                         "changes": o["changes"]});
     let undo = o["from_revision"].as_i64().map(|from| UndoPlan {
@@ -447,22 +449,75 @@ fn rolled_back(with: &Value, o: &Value) -> Vec<Mutation> {
     vec![Mutation { object, undo }]
 }
 
-/// quarantine.apply is reversed by releasing each pod it quarantined (labels and policies restored
-/// from the record kirt keeps on the pod).
-fn quarantined(_with: &Value, o: &Value) -> Vec<Mutation> {
+/// The pods a quarantine or release changed (`outcome: done`), each with its uid, ServiceAccount,
+/// resourceVersions and the fields the patch changed.
+fn changed_pods(o: &Value) -> impl Iterator<Item = (&Value, Value)> {
     o["pods"]
         .as_array()
         .into_iter()
         .flatten()
         .filter(|p| p["outcome"] == "done")
-        .map(|p| Mutation {
-            object: json!({"kind": "Pod", "namespace": p["namespace"], "name": p["pod"],
-                           "node": p["node"], "changes": p["changes"]}),
-            undo: Some(UndoPlan {
-                action: "quarantine.release".into(),
-                with: json!({"pod": p["pod"], "namespace": p["namespace"]}),
-            }),
+        .map(|p| {
+            let fields = crate::k8s::write::changed_fields(&p["patch"]);
+            let object = json!({"kind": "Pod", "namespace": p["namespace"], "name": p["pod"],
+                                "uid": p["uid"], "node": p["node"],
+                                "serviceAccount": p["service_account"],
+                                "resourceVersion": p["resource_version"],
+                                "changes": p["changes"], "fields": fields});
+            (p, object)
         })
+}
+
+/// The NetworkPolicies a quarantine or release wrote (created, narrowed, deleted, restored).
+fn changed_policies(o: &Value) -> impl Iterator<Item = (&Value, Value)> {
+    o["policies"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|p| p["resource_version"].is_object())
+        .map(|p| {
+            let object = json!({"kind": "NetworkPolicy", "namespace": p["namespace"],
+                                "name": p["name"], "resourceVersion": p["resource_version"],
+                                "changes": [p["change"]]});
+            (p, object)
+        })
+}
+
+/// quarantine.apply is reversed by releasing each pod it quarantined (labels and policies restored
+/// from the record kirt keeps on the pod). A policy it wrote goes with the release of a pod of its
+/// namespace (release removes kirt's policies once no quarantined pod remains there).
+fn quarantined(_with: &Value, o: &Value) -> Vec<Mutation> {
+    let release = |ns: &Value, pod: &Value| {
+        Some(UndoPlan {
+            action: "quarantine.release".into(),
+            with: json!({"pod": pod, "namespace": ns}),
+        })
+    };
+    let mut out: Vec<Mutation> = changed_policies(o)
+        .map(|(p, object)| {
+            let pod = o["pods"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|x| x["namespace"] == p["namespace"]);
+            Mutation {
+                object,
+                undo: pod.and_then(|x| release(&x["namespace"], &x["pod"])),
+            }
+        })
+        .collect();
+    out.extend(changed_pods(o).map(|(p, object)| Mutation {
+        object,
+        undo: release(&p["namespace"], &p["pod"]),
+    }));
+    out
+}
+
+/// quarantine.release: every pod and policy it put back, journaled (a release is not undone).
+fn released(_with: &Value, o: &Value) -> Vec<Mutation> {
+    changed_pods(o)
+        .chain(changed_policies(o))
+        .map(|(_, object)| Mutation { object, undo: None })
         .collect()
 }
 

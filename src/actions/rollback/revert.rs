@@ -16,6 +16,7 @@ use super::wait::{wait_for, WaitResult};
 use super::{Kind, Revision, Target, Workload, WAIT_TIMEOUT};
 use crate::context::Ctx;
 use crate::error::{to_json, Error, Result};
+use crate::k8s::write::Versions;
 use crate::k8s::{status_code, Cluster, EventType, KubeContext, Recorder, FIELD_MANAGER};
 use crate::output::{Render, Table};
 
@@ -83,6 +84,9 @@ pub struct RollbackResult {
     /// The workload's metadata.generation after the rollback (what `--if-generation` checks).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub generation: Option<i64>,
+    /// The workload's resourceVersions around the rollback patch.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resource_version: Option<Versions>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub wait: Option<WaitResult>,
 }
@@ -154,6 +158,7 @@ pub async fn run(ctx: &Ctx, spec: RollbackSpec) -> Result<RollbackResult> {
         to_revision: rev.revision,
         changes: Vec::new(),
         generation: None,
+        resource_version: None,
         wait: None,
     };
 
@@ -183,7 +188,14 @@ pub async fn run(ctx: &Ctx, spec: RollbackSpec) -> Result<RollbackResult> {
             "roll back {target} in namespace {ns} to revision {}",
             rev.revision
         ))?;
-        result.generation = apply(cluster, ctx.dry_run, &w, &rev).await?;
+        let after = apply(cluster, ctx.dry_run, &w, &rev).await?;
+        result.generation = after["metadata"]["generation"].as_i64();
+        result.resource_version = Some(Versions {
+            before: Some(w.resource_version.clone()),
+            after: after["metadata"]["resourceVersion"]
+                .as_str()
+                .map(str::to_string),
+        });
         if ctx.dry_run {
             result.outcome = Outcome::DryRun;
             result.message = format!(
@@ -282,13 +294,14 @@ pub fn controller_revision_patch(w: &Workload, rev: &Revision) -> Value {
     p
 }
 
-/// Sends kubectl's rollback patch for `rev` (guarded by the resourceVersion `w` was read at).
+/// Sends kubectl's rollback patch for `rev` (guarded by the resourceVersion `w` was read at);
+/// returns the workload as the server stored it.
 pub async fn apply(
     cluster: &Cluster,
     dry_run: bool,
     w: &Workload,
     rev: &Revision,
-) -> Result<Option<i64>> {
+) -> Result<Value> {
     let ns = w.namespace.as_str();
     let name = w.target.name.as_str();
     let workloads = cluster.dynamic(ns, &w.target.kind.api_resource());
@@ -306,11 +319,7 @@ pub async fn apply(
                 .header("Content-Type", "application/json-patch+json")
                 .body(body)
                 .map_err(|e| Error::failed(format!("building the rollback request: {e}")))?;
-            cluster
-                .client
-                .request::<Value>(req)
-                .await
-                .map(|o| o["metadata"]["generation"].as_i64())
+            cluster.client.request::<Value>(req).await
         }
         Kind::StatefulSet | Kind::DaemonSet => {
             let patch = controller_revision_patch(w, rev);
@@ -322,7 +331,7 @@ pub async fn apply(
                     &Patch::Strategic(&patch),
                 )
                 .await
-                .map(|o| o.metadata.generation)
+                .map(|o| crate::k8s::write::to_value(&o))
         }
     };
     let changed = |detail: &str| {
