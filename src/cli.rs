@@ -88,7 +88,7 @@ pub enum Command {
     /// Playbooks: list, show, validate, schema
     #[command(subcommand)]
     Playbook(PlaybookCmd),
-    /// Journals of playbook runs: list, show
+    /// Journals of playbook runs: list, show, report (the incident timeline)
     #[command(subcommand)]
     Runs(RunsCmd),
     /// Reverse what a playbook run changed, newest change first (journaled too)
@@ -173,6 +173,10 @@ pub enum RunsCmd {
         #[arg(value_name = "RUN_ID")]
         run_id: String,
     },
+    /// The incident timeline of a run (Markdown or self-contained HTML): who ran it, every step,
+    /// the objects changed (resourceVersions), evidence and backups (sha256), Events, and with
+    /// --audit-log what the quarantined pods' ServiceAccounts did meanwhile
+    Report(crate::playbook::report::ReportSpec),
 }
 
 /// `kirt quarantine POD|-l SEL` or `kirt quarantine verify|status`.
@@ -291,6 +295,9 @@ pub async fn run(cli: Cli, shutdown: crate::signal::Shutdown) -> Result<Exit> {
         Command::Runs(RunsCmd::List) => show(&ctx, &crate::playbook::commands::runs_list(&ctx)?),
         Command::Runs(RunsCmd::Show { run_id }) => {
             show(&ctx, &crate::playbook::commands::runs_show(&ctx, &run_id)?)
+        }
+        Command::Runs(RunsCmd::Report(spec)) => {
+            show(&ctx, &crate::playbook::report::run(&ctx, spec).await?)
         }
         Command::Undo(spec) => show(&ctx, &crate::playbook::undo::run(&ctx, spec).await?),
         Command::Evidence(EvidenceCmd::Collect(spec)) => {

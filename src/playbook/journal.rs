@@ -407,7 +407,11 @@ impl RunStart {
             digest: String::new(),
             params: Map::new(),
             dry_run: ctx.dry_run,
-            user: std::env::var("USER").unwrap_or_default(),
+            user: ["USER", "LOGNAME"]
+                .iter()
+                .find_map(|v| std::env::var(v).ok().filter(|u| !u.is_empty()))
+                // SAFETY: getuid cannot fail and touches no memory
+                .unwrap_or_else(|| format!("uid {}", unsafe { libc::getuid() })),
             host: gethostname::gethostname().to_string_lossy().into_owned(),
             kirt: crate::actions::version::VERSION.into(),
             identity: cluster.map(|c| c.configured_identity.clone()),
