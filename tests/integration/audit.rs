@@ -3,15 +3,16 @@
 //! log back. Checked with zstd, tar, sha256sum, grep and the raw log itself.
 
 use std::collections::BTreeSet;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde_json::Value;
 
+use crate::common::audit_log::{lines as audit_lines, wait_logged};
 use crate::common::files::{extract_plain, only_file, read_json, sh_in};
 use crate::common::process::Held;
-use crate::common::{lab, wait_until, Lab};
+use crate::common::{lab, Lab};
 
 const SECRET_VALUE: &str = "k12-audit-Sup3r-S3cret";
 const NEW_VALUE: &str = "k12-audit-n3w-S3cret-value";
@@ -75,47 +76,6 @@ spec:
         "60s",
     ])
     .ok();
-}
-
-/// The lab's whole audit log (rotated and gzipped files too), line by line.
-fn audit_lines(dir: &Path) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
-    files.sort();
-    for f in files {
-        let raw = std::fs::read(&f).unwrap();
-        let text = if raw.starts_with(&[0x1f, 0x8b]) {
-            let mut s = String::new();
-            flate2::read::MultiGzDecoder::new(&raw[..])
-                .read_to_string(&mut s)
-                .unwrap();
-            s
-        } else {
-            String::from_utf8_lossy(&raw).into_owned()
-        };
-        out.extend(text.lines().map(String::from));
-    }
-    out
-}
-
-/// Waits until the apiserver has written the final stage of `n` requests made by `user` (the
-/// ResponseComplete event is written after the response is sent).
-fn wait_logged(lab: &Lab, user: &str, n: usize) {
-    let needle = format!("\"username\":\"{user}\"");
-    wait_until(
-        Duration::from_secs(30),
-        &format!("{n} requests of {user} in the audit log"),
-        || {
-            audit_lines(&lab.audit_dir())
-                .iter()
-                .filter(|l| l.contains(&needle) && l.contains("\"stage\":\"ResponseComplete\""))
-                .count()
-                >= n
-        },
-    );
 }
 
 fn events(dir: &Path) -> Vec<Value> {

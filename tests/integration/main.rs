@@ -19,6 +19,7 @@ mod interrupt;
 mod lab_sanity;
 mod playbooks;
 mod quarantine;
+mod reports;
 mod restore;
 mod rollback;
 mod store_contract;

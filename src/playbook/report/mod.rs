@@ -378,6 +378,12 @@ fn rows(
 /// Events and audit rows join the timeline; then it is sorted and laid out.
 fn finish(r: &mut Report) {
     for e in &r.events.items {
+        // An Event's time is cut to the second: placed at the end of it, it never comes before
+        // the change it reports.
+        let at = e.at.map(|t| match t.subsec_nanosecond() {
+            0 => t + jiff::SignedDuration::from_millis(999),
+            _ => t,
+        });
         r.timeline.push(Moment {
             time: e.time.clone(),
             kind: "event".into(),
@@ -390,7 +396,7 @@ fn finish(r: &mut Report) {
             } else {
                 String::new()
             },
-            at: e.at,
+            at,
         });
     }
     if let Some(a) = &r.audit {
