@@ -8,7 +8,8 @@
 # The S3 server is s3s-fs: on these 2 shared cores moto's Python spends 1.5–2.6 CPU-seconds per
 # 256 MiB backup, which would measure moto rather than either contender.
 # K4: benches/quarantine.sh (1 pod and 200 pods against the lab apiserver), at the end; then K5
-# benches/evidence.sh and K14 benches/hostile.sh (planted oversized input, zstd bomb, signals).
+# benches/evidence.sh, K14 benches/hostile.sh (planted oversized input, zstd bomb, signals) and
+# K12 benches/audit.sh (evidence collect --audit-log over a 1 GiB audit log vs jq).
 # Targets: kirt ≥ 2.5× faster than (2); kirt ≤ 1.25× (3); peak RSS ≤ 100 MiB and within 10 %
 # between the two sizes. Prints the figures and which targets pass. Servers run on 127.0.0.1 only.
 set -euo pipefail
@@ -158,5 +159,8 @@ KIRT_BIN="$PWD/$KIRT" bash benches/evidence.sh || fail=1
 echo
 echo "== K14 planted input and signals"
 KIRT="$PWD/$KIRT" bash benches/hostile.sh || fail=1
+echo
+echo "== K12 audit log (1 GiB, vs jq)"
+KIRT_BIN="$PWD/$KIRT" bash benches/audit.sh || fail=1
 ((lab_started)) && bash tests/lab/lab.sh down >&2
 exit $fail

@@ -201,7 +201,7 @@ pub enum QuarantineSub {
 pub enum EvidenceCmd {
     /// Capture a pod's object, events, logs, owners, network and RBAC context (+ checkpoints)
     /// into one tar.zst[.age] bundle with manifest.json and SHA256SUMS
-    Collect(actions::evidence::collect::EvidenceCollectSpec),
+    Collect(Box<actions::evidence::collect::EvidenceCollectSpec>),
     /// Re-check every digest of a bundle against SHA256SUMS and manifest.json (exit 3 on tampering)
     Verify(actions::evidence::verify::EvidenceVerifySpec),
     /// List the evidence bundles in a store, newest first
@@ -301,7 +301,7 @@ pub async fn run(cli: Cli, shutdown: crate::signal::Shutdown) -> Result<Exit> {
         }
         Command::Undo(spec) => show(&ctx, &crate::playbook::undo::run(&ctx, spec).await?),
         Command::Evidence(EvidenceCmd::Collect(spec)) => {
-            show(&ctx, &actions::evidence::collect::run(&ctx, spec).await?)
+            show(&ctx, &actions::evidence::collect::run(&ctx, *spec).await?)
         }
         Command::Evidence(EvidenceCmd::Verify(spec)) => {
             show(&ctx, &actions::evidence::verify::run(&ctx, spec).await?)

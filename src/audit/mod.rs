@@ -282,7 +282,7 @@ pub fn write_events(found: Found, stop: &Shutdown) -> Result<Written> {
     let mut size = 0u64;
     let mut summary = Summary::default();
     for (i, line) in found.selection.into_sorted().ctx(what)?.enumerate() {
-        if i as u64 % CHECK_EVERY == 0 {
+        if (i as u64).is_multiple_of(CHECK_EVERY) {
             stop.check("the audit log scan was stopped; nothing was stored")?;
         }
         let mut line = line.ctx(what)?;

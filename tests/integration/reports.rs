@@ -265,7 +265,7 @@ roleRef: {apiGroup: rbac.authorization.k8s.io, kind: Role, name: intruder}
     let at = |pred: &dyn Fn(&Vec<String>) -> bool| {
         timeline
             .iter()
-            .position(|l| pred(l))
+            .position(pred)
             .unwrap_or_else(|| panic!("{md}"))
     };
     let failed = at(&|l| l[2].contains("run ended: failed"));
