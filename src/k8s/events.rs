@@ -10,7 +10,8 @@ use kube::api::ListParams;
 use super::{Cluster, FIELD_MANAGER};
 use crate::error::Result;
 
-/// When an Event last happened: its last, else its first timestamp, else when it was created.
+/// When an Event last happened: lastTimestamp, else eventTime, else firstTimestamp, else when it
+/// was created.
 pub fn event_time(e: &Event) -> Option<jiff::Timestamp> {
     e.last_timestamp
         .as_ref()
