@@ -9,8 +9,9 @@
 # 256 MiB backup, which would measure moto rather than either contender.
 # K4: benches/quarantine.sh (1 pod and 200 pods against the lab apiserver), at the end; then K11
 # benches/credentials.sh (--revoke-credentials --isolate-node among 250 bindings), K5
-# benches/evidence.sh, K14 benches/hostile.sh (planted oversized input, zstd bomb, signals) and K10
-# benches/copy.sh (`backup copy` of the 1 GiB backup between the two S3 servers vs `aws s3 cp`).
+# benches/evidence.sh, K14 benches/hostile.sh (planted oversized input, zstd bomb, signals), K10
+# benches/copy.sh (`backup copy` of the 1 GiB backup between the two S3 servers vs `aws s3 cp`) and
+# K12 benches/audit.sh (evidence collect --audit-log over a 1 GiB audit log vs jq).
 # Targets: kirt ≥ 2.5× faster than (2); kirt ≤ 1.25× (3); peak RSS ≤ 100 MiB and within 10 %
 # between the two sizes. Prints the figures and which targets pass. Servers run on 127.0.0.1 only.
 set -euo pipefail
@@ -166,5 +167,7 @@ KIRT="$PWD/$KIRT" bash benches/hostile.sh || fail=1
 echo
 echo "== K10 backup copy between the S3 servers"
 KIRT="$PWD/$KIRT" LIMIT="$PWD/$LIMIT" bash benches/copy.sh || fail=1
+echo "== K12 audit log (1 GiB, vs jq)"
+KIRT_BIN="$PWD/$KIRT" bash benches/audit.sh || fail=1
 ((lab_started)) && bash tests/lab/lab.sh down >&2
 exit $fail

@@ -7,6 +7,7 @@
 //! `units` used everywhere.
 
 pub mod actions;
+pub mod audit;
 pub mod cli;
 pub mod context;
 pub mod crypto;

@@ -19,7 +19,7 @@ pub mod selector;
 pub mod write;
 
 pub use cluster::{Cluster, KubeOptions};
-pub use events::{EventType, Recorder};
+pub use events::{event_time, involving, EventType, Recorder};
 pub use objects::Objects;
 pub use op::{error_chain, status_code, KubeContext, Op, ESCALATION};
 pub use pods::{annotation, ensure_namespace, get_pod, labels_of, name_of, node_of, PodTarget};

@@ -8,6 +8,7 @@
 
 mod common;
 
+mod audit;
 mod authenticity;
 mod backup;
 mod cli;
@@ -21,6 +22,7 @@ mod interrupt;
 mod lab_sanity;
 mod playbooks;
 mod quarantine;
+mod reports;
 mod restore;
 mod rollback;
 mod store_contract;

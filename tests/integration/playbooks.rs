@@ -875,8 +875,13 @@ fn isolate_compromised_pod_runs_dry_runs_and_undo_releases_exactly() {
     std::fs::write(&journal, original).unwrap();
     let r = kirt_j(&lab, &["undo", run_id, "--yes", "-o", "json"]).ok();
     let items = r.json()["items"].as_array().unwrap().clone();
-    let undone = items.iter().filter(|i| i["status"] == "undone").count();
-    assert_eq!(undone, 1, "{}", r.dump());
+    // the pod and the deny-all policy created for it; one release reverses both
+    let undone: Vec<&str> = items
+        .iter()
+        .filter(|i| i["status"] == "undone")
+        .map(|i| i["object"]["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(undone, ["Pod", "NetworkPolicy"], "{}", r.dump());
     assert_eq!(
         labels(&pod(&lab, &ns, "victim")),
         before,

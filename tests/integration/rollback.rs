@@ -712,10 +712,13 @@ fn concurrent_change_between_read_and_patch_is_not_overwritten() {
         .ok();
         let moved = Workload::load(cluster, &ns, &t).await.unwrap();
         assert_ne!(moved.resource_version, w.resource_version);
-        let (_, generation) = revert::apply_guarded(cluster, false, w, &rev, 1)
+        let (_, after) = revert::apply_guarded(cluster, false, w, &rev, 1)
             .await
             .unwrap();
-        assert_eq!(generation, Some(moved.generation + 1));
+        assert_eq!(
+            after["metadata"]["generation"].as_i64(),
+            Some(moved.generation + 1)
+        );
         let img = object(&lab, &ns, "deployment/web")["spec"]["template"]["spec"]["containers"][0]
             ["image"]
             .clone();

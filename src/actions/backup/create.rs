@@ -114,6 +114,8 @@ pub struct BackupResult {
     pub key_count: i64,
     pub snapshot_size: u64,
     pub stored_size: u64,
+    /// sha256 of the stored object (as its manifest records it).
+    pub stored_sha256: String,
     pub duration_seconds: f64,
     pub encrypted: bool,
     /// The manifest is signed (`ID.manifest.json.minisig`).
@@ -501,6 +503,7 @@ async fn backup(
         key_count: at.key_count,
         snapshot_size: m.snapshot.size,
         stored_size: m.object_size,
+        stored_sha256: m.object_sha256.clone(),
         duration_seconds: clock.elapsed().as_secs_f64(),
         encrypted,
         signed: plan.signer.is_some(),

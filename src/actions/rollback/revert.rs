@@ -16,6 +16,7 @@ use super::wait::{wait_for, WaitResult};
 use super::{Kind, Revision, Target, Workload, WAIT_TIMEOUT};
 use crate::context::Ctx;
 use crate::error::{to_json, Error, Result};
+use crate::k8s::write::Versions;
 use crate::k8s::{status_code, Cluster, EventType, KubeContext, Recorder, FIELD_MANAGER};
 use crate::output::{Render, Table};
 
@@ -83,6 +84,9 @@ pub struct RollbackResult {
     /// The workload's metadata.generation after the rollback (what `--if-generation` checks).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub generation: Option<i64>,
+    /// The workload's resourceVersions around the rollback patch.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resource_version: Option<Versions>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub wait: Option<WaitResult>,
 }
@@ -154,6 +158,7 @@ pub async fn run(ctx: &Ctx, spec: RollbackSpec) -> Result<RollbackResult> {
         to_revision: rev.revision,
         changes: Vec::new(),
         generation: None,
+        resource_version: None,
         wait: None,
     };
 
@@ -183,9 +188,14 @@ pub async fn run(ctx: &Ctx, spec: RollbackSpec) -> Result<RollbackResult> {
             "roll back {target} in namespace {ns} to revision {}",
             rev.revision
         ))?;
-        let (w, generation) =
-            apply_guarded(cluster, ctx.dry_run, w, &rev, spec.to_revision).await?;
-        result.generation = generation;
+        let (w, after) = apply_guarded(cluster, ctx.dry_run, w, &rev, spec.to_revision).await?;
+        result.generation = after["metadata"]["generation"].as_i64();
+        result.resource_version = Some(Versions {
+            before: Some(w.resource_version.clone()),
+            after: after["metadata"]["resourceVersion"]
+                .as_str()
+                .map(str::to_string),
+        });
         if ctx.dry_run {
             result.outcome = Outcome::DryRun;
             result.message = format!(
@@ -290,8 +300,8 @@ const STATUS_RETRIES: u32 = 5;
 /// What a guarded rollback patch did.
 #[derive(Debug)]
 enum Patched {
-    /// Written (or accepted in a dry run); the workload's generation after it.
-    Done(Option<i64>),
+    /// Written (or accepted in a dry run): the workload as the server stored it.
+    Done(Value),
     /// The resourceVersion moved on since `w` was read: nothing was written.
     Moved,
 }
@@ -299,17 +309,18 @@ enum Patched {
 /// Sends the rollback patch; when the resourceVersion moved on only because a controller wrote
 /// the status (spec, labels, annotations and the chosen revision as confirmed), reads the workload again and
 /// sends it again. Any other change refuses, changing nothing: the confirmation covered the
-/// preview, not whatever the workload became since. Returns the workload as last read.
+/// preview, not whatever the workload became since. Returns the workload as last read and as the
+/// server stored it after the patch.
 pub async fn apply_guarded(
     cluster: &Cluster,
     dry_run: bool,
     mut w: Workload,
     rev: &Revision,
     to_revision: i64,
-) -> Result<(Workload, Option<i64>)> {
+) -> Result<(Workload, Value)> {
     for _ in 0..=STATUS_RETRIES {
-        if let Patched::Done(generation) = apply(cluster, dry_run, &w, rev).await? {
-            return Ok((w, generation));
+        if let Patched::Done(after) = apply(cluster, dry_run, &w, rev).await? {
+            return Ok((w, after));
         }
         let now = Workload::load(cluster, &w.namespace, &w.target).await?;
         let same_revision = select_revision(&now, to_revision)
@@ -354,7 +365,7 @@ async fn apply(cluster: &Cluster, dry_run: bool, w: &Workload, rev: &Revision) -
                 .client
                 .request::<Value>(req)
                 .await
-                .map(|o| Patched::Done(o["metadata"]["generation"].as_i64()))
+                .map(Patched::Done)
         }
         Kind::StatefulSet | Kind::DaemonSet => {
             let patch = controller_revision_patch(w, rev);
@@ -366,7 +377,7 @@ async fn apply(cluster: &Cluster, dry_run: bool, w: &Workload, rev: &Revision) -
                     &Patch::Strategic(&patch),
                 )
                 .await
-                .map(|o| Patched::Done(o.metadata.generation))
+                .map(|o| Patched::Done(crate::k8s::write::to_value(&o)))
         }
     };
     match res {

@@ -6,12 +6,16 @@
 //!   objects back with kubectl;
 //! - [`s3`]: S3 clients and buckets for the lab's moto and s3s-fs (and private s3s-fs servers);
 //! - [`etcd`]: private etcd servers and data to back up;
+//! - [`audit_log`]: the lab apiserver's audit log, read back;
+//! - [`files`]: evidence bundles extracted with the real zstd and tar, JSON files;
 //! - [`keys`]: age and SSH keys made with the real CLIs, minisign keys made by `kirt keygen`.
 //!
 //! Each test uses its own temp dir, namespace, bucket or key prefix ([`unique`]), so tests run
 //! in parallel.
 
+pub mod audit_log;
 pub mod etcd;
+pub mod files;
 pub mod k8s;
 pub mod keys;
 pub mod lab;
