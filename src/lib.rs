@@ -17,6 +17,7 @@ pub mod k8s;
 pub mod output;
 pub mod pipeline;
 pub mod playbook;
+pub mod priority;
 pub mod progress;
 pub mod runlock;
 pub mod scratch;
