@@ -87,6 +87,8 @@ phase reader "$LIMIT" read "$EP"
 phase pipeline bash -c "'$ETCD_BIN/etcdctl' --endpoints '$EP' snapshot save '$work/p.db' >/dev/null && zstd -q -T0 -3 -c '$work/p.db' | age -r '$R' | '$AWS' --endpoint-url '$S3' s3 cp - s3://bench/pipeline.zst.age"
 phase kirt "$KIRT" -q backup create --etcd-endpoints "$EP" "${kirt_s3[@]}"
 phase kirt-hash-kv "$KIRT" -q backup create --etcd-endpoints "$EP" "${kirt_s3[@]}" --hash-kv on
+phase kirt-nice "$KIRT" -q backup create --etcd-endpoints "$EP" "${kirt_s3[@]}" --nice
+phase kirt-rate "$KIRT" -q backup create --etcd-endpoints "$EP" "${kirt_s3[@]}" --max-rate "$RATE"
 phase kirt-nice-rate "$KIRT" -q backup create --etcd-endpoints "$EP" "${kirt_s3[@]}" --nice --max-rate "$RATE"
 db=$("$ETCD_BIN/etcdctl" --endpoints "$EP" endpoint status -w json | python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["Status"]["dbSize"])')
 

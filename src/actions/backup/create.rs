@@ -583,14 +583,19 @@ async fn vouch(
         tokio::task::JoinHandle<std::result::Result<HashKvResponse, etcd_client::Error>>,
     >,
 ) -> Result<Option<HashKvResponse>> {
-    let Some(hash_task) = hash_task else {
-        return trailer_ok(endpoint, digest).map(|_| None);
-    };
-    if let Err(e) = trailer_ok(endpoint, digest) {
-        hash_task.abort();
-        return Err(e);
+    if !digest.trailer_ok {
+        if let Some(task) = &hash_task {
+            task.abort();
+        }
+        return Err(Error::VerifyFailed(format!(
+            "etcd {endpoint} sent a snapshot whose sha256 trailer does not match its content ({} bytes); nothing was published",
+            digest.size
+        )));
     }
-    join("HashKV", hash_task)
+    let Some(task) = hash_task else {
+        return Ok(None);
+    };
+    join("HashKV", task)
         .await?
         .map(Some)
         .map_err(|e| Error::Etcd {
@@ -598,16 +603,6 @@ async fn vouch(
             context: "HashKV".into(),
             source: e,
         })
-}
-
-fn trailer_ok(endpoint: &str, digest: &SnapshotDigest) -> Result<()> {
-    if !digest.trailer_ok {
-        return Err(Error::VerifyFailed(format!(
-            "etcd {endpoint} sent a snapshot whose sha256 trailer does not match its content ({} bytes); nothing was published",
-            digest.size
-        )));
-    }
-    Ok(())
 }
 
 /// How long to wait after `sent` bytes, `elapsed` into the stream, to stay at `rate` bytes/s
