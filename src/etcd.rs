@@ -134,10 +134,14 @@ impl EtcdOptions {
     /// answers. Returns the reason with the member (the manifest records both).
     pub async fn connect_follower(&self) -> Result<(Client, MemberStatus, String)> {
         self.validate()?;
+        // all at once: an unreachable member costs its timeout once, not once per member
+        let asked =
+            futures::future::join_all(self.etcd_endpoints.iter().map(|ep| self.connect_one(ep)))
+                .await;
         let mut answered = Vec::new();
         let mut errors = Vec::new();
-        for ep in &self.etcd_endpoints {
-            match self.connect_one(ep).await {
+        for (ep, r) in self.etcd_endpoints.iter().zip(asked) {
+            match r {
                 Ok(c) => answered.push(c),
                 Err(e) => {
                     tracing::warn!(endpoint = %ep, error = %e, "etcd member not usable");
@@ -177,7 +181,8 @@ impl EtcdOptions {
     }
 }
 
-/// Why the snapshot comes from this member (recorded in the manifest).
+/// Which of the members that answered to stream a snapshot from, and why (for the manifest):
+/// a follower of the leader the members name, else the leader, else the first.
 pub fn choose_member(statuses: &[MemberStatus], unreachable: &[String]) -> Option<(usize, String)> {
     let first = statuses.first()?;
     if statuses.len() == 1 && unreachable.is_empty() {
