@@ -53,7 +53,7 @@ pub enum HashKv {
     #[default]
     Off,
     /// Also etcd's HashKV at the revision: every key and value of the keyspace, but etcd reads
-    /// its whole db once more (about as much CPU again as sending the snapshot)
+    /// its whole db once more and its writes wait meanwhile
     On,
 }
 
