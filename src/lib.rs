@@ -18,6 +18,7 @@ pub mod k8s;
 pub mod output;
 pub mod pipeline;
 pub mod playbook;
+pub mod priority;
 pub mod progress;
 pub mod runlock;
 pub mod scratch;

@@ -36,7 +36,7 @@ step "encrypted etcd backup into a local directory" \
   --metrics-file "$work/kirt.prom"
 step "list backups (SIGNED: checked with \$KIRT_TRUSTED_KEY)" "$KIRT" backup list --from "$work/backups"
 obj=$(find "$work/backups" -name '*.etcd.zst.age' | head -1)
-step "verify the backup and prove it restores (throwaway etcd, revision/keys/HashKV compared)" \
+step "verify the backup and prove it restores (throwaway etcd, revision and key counts compared)" \
   "$KIRT" backup verify --from "$work/backups" latest --identity "$work/backup.key" --restore
 step "restore without kirt: age -d | zstd -d, then etcdutl snapshot status" \
   bash -c "age -d -i '$work/backup.key' '$obj' | zstd -dq > '$work/snap.db' && etcdutl snapshot status -w table '$work/snap.db'"

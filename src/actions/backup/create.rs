@@ -33,6 +33,40 @@ use crate::units::human_bytes;
 /// zstd level when none is given: on etcd data as small as 3 at half the CPU (docs/backup.md).
 const COMPRESSION_LEVEL: i32 = 1;
 
+/// What the manifest records to prove a restore reproduces the keyspace (docs/backup.md).
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Default,
+    Serialize,
+    Deserialize,
+    clap::ValueEnum,
+    schemars::JsonSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum HashKv {
+    /// No HashKV: restores are checked by key counts (all and per resource) at the revision and
+    /// the snapshot's digests; etcd only pays for sending the snapshot
+    #[default]
+    Off,
+    /// Also etcd's HashKV at the revision: every key and value of the keyspace, but etcd reads
+    /// its whole db once more and its writes wait meanwhile
+    On,
+}
+
+/// zstd workers when --threads is not given: leave a core to etcd, which usually shares the
+/// machine (a control-plane node), on machines with few cores.
+pub fn default_threads(cpus: u32) -> u32 {
+    match cpus {
+        0..=2 => 1,
+        3..=8 => cpus - 1,
+        _ => cpus - 2,
+    }
+}
+
 #[derive(Debug, Clone, clap::Args, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(default, rename_all = "kebab-case", deny_unknown_fields)]
 #[schemars(extend("required" = ["to"]))]
@@ -58,9 +92,23 @@ pub struct BackupCreateSpec {
         allow_negative_numbers = true
     )]
     pub compression_level: i32,
-    /// zstd worker threads (default: number of CPUs)
+    /// zstd worker threads (default: one core left to etcd: 1 on 2 CPUs, CPUs - 1 up to 8,
+    /// CPUs - 2 above)
     #[arg(long, value_name = "N")]
     pub threads: Option<u32>,
+    /// Record etcd's HashKV at the revision (on: etcd reads its db a second time) or check
+    /// restores by key counts and digests only (off)
+    #[arg(long, value_enum, value_name = "on|off", default_value_t = HashKv::Off)]
+    pub hash_kv: HashKv,
+    /// Run at low CPU priority (nice 10) and in the idle I/O class, so that etcd and the
+    /// apiserver beside it come first
+    #[arg(long)]
+    pub nice: bool,
+    /// Cap the snapshot stream read from etcd, in bytes per second (e.g. 50MiB); 0: no cap
+    #[arg(long, value_name = "BYTES/s", default_value = "0", value_parser = crate::units::parse_rate)]
+    #[serde(with = "crate::units::size_serde")]
+    #[schemars(with = "String")]
+    pub max_rate: u64,
     /// Write Prometheus textfile metrics here (atomically), on success and on failure
     #[arg(long, value_name = "FILE")]
     pub metrics_file: Option<PathBuf>,
@@ -91,6 +139,9 @@ impl Default for BackupCreateSpec {
             cluster_name: None,
             compression_level: COMPRESSION_LEVEL,
             threads: None,
+            hash_kv: HashKv::Off,
+            nice: false,
+            max_rate: 0,
             metrics_file: None,
             pushgateway: None,
             sign_key: None,
@@ -246,9 +297,11 @@ impl Plan {
         spec.etcd.validate()?;
         let (encryption, enc_info) = spec.encryption.resolve(true)?;
         let threads = spec.threads.unwrap_or_else(|| {
-            std::thread::available_parallelism()
-                .map(|n| n.get() as u32)
-                .unwrap_or(1)
+            default_threads(
+                std::thread::available_parallelism()
+                    .map(|n| n.get() as u32)
+                    .unwrap_or(1),
+            )
         });
         let compression = Compression::zstd(spec.compression_level, threads)?;
         if let Some(name) = &spec.cluster_name {
@@ -322,11 +375,14 @@ async fn create(ctx: &Ctx, spec: &BackupCreateSpec) -> Result<BackupResult> {
     let started = jiff::Timestamp::now();
     let clock = Instant::now();
     let plan = Plan::check(spec, started)?;
+    if spec.nice {
+        crate::priority::lower();
+    }
     let store = store::open_retained(&spec.to, &spec.s3, plan.retention).await?;
     // Fail on a missing bucket, bad credentials or an unreachable store before etcd is touched.
     store.check().await?;
 
-    let (client, status) = spec.etcd.connect_healthy().await?;
+    let (client, status, choice) = spec.etcd.connect_follower().await?;
     let cluster = spec
         .cluster_name
         .clone()
@@ -357,7 +413,7 @@ async fn create(ctx: &Ctx, spec: &BackupCreateSpec) -> Result<BackupResult> {
     };
     let result = async {
         ctx.shutdown.hold("locked").await;
-        backup(run, &client, status).await
+        backup(run, &client, status, choice).await
     }
     .await;
     if let Some(l) = lock {
@@ -383,6 +439,7 @@ async fn backup(
     run: Run<'_>,
     client: &etcd_client::Client,
     status: MemberStatus,
+    member_choice: String,
 ) -> Result<BackupResult> {
     let Run {
         ctx,
@@ -397,9 +454,11 @@ async fn backup(
     let endpoint = status.endpoint.clone();
     let at = read_revision(client, &status).await?;
     // HashKV walks the whole keyspace: run it beside the snapshot stream.
-    let mut maint = client.maintenance_client();
-    let revision = at.revision;
-    let hash_task = tokio::spawn(async move { maint.hash_kv(revision).await });
+    let hash_task = (spec.hash_kv == HashKv::On).then(|| {
+        let mut maint = client.maintenance_client();
+        let revision = at.revision;
+        tokio::spawn(async move { maint.hash_kv(revision).await })
+    });
 
     let id = manifest::backup_id(started, at.revision);
     let encrypted = plan.enc_info.is_some();
@@ -421,7 +480,7 @@ async fn backup(
         .stage("snapshot", Some(status.db_size.max(0) as u64));
     let stop = &ctx.shutdown;
     let outcome = pipeline::run(job, stop, pipeline::copy_chunks, |feed| {
-        stream_snapshot(client, &endpoint, feed, &*stage)
+        stream_snapshot(client, &endpoint, feed, &*stage, spec.max_rate)
     })
     .await;
     stage.finish();
@@ -453,13 +512,14 @@ async fn backup(
         },
         etcd: manifest::EtcdInfo {
             endpoint: endpoint.clone(),
+            member_choice,
             version: status.version.clone(),
             cluster_id: status.cluster_id.clone(),
             member_id: status.member_id.clone(),
             revision: at.revision,
             key_count: at.key_count,
-            hash_kv: hash.hash(),
-            compact_revision: hash.compact_version(),
+            hash_kv: hash.as_ref().map(HashKvResponse::hash),
+            compact_revision: hash.as_ref().map(HashKvResponse::compact_version),
             db_size: status.db_size,
             prefix_counts: at.prefix_counts,
         },
@@ -518,32 +578,53 @@ async fn backup(
 }
 
 /// What must hold before the stream becomes a backup: etcd's trailer matched the snapshot, and
-/// HashKV at the recorded revision answered (its value goes into the manifest).
+/// HashKV at the recorded revision answered if asked for (its value goes into the manifest).
 async fn vouch(
     endpoint: &str,
     digest: &SnapshotDigest,
-    hash_task: tokio::task::JoinHandle<std::result::Result<HashKvResponse, etcd_client::Error>>,
-) -> Result<HashKvResponse> {
+    hash_task: Option<
+        tokio::task::JoinHandle<std::result::Result<HashKvResponse, etcd_client::Error>>,
+    >,
+) -> Result<Option<HashKvResponse>> {
     if !digest.trailer_ok {
-        hash_task.abort();
+        if let Some(task) = &hash_task {
+            task.abort();
+        }
         return Err(Error::VerifyFailed(format!(
             "etcd {endpoint} sent a snapshot whose sha256 trailer does not match its content ({} bytes); nothing was published",
             digest.size
         )));
     }
-    join("HashKV", hash_task).await?.map_err(|e| Error::Etcd {
-        endpoint: endpoint.to_string(),
-        context: "HashKV".into(),
-        source: e,
-    })
+    let Some(task) = hash_task else {
+        return Ok(None);
+    };
+    join("HashKV", task)
+        .await?
+        .map(Some)
+        .map_err(|e| Error::Etcd {
+            endpoint: endpoint.to_string(),
+            context: "HashKV".into(),
+            source: e,
+        })
 }
 
-/// The producer: one member's snapshot stream, its etcd trailer checked on the fly.
+/// How long to wait after `sent` bytes, `elapsed` into the stream, to stay at `rate` bytes/s
+/// (0: no cap). Waiting after each chunk keeps the whole stream at or below the rate.
+pub fn pace(sent: u64, rate: u64, elapsed: std::time::Duration) -> std::time::Duration {
+    if rate == 0 {
+        return std::time::Duration::ZERO;
+    }
+    std::time::Duration::from_secs_f64(sent as f64 / rate as f64).saturating_sub(elapsed)
+}
+
+/// The producer: one member's snapshot stream, its etcd trailer checked on the fly, paced to
+/// `max_rate` bytes/s (0: as fast as it comes).
 async fn stream_snapshot(
     client: &etcd_client::Client,
     endpoint: &str,
     feed: Feed<Bytes>,
     stage: &dyn Stage,
+    max_rate: u64,
 ) -> Result<SnapshotDigest> {
     let etcd_err = |context: &str, e| Error::Etcd {
         endpoint: endpoint.to_string(),
@@ -557,6 +638,7 @@ async fn stream_snapshot(
         .map_err(|e| etcd_err("starting the snapshot", e))?;
     let mut trailer = TrailerCheck::default();
     let mut remaining = u64::MAX;
+    let (began, mut sent) = (Instant::now(), 0u64);
     while let Some(mut resp) = stream
         .message()
         .await
@@ -567,7 +649,13 @@ async fn stream_snapshot(
         let blob = Bytes::from(std::mem::take(&mut resp.0.blob));
         trailer.update(&blob);
         stage.inc(blob.len() as u64);
+        sent += blob.len() as u64;
         feed.send(blob).await?;
+        // pipeline::run drops this future on a signal, so the wait ends with it
+        let wait = pace(sent, max_rate, began.elapsed());
+        if !wait.is_zero() {
+            tokio::time::sleep(wait).await;
+        }
     }
     if remaining != 0 && remaining != u64::MAX {
         return Err(Error::failed(format!(
@@ -631,4 +719,45 @@ pub async fn publish(
         return Err(e);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn a_core_is_left_to_etcd_on_small_machines() {
+        assert_eq!(default_threads(1), 1);
+        assert_eq!(default_threads(2), 1);
+        assert_eq!(default_threads(4), 3);
+        assert_eq!(default_threads(8), 7);
+        assert_eq!(default_threads(16), 14);
+    }
+
+    #[test]
+    fn pacing_keeps_the_stream_at_the_rate() {
+        assert_eq!(pace(1 << 30, 0, Duration::ZERO), Duration::ZERO);
+        // 1 MiB at 1 MiB/s is due after one second
+        assert_eq!(
+            pace(1 << 20, 1 << 20, Duration::ZERO),
+            Duration::from_secs(1)
+        );
+        assert_eq!(
+            pace(1 << 20, 1 << 20, Duration::from_millis(400)),
+            Duration::from_millis(600)
+        );
+        // behind schedule: no wait, and no burst to catch up beyond the rate
+        assert_eq!(
+            pace(1 << 20, 1 << 20, Duration::from_secs(3)),
+            Duration::ZERO
+        );
+        // the sum of the waits: a stream of N bytes takes at least N / rate
+        let (rate, chunk) = (10_000u64, 4096u64);
+        let mut t = Duration::ZERO;
+        for i in 1..=100 {
+            t += pace(i * chunk, rate, t);
+        }
+        assert!(t.as_secs_f64() >= (100 * chunk) as f64 / rate as f64 - 1e-9);
+    }
 }
