@@ -700,12 +700,7 @@ fn playbook_revokes_journals_the_subjects_and_undo_restores_the_bindings() {
         ])
         .ok();
     let s = r.json();
-    let st: Vec<&str> = s["steps"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x["status"].as_str().unwrap())
-        .collect();
+    let st = common::step_statuses(&s);
     assert_eq!(st, ["ok", "ok", "ok", "skipped"], "{}", r.dump());
     assert!(!lab.account_allowed(&ns, "victim", "list", "secrets", &ns));
     assert_ne!(lists_secrets(&lab, &token, &ns).code(), 0);

@@ -55,6 +55,16 @@ pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
         .block_on(f)
 }
 
+/// The status of each step in a `kirt run -o json` result, in order.
+pub fn step_statuses(run: &serde_json::Value) -> Vec<&str> {
+    run["steps"]
+        .as_array()
+        .expect("the run's result has steps")
+        .iter()
+        .map(|x| x["status"].as_str().expect("each step has a status"))
+        .collect()
+}
+
 /// A free TCP port on 127.0.0.1.
 pub fn free_port() -> u16 {
     kirt::scratch::free_loopback_port().expect("a free loopback port")
