@@ -141,7 +141,7 @@ pub async fn run(ctx: &Ctx, spec: RollbackSpec) -> Result<RollbackResult> {
     }
     let rev = select_revision(&w, spec.to_revision)?.clone();
 
-    if target.kind == Kind::Deployment && w.paused {
+    if target.kind == Kind::Deployment && w.paused() {
         return Err(Error::Refused(format!(
             "you cannot rollback a paused deployment; resume it first with 'kubectl rollout resume deployment/{}' and try again (nothing was changed)",
             target.name
@@ -169,7 +169,7 @@ pub async fn run(ctx: &Ctx, spec: RollbackSpec) -> Result<RollbackResult> {
         );
         tracing::info!("{target}: {}", result.message);
     } else {
-        result.changes = template_diff(&w.template, &rev.template);
+        result.changes = template_diff(w.template(), &rev.template);
         eprintln!(
             "{target} in namespace {ns}: pod template changes, revision {} → {}:",
             result
@@ -251,7 +251,7 @@ pub fn select_revision(w: &Workload, to: i64) -> Result<&Revision> {
 /// Whether the workload already runs `rev`'s template (kubectl then skips the rollback).
 fn already_current(w: &Workload, rev: &Revision) -> bool {
     match w.target.kind {
-        Kind::Deployment => super::templates_equal(&rev.template, &w.template),
+        Kind::Deployment => super::templates_equal(&rev.template, w.template()),
         _ => rev.current,
     }
 }
@@ -464,10 +464,8 @@ mod tests {
             uid: "u".into(),
             resource_version: "42".into(),
             generation: 1,
-            paused: false,
-            spec: Value::Null,
+            spec: json!({"template": {}}),
             labels: BTreeMap::new(),
-            template: json!({}),
             annotations: [
                 ("deployment.kubernetes.io/revision", "3"),
                 ("kubernetes.io/change-cause", "v3"),
