@@ -97,6 +97,24 @@ impl Ctx {
         Ok(self.cluster().await?.default_namespace.clone())
     }
 
+    /// A context for one run started by a long-lived command (`kirt serve`): the same options,
+    /// cluster connection and shutdown, its own dry-run and confirmation, nobody to prompt.
+    pub fn for_run(&self, dry_run: bool, yes: bool) -> Ctx {
+        let cluster = OnceCell::new_with(self.cluster.get().cloned());
+        Ctx {
+            kube: self.kube.clone(),
+            format: self.format,
+            dry_run,
+            yes,
+            journal_dir: self.journal_dir.clone(),
+            progress: progress::none(),
+            prompt: Arc::new(NoPrompt),
+            shutdown: self.shutdown.clone(),
+            cluster,
+            held_tokens: std::sync::Mutex::new(Vec::new()),
+        }
+    }
+
     /// A namespace given in a playbook step, else `-n`/the context's.
     pub async fn namespace_or(&self, given: &Option<String>) -> Result<String> {
         match given {
