@@ -1,0 +1,508 @@
+//! `kirt serve`: Falco events (in Falco's JSON shape: the "Terminal shell in container" rule of
+//! falcosecurity/rules with its output_fields) posted to a real `kirt serve` on loopback, which
+//! runs isolate-compromised-pod against the lab. Outcomes are waited for, never timed: the
+//! latency figures come from `make bench`.
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::common::k8s::{desired_state, labels};
+use crate::common::process::{wait_serving, Held};
+use crate::common::{self, free_port, lab, wait_until, Lab};
+
+const TOKEN: &str = "s3rve-t0ken-for-the-lab-tests";
+
+/// The event Falco's "Terminal shell in container" rule sends (falco_rules.yaml, Falco 0.38+
+/// output with `%container.info` and the k8s fields appended).
+fn shell_event(ns: &str, pod: &str) -> Value {
+    let now = common::sh("date -u +%Y-%m-%dT%H:%M:%S.%NZ").stdout();
+    json!({
+        "hostname": "lab-node-1",
+        "output": format!("12:51:00.891344775: Notice A shell was spawned in a container with an attached terminal | evt_type=execve user=root user_uid=0 user_loginuid=-1 process=bash proc_exepath=/usr/bin/bash parent=runc command=bash terminal=34816 exe_flags=EXE_WRITABLE container_id=734cfc07ae4d container_name=c container_image_repository=docker.io/library/nginx container_image_tag=latest k8s_pod_name={pod} k8s_ns_name={ns}"),
+        "output_fields": {
+            "container.id": "734cfc07ae4d", "container.image.repository": "docker.io/library/nginx",
+            "container.image.tag": "latest", "container.name": "c", "evt.arg.flags": "EXE_WRITABLE",
+            "evt.time": 1718000000891344775_u64, "evt.type": "execve", "k8s.ns.name": ns, "k8s.pod.name": pod,
+            "proc.cmdline": "bash", "proc.exepath": "/usr/bin/bash", "proc.name": "bash",
+            "proc.pname": "runc", "proc.tty": 34816, "user.loginuid": -1, "user.name": "root", "user.uid": 0
+        },
+        "priority": "Notice",
+        "rule": "Terminal shell in container",
+        "source": "syscall",
+        "tags": ["T1059", "container", "maturity_stable", "mitre_execution", "shell"],
+        "time": now.trim(),
+    })
+}
+
+fn rules(allow: &str, evidence: &Path, extra: &str) -> String {
+    format!(
+        r#"apiVersion: kirt.dev/v1
+kind: ServeRules
+allow_namespaces: [{allow}]
+rate_limit: {{burst: 3, per_minute: 1}}
+rules:
+  - name: shell-in-container
+    match:
+      rule: "Terminal shell in container"
+      priority: notice
+      tags: [container, shell]
+      fields: {{proc.name: [bash, sh]}}
+    playbook: isolate-compromised-pod
+    params:
+      namespace: "{{{{ event.namespace }}}}"
+      pod: "{{{{ event.pod }}}}"
+      reason: "falco: {{{{ event.rule }}}}"
+      evidence_to: "{}"
+{extra}"#,
+        evidence.display()
+    )
+}
+
+struct Serve {
+    held: Held,
+    port: u16,
+    journal: PathBuf,
+}
+
+fn serve(lab: &Lab, rules_text: &str, args: &[&str], hold_at: Option<&str>) -> Serve {
+    let journal = lab.dir.path().join(common::unique("journal"));
+    let file = lab
+        .dir
+        .path()
+        .join(common::unique("rules"))
+        .with_extension("yaml");
+    std::fs::write(&file, rules_text).unwrap();
+    let port = free_port();
+    let (j, f, listen) = (
+        journal.display().to_string(),
+        file.display().to_string(),
+        format!("127.0.0.1:{port}"),
+    );
+    let mut all = vec!["--journal", &j, "serve", "--rules", &f, "--listen", &listen];
+    all.extend_from_slice(args);
+    let mut cmd = lab.kirt_cmd(all);
+    cmd.env("KIRT_SERVE_TOKEN", TOKEN);
+    if let Some(phase) = hold_at {
+        cmd.env("KIRT_HOLD_AT", phase);
+    }
+    let mut held = Held::spawn(cmd);
+    wait_serving(&mut held.child, port, "kirt serve");
+    Serve {
+        held,
+        port,
+        journal,
+    }
+}
+
+/// One HTTP/1.1 request; (status, body).
+fn request(port: u16, head: &str, body: &[u8]) -> (u16, String) {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    s.write_all(head.as_bytes()).unwrap();
+    let _ = s.write_all(body);
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    let text = String::from_utf8_lossy(&out).to_string();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("no HTTP answer: {text:?}"));
+    let body = text.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
+    (status, body)
+}
+
+fn post(port: u16, token: Option<&str>, body: &[u8]) -> (u16, String) {
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    let head = format!(
+        "POST / HTTP/1.1\r\nHost: kirt\r\nContent-Type: application/json\r\n{auth}Content-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    request(port, &head, body)
+}
+
+fn post_event(port: u16, event: &Value) -> Value {
+    let (status, body) = post(port, Some(TOKEN), event.to_string().as_bytes());
+    assert!(status == 200 || status == 202, "{status} {body}");
+    serde_json::from_str(&body).unwrap()
+}
+
+impl Serve {
+    fn lines(&self) -> Vec<Value> {
+        std::fs::read_to_string(self.journal.join("serve/events.jsonl"))
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("serve journal lines are JSON"))
+            .collect()
+    }
+
+    fn decisions(&self) -> Vec<String> {
+        self.lines()
+            .iter()
+            .filter(|l| l["type"] == "event")
+            .map(|l| l["decision"].as_str().unwrap().to_string())
+            .collect()
+    }
+
+    /// Waits for the run-end line of `run`.
+    fn run_end(&self, run: &str) -> Value {
+        let mut found = Value::Null;
+        wait_until(
+            Duration::from_secs(120),
+            &format!("run {run} to end"),
+            || {
+                found = self
+                    .lines()
+                    .into_iter()
+                    .find(|l| l["type"] == "run-end" && l["run"] == run)
+                    .unwrap_or(Value::Null);
+                !found.is_null()
+            },
+        );
+        found
+    }
+
+    fn metrics_text(&self) -> String {
+        let (status, body) = request(
+            self.port,
+            "GET /metrics HTTP/1.1\r\nHost: kirt\r\nConnection: close\r\n\r\n",
+            b"",
+        );
+        assert_eq!(status, 200);
+        body
+    }
+
+    /// The unlabelled counters, by name.
+    fn metrics(&self) -> std::collections::BTreeMap<String, f64> {
+        let body = self.metrics_text();
+        prometheus_parse::Scrape::parse(body.lines().map(|l| Ok(l.to_string())))
+            .unwrap()
+            .samples
+            .into_iter()
+            .filter_map(|s| match s.value {
+                prometheus_parse::Value::Counter(v) => Some((s.metric, v)),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+fn victim(lab: &Lab, ns: &str, name: &str) {
+    lab.apply(
+        ns,
+        &format!("apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, labels: {{app: shop}}}}\nspec: {{containers: [{{name: c, image: nginx}}]}}\n"),
+    );
+    lab.wait_pod_running(ns, name);
+}
+
+#[test]
+fn a_shell_event_quarantines_the_pod_once_and_the_run_names_the_event() {
+    let Some(lab) = lab() else { return };
+    let ns = lab.namespace("serve");
+    victim(&lab, &ns, "victim");
+    let evidence = lab.dir.path().join("evidence");
+    let s = serve(
+        &lab,
+        &rules(&ns, &evidence, "    confirm: never\n"),
+        &[],
+        None,
+    );
+
+    let event = shell_event(&ns, "victim");
+    let first = post_event(s.port, &event);
+    assert_eq!(first["decision"], "started", "{first}");
+    let run = first["run"].as_str().unwrap().to_string();
+    // the same event again and again: one run
+    for _ in 0..9 {
+        assert_eq!(post_event(s.port, &event)["decision"], "deduplicated");
+    }
+    let end = s.run_end(&run);
+    assert_eq!(end["status"], "ok", "{end}\n{}", s.held.stderr());
+    assert!(end["latency_seconds"].as_f64().unwrap() >= 0.0, "{end}");
+    let l = labels(&lab.get_json(&["pod", "victim", "-n", &ns]));
+    assert_eq!(
+        l.get("kirt.dev/quarantined").map(String::as_str),
+        Some("true")
+    );
+    lab.kirt(["quarantine", "verify", "victim", "-n", &ns]).ok();
+    assert!(
+        !common::files_under(&evidence).is_empty(),
+        "no evidence bundle"
+    );
+    let d = s.decisions();
+    assert_eq!(d.len(), 10);
+    assert_eq!(d.iter().filter(|x| *x == "started").count(), 1, "{d:?}");
+
+    // the run's journal names the event; the report shows it at the top
+    let j = s.journal.display().to_string();
+    let runs = std::fs::read_dir(&s.journal)
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .path()
+                .extension()
+                .is_some_and(|x| x == "jsonl")
+        })
+        .count();
+    assert_eq!(runs, 1);
+    let journal = std::fs::read_to_string(s.journal.join(format!("{run}.jsonl"))).unwrap();
+    let start: Value = serde_json::from_str(journal.lines().next().unwrap()).unwrap();
+    let origin = &start["origin"];
+    assert_eq!(origin["kind"], "event", "{start}");
+    assert_eq!(origin["falco_rule"], "Terminal shell in container");
+    assert_eq!(origin["pod"], "victim");
+    assert_eq!(origin["entry"], first["entry"]);
+    assert!(origin["digest"].as_str().unwrap().starts_with("sha256:"));
+    let report = lab
+        .kirt(["--journal", &j, "runs", "report", &run])
+        .ok()
+        .stdout();
+    assert!(
+        report.contains("Falco event \"Terminal shell in container\""),
+        "{report}"
+    );
+    // nothing of the event's command line or output in the serve journal
+    let sj = std::fs::read_to_string(s.journal.join("serve/events.jsonl")).unwrap();
+    assert!(
+        !sj.contains("proc_exepath") && !sj.contains("/usr/bin/bash"),
+        "{sj}"
+    );
+    let m = s.metrics();
+    assert_eq!(m["kirt_serve_events_received_total"], 10.0);
+    assert_eq!(m["kirt_serve_events_acted_total"], 1.0);
+    assert_eq!(m["kirt_serve_events_deduplicated_total"], 9.0);
+}
+
+#[test]
+fn bad_requests_are_refused_and_nothing_runs() {
+    let Some(lab) = lab() else { return };
+    let ns = lab.namespace("serve-bad");
+    let evidence = lab.dir.path().join("evidence");
+    // kube-system matches "*" only when listed by name: here it is not
+    let s = serve(
+        &lab,
+        &rules("\"*\"", &evidence, "    dry_run: true\n"),
+        &[],
+        None,
+    );
+    let body = shell_event(&ns, "victim").to_string();
+
+    let (st, b) = post(s.port, None, body.as_bytes());
+    assert_eq!(st, 401, "{b}");
+    let (st, b) = post(
+        s.port,
+        Some("s3rve-t0ken-for-the-lab-tesTS"),
+        body.as_bytes(),
+    );
+    assert_eq!(st, 401, "{b}");
+    let (st, b) = post(
+        s.port,
+        Some(TOKEN),
+        b"{\"rule\": \"Terminal shell in container\"",
+    );
+    assert_eq!(st, 400);
+    assert!(b.contains("not a Falco event") && b.contains("EOF"), "{b}");
+    let (st, b) = post(
+        s.port,
+        Some(TOKEN),
+        br#"{"rule": "x", "priority": "urgent"}"#,
+    );
+    assert_eq!(st, 400);
+    assert!(b.contains("unknown priority"), "{b}");
+    // 10 MB: refused on its declared length, while the client is still sending
+    let big = vec![b' '; 10 * 1024 * 1024];
+    let (st, _) = post(s.port, Some(TOKEN), &big);
+    assert_eq!(st, 413);
+    // none of these was an event: nothing journaled, nothing run
+    assert!(s.decisions().is_empty(), "{:?}", s.lines());
+
+    let r = post_event(s.port, &shell_event("kube-system", "kube-proxy-x"));
+    assert_eq!(r["decision"], "namespace-not-allowed", "{r}");
+    assert!(r["run"].is_null());
+    let other = json!({"rule": "Write below etc", "priority": "Error", "output_fields": {"k8s.ns.name": &*ns, "k8s.pod.name": "victim"}, "tags": [], "time": "2024-06-10T06:13:20Z"});
+    assert_eq!(post_event(s.port, &other)["decision"], "no-match");
+    assert_eq!(s.decisions(), ["namespace-not-allowed", "no-match"]);
+    let m = s.metrics();
+    assert_eq!(m["kirt_serve_events_refused_total"], 1.0);
+    assert_eq!(m["kirt_serve_events_acted_total"], 0.0);
+    let text = s.metrics_text();
+    for (reason, n) in [("unauthorized", 2), ("too_large", 1), ("malformed", 2)] {
+        assert!(
+            text.contains(&format!(
+                "kirt_serve_requests_rejected_total{{reason=\"{reason}\"}} {n}\n"
+            )),
+            "{text}"
+        );
+    }
+    let runs = std::fs::read_dir(&s.journal).unwrap().count();
+    assert_eq!(runs, 1, "only the serve journal's directory");
+}
+
+#[test]
+fn dry_runs_change_nothing_on_the_cluster() {
+    let Some(lab) = lab() else { return };
+    let ns = lab.namespace("serve-dry");
+    victim(&lab, &ns, "victim");
+    let evidence = lab.dir.path().join("evidence");
+    let before = desired_state(&lab.get_json(&["pod", "victim", "-n", &ns]));
+    let no_policies = |lab: &Lab| {
+        lab.kubectl(["get", "networkpolicy", "-n", &ns, "-o", "name"])
+            .ok()
+            .stdout()
+            .trim()
+            .is_empty()
+    };
+    // a rule's dry_run, then --dry-run over a rule that would act
+    for (extra, args) in [
+        ("    dry_run: true\n", &[][..]),
+        ("    confirm: never\n", &["--dry-run"][..]),
+    ] {
+        let s = serve(&lab, &rules(&ns, &evidence, extra), args, None);
+        let r = post_event(s.port, &shell_event(&ns, "victim"));
+        assert_eq!(r["decision"], "dry-run", "{r}");
+        let end = s.run_end(r["run"].as_str().unwrap());
+        assert_eq!(end["status"], "ok", "{end}\n{}", s.held.stderr());
+        assert_eq!(
+            desired_state(&lab.get_json(&["pod", "victim", "-n", &ns])),
+            before
+        );
+        assert!(no_policies(&lab));
+    }
+}
+
+#[test]
+fn a_mutating_rule_without_confirm_never_is_refused_at_its_line() {
+    let Some(lab) = lab() else { return };
+    let file = lab.dir.path().join("rules.yaml");
+    std::fs::write(&file, rules("shop", Path::new("/tmp/ev"), "")).unwrap();
+    let f = file.display().to_string();
+    let r = lab.kirt(["serve", "--check", "--rules", &f]).code_is(2);
+    assert!(
+        r.stderr()
+            .contains(&format!("{f}:6:5: rule shell-in-container"))
+            && r.stderr().contains("confirm: never"),
+        "{}",
+        r.dump()
+    );
+    // --check passes once it is there, and serving needs the secret
+    std::fs::write(
+        &file,
+        rules("shop", Path::new("/tmp/ev"), "    confirm: never\n"),
+    )
+    .unwrap();
+    lab.kirt(["serve", "--check", "--rules", &f]).ok();
+    let r = lab.kirt(["serve", "--rules", &f]).code_is(2);
+    assert!(r.stderr().contains("KIRT_SERVE_TOKEN"), "{}", r.dump());
+}
+
+#[test]
+fn a_hundred_events_in_a_second_hold_the_rate_limit_and_are_all_journaled() {
+    let Some(lab) = lab() else { return };
+    let ns = lab.namespace("serve-flood");
+    let evidence = lab.dir.path().join("evidence");
+    let s = serve(
+        &lab,
+        &rules(&ns, &evidence, "    dry_run: true\n"),
+        &[],
+        None,
+    );
+    let started = std::time::Instant::now();
+    let answers: Vec<String> = std::thread::scope(|sc| {
+        let handles: Vec<_> = (0..10)
+            .map(|t| {
+                let (port, ns) = (s.port, ns.name.clone());
+                sc.spawn(move || {
+                    (0..10)
+                        .map(|i| {
+                            let r = post_event(port, &shell_event(&ns, &format!("pod-{t}-{i}")));
+                            r["decision"].as_str().unwrap().to_string()
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect()
+    });
+    let minutes = started.elapsed().as_secs_f64() / 60.0;
+    let d = s.decisions();
+    assert_eq!(d.len(), 100, "every event journaled");
+    let mut sorted = d.clone();
+    let mut given = answers.clone();
+    sorted.sort();
+    given.sort();
+    assert_eq!(sorted, given, "the journal says what the answers said");
+    let acted = d.iter().filter(|x| *x == "dry-run").count();
+    let limited = d.iter().filter(|x| *x == "rate-limited").count();
+    // burst 3, one more per minute
+    assert!(acted >= 1 && acted as f64 <= 3.0 + minutes.ceil(), "{d:?}");
+    assert_eq!(acted + limited, 100, "{d:?}");
+    let entries: std::collections::BTreeSet<String> = s
+        .lines()
+        .iter()
+        .filter(|l| l["type"] == "event")
+        .map(|l| l["entry"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(entries.len(), 100);
+    let m = s.metrics();
+    assert_eq!(m["kirt_serve_events_received_total"], 100.0);
+    assert_eq!(m["kirt_serve_events_rate_limited_total"], limited as f64);
+}
+
+#[test]
+fn sigterm_hands_back_the_running_playbook_and_resume_finishes_it() {
+    let Some(lab) = lab() else { return };
+    let ns = lab.namespace("serve-term");
+    victim(&lab, &ns, "victim");
+    let evidence = lab.dir.path().join("evidence");
+    let mut s = serve(
+        &lab,
+        &rules(&ns, &evidence, "    confirm: never\n"),
+        &[],
+        Some("step:isolate"),
+    );
+    let r = post_event(s.port, &shell_event(&ns, "victim"));
+    let run = r["run"].as_str().unwrap().to_string();
+    s.held.wait_held("step:isolate", Duration::from_secs(120));
+    let port = s.port;
+    let (code, _, stderr) = s.held.terminate();
+    assert_eq!(code, 143, "{stderr}");
+    // it stopped accepting
+    assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err());
+    let journal = std::fs::read_to_string(s.journal.join(format!("{run}.jsonl"))).unwrap();
+    let end: Value = serde_json::from_str(journal.lines().last().unwrap()).unwrap();
+    assert_eq!(end["type"], "run-end", "{journal}");
+    assert_eq!(end["status"], "interrupted");
+    assert!(
+        !labels(&lab.get_json(&["pod", "victim", "-n", &ns])).contains_key("kirt.dev/quarantined")
+    );
+
+    let j = s.journal.display().to_string();
+    let r = lab
+        .kirt([
+            "--journal",
+            &j,
+            "run",
+            "--resume",
+            &run,
+            "--yes",
+            "-o",
+            "json",
+        ])
+        .ok();
+    assert_eq!(r.json()["status"], "ok", "{}", r.dump());
+    assert_eq!(
+        labels(&lab.get_json(&["pod", "victim", "-n", &ns]))
+            .get("kirt.dev/quarantined")
+            .map(String::as_str),
+        Some("true")
+    );
+}
