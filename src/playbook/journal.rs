@@ -237,8 +237,9 @@ impl Serialize for Entry {
 
 /// Environment variables whose values are secrets wherever they turn up (a step's output, an
 /// error message): the journal replaces them, whatever the playbook declares.
-pub const SECRET_ENV: [&str; 4] = [
+pub const SECRET_ENV: [&str; 5] = [
     "KIRT_PASSPHRASE",
+    "KIRT_SERVE_TOKEN",
     "KIRT_SIGN_PASSWORD",
     "AWS_SECRET_ACCESS_KEY",
     "AWS_SESSION_TOKEN",
