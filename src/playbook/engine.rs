@@ -560,7 +560,7 @@ impl Runner<'_> {
             ))?;
             self.journal.write(Record::Confirmed {
                 step: step.id.clone(),
-                answer: answer.describe().into(),
+                answer: answer.describe(),
             })?;
         }
         let mut outs = Vec::new();

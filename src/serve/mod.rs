@@ -121,7 +121,7 @@ pub async fn run(ctx: &Ctx, spec: ServeSpec) -> Result<Checked> {
         .await
         .map_err(|e| Error::io(format!("listening on {addr}"), e))?;
     let server = Arc::new(Server {
-        ctx: ctx.for_run(ctx.dry_run, true),
+        ctx: ctx.for_run(ctx.dry_run, None),
         gate: Mutex::new(Gate::new(&rules, Instant::now())),
         rules,
         token: sha256(token.as_bytes()),
@@ -372,7 +372,8 @@ impl Server {
                 entry: entry.clone(),
             })),
         };
-        let ctx = self.ctx.for_run(decision == Decision::DryRun, true);
+        let unattended = (r.confirm == Some(rules::Confirm::Never)).then(|| r.name.clone());
+        let ctx = self.ctx.for_run(decision == Decision::DryRun, unattended);
         let spec = RunSpec {
             playbook: Some(self.rules.playbooks[i].file.clone()),
             ..RunSpec::default()

@@ -259,12 +259,30 @@ fn a_shell_event_quarantines_the_pod_once_and_the_run_names_the_event() {
     assert_eq!(origin["pod"], "victim");
     assert_eq!(origin["entry"], first["entry"]);
     assert!(origin["digest"].as_str().unwrap().starts_with("sha256:"));
+    // the quarantine was confirmed by the rule, not by a --yes nobody typed
+    let confirmed: Vec<Value> = journal
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|l| l["type"] == "confirmed")
+        .collect();
+    assert!(!confirmed.is_empty(), "{journal}");
+    for c in &confirmed {
+        assert_eq!(
+            c["answer"], "confirmed by kirt serve rule shell-in-container (confirm: never)",
+            "{c}"
+        );
+    }
     let report = lab
         .kirt(["--journal", &j, "runs", "report", &run])
         .ok()
         .stdout();
     assert!(
         report.contains("Falco event \"Terminal shell in container\""),
+        "{report}"
+    );
+    assert!(
+        report.contains("confirmed by kirt serve rule shell-in-container (confirm: never)")
+            && !report.contains("--yes"),
         "{report}"
     );
     // nothing of the event's command line or output in the serve journal
