@@ -8,6 +8,7 @@ pub mod gate;
 pub mod journal;
 pub mod metrics;
 pub mod rules;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -56,6 +57,21 @@ pub struct ServeSpec {
     /// Validate the rules file (and the playbooks it names) and exit
     #[arg(long)]
     pub check: bool,
+    /// Serve HTTPS with this certificate chain (PEM); needs --tls-key
+    #[arg(long, value_name = "FILE")]
+    pub tls_cert: Option<String>,
+    /// The private key of --tls-cert (PEM)
+    #[arg(long, value_name = "FILE")]
+    pub tls_key: Option<String>,
+    /// Require a client certificate signed by this CA (PEM) for events (mutual TLS, as Falco's
+    /// http_output sends with `mtls: true`); then $KIRT_SERVE_TOKEN is optional, and required
+    /// as well when it is set
+    #[arg(long, value_name = "FILE")]
+    pub client_ca: Option<String>,
+    /// Allow plain HTTP on an address other than loopback (the secret then crosses the network
+    /// in clear: only behind something that encrypts, such as a service mesh)
+    #[arg(long)]
+    pub allow_plaintext: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -80,8 +96,11 @@ impl Render for Checked {
 struct Server {
     ctx: Ctx,
     rules: Rules,
-    /// sha256 of the shared secret (compared in constant time with the presented one's).
-    token: [u8; 32],
+    /// sha256 of the shared secret (compared in constant time with the presented one's), when
+    /// one is set.
+    token: Option<[u8; 32]>,
+    /// `--client-ca`: events need a verified client certificate.
+    client_ca: bool,
     gate: Mutex<Gate>,
     journal: ServeJournal,
     metrics: Metrics,
@@ -101,18 +120,45 @@ pub async fn run(ctx: &Ctx, spec: ServeSpec) -> Result<Checked> {
     if spec.check {
         return Ok(checked);
     }
-    let token = std::env::var(TOKEN_ENV).unwrap_or_default();
-    if token.len() < MIN_TOKEN {
-        return Err(Error::usage(format!(
-            "kirt serve needs a shared secret of at least {MIN_TOKEN} characters in ${TOKEN_ENV} (senders present it as `Authorization: Bearer …` or `X-Kirt-Token: …`)"
-        )));
-    }
     let addr: SocketAddr = spec.listen.parse().map_err(|e| {
         Error::usage(format!(
             "--listen {}: {e} (expected ADDR:PORT)",
             spec.listen
         ))
     })?;
+    let tls = match (&spec.tls_cert, &spec.tls_key) {
+        (Some(cert), Some(key)) => Some(tokio_rustls::TlsAcceptor::from(tls::server_config(
+            cert,
+            key,
+            spec.client_ca.as_deref(),
+        )?)),
+        (None, None) if spec.client_ca.is_some() => {
+            return Err(Error::usage(
+                "--client-ca needs TLS: give --tls-cert and --tls-key as well",
+            ))
+        }
+        (None, None) => None,
+        _ => {
+            return Err(Error::usage(
+                "--tls-cert and --tls-key go together: give both",
+            ))
+        }
+    };
+    if tls.is_none() && !addr.ip().is_loopback() && !spec.allow_plaintext {
+        return Err(Error::usage(format!(
+            "--listen {addr}: plain HTTP on a non-loopback address would send the shared secret and the events in clear; give --tls-cert and --tls-key (and --client-ca), or --allow-plaintext when something in front encrypts"
+        )));
+    }
+    let token = std::env::var(TOKEN_ENV).unwrap_or_default();
+    let token = match token.len() {
+        0 if spec.client_ca.is_some() => None,
+        n if n < MIN_TOKEN => {
+            return Err(Error::usage(format!(
+                "kirt serve needs a shared secret of at least {MIN_TOKEN} characters in ${TOKEN_ENV} (senders present it as `Authorization: Bearer …` or `X-Kirt-Token: …`), or client certificates (--client-ca)"
+            )))
+        }
+        _ => Some(sha256(token.as_bytes())),
+    };
     // connect once: every run shares the client (and a bad kubeconfig fails now, not per event)
     ctx.cluster().await?;
     let dir = crate::playbook::journal::dir(ctx)?;
@@ -124,7 +170,8 @@ pub async fn run(ctx: &Ctx, spec: ServeSpec) -> Result<Checked> {
         ctx: ctx.for_run(ctx.dry_run, None),
         gate: Mutex::new(Gate::new(&rules, Instant::now())),
         rules,
-        token: sha256(token.as_bytes()),
+        token,
+        client_ca: spec.client_ca.is_some(),
         journal,
         metrics: Metrics::default(),
         runs: TaskTracker::new(),
@@ -132,7 +179,8 @@ pub async fn run(ctx: &Ctx, spec: ServeSpec) -> Result<Checked> {
         seq: Default::default(),
     });
     tracing::info!(
-        "serving Falco events on {addr} ({} rules{}; journal {})",
+        "serving Falco events on {}://{addr} ({} rules{}; journal {})",
+        if tls.is_some() { "https" } else { "http" },
         checked.rules.len(),
         if ctx.dry_run { ", dry run" } else { "" },
         server.journal.path.display()
@@ -154,17 +202,22 @@ pub async fn run(ctx: &Ctx, spec: ServeSpec) -> Result<Checked> {
             },
         };
         let s = server.clone();
+        let tls = tls.clone();
         tokio::spawn(async move {
             let _permit = permit;
-            let svc = hyper::service::service_fn(move |req| {
-                let s = s.clone();
-                async move { Ok::<_, std::convert::Infallible>(s.handle(req).await) }
-            });
-            let conn = hyper::server::conn::http1::Builder::new()
-                .timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(READ_TIMEOUT)
-                .serve_connection(hyper_util::rt::TokioIo::new(stream), svc);
-            let _ = conn.await;
+            let Some(tls) = tls else {
+                return s.connection(stream, false).await;
+            };
+            // the handshake gets the same time as the headers: a silent client frees its slot
+            match tokio::time::timeout(READ_TIMEOUT, tls.accept(stream)).await {
+                Ok(Ok(stream)) => {
+                    // rustls keeps a client certificate only once it chains to --client-ca
+                    let verified = stream.get_ref().1.peer_certificates().is_some();
+                    s.connection(stream, verified).await
+                }
+                Ok(Err(e)) => tracing::debug!("TLS handshake refused: {e}"),
+                Err(_) => tracing::debug!("TLS handshake timed out"),
+            }
         });
     }
     drop(listener);
@@ -191,7 +244,27 @@ fn reply(status: StatusCode, body: Value) -> Response<Full<Bytes>> {
 }
 
 impl Server {
-    async fn handle(self: Arc<Self>, req: Request<hyper::body::Incoming>) -> Response<Full<Bytes>> {
+    /// Serves one connection; `client_cert`: it presented a verified client certificate.
+    async fn connection<I>(self: Arc<Self>, io: I, client_cert: bool)
+    where
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let svc = hyper::service::service_fn(move |req| {
+            let s = self.clone();
+            async move { Ok::<_, std::convert::Infallible>(s.handle(req, client_cert).await) }
+        });
+        let conn = hyper::server::conn::http1::Builder::new()
+            .timer(hyper_util::rt::TokioTimer::new())
+            .header_read_timeout(READ_TIMEOUT)
+            .serve_connection(hyper_util::rt::TokioIo::new(io), svc);
+        let _ = conn.await;
+    }
+
+    async fn handle(
+        self: Arc<Self>,
+        req: Request<hyper::body::Incoming>,
+        client_cert: bool,
+    ) -> Response<Full<Bytes>> {
         match (req.method(), req.uri().path()) {
             (&Method::GET, "/healthz") => reply(StatusCode::OK, json!({"status": "ok"})),
             (&Method::GET, "/metrics") => {
@@ -202,7 +275,7 @@ impl Server {
                 );
                 r
             }
-            (&Method::POST, "/" | "/events") => self.event(req).await,
+            (&Method::POST, "/" | "/events") => self.event(req, client_cert).await,
             (_, "/" | "/events" | "/healthz" | "/metrics") => reply(
                 StatusCode::METHOD_NOT_ALLOWED,
                 json!({"error": "method not allowed"}),
@@ -211,23 +284,39 @@ impl Server {
         }
     }
 
-    fn authorized(&self, h: &http::HeaderMap) -> bool {
+    /// Every credential the server was configured with is required: the client certificate
+    /// (`--client-ca`) and the shared secret (when set). `Err`: what is missing.
+    fn authorized(
+        &self,
+        h: &http::HeaderMap,
+        client_cert: bool,
+    ) -> std::result::Result<(), &'static str> {
+        if self.client_ca && !client_cert {
+            return Err("a client certificate signed by --client-ca is required");
+        }
+        let Some(token) = &self.token else {
+            return Ok(());
+        };
         let presented = h
             .get(http::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
             .or_else(|| h.get("x-kirt-token").and_then(|v| v.to_str().ok()));
-        presented.is_some_and(|p| bool::from(sha256(p.trim().as_bytes()).ct_eq(&self.token)))
+        match presented {
+            Some(p) if bool::from(sha256(p.trim().as_bytes()).ct_eq(token)) => Ok(()),
+            _ => Err("missing or wrong shared secret"),
+        }
     }
 
-    async fn event(self: &Arc<Self>, req: Request<hyper::body::Incoming>) -> Response<Full<Bytes>> {
+    async fn event(
+        self: &Arc<Self>,
+        req: Request<hyper::body::Incoming>,
+        client_cert: bool,
+    ) -> Response<Full<Bytes>> {
         self.metrics.received();
-        if !self.authorized(req.headers()) {
+        if let Err(why) = self.authorized(req.headers(), client_cert) {
             self.metrics.rejected(Rejected::Unauthorized);
-            return reply(
-                StatusCode::UNAUTHORIZED,
-                json!({"error": "missing or wrong shared secret"}),
-            );
+            return reply(StatusCode::UNAUTHORIZED, json!({"error": why}));
         }
         if self.ctx.shutdown.is_requested() {
             return reply(
@@ -237,10 +326,16 @@ impl Server {
         }
         let too_large = || {
             self.metrics.rejected(Rejected::TooLarge);
-            reply(
+            let mut r = reply(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 json!({"error": format!("the body is larger than {MAX_BODY} bytes")}),
-            )
+            );
+            // the rest of the body is never read: this connection cannot carry another request
+            r.headers_mut().insert(
+                http::header::CONNECTION,
+                http::HeaderValue::from_static("close"),
+            );
+            r
         };
         let declared = req
             .headers()
@@ -250,7 +345,8 @@ impl Server {
         if declared.is_some_and(|n| n > MAX_BODY as u64) {
             return too_large();
         }
-        let body = Limited::new(req.into_body(), MAX_BODY).collect();
+        let (head, body) = req.into_parts();
+        let body = Limited::new(body, MAX_BODY).collect();
         let body = match tokio::time::timeout(READ_TIMEOUT, body).await {
             Ok(Ok(b)) => b.to_bytes(),
             Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => return too_large(),
@@ -269,6 +365,20 @@ impl Server {
                 );
             }
         };
+        // Falco's http_output never compresses its body (`compress_uploads` only asks for a
+        // compressed answer, with `TE: gzip`): a coded body is refused (once read,
+        // so that the connection stays usable), never inflated
+        if let Some(coding) = head
+            .headers
+            .get(http::header::CONTENT_ENCODING)
+            .filter(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"))
+        {
+            self.metrics.rejected(Rejected::Malformed);
+            return reply(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                json!({"error": format!("Content-Encoding {} is not accepted: send the event uncompressed", String::from_utf8_lossy(coding.as_bytes()))}),
+            );
+        }
         let event = match Event::parse(&body) {
             Ok(e) => e,
             Err(reason) => {

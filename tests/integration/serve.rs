@@ -68,6 +68,17 @@ struct Serve {
 }
 
 fn serve(lab: &Lab, rules_text: &str, args: &[&str], hold_at: Option<&str>) -> Serve {
+    serve_as(lab, rules_text, args, hold_at, Some(TOKEN))
+}
+
+/// `kirt serve` with `token` (or none) in KIRT_SERVE_TOKEN.
+fn serve_as(
+    lab: &Lab,
+    rules_text: &str,
+    args: &[&str],
+    hold_at: Option<&str>,
+    token: Option<&str>,
+) -> Serve {
     let journal = lab.dir.path().join(common::unique("journal"));
     let file = lab
         .dir
@@ -84,7 +95,10 @@ fn serve(lab: &Lab, rules_text: &str, args: &[&str], hold_at: Option<&str>) -> S
     let mut all = vec!["--journal", &j, "serve", "--rules", &f, "--listen", &listen];
     all.extend_from_slice(args);
     let mut cmd = lab.kirt_cmd(all);
-    cmd.env("KIRT_SERVE_TOKEN", TOKEN);
+    match token {
+        Some(t) => cmd.env("KIRT_SERVE_TOKEN", t),
+        None => cmd.env_remove("KIRT_SERVE_TOKEN"),
+    };
     if let Some(phase) = hold_at {
         cmd.env("KIRT_HOLD_AT", phase);
     }
@@ -97,22 +111,66 @@ fn serve(lab: &Lab, rules_text: &str, args: &[&str], hold_at: Option<&str>) -> S
     }
 }
 
+fn connect(port: u16) -> std::net::TcpStream {
+    let s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    s
+}
+
+/// Writes `head` and `body`, then reads one answer: its head, and as many body bytes as its
+/// Content-Length says (never "until the server closes": the answer is complete without that).
+/// `Err` when the connection failed or what came back is not HTTP.
+fn exchange(mut s: impl Read + Write, head: &[u8], body: &[u8]) -> std::io::Result<(u16, String)> {
+    s.write_all(head)?;
+    s.write_all(body)?;
+    s.flush()?;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 8192];
+    let end = loop {
+        if let Some(i) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        let n = s.read(&mut buf)?;
+        if n == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                format!("no HTTP answer: {:?}", String::from_utf8_lossy(&got)),
+            ));
+        }
+        got.extend_from_slice(&buf[..n]);
+    };
+    let head = String::from_utf8_lossy(&got[..end]).to_string();
+    let not_http = || std::io::Error::new(std::io::ErrorKind::InvalidData, head.clone());
+    let status = head
+        .strip_prefix("HTTP/1.1 ")
+        .and_then(|h| h.get(..3))
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(not_http)?;
+    let length: usize = head
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-length:")
+                .map(|v| v.trim().to_string())
+        })
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(not_http)?;
+    while got.len() < end + length {
+        let n = s.read(&mut buf)?;
+        if n == 0 {
+            return Err(not_http());
+        }
+        got.extend_from_slice(&buf[..n]);
+    }
+    Ok((
+        status,
+        String::from_utf8_lossy(&got[end..end + length]).to_string(),
+    ))
+}
+
 /// One HTTP/1.1 request; (status, body).
 fn request(port: u16, head: &str, body: &[u8]) -> (u16, String) {
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
-    s.write_all(head.as_bytes()).unwrap();
-    let _ = s.write_all(body);
-    let mut out = Vec::new();
-    let _ = s.read_to_end(&mut out);
-    let text = String::from_utf8_lossy(&out).to_string();
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or_else(|| panic!("no HTTP answer: {text:?}"));
-    let body = text.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
-    (status, body)
+    exchange(connect(port), head.as_bytes(), body).unwrap()
 }
 
 fn post(port: u16, token: Option<&str>, body: &[u8]) -> (u16, String) {
@@ -174,6 +232,13 @@ impl Serve {
             b"",
         );
         assert_eq!(status, 200);
+        body
+    }
+
+    /// /metrics over HTTPS without a client certificate (as Prometheus scrapes).
+    fn metrics_text_tls(&self, ca: &Path) -> String {
+        let (status, body) = tls_get(self.port, ca, "/metrics").unwrap();
+        assert_eq!(status, 200, "{body}");
         body
     }
 
@@ -333,14 +398,48 @@ fn bad_requests_are_refused_and_nothing_runs() {
     );
     assert_eq!(st, 400);
     assert!(b.contains("unknown priority"), "{b}");
-    // 10 MB: refused on its declared length, while the client is still sending
-    let big = vec![b' '; 10 * 1024 * 1024];
-    let (st, _) = post(s.port, Some(TOKEN), &big);
-    assert_eq!(st, 413);
+    // 10 MB declared: refused on the declared length, before any of it is read. The client
+    // sends only the head and then reads: the server never closes on bytes it has not read (a
+    // reset there could drop the answer), so no timing can change the outcome.
+    let head = |framing: &str| {
+        format!(
+            "POST / HTTP/1.1\r\nHost: kirt\r\nAuthorization: Bearer {TOKEN}\r\n{framing}\r\n\r\n"
+        )
+    };
+    let ten_mb = head(&format!("Content-Length: {}", 10 * 1024 * 1024));
+    let (st, b) = exchange(connect(s.port), ten_mb.as_bytes(), b"").unwrap();
+    assert_eq!(st, 413, "{b}");
+    // chunked, so no length to refuse on: the server reads up to the cap. The client sends one
+    // byte more than the cap and then waits, so all it sent is read when the answer comes.
+    let over = 1024 * 1024 + 1;
+    let mut chunk = format!("{over:x}\r\n").into_bytes();
+    chunk.resize(chunk.len() + over, b' ');
+    let chunked = head("Transfer-Encoding: chunked");
+    let (st, b) = exchange(connect(s.port), chunked.as_bytes(), &chunk).unwrap();
+    assert_eq!(st, 413, "{b}");
+    // a compressed body is refused, never inflated (Falco never compresses one)
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gz.write_all(body.as_bytes()).unwrap();
+    let gz = gz.finish().unwrap();
+    let coded = head(&format!(
+        "Content-Encoding: gzip\r\nContent-Length: {}",
+        gz.len()
+    ));
+    let (st, b) = exchange(connect(s.port), coded.as_bytes(), &gz).unwrap();
+    assert_eq!(st, 415, "{b}");
     // none of these was an event: nothing journaled, nothing run
     assert!(s.decisions().is_empty(), "{:?}", s.lines());
 
-    let r = post_event(s.port, &shell_event("kube-system", "kube-proxy-x"));
+    // what Falco's http_output sends with `compress_uploads: true`: it only asks for a
+    // compressed answer (TE: gzip), its body is plain
+    let system = shell_event("kube-system", "kube-proxy-x").to_string();
+    let te = head(&format!(
+        "Content-Type: application/json\r\nTE: gzip\r\nConnection: TE\r\nContent-Length: {}",
+        system.len()
+    ));
+    let (st, b) = exchange(connect(s.port), te.as_bytes(), system.as_bytes()).unwrap();
+    assert_eq!(st, 200, "{b}");
+    let r: Value = serde_json::from_str(&b).unwrap();
     assert_eq!(r["decision"], "namespace-not-allowed", "{r}");
     assert!(r["run"].is_null());
     let other = json!({"rule": "Write below etc", "priority": "Error", "output_fields": {"k8s.ns.name": &*ns, "k8s.pod.name": "victim"}, "tags": [], "time": "2024-06-10T06:13:20Z"});
@@ -350,7 +449,7 @@ fn bad_requests_are_refused_and_nothing_runs() {
     assert_eq!(m["kirt_serve_events_refused_total"], 1.0);
     assert_eq!(m["kirt_serve_events_acted_total"], 0.0);
     let text = s.metrics_text();
-    for (reason, n) in [("unauthorized", 2), ("too_large", 1), ("malformed", 2)] {
+    for (reason, n) in [("unauthorized", 2), ("too_large", 2), ("malformed", 3)] {
         assert!(
             text.contains(&format!(
                 "kirt_serve_requests_rejected_total{{reason=\"{reason}\"}} {n}\n"
@@ -523,4 +622,220 @@ fn sigterm_hands_back_the_running_playbook_and_resume_finishes_it() {
             .map(String::as_str),
         Some("true")
     );
+}
+
+/// A TLS connection (not yet handshaken) that trusts `ca` for the server and presents
+/// `client` (cert, key) when given.
+fn tls_connect(
+    port: u16,
+    ca: &Path,
+    client: Option<(&Path, &Path)>,
+) -> rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+    let certs = |p: &Path| -> Vec<CertificateDer<'static>> {
+        CertificateDer::pem_file_iter(p)
+            .unwrap()
+            .map(Result::unwrap)
+            .collect()
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    for c in certs(ca) {
+        roots.add(c).unwrap();
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots);
+    let config = match client {
+        Some((cert, key)) => builder
+            .with_client_auth_cert(certs(cert), PrivateKeyDer::from_pem_file(key).unwrap())
+            .unwrap(),
+        None => builder.with_no_client_auth(),
+    };
+    let conn = rustls::ClientConnection::new(
+        std::sync::Arc::new(config),
+        ServerName::try_from("127.0.0.1").unwrap(),
+    )
+    .unwrap();
+    rustls::StreamOwned::new(conn, connect(port))
+}
+
+/// An HTTPS event post; `Err`: the handshake or the connection failed, or no HTTP answer.
+fn tls_post(
+    port: u16,
+    ca: &Path,
+    client: Option<(&Path, &Path)>,
+    body: &[u8],
+) -> std::io::Result<(u16, String)> {
+    let head = format!(
+        "POST / HTTP/1.1\r\nHost: kirt\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    exchange(tls_connect(port, ca, client), head.as_bytes(), body)
+}
+
+/// An HTTPS GET without a client certificate.
+fn tls_get(port: u16, ca: &Path, path: &str) -> std::io::Result<(u16, String)> {
+    let head = format!("GET {path} HTTP/1.1\r\nHost: kirt\r\n\r\n");
+    exchange(tls_connect(port, ca, None), head.as_bytes(), b"")
+}
+
+#[test]
+fn client_certificates_authenticate_falco_over_mutual_tls() {
+    let Some(lab) = lab() else { return };
+    let ns = lab.namespace("serve-mtls");
+    victim(&lab, &ns, "victim");
+    let pki = kirt::scratch::pki::Pki::create(&lab.dir.path().join("ours")).unwrap();
+    let rogue = kirt::scratch::pki::Pki::create(&lab.dir.path().join("rogue")).unwrap();
+    let evidence = lab.dir.path().join("evidence");
+    let (cert, key, ca) = (
+        pki.server_cert.display().to_string(),
+        pki.server_key.display().to_string(),
+        pki.ca.display().to_string(),
+    );
+    // no KIRT_SERVE_TOKEN: the client certificate alone authenticates (as Falco's http_output
+    // with `mtls: true`, which cannot send a header)
+    let s = serve_as(
+        &lab,
+        &rules(&ns, &evidence, "    dry_run: true\n"),
+        &["--tls-cert", &cert, "--tls-key", &key, "--client-ca", &ca],
+        None,
+        None,
+    );
+    let body = shell_event(&ns, "victim").to_string();
+
+    // no client certificate: the handshake passes (probes and scrapes need no certificate),
+    // the event does not
+    let (st, b) = tls_post(s.port, &pki.ca, None, body.as_bytes()).unwrap();
+    assert_eq!(st, 401, "{b}");
+    assert!(b.contains("client certificate"), "{b}");
+    // a certificate from another CA: the handshake is refused, no HTTP answer at all
+    let r = tls_post(
+        s.port,
+        &pki.ca,
+        Some((&rogue.client_cert, &rogue.client_key)),
+        body.as_bytes(),
+    );
+    assert!(
+        r.is_err(),
+        "a foreign client certificate was answered: {r:?}"
+    );
+    // plain HTTP to the TLS port gets no HTTP answer
+    let head = format!(
+        "POST / HTTP/1.1\r\nHost: kirt\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    let r = exchange(connect(s.port), head.as_bytes(), body.as_bytes());
+    assert!(r.is_err(), "plain HTTP was answered on the TLS port: {r:?}");
+    assert!(s.decisions().is_empty(), "{:?}", s.lines());
+
+    // our client certificate: the event is accepted and its run started
+    let (st, b) = tls_post(
+        s.port,
+        &pki.ca,
+        Some((&pki.client_cert, &pki.client_key)),
+        body.as_bytes(),
+    )
+    .unwrap();
+    assert_eq!(st, 202, "{b}");
+    let r: Value = serde_json::from_str(&b).unwrap();
+    assert_eq!(r["decision"], "dry-run", "{r}");
+    let end = s.run_end(r["run"].as_str().unwrap());
+    assert_eq!(end["status"], "ok", "{end}\n{}", s.held.stderr());
+    assert_eq!(s.decisions(), ["dry-run"]);
+    let text = s.metrics_text_tls(&pki.ca);
+    assert!(
+        text.contains("kirt_serve_requests_rejected_total{reason=\"unauthorized\"} 1\n"),
+        "{text}"
+    );
+}
+
+#[test]
+fn with_client_ca_and_a_secret_both_are_required() {
+    let Some(lab) = lab() else { return };
+    let ns = lab.namespace("serve-both");
+    let pki = kirt::scratch::pki::Pki::create(&lab.dir.path().join("pki")).unwrap();
+    let (cert, key, ca) = (
+        pki.server_cert.display().to_string(),
+        pki.server_key.display().to_string(),
+        pki.ca.display().to_string(),
+    );
+    let s = serve(
+        &lab,
+        &rules(&ns, Path::new("/tmp/ev"), "    dry_run: true\n"),
+        &["--tls-cert", &cert, "--tls-key", &key, "--client-ca", &ca],
+        None,
+    );
+    // a verified certificate without the secret is not enough
+    let event = json!({"rule": "Write below etc", "priority": "Error", "output_fields": {}, "tags": [], "time": "2024-06-10T06:13:20Z"});
+    let client = Some((pki.client_cert.as_path(), pki.client_key.as_path()));
+    let (st, b) = tls_post(s.port, &pki.ca, client, event.to_string().as_bytes()).unwrap();
+    assert_eq!(st, 401, "{b}");
+    assert!(b.contains("shared secret"), "{b}");
+    assert!(s.decisions().is_empty());
+}
+
+#[test]
+fn tls_misconfigurations_refuse_to_start() {
+    let Some(lab) = lab() else { return };
+    let file = lab.dir.path().join("rules.yaml");
+    std::fs::write(
+        &file,
+        rules("shop", Path::new("/tmp/ev"), "    dry_run: true\n"),
+    )
+    .unwrap();
+    let f = file.display().to_string();
+    let pki = kirt::scratch::pki::Pki::create(&lab.dir.path().join("pki")).unwrap();
+    let other = kirt::scratch::pki::Pki::create(&lab.dir.path().join("other")).unwrap();
+    let p = |x: &Path| x.display().to_string();
+    let missing = lab.dir.path().join("missing.pem").display().to_string();
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let cases: [(Vec<String>, &str); 5] = [
+        (
+            vec!["--client-ca".into(), p(&pki.ca)],
+            "--client-ca needs TLS",
+        ),
+        (
+            vec!["--tls-cert".into(), p(&pki.server_cert)],
+            "--tls-cert and --tls-key go together",
+        ),
+        (
+            vec![
+                "--tls-cert".into(),
+                missing.clone(),
+                "--tls-key".into(),
+                p(&pki.server_key),
+            ],
+            &*format!("--tls-cert {missing}"),
+        ),
+        (
+            vec![
+                "--tls-cert".into(),
+                p(&pki.server_cert),
+                "--tls-key".into(),
+                p(&other.server_key),
+            ],
+            "is the key the certificate's?",
+        ),
+        (
+            vec!["--listen".into(), "0.0.0.0:2803".into()],
+            "plain HTTP on a non-loopback address",
+        ),
+    ];
+    for (extra, message) in cases {
+        let mut args = vec!["serve", "--rules", &f];
+        if !extra.iter().any(|a| a == "--listen") {
+            args.extend(["--listen", &listen]);
+        }
+        args.extend(extra.iter().map(String::as_str));
+        let mut cmd = lab.kirt_cmd(&args);
+        cmd.env("KIRT_SERVE_TOKEN", TOKEN);
+        let r = common::process::run(cmd, format!("kirt {}", args.join(" "))).code_is(2);
+        assert!(r.stderr().contains(message), "{extra:?}: {}", r.dump());
+        // nothing listened
+        assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err());
+    }
 }
