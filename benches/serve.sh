@@ -4,11 +4,12 @@
 # different pod, and runs isolate-compromised-pod (evidence → quarantine → verify) for each. The
 # latency of an event is the serve journal's latency_seconds: event time → quarantine verified.
 # Targets: p99 <= 1 s, the server's peak RSS (VmHWM) <= 50 MiB. Prints the figures, exits 1 if a
-# target is missed. KIRT=path overrides the binary (default: release build). Starts the lab (and
+# target is missed. KIRT=path overrides the binary (default: the release build in
+# $CARGO_TARGET_DIR or target/). Starts the lab (and
 # stops it again) when it is not running.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-KIRT="${KIRT:-$PWD/target/release/kirt}"
+KIRT="${KIRT:-${CARGO_TARGET_DIR:-$PWD/target}/release/kirt}"
 [[ -x "$KIRT" ]] || cargo build --release --quiet --bin kirt
 LAB_DIR="${KIRT_LAB_DIR:-$PWD/.lab}"
 N="${KIRT_BENCH_EVENTS:-50}"
