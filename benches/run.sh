@@ -12,7 +12,8 @@
 # benches/evidence.sh, K14 benches/hostile.sh (planted oversized input, zstd bomb, signals), K10
 # benches/copy.sh (`backup copy` of the 1 GiB backup between the two S3 servers vs `aws s3 cp`),
 # K12 benches/audit.sh (evidence collect --audit-log over a 1 GiB audit log vs jq) and K16
-# benches/impact.sh (put latency and etcd CPU under a steady load while each backup runs).
+# benches/impact.sh (put latency and etcd CPU under a steady load while each backup runs), K17
+# benches/serve.sh (Falco event → isolated pod latency through `kirt serve`, and its RSS).
 # Targets: kirt ≥ 2.5× faster than (2); kirt ≤ 1.25× (3); peak RSS ≤ 100 MiB and within 10 %
 # between the two sizes. Prints the figures and which targets pass. Servers run on 127.0.0.1 only.
 set -euo pipefail
@@ -161,6 +162,9 @@ KIRT="$PWD/$KIRT" bash benches/quarantine.sh || fail=1
 echo
 echo "== K11 quarantine --revoke-credentials --isolate-node (lab apiserver)"
 KIRT="$PWD/$KIRT" bash benches/credentials.sh || fail=1
+echo
+echo "== K17 serve: Falco event to isolated pod (50 pods)"
+KIRT="$PWD/$KIRT" bash benches/serve.sh || fail=1
 echo
 echo "== K5 evidence (pod with 100 MB of logs)"
 KIRT_BIN="$PWD/$KIRT" bash benches/evidence.sh || fail=1

@@ -89,6 +89,9 @@ pub enum Command {
     Rollout(RolloutCmd),
     /// Run a playbook (a file or a shipped playbook's name): validated first, journaled, resumable
     Run(crate::playbook::engine::RunSpec),
+    /// Run playbooks on Falco events: an HTTP(S) endpoint for Falco's http_output and
+    /// Falcosidekick's webhook, matched against a rules file (docs/falco.md)
+    Serve(crate::serve::ServeSpec),
     /// Playbooks: list, show, validate, schema
     #[command(subcommand)]
     Playbook(PlaybookCmd),
@@ -301,6 +304,7 @@ pub async fn run(cli: Cli, shutdown: crate::signal::Shutdown) -> Result<Exit> {
             show(&ctx, &actions::rollback::wait::run(&ctx, spec).await?)
         }
         Command::Run(spec) => show(&ctx, &crate::playbook::engine::run(&ctx, spec).await?),
+        Command::Serve(spec) => show(&ctx, &crate::serve::run(&ctx, spec).await?),
         Command::Playbook(PlaybookCmd::List { files }) => {
             show(&ctx, &crate::playbook::commands::list(&files)?)
         }

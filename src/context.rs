@@ -19,7 +19,7 @@ pub trait Prompt: Send + Sync {
 }
 
 /// How a mutation was confirmed (journaled for the incident report).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Confirmed {
     /// `--yes` was given.
     Yes,
@@ -27,14 +27,19 @@ pub enum Confirmed {
     DryRun,
     /// A person answered yes on the terminal.
     Terminal,
+    /// A `kirt serve` rule with `confirm: never` (named here) started the run unattended.
+    ServeRule(String),
 }
 
 impl Confirmed {
-    pub fn describe(self) -> &'static str {
+    pub fn describe(&self) -> String {
         match self {
-            Confirmed::Yes => "confirmed by --yes",
-            Confirmed::DryRun => "dry run (nothing to confirm)",
-            Confirmed::Terminal => "confirmed on the terminal",
+            Confirmed::Yes => "confirmed by --yes".into(),
+            Confirmed::DryRun => "dry run (nothing to confirm)".into(),
+            Confirmed::Terminal => "confirmed on the terminal".into(),
+            Confirmed::ServeRule(rule) => {
+                format!("confirmed by kirt serve rule {rule} (confirm: never)")
+            }
         }
     }
 }
@@ -54,6 +59,9 @@ pub struct Ctx {
     pub dry_run: bool,
     /// `--yes`: mutations proceed without asking.
     pub yes: bool,
+    /// The `kirt serve` rule (with `confirm: never`) that started this run: it confirms every
+    /// mutation, and the journal says so.
+    pub serve_rule: Option<String>,
     pub journal_dir: Option<PathBuf>,
     pub progress: Arc<dyn Progress>,
     /// Who answers `confirm` questions (a terminal prompt, or nobody).
@@ -72,6 +80,7 @@ impl Ctx {
             format: Format::Table,
             dry_run: false,
             yes: false,
+            serve_rule: None,
             journal_dir: None,
             progress: progress::none(),
             prompt: Arc::new(NoPrompt),
@@ -97,6 +106,26 @@ impl Ctx {
         Ok(self.cluster().await?.default_namespace.clone())
     }
 
+    /// A context for one run started by a long-lived command (`kirt serve`): the same options,
+    /// cluster connection and shutdown, its own dry-run, nobody to prompt; its mutations are
+    /// confirmed by `serve_rule` (a rule with `confirm: never`) or refused.
+    pub fn for_run(&self, dry_run: bool, serve_rule: Option<String>) -> Ctx {
+        let cluster = OnceCell::new_with(self.cluster.get().cloned());
+        Ctx {
+            kube: self.kube.clone(),
+            format: self.format,
+            dry_run,
+            yes: false,
+            serve_rule,
+            journal_dir: self.journal_dir.clone(),
+            progress: progress::none(),
+            prompt: Arc::new(NoPrompt),
+            shutdown: self.shutdown.clone(),
+            cluster,
+            held_tokens: std::sync::Mutex::new(Vec::new()),
+        }
+    }
+
     /// A namespace given in a playbook step, else `-n`/the context's.
     pub async fn namespace_or(&self, given: &Option<String>) -> Result<String> {
         match given {
@@ -120,11 +149,14 @@ impl Ctx {
         held.iter().find(|t| t.uid == uid).map(|t| t.token.clone())
     }
 
-    /// Gate for every mutation: proceeds with `--yes` or in dry-run, asks on a terminal, and
-    /// refuses (exit 4) when nobody can be asked.
+    /// Gate for every mutation: proceeds with `--yes`, in dry-run or under a serve rule with
+    /// `confirm: never`, asks on a terminal, and refuses (exit 4) when nobody can be asked.
     pub fn confirm(&self, what: &str) -> Result<Confirmed> {
         if self.dry_run {
             return Ok(Confirmed::DryRun);
+        }
+        if let Some(rule) = &self.serve_rule {
+            return Ok(Confirmed::ServeRule(rule.clone()));
         }
         if self.yes {
             return Ok(Confirmed::Yes);

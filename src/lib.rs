@@ -2,7 +2,7 @@
 //!
 //! The library holds all logic; the `kirt` binary parses arguments, sets up logging and maps
 //! errors to exit codes. Actions (`actions::*`) are shared by subcommands and playbook steps.
-//! Layers, top down (docs/architecture.md): `cli` → `playbook` → `actions` →
+//! Layers, top down (docs/architecture.md): `cli` → `serve` → `playbook` → `actions` →
 //! `pipeline` / `store` / `k8s` / `etcd` / `scratch`, with `error`, `output`, `progress` and
 //! `units` used everywhere.
 
@@ -22,6 +22,7 @@ pub mod priority;
 pub mod progress;
 pub mod runlock;
 pub mod scratch;
+pub mod serve;
 pub mod signal;
 pub mod store;
 pub mod ui;

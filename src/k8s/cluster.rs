@@ -36,6 +36,7 @@ pub struct KubeOptions {
 }
 
 /// A connected cluster: the client plus what was learnt from the configuration.
+#[derive(Clone)]
 pub struct Cluster {
     pub client: Client,
     pub default_namespace: String,

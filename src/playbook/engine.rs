@@ -181,6 +181,16 @@ fn collect_params(
     Ok(given)
 }
 
+/// A run started by something other than a person (`kirt serve`): its id (chosen by the
+/// caller, which journals it first), parameter values (typed data, never parsed from text) and
+/// origin.
+#[derive(Debug, Clone)]
+pub struct Trigger {
+    pub run_id: String,
+    pub params: Map<String, Value>,
+    pub origin: Origin,
+}
+
 /// Where a run starts from: a new run, or the journal of the run being resumed.
 struct Setup {
     source: super::Source,
@@ -192,11 +202,13 @@ struct Setup {
 }
 
 impl Setup {
-    fn new(dir: &std::path::Path, spec: &RunSpec) -> Result<Setup> {
+    fn new(dir: &std::path::Path, spec: &RunSpec, trigger: Option<&Trigger>) -> Result<Setup> {
         let Some(id) = &spec.resume else {
             return Ok(Setup {
                 source: super::resolve(spec.playbook.as_deref().unwrap_or_default())?,
-                run_id: journal::new_run_id(),
+                run_id: trigger
+                    .map(|t| t.run_id.clone())
+                    .unwrap_or_else(journal::new_run_id),
                 started_at: jiff::Timestamp::now().to_string(),
                 done: BTreeMap::new(),
                 recorded_params: None,
@@ -256,15 +268,27 @@ struct Runner<'a> {
 }
 
 pub async fn run(ctx: &Ctx, spec: RunSpec) -> Result<RunSummary> {
+    run_triggered(ctx, spec, None).await
+}
+
+/// `kirt run`, or a run a trigger starts (its parameters are added to the spec's).
+pub async fn run_triggered(
+    ctx: &Ctx,
+    spec: RunSpec,
+    trigger: Option<Trigger>,
+) -> Result<RunSummary> {
     let dir = journal::dir(ctx)?;
     let started = Instant::now();
-    let origin = Setup::new(&dir, &spec)?;
+    let origin = Setup::new(&dir, &spec, trigger.as_ref())?;
     let source = &origin.source;
     let run_id = origin.run_id.clone();
 
     // Everything is validated before the journal is opened or anything runs.
     let pb = validate::parse(&source.file, &source.text)?;
-    let given = collect_params(&pb, &spec, origin.recorded_params.as_ref())?;
+    let mut given = collect_params(&pb, &spec, origin.recorded_params.as_ref())?;
+    if let Some(t) = &trigger {
+        given.extend(t.params.clone());
+    }
     let problems = validate::check(&source.file, &source.text, &pb, Params::Given(&given));
     if !problems.list.is_empty() {
         return Err(problems.into());
@@ -289,7 +313,12 @@ pub async fn run(ctx: &Ctx, spec: RunSpec) -> Result<RunSummary> {
         return Err(problems.into());
     }
 
-    let journal = open_journal(ctx, &dir, &spec, &origin, &pb, &params, &env_values).await?;
+    let kind = match (&spec.resume, trigger) {
+        (Some(_), _) => Origin::Resume,
+        (None, Some(t)) => t.origin,
+        (None, None) => Origin::Manual,
+    };
+    let journal = open_journal(ctx, &dir, &origin, kind, &pb, &params, &env_values).await?;
     tracing::info!(
         "run {run_id} of {} (journal {})",
         pb.metadata.name,
@@ -333,15 +362,17 @@ pub async fn run(ctx: &Ctx, spec: RunSpec) -> Result<RunSummary> {
 async fn open_journal(
     ctx: &Ctx,
     dir: &std::path::Path,
-    spec: &RunSpec,
     origin: &Setup,
+    kind: Origin,
     pb: &Playbook,
     params: &Map<String, Value>,
     env_values: &Map<String, Value>,
 ) -> Result<Journal> {
-    let mut journal = match &spec.resume {
-        Some(_) => Journal::append_to(&journal::path(dir, &origin.run_id))?,
-        None => Journal::create(dir, &origin.run_id)?,
+    let resuming = kind == Origin::Resume;
+    let mut journal = if resuming {
+        Journal::append_to(&journal::path(dir, &origin.run_id))?
+    } else {
+        Journal::create(dir, &origin.run_id)?
     };
     for (k, p) in &pb.params {
         if p.secret {
@@ -360,11 +391,6 @@ async fn open_journal(
             (k.clone(), if secret { json!(REDACTED) } else { v.clone() })
         })
         .collect();
-    let kind = if spec.resume.is_some() {
-        Origin::Resume
-    } else {
-        Origin::Manual
-    };
     let start = RunStart {
         started_at: origin.started_at.clone(),
         playbook: pb.metadata.name.clone(),
@@ -373,7 +399,7 @@ async fn open_journal(
         params: shown_params,
         ..RunStart::now(ctx, &origin.run_id, kind).await
     };
-    journal.write(if spec.resume.is_some() {
+    journal.write(if resuming {
         Record::RunResume(start)
     } else {
         Record::RunStart(start)
@@ -534,7 +560,7 @@ impl Runner<'_> {
             ))?;
             self.journal.write(Record::Confirmed {
                 step: step.id.clone(),
-                answer: answer.describe().into(),
+                answer: answer.describe(),
             })?;
         }
         let mut outs = Vec::new();
@@ -669,6 +695,8 @@ impl Runner<'_> {
             // A signal stops the step whether or not its action watches for one itself; the run
             // is then journaled as interrupted and `kirt run --resume` goes on from this step.
             let stop = &self.ctx.shutdown;
+            stop.hold(&format!("step:{}", step.id)).await;
+            stop.check("the step was stopped")?;
             let fut = stop.guard("the step was stopped", (def.run)(self.ctx, with.clone()));
             let res = match step.timeout {
                 Some(t) => tokio::time::timeout(t, fut).await.unwrap_or_else(|_| {
@@ -714,9 +742,11 @@ impl Runner<'_> {
 
 /// Source of a playbook, for diagnostics and journals.
 pub fn digest(text: &str) -> String {
+    digest_bytes(text.as_bytes())
+}
+
+/// `sha256:HEX` of some bytes.
+pub fn digest_bytes(bytes: &[u8]) -> String {
     use sha2::Digest;
-    format!(
-        "sha256:{}",
-        hex::encode(sha2::Sha256::digest(text.as_bytes()))
-    )
+    format!("sha256:{}", hex::encode(sha2::Sha256::digest(bytes)))
 }

@@ -78,6 +78,26 @@ pub enum Origin {
     Resume,
     /// `kirt undo RUN`: the reversal of run `of`.
     Undo { of: String },
+    /// `kirt serve`: a Falco event matched a serve rule. What the event said (never its output
+    /// line or command line, which may carry secrets), the sha256 of its body and the serve
+    /// journal's entry.
+    Event(Box<EventOrigin>),
+}
+
+/// The event behind an [`Origin::Event`] run.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventOrigin {
+    /// The Falco rule that fired, its priority and time (as Falco sent them).
+    pub falco_rule: String,
+    pub priority: String,
+    pub time: String,
+    pub namespace: String,
+    pub pod: String,
+    /// `sha256:…` of the HTTP body as received.
+    pub digest: String,
+    /// The serve rule that matched, and the serve journal entry that started the run.
+    pub serve_rule: String,
+    pub entry: String,
 }
 
 impl Origin {
@@ -86,6 +106,17 @@ impl Origin {
             Origin::Manual => "manual".into(),
             Origin::Resume => "resume".into(),
             Origin::Undo { of } => format!("undo of run {of}"),
+            Origin::Event(e) => format!(
+                "Falco event \"{}\" ({}) at {} for pod {}/{} (serve rule {}, entry {}, {})",
+                e.falco_rule,
+                e.priority,
+                e.time,
+                e.namespace,
+                e.pod,
+                e.serve_rule,
+                e.entry,
+                e.digest
+            ),
         }
     }
 }
@@ -206,8 +237,9 @@ impl Serialize for Entry {
 
 /// Environment variables whose values are secrets wherever they turn up (a step's output, an
 /// error message): the journal replaces them, whatever the playbook declares.
-pub const SECRET_ENV: [&str; 4] = [
+pub const SECRET_ENV: [&str; 5] = [
     "KIRT_PASSPHRASE",
+    "KIRT_SERVE_TOKEN",
     "KIRT_SIGN_PASSWORD",
     "AWS_SECRET_ACCESS_KEY",
     "AWS_SESSION_TOKEN",

@@ -130,7 +130,7 @@ pub async fn run(ctx: &Ctx, spec: UndoSpec) -> Result<UndoResult> {
     let mut j = open(ctx, &dir, &undo_id, &spec.run_id, &entries, &path).await?;
     j.own.write(Record::Confirmed {
         step: String::new(),
-        answer: answer.describe().into(),
+        answer: answer.describe(),
     })?;
     j.run.write(Record::UndoStart {
         run: spec.run_id.clone(),

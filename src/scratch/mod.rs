@@ -7,7 +7,7 @@
 
 mod apiserver;
 mod etcd;
-mod pki;
+pub mod pki;
 
 pub use apiserver::ScratchApiserver;
 pub use etcd::{etcdutl_restore, Observed, ScratchEtcd};

@@ -25,4 +25,5 @@ mod quarantine;
 mod reports;
 mod restore;
 mod rollback;
+mod serve;
 mod store_contract;

@@ -353,24 +353,31 @@ impl Held {
     pub fn start(mut cmd: Command, phase: &str, within: Duration) -> Held {
         cmd.env("KIRT_HOLD_AT", phase);
         let mut h = Held::spawn(cmd);
+        h.wait_held(phase, within);
+        h
+    }
+
+    /// Waits (up to `within`) until kirt says it holds at its `KIRT_HOLD_AT` phase (for a
+    /// server, which reaches it only once it is asked to do something).
+    #[track_caller]
+    pub fn wait_held(&mut self, phase: &str, within: Duration) {
         let start = Instant::now();
         loop {
-            if h.held.recv_timeout(Duration::from_millis(200)).is_ok() {
-                break;
+            if self.held.recv_timeout(Duration::from_millis(200)).is_ok() {
+                return;
             }
-            if let Ok(Some(status)) = h.child.try_wait() {
+            if let Ok(Some(status)) = self.child.try_wait() {
                 panic!(
                     "kirt exited ({status}) before holding at {phase}:\n{}",
-                    h.stderr()
+                    self.stderr()
                 );
             }
             assert!(
                 start.elapsed() < within,
                 "kirt did not reach {phase} within {within:?}:\n{}",
-                h.stderr()
+                self.stderr()
             );
         }
-        h
     }
 
     /// What kirt wrote on stderr so far.
