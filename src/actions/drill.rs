@@ -1,6 +1,7 @@
 //! `kirt drill`: a disaster-recovery rehearsal with a number at the end. verify → restore into a
-//! scratch etcd → a scratch kube-apiserver on it → count objects per resource → compare → report
-//! RPO (age of the backup) and RTO (restore-to-serving). Two comparisons, both exact on a busy
+//! scratch etcd (replayed to the end of the backup's chain, or to `--to-revision/--to-time`;
+//! backup/replay.rs) → a scratch kube-apiserver on it → count objects per resource → compare →
+//! report RPO (age of the point restored) and RTO (restore-to-serving). Two comparisons, both exact on a busy
 //! cluster: the restored keys per resource at the backup's revision against the counts recorded
 //! then, and what the apiserver serves against the restored keys at the snapshot's head (the
 //! snapshot may hold a few writes newer than the recorded revision).
@@ -17,14 +18,15 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use serde::{Deserialize, Serialize};
 
 use crate::actions::backup::manifest::Manifest;
+use crate::actions::backup::replay::{self, Member, Opened, Target, Tools};
 use crate::actions::backup::source::{BackupSource, Unsigned};
-use crate::actions::backup::verify::{stream_and_check, Check, ETCDUTL_BIN, ETCD_BIN, LATEST};
+use crate::actions::backup::verify::{Check, ETCDUTL_BIN, ETCD_BIN, LATEST};
 use crate::context::Ctx;
 use crate::crypto::DecryptOptions;
 use crate::error::{Error, Exit, Result};
 use crate::k8s::Cluster;
 use crate::output::{Render, Table};
-use crate::scratch::{etcdutl_restore, Observed, Pki, Ports, ScratchApiserver, ScratchEtcd};
+use crate::scratch::{Observed, ScratchApiserver};
 use crate::signal::Shutdown;
 
 const APISERVER_BIN: &str = "kube-apiserver";
@@ -40,9 +42,17 @@ pub struct DrillSpec {
     #[command(flatten)]
     #[serde(flatten)]
     pub unsigned: Unsigned,
-    /// Backup id, CLUSTER/ID, or "latest"
+    /// Backup id, CLUSTER/ID, or "latest" (with --to-revision/--to-time: whichever chain of the
+    /// cluster reaches the target)
     #[arg(default_value = LATEST, value_name = "ID")]
     pub backup: String,
+    /// Drill a point-in-time restore: the chain replayed to this revision
+    #[arg(long, value_name = "REVISION", conflicts_with = "to_time")]
+    pub to_revision: Option<i64>,
+    /// Drill a point-in-time restore: the newest revision received at or before this time
+    /// (RFC 3339, e.g. 2026-11-23T14:05:00Z)
+    #[arg(long, value_name = "TIME")]
+    pub to_time: Option<String>,
     #[command(flatten)]
     pub decrypt: DecryptOptions,
     /// kube-apiserver binary for the scratch control plane (default: kube-apiserver on PATH)
@@ -72,6 +82,8 @@ impl Default for DrillSpec {
             source: BackupSource::default(),
             unsigned: Unsigned::default(),
             backup: LATEST.into(),
+            to_revision: None,
+            to_time: None,
             decrypt: DecryptOptions::default(),
             apiserver_bin: APISERVER_BIN.into(),
             etcd_bin: ETCD_BIN.into(),
@@ -104,7 +116,10 @@ pub struct DrillReport {
     pub ok: bool,
     /// Whether a trusted key vouched for the backup's manifest (else --allow-unsigned).
     pub signed: bool,
-    /// Age of the backup when the drill started (what would be lost).
+    /// The revision restored (the chain replayed to it), and when the source's watch received it.
+    pub revision: i64,
+    pub revision_time: Option<jiff::Timestamp>,
+    /// Age of the point restored when the drill started (what would be lost).
     pub rpo_seconds: f64,
     /// From the start of the restore to the scratch apiserver serving.
     pub rto_seconds: f64,
@@ -139,10 +154,14 @@ impl Render for DrillReport {
             ));
         }
         t.note(format!(
-            "\nbackup {}/{} ({}): {}\nRPO {}  (age of the backup)\nRTO {}  (restore to apiserver serving, {})\nverify {:.1}s, {} checks",
+            "\nbackup {}/{} ({}), restored to revision {}{}: {}\nRPO {}  (age of the point restored)\nRTO {}  (restore to apiserver serving, {})\nverify {:.1}s, {} checks",
             self.cluster,
             self.backup,
             signed_text(self.signed),
+            self.revision,
+            self.revision_time
+                .map(|t| format!(" (received {t})"))
+                .unwrap_or_default(),
             if self.ok { "drill passed" } else { "DRILL FAILED" },
             human_secs(self.rpo_seconds),
             human_secs(self.rto_seconds),
@@ -174,41 +193,56 @@ pub async fn run(ctx: &Ctx, spec: DrillSpec) -> Result<DrillReport> {
     let started = jiff::Timestamp::now();
     let t = Instant::now();
     spec.unsigned.check(&spec.source, "drill")?;
-    let loc = spec.source.locate(&spec.backup).await?;
-    if loc.manifest.etcd.prefix_counts.is_empty() {
+    let target = Target::from_flags(spec.to_revision, spec.to_time.as_deref())?;
+    let tmp = crate::scratch::work_dir("kirt-drill-", spec.work_dir.as_deref())?;
+    let tools = Tools {
+        etcd: &spec.etcd_bin,
+        etcdutl: &spec.etcdutl_bin,
+    };
+    let opened = replay::open(
+        ctx,
+        &spec.source,
+        &spec.backup,
+        target,
+        &spec.decrypt,
+        &tools,
+        tmp.path(),
+    )
+    .await?;
+    let verify_seconds = opened.verified_in.as_secs_f64();
+    let Opened {
+        member,
+        base,
+        mut checks,
+        ..
+    } = opened;
+    let m = base.manifest.clone();
+    let reached = member.reached;
+    if m.etcd.prefix_counts.is_empty() {
+        member.stop().await;
         return Err(Error::VerifyFailed(format!(
             "backup {}'s manifest records no per-resource counts: there is nothing to compare the restored cluster with (not made by kirt, or edited)",
-            loc.entry.id
+            base.entry.id
         )));
     }
-    let decryption = loc.decryption(&spec.decrypt)?;
-    let tmp = crate::scratch::work_dir("kirt-drill-", spec.work_dir.as_deref())?;
-    let snap = tmp.path().join("snapshot.db");
-    let streamed = stream_and_check(ctx, &loc, decryption, Some(snap.clone())).await?;
-    let verify_seconds = t.elapsed().as_secs_f64();
-    if !streamed.ok {
-        return Err(Error::VerifyFailed(format!(
-            "backup {} does not match its manifest; drill stopped before restoring",
-            loc.entry.id
-        )));
-    }
-    let mut checks = streamed.checks;
-    let restored =
-        restore_and_serve(&ctx.shutdown, &spec, &loc.manifest, &snap, tmp.path()).await?;
+    let restored = serve(&ctx.shutdown, &spec, &m, member, tmp.path()).await?;
     checks.extend(restored.checks);
-    let resources = compare_counts(&loc.manifest, &restored.observed, restored.served);
+    let resources = compare_counts(&m, &restored.observed, restored.served);
     let ok = checks.iter().all(|c| c.ok) && resources.iter().all(|r| r.ok);
-    let rpo = started
-        .duration_since(loc.manifest.finished_at)
-        .as_secs_f64()
-        .max(0.0);
+    let point = reached.time.unwrap_or(m.finished_at);
+    let rpo = started.duration_since(point).as_secs_f64().max(0.0);
     let report = DrillReport {
-        backup: loc.entry.id.clone(),
-        cluster: loc.entry.cluster.clone(),
+        backup: base.entry.id.clone(),
+        cluster: base.entry.cluster.clone(),
         ok,
-        signed: loc.signed,
+        signed: base.signed,
+        revision: reached.revision,
+        revision_time: reached.time,
         rpo_seconds: rpo,
-        rto_seconds: restored.rto_seconds,
+        // from the end of verification to the apiserver serving
+        rto_seconds: (t.elapsed().saturating_sub(restored.after_serving))
+            .saturating_sub(Duration::from_secs_f64(verify_seconds))
+            .as_secs_f64(),
         verify_seconds,
         apiserver_version: restored.version,
         checks,
@@ -220,35 +254,28 @@ pub async fn run(ctx: &Ctx, spec: DrillSpec) -> Result<DrillReport> {
     Ok(report)
 }
 
-/// What the scratch control plane on the restored snapshot showed.
+/// What the scratch control plane on the restored member showed.
 struct Restored {
     checks: Vec<Check>,
     observed: Observed,
     served: BTreeMap<String, i64>,
     version: String,
-    rto_seconds: f64,
+    /// Time from the apiserver serving to the end (counting objects), not part of the RTO.
+    after_serving: Duration,
 }
 
-/// etcdutl restore → scratch etcd (keys and HashKV at the recorded revision) → scratch apiserver
+/// The restored member (keys and HashKV at the recorded revision) → a scratch apiserver on it
 /// (objects it serves). Both servers are stopped before this returns, also on failure.
-async fn restore_and_serve(
+async fn serve(
     stop: &Shutdown,
     spec: &DrillSpec,
     m: &Manifest,
-    snap: &Path,
+    member: Member,
     dir: &Path,
 ) -> Result<Restored> {
-    let restore_started = Instant::now();
-    let data = dir.join("data");
-    let ports = Ports::free()?;
-    let args = ports.restore_args("kirt-drill");
-    etcdutl_restore(stop, &spec.etcdutl_bin, snap, &data, &args).await?;
-    let _ = std::fs::remove_file(snap);
-    let pki = Pki::create(dir)?;
-    let etcd = ScratchEtcd::start(&spec.etcd_bin, "kirt-drill", &data, &ports, &pki, dir).await?;
     let result = stop
         .guard("the scratch control plane was stopped", async {
-            let observed = etcd.observe(m.etcd.revision).await?;
+            let observed = member.etcd.observe(m.etcd.revision).await?;
             let checks = vec![
                 Check::new("keys at revision", m.etcd.key_count, observed.key_count),
                 Check::new("HashKV at revision", m.etcd.hash_kv, observed.hash_kv),
@@ -256,13 +283,13 @@ async fn restore_and_serve(
             let api = ScratchApiserver::start(
                 &spec.apiserver_bin,
                 &spec.service_cluster_ip_range,
-                &etcd.endpoint,
-                &pki,
+                &member.etcd.endpoint,
+                &member.pki,
                 dir,
             )
             .await?;
+            let serving = Instant::now();
             stop.hold("scratch-apiserver").await;
-            let rto_seconds = restore_started.elapsed().as_secs_f64();
             let served = count_objects(&api.cluster).await;
             let version = api
                 .cluster
@@ -277,11 +304,11 @@ async fn restore_and_serve(
                 observed,
                 served: served?,
                 version,
-                rto_seconds,
+                after_serving: serving.elapsed(),
             })
         })
         .await;
-    etcd.stop().await;
+    member.stop().await;
     result
 }
 
@@ -352,7 +379,7 @@ fn signed_text(signed: bool) -> &'static str {
 
 fn write_report(path: &Path, r: &DrillReport) -> Result<()> {
     let mut md = format!(
-        "# DR drill: {}/{}\n\n**Result:** {}\n\n| | |\n|---|---|\n| RPO (age of the backup) | {} |\n| RTO (restore to apiserver serving) | {} |\n| verify | {:.1}s |\n| scratch apiserver | {} |\n| signature | {} |\n\n## Objects\n\nAt backup: recorded at the backup's revision; restored: keys in the restored etcd at that revision; served: objects the scratch apiserver lists (the snapshot's head, which may hold a few newer writes).\n\n| resource | at backup | restored | served | |\n|---|---:|---:|---:|---|\n",
+        "# DR drill: {}/{}\n\n**Result:** {}\n\n| | |\n|---|---|\n| RPO (age of the point restored) | {} |\n| RTO (restore to apiserver serving) | {} |\n| verify | {:.1}s |\n| scratch apiserver | {} |\n| signature | {} |\n\n## Objects\n\nAt backup: recorded at the backup's revision; restored: keys in the restored etcd at that revision; served: objects the scratch apiserver lists (the snapshot's head, which may hold a few newer writes).\n\n| resource | at backup | restored | served | |\n|---|---:|---:|---:|---|\n",
         r.cluster,
         r.backup,
         if r.ok { "passed" } else { "FAILED" },

@@ -75,8 +75,15 @@ pub struct BackupEntry {
     /// The manifest exactly as stored (what a signature covers).
     #[serde(skip)]
     pub manifest_bytes: Vec<u8>,
+    /// Every key of this id, chain files included (what prune removes with it).
     #[serde(skip)]
     pub extra_keys: Vec<String>,
+    /// The files in its chain directory (segments of `kirt backup stream`; chain.rs).
+    #[serde(skip)]
+    pub chain_files: Vec<crate::store::ObjectInfo>,
+    /// The chain, when listed (`backup list`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub chain: Option<super::chain::Summary>,
 }
 
 impl BackupEntry {
@@ -105,8 +112,24 @@ impl Render for BackupList {
             "SNAPSHOT",
             "STORED",
             "ENCRYPTED",
+            "SEGMENTS",
+            "CHAIN REACHES",
         ]);
         for b in &self.backups {
+            let (segments, reaches) = match &b.chain {
+                None => ("-".to_string(), "-".to_string()),
+                Some(c) => (
+                    if c.incomplete > 0 {
+                        format!("{} (+{} incomplete)", c.segments, c.incomplete)
+                    } else {
+                        c.segments.to_string()
+                    },
+                    match (c.last_revision, c.last_time) {
+                        (Some(r), Some(t)) => format!("r{r} at {}", t.strftime("%Y-%m-%dT%H:%M:%SZ")),
+                        _ => "no usable segment".into(),
+                    },
+                ),
+            };
             t.row([
                 b.cluster.clone(),
                 b.id.clone(),
@@ -121,6 +144,8 @@ impl Render for BackupList {
                     .unwrap_or_else(|| "-".into()),
                 human_bytes(b.stored_size),
                 if b.encrypted { "age" } else { "no" }.into(),
+                segments,
+                reaches,
             ]);
         }
         if self.backups.is_empty() {
@@ -150,6 +175,9 @@ pub async fn run(_ctx: &Ctx, spec: BackupListSpec) -> Result<BackupList> {
     if spec.verified {
         backups.retain(|b| b.usable());
     }
+    for b in backups.iter_mut().filter(|b| b.usable() && !b.chain_files.is_empty()) {
+        b.chain = Some(super::chain::summary(store.as_ref(), b, trusted.as_ref()).await?);
+    }
     Ok(BackupList {
         location: store.url(),
         backups,
@@ -157,7 +185,7 @@ pub async fn run(_ctx: &Ctx, spec: BackupListSpec) -> Result<BackupList> {
 }
 
 /// Manifests whose time is further ahead than this are not believed.
-const CLOCK_SKEW: jiff::SignedDuration = jiff::SignedDuration::from_secs(600);
+pub const CLOCK_SKEW: jiff::SignedDuration = jiff::SignedDuration::from_secs(600);
 
 /// Reads every manifest (bounded), checks its signature when a trusted key is given, and notes
 /// objects without a manifest; newest first by the manifest's own time.
@@ -169,9 +197,16 @@ pub async fn scan(
     let objects = store
         .list(cluster.map(|c| format!("{c}/")).as_deref().unwrap_or(""))
         .await?;
-    // group keys by CLUSTER/ID
+    // group keys by CLUSTER/ID; a chain directory's files go with its base's id
     let mut groups: BTreeMap<(String, String), Vec<crate::store::ObjectInfo>> = BTreeMap::new();
+    let mut chains: BTreeMap<(String, String), Vec<crate::store::ObjectInfo>> = BTreeMap::new();
     for o in objects {
+        if let Some((c, base, _)) = super::chain::split_key(&o.key) {
+            let k = (c.to_string(), base.to_string());
+            groups.entry(k.clone()).or_default();
+            chains.entry(k).or_default().push(o);
+            continue;
+        }
         let Some((c, file)) = o.key.rsplit_once('/') else {
             continue;
         };
@@ -189,7 +224,8 @@ pub async fn scan(
     let now = jiff::Timestamp::now();
     let mut out = Vec::new();
     for ((c, id), files) in groups {
-        out.push(entry(store, trusted, now, c, id, files).await?);
+        let chain_files = chains.remove(&(c.clone(), id.clone())).unwrap_or_default();
+        out.push(entry(store, trusted, now, c, id, files, chain_files).await?);
     }
     out.sort_by(|a, b| b.time.cmp(&a.time).then_with(|| b.id.cmp(&a.id)));
     Ok(out)
@@ -203,6 +239,7 @@ async fn entry(
     cluster: String,
     id: String,
     files: Vec<crate::store::ObjectInfo>,
+    chain_files: Vec<crate::store::ObjectInfo>,
 ) -> Result<BackupEntry> {
     let mkey = manifest::manifest_key(&cluster, &id);
     let object = files.iter().find(|f| f.key.contains(".etcd.zst"));
@@ -269,7 +306,13 @@ async fn entry(
         stored_size: object.map(|o| o.size).unwrap_or(0),
         encrypted: object.map(|o| o.key.ends_with(".age")).unwrap_or(false),
         object: object.map(|o| o.key.clone()).unwrap_or_default(),
-        extra_keys: files.iter().map(|f| f.key.clone()).collect(),
+        extra_keys: files
+            .iter()
+            .chain(&chain_files)
+            .map(|f| f.key.clone())
+            .collect(),
+        chain_files,
+        chain: None,
         manifest,
         manifest_bytes,
     })

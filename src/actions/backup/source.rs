@@ -44,13 +44,16 @@ pub struct Located {
     pub manifest: Manifest,
     /// Whether a trusted key vouched for the manifest.
     pub signed: bool,
+    /// The key that vouches for backups and segments (`--trusted-key`), if any.
+    pub trusted: Option<minisign::PublicKey>,
 }
 
 impl Located {
-    /// How to decrypt this backup with the options given.
-    pub fn decryption(&self, opts: &DecryptOptions) -> Result<Decryption> {
+    /// How to decrypt this backup (and its chain's segments, encrypted alike) with the options
+    /// given; shared, so that a passphrase is asked once.
+    pub fn decryption(&self, opts: &DecryptOptions) -> Result<Arc<Decryption>> {
         let mode = self.manifest.encryption.as_ref().map(|e| e.mode.as_str());
-        opts.resolve(mode, "this backup")
+        opts.resolve(mode, "this backup").map(Arc::new)
     }
 }
 
@@ -112,7 +115,43 @@ impl BackupSource {
             signed: entry.signature == Signature::Valid,
             entry,
             manifest,
+            trusted,
         })
+    }
+
+    /// Every usable backup of one cluster (`which` is `latest` or `CLUSTER/latest`; without a
+    /// cluster, the store must hold only one), newest first by revision: the candidates for a
+    /// point-in-time restore.
+    pub async fn usable_backups(&self, which: &str) -> Result<Vec<Located>> {
+        let trusted = self.trusted_key()?;
+        let store = self.open().await?;
+        let cluster = match which.split_once('/') {
+            Some((c, _)) => Some(c),
+            None => self.cluster_name.as_deref(),
+        };
+        let all = scan(store.as_ref(), cluster, trusted.as_ref()).await?;
+        let mut usable: Vec<BackupEntry> = all.into_iter().filter(BackupEntry::usable).collect();
+        if let (Some(f), None) = (usable.first(), cluster) {
+            if usable.iter().any(|b| b.cluster != f.cluster) {
+                return Err(Error::usage(format!(
+                    "{} holds backups of several clusters: pass --cluster-name or CLUSTER/latest",
+                    store.url()
+                )));
+            }
+        }
+        usable.sort_by_key(|b| std::cmp::Reverse(b.revision));
+        Ok(usable
+            .into_iter()
+            .filter_map(|entry| {
+                Some(Located {
+                    store: store.clone(),
+                    signed: entry.signature == Signature::Valid,
+                    manifest: entry.manifest.clone()?,
+                    entry,
+                    trusted: trusted.clone(),
+                })
+            })
+            .collect())
     }
 }
 
