@@ -1,7 +1,6 @@
 //! `kirt drill`: a disaster-recovery rehearsal with a number at the end. verify → restore into a
-//! scratch etcd (replayed to the end of the backup's chain, or to `--to-revision/--to-time`;
-//! backup/replay.rs) → a scratch kube-apiserver on it → count objects per resource → compare →
-//! report RPO (age of the point restored) and RTO (restore-to-serving). Two comparisons, both exact on a busy
+//! scratch etcd → a scratch kube-apiserver on it → count objects per resource → compare → report
+//! RPO (age of the backup) and RTO (restore-to-serving). Two comparisons, both exact on a busy
 //! cluster: the restored keys per resource at the backup's revision against the counts recorded
 //! then, and what the apiserver serves against the restored keys at the snapshot's head (the
 //! snapshot may hold a few writes newer than the recorded revision).
@@ -18,15 +17,16 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use serde::{Deserialize, Serialize};
 
 use crate::actions::backup::manifest::Manifest;
-use crate::actions::backup::replay::{self, Member, Opened, Target, Tools};
 use crate::actions::backup::source::{BackupSource, Unsigned};
-use crate::actions::backup::verify::{Check, ETCDUTL_BIN, ETCD_BIN, LATEST};
+use crate::actions::backup::verify::{
+    keyspace_checks, stream_and_check, Check, ETCDUTL_BIN, ETCD_BIN, LATEST,
+};
 use crate::context::Ctx;
 use crate::crypto::DecryptOptions;
 use crate::error::{Error, Exit, Result};
 use crate::k8s::Cluster;
 use crate::output::{Render, Table};
-use crate::scratch::{Observed, ScratchApiserver};
+use crate::scratch::{etcdutl_restore, Observed, Pki, Ports, ScratchApiserver, ScratchEtcd};
 use crate::signal::Shutdown;
 
 const APISERVER_BIN: &str = "kube-apiserver";
@@ -42,17 +42,9 @@ pub struct DrillSpec {
     #[command(flatten)]
     #[serde(flatten)]
     pub unsigned: Unsigned,
-    /// Backup id, CLUSTER/ID, or "latest" (with --to-revision/--to-time: whichever chain of the
-    /// cluster reaches the target)
+    /// Backup id, CLUSTER/ID, or "latest"
     #[arg(default_value = LATEST, value_name = "ID")]
     pub backup: String,
-    /// Drill a point-in-time restore: the chain replayed to this revision
-    #[arg(long, value_name = "REVISION", conflicts_with = "to_time")]
-    pub to_revision: Option<i64>,
-    /// Drill a point-in-time restore: the newest revision received at or before this time
-    /// (RFC 3339, e.g. 2026-11-23T14:05:00Z)
-    #[arg(long, value_name = "TIME")]
-    pub to_time: Option<String>,
     #[command(flatten)]
     pub decrypt: DecryptOptions,
     /// kube-apiserver binary for the scratch control plane (default: kube-apiserver on PATH)
@@ -82,8 +74,6 @@ impl Default for DrillSpec {
             source: BackupSource::default(),
             unsigned: Unsigned::default(),
             backup: LATEST.into(),
-            to_revision: None,
-            to_time: None,
             decrypt: DecryptOptions::default(),
             apiserver_bin: APISERVER_BIN.into(),
             etcd_bin: ETCD_BIN.into(),
@@ -116,10 +106,7 @@ pub struct DrillReport {
     pub ok: bool,
     /// Whether a trusted key vouched for the backup's manifest (else --allow-unsigned).
     pub signed: bool,
-    /// The revision restored (the chain replayed to it), and when the source's watch received it.
-    pub revision: i64,
-    pub revision_time: Option<jiff::Timestamp>,
-    /// Age of the point restored when the drill started (what would be lost).
+    /// Age of the backup when the drill started (what would be lost).
     pub rpo_seconds: f64,
     /// From the start of the restore to the scratch apiserver serving.
     pub rto_seconds: f64,
@@ -154,14 +141,10 @@ impl Render for DrillReport {
             ));
         }
         t.note(format!(
-            "\nbackup {}/{} ({}), restored to revision {}{}: {}\nRPO {}  (age of the point restored)\nRTO {}  (restore to apiserver serving, {})\nverify {:.1}s, {} checks",
+            "\nbackup {}/{} ({}): {}\nRPO {}  (age of the backup)\nRTO {}  (restore to apiserver serving, {})\nverify {:.1}s, {} checks",
             self.cluster,
             self.backup,
             signed_text(self.signed),
-            self.revision,
-            self.revision_time
-                .map(|t| format!(" (received {t})"))
-                .unwrap_or_default(),
             if self.ok { "drill passed" } else { "DRILL FAILED" },
             human_secs(self.rpo_seconds),
             human_secs(self.rto_seconds),
@@ -193,56 +176,41 @@ pub async fn run(ctx: &Ctx, spec: DrillSpec) -> Result<DrillReport> {
     let started = jiff::Timestamp::now();
     let t = Instant::now();
     spec.unsigned.check(&spec.source, "drill")?;
-    let target = Target::from_flags(spec.to_revision, spec.to_time.as_deref())?;
-    let tmp = crate::scratch::work_dir("kirt-drill-", spec.work_dir.as_deref())?;
-    let tools = Tools {
-        etcd: &spec.etcd_bin,
-        etcdutl: &spec.etcdutl_bin,
-    };
-    let opened = replay::open(
-        ctx,
-        &spec.source,
-        &spec.backup,
-        target,
-        &spec.decrypt,
-        &tools,
-        tmp.path(),
-    )
-    .await?;
-    let verify_seconds = opened.verified_in.as_secs_f64();
-    let Opened {
-        member,
-        base,
-        mut checks,
-        ..
-    } = opened;
-    let m = base.manifest.clone();
-    let reached = member.reached;
-    if m.etcd.prefix_counts.is_empty() {
-        member.stop().await;
+    let loc = spec.source.locate(&spec.backup).await?;
+    if loc.manifest.etcd.prefix_counts.is_empty() {
         return Err(Error::VerifyFailed(format!(
             "backup {}'s manifest records no per-resource counts: there is nothing to compare the restored cluster with (not made by kirt, or edited)",
-            base.entry.id
+            loc.entry.id
         )));
     }
-    let restored = serve(&ctx.shutdown, &spec, &m, member, tmp.path()).await?;
+    let decryption = loc.decryption(&spec.decrypt)?;
+    let tmp = crate::scratch::work_dir("kirt-drill-", spec.work_dir.as_deref())?;
+    let snap = tmp.path().join("snapshot.db");
+    let streamed = stream_and_check(ctx, &loc, decryption, Some(snap.clone())).await?;
+    let verify_seconds = t.elapsed().as_secs_f64();
+    if !streamed.ok {
+        return Err(Error::VerifyFailed(format!(
+            "backup {} does not match its manifest; drill stopped before restoring",
+            loc.entry.id
+        )));
+    }
+    let mut checks = streamed.checks;
+    let restored =
+        restore_and_serve(&ctx.shutdown, &spec, &loc.manifest, &snap, tmp.path()).await?;
     checks.extend(restored.checks);
-    let resources = compare_counts(&m, &restored.observed, restored.served);
+    let resources = compare_counts(&loc.manifest, &restored.observed, restored.served);
     let ok = checks.iter().all(|c| c.ok) && resources.iter().all(|r| r.ok);
-    let point = reached.time.unwrap_or(m.finished_at);
-    let rpo = started.duration_since(point).as_secs_f64().max(0.0);
+    let rpo = started
+        .duration_since(loc.manifest.finished_at)
+        .as_secs_f64()
+        .max(0.0);
     let report = DrillReport {
-        backup: base.entry.id.clone(),
-        cluster: base.entry.cluster.clone(),
+        backup: loc.entry.id.clone(),
+        cluster: loc.entry.cluster.clone(),
         ok,
-        signed: base.signed,
-        revision: reached.revision,
-        revision_time: reached.time,
+        signed: loc.signed,
         rpo_seconds: rpo,
-        // from the end of verification to the apiserver serving
-        rto_seconds: (t.elapsed().saturating_sub(restored.after_serving))
-            .saturating_sub(Duration::from_secs_f64(verify_seconds))
-            .as_secs_f64(),
+        rto_seconds: restored.rto_seconds,
         verify_seconds,
         apiserver_version: restored.version,
         checks,
@@ -254,42 +222,49 @@ pub async fn run(ctx: &Ctx, spec: DrillSpec) -> Result<DrillReport> {
     Ok(report)
 }
 
-/// What the scratch control plane on the restored member showed.
+/// What the scratch control plane on the restored snapshot showed.
 struct Restored {
     checks: Vec<Check>,
     observed: Observed,
     served: BTreeMap<String, i64>,
     version: String,
-    /// Time from the apiserver serving to the end (counting objects), not part of the RTO.
-    after_serving: Duration,
+    rto_seconds: f64,
 }
 
-/// The restored member (keys and HashKV at the recorded revision) → a scratch apiserver on it
+/// etcdutl restore → scratch etcd (keys and HashKV at the recorded revision) → scratch apiserver
 /// (objects it serves). Both servers are stopped before this returns, also on failure.
-async fn serve(
+async fn restore_and_serve(
     stop: &Shutdown,
     spec: &DrillSpec,
     m: &Manifest,
-    member: Member,
+    snap: &Path,
     dir: &Path,
 ) -> Result<Restored> {
+    let restore_started = Instant::now();
+    let data = dir.join("data");
+    let ports = Ports::free()?;
+    let args = ports.restore_args("kirt-drill");
+    etcdutl_restore(stop, &spec.etcdutl_bin, snap, &data, &args).await?;
+    let _ = std::fs::remove_file(snap);
+    let pki = Pki::create(dir)?;
+    let etcd =
+        ScratchEtcd::start(&spec.etcd_bin, "kirt-drill", &data, &ports, &pki, dir, &[]).await?;
     let result = stop
         .guard("the scratch control plane was stopped", async {
-            let observed = member.etcd.observe(m.etcd.revision).await?;
-            let checks = vec![
-                Check::new("keys at revision", m.etcd.key_count, observed.key_count),
-                Check::new("HashKV at revision", m.etcd.hash_kv, observed.hash_kv),
-            ];
+            let observed = etcd
+                .observe(m.etcd.revision, m.etcd.hash_kv.is_some())
+                .await?;
+            let checks = keyspace_checks(m, &observed);
             let api = ScratchApiserver::start(
                 &spec.apiserver_bin,
                 &spec.service_cluster_ip_range,
-                &member.etcd.endpoint,
-                &member.pki,
+                &etcd.endpoint,
+                &pki,
                 dir,
             )
             .await?;
-            let serving = Instant::now();
             stop.hold("scratch-apiserver").await;
+            let rto_seconds = restore_started.elapsed().as_secs_f64();
             let served = count_objects(&api.cluster).await;
             let version = api
                 .cluster
@@ -304,11 +279,11 @@ async fn serve(
                 observed,
                 served: served?,
                 version,
-                after_serving: serving.elapsed(),
+                rto_seconds,
             })
         })
         .await;
-    member.stop().await;
+    etcd.stop().await;
     result
 }
 
@@ -379,7 +354,7 @@ fn signed_text(signed: bool) -> &'static str {
 
 fn write_report(path: &Path, r: &DrillReport) -> Result<()> {
     let mut md = format!(
-        "# DR drill: {}/{}\n\n**Result:** {}\n\n| | |\n|---|---|\n| RPO (age of the point restored) | {} |\n| RTO (restore to apiserver serving) | {} |\n| verify | {:.1}s |\n| scratch apiserver | {} |\n| signature | {} |\n\n## Objects\n\nAt backup: recorded at the backup's revision; restored: keys in the restored etcd at that revision; served: objects the scratch apiserver lists (the snapshot's head, which may hold a few newer writes).\n\n| resource | at backup | restored | served | |\n|---|---:|---:|---:|---|\n",
+        "# DR drill: {}/{}\n\n**Result:** {}\n\n| | |\n|---|---|\n| RPO (age of the backup) | {} |\n| RTO (restore to apiserver serving) | {} |\n| verify | {:.1}s |\n| scratch apiserver | {} |\n| signature | {} |\n\n## Objects\n\nAt backup: recorded at the backup's revision; restored: keys in the restored etcd at that revision; served: objects the scratch apiserver lists (the snapshot's head, which may hold a few newer writes).\n\n| resource | at backup | restored | served | |\n|---|---:|---:|---:|---|\n",
         r.cluster,
         r.backup,
         if r.ok { "passed" } else { "FAILED" },

@@ -84,7 +84,8 @@ pub async fn etcdutl_restore(
 pub struct Observed {
     pub revision: i64,
     pub key_count: i64,
-    pub hash_kv: u32,
+    /// HashKV at the recorded revision, when the manifest has one to compare with.
+    pub hash_kv: Option<u32>,
     /// Keys under each of the manifest's resource prefixes at the recorded revision…
     pub prefix_counts_at: BTreeMap<String, i64>,
     /// …and at the restored head (what an apiserver on this member serves).
@@ -164,8 +165,8 @@ impl ScratchEtcd {
         })
     }
 
-    /// Revision, live keys and HashKV at `revision`.
-    pub async fn observe(&self, revision: i64) -> Result<Observed> {
+    /// Revision, live keys and (with `hash`) HashKV at `revision`.
+    pub async fn observe(&self, revision: i64, hash: bool) -> Result<Observed> {
         let err = |what: &str, e: etcd_client::Error| Error::Etcd {
             endpoint: self.endpoint.clone(),
             context: format!("restored member: {what}"),
@@ -194,11 +195,12 @@ impl ScratchEtcd {
             )
             .await
             .map_err(|e| err("count at revision", e))?;
-        let hash = c
-            .maintenance_client()
-            .hash_kv(revision)
-            .await
-            .map_err(|e| err("HashKV", e))?;
+        let hash_kv = if hash {
+            let h = c.maintenance_client().hash_kv(revision).await;
+            Some(h.map_err(|e| err("HashKV", e))?.hash())
+        } else {
+            None
+        };
         let mut kv = c.kv_client();
         let count = crate::actions::backup::manifest::count_prefixes;
         let prefix_counts_at = count(&mut kv, revision)
@@ -210,7 +212,7 @@ impl ScratchEtcd {
         Ok(Observed {
             revision: head.header().map(|h| h.revision()).unwrap_or(0),
             key_count: at.count(),
-            hash_kv: hash.hash(),
+            hash_kv,
             prefix_counts_at,
             prefix_counts_head,
         })
@@ -237,7 +239,7 @@ impl ScratchEtcd {
             source: e,
         };
         let save = async {
-            let mut c = self.client().await?;
+            let c = self.client().await?;
             let mut stream = c
                 .maintenance_client()
                 .snapshot()
@@ -282,7 +284,7 @@ impl ScratchEtcd {
 
 /// `major.minor.patch` of an etcd tool, from what `BIN ARGS` prints ("etcd Version: 3.5.16",
 /// "etcdutl version: 3.5.16"); None if it cannot be run or says nothing recognisable.
-pub async fn tool_version(bin: &Path, args: &[&str]) -> Option<(u32, u32, u32)> {
+pub async fn tool_version(bin: &Path, args: &[&str]) -> Option<(u64, u64, u64)> {
     let out = tokio::process::Command::new(bin)
         .args(args)
         .stdin(Stdio::null())
@@ -292,11 +294,19 @@ pub async fn tool_version(bin: &Path, args: &[&str]) -> Option<(u32, u32, u32)> 
     parse_version(&String::from_utf8_lossy(&out.stdout))
 }
 
-fn parse_version(text: &str) -> Option<(u32, u32, u32)> {
-    let line = text.lines().find(|l| l.to_ascii_lowercase().contains("version:"))?;
+pub fn parse_version(text: &str) -> Option<(u64, u64, u64)> {
+    let line = text
+        .lines()
+        .find(|l| l.to_ascii_lowercase().contains("version:"))?;
     let v = line.rsplit(':').next()?.trim().trim_start_matches('v');
-    let mut it = v.split(|c: char| !c.is_ascii_digit()).filter(|p| !p.is_empty());
-    Some((it.next()?.parse().ok()?, it.next()?.parse().ok()?, it.next()?.parse().ok()?))
+    let mut it = v
+        .split(|c: char| !c.is_ascii_digit())
+        .filter(|p| !p.is_empty());
+    Some((
+        it.next()?.parse().ok()?,
+        it.next()?.parse().ok()?,
+        it.next()?.parse().ok()?,
+    ))
 }
 
 #[cfg(test)]
@@ -309,8 +319,14 @@ mod tests {
             parse_version("etcd Version: 3.5.16\nGit SHA: x\n"),
             Some((3, 5, 16))
         );
-        assert_eq!(parse_version("etcdutl version: 3.5.9\nAPI version: 3.5\n"), Some((3, 5, 9)));
-        assert_eq!(parse_version("etcdutl version: v3.6.0-rc.1"), Some((3, 6, 0)));
+        assert_eq!(
+            parse_version("etcdutl version: 3.5.9\nAPI version: 3.5\n"),
+            Some((3, 5, 9))
+        );
+        assert_eq!(
+            parse_version("etcdutl version: v3.6.0-rc.1"),
+            Some((3, 6, 0))
+        );
         assert_eq!(parse_version("nothing"), None);
     }
 }

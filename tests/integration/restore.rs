@@ -140,7 +140,7 @@ fn verify_and_trial_restore_pass_on_good_backups_of_both_versions() {
             let checks = v["checks"].as_array().unwrap();
             for name in [
                 "keys at revision",
-                "HashKV at revision",
+                "resource keys at revision",
                 "restored revision >= recorded",
             ] {
                 let c = checks
@@ -156,9 +156,122 @@ fn verify_and_trial_restore_pass_on_good_backups_of_both_versions() {
                 .find(|c| c["check"] == "keys at revision")
                 .unwrap();
             assert_eq!(keys["actual"], manifest["etcd"]["key_count"].to_string());
+            // the default is --hash-kv off: nothing recorded, nothing claimed
+            assert!(manifest["etcd"]["hash_kv"].is_null(), "{manifest:#}");
+            assert!(
+                !checks.iter().any(|c| c["check"] == "HashKV at revision"),
+                "{v:#}"
+            );
             assert_clean(&lab);
         }
     }
+}
+
+/// `--hash-kv on` records etcd's HashKV and the trial restore compares it: it catches a value
+/// that differs from what etcd held at the revision, which key counts cannot see. `--hash-kv
+/// off` records none (null in the manifest) and the trial restore compares key counts, in all
+/// and per resource: it catches a lost key.
+#[test]
+fn hash_kv_modes_are_recorded_and_trial_restore_checks_what_each_claims() {
+    let Some(lab) = lab() else { return };
+    let etcd = lab.private_etcd("3.5");
+    populate_etcd(&etcd.endpoint, "/kirt-test", 1_000);
+    // the newest revision changes a value and nothing else: same keys before and after
+    let pod = "/registry/pods/ns/p1";
+    let (rev, before, after) = common::block_on(async {
+        let mut c = etcd_client::Client::connect([etcd.endpoint.as_str()], None)
+            .await
+            .unwrap();
+        c.put(pod, "v1", None).await.unwrap();
+        let r = c.put(pod, "v2", None).await.unwrap();
+        let rev = r.header().unwrap().revision();
+        let mut m = c.maintenance_client();
+        let before = m.hash_kv(rev - 1).await.unwrap().hash();
+        (rev, before, m.hash_kv(rev).await.unwrap().hash())
+    });
+    assert_ne!(before, after);
+    let dir = lab.dir.path().join("hashkv");
+    let on = backup(
+        &lab,
+        &etcd.endpoint,
+        &dir,
+        "on",
+        &["--no-encrypt", "--hash-kv", "on"],
+        "",
+    );
+    let off = backup(
+        &lab,
+        &etcd.endpoint,
+        &dir,
+        "off",
+        &["--no-encrypt", "--hash-kv", "off"],
+        "",
+    );
+    let read = |b: &Backup| -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(b.manifest()).unwrap()).unwrap()
+    };
+    let (m_on, m_off) = (read(&on), read(&off));
+    assert_eq!(m_on["etcd"]["revision"], rev, "{m_on:#}");
+    assert_eq!(m_on["etcd"]["hash_kv"], after, "{m_on:#}");
+    assert!(m_on["etcd"]["compact_revision"].is_i64(), "{m_on:#}");
+    assert!(m_off["etcd"]["hash_kv"].is_null(), "{m_off:#}");
+    assert!(m_off["etcd"]["compact_revision"].is_null(), "{m_off:#}");
+    assert_eq!(m_off["etcd"]["prefix_counts"]["pods"], 1, "{m_off:#}");
+
+    let checks = |r: &Run| -> Vec<(String, bool)> {
+        r.json()["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| (c["check"].as_str().unwrap().to_string(), c["ok"] == true))
+            .collect()
+    };
+    let failed = |r: &Run| -> Vec<String> {
+        checks(r)
+            .into_iter()
+            .filter(|(_, ok)| !ok)
+            .map(|(n, _)| n)
+            .collect()
+    };
+    for (b, hashed) in [(&on, true), (&off, false)] {
+        let r = verify(&lab, b, &["--restore"]);
+        assert_eq!(r.code(), 0, "{}", r.dump());
+        let names: Vec<String> = checks(&r).into_iter().map(|(n, _)| n).collect();
+        assert_eq!(
+            names.contains(&"HashKV at revision".to_string()),
+            hashed,
+            "{names:?}"
+        );
+        assert!(
+            names.contains(&"resource keys at revision".to_string()),
+            "{names:?}"
+        );
+        assert_clean(&lab);
+    }
+
+    // on: the recorded hash is of an older value of one key; the counts cannot tell
+    let mut m = m_on.clone();
+    m["etcd"]["hash_kv"] = before.into();
+    std::fs::write(on.manifest(), serde_json::to_vec_pretty(&m).unwrap()).unwrap();
+    let r = verify(&lab, &on, &["--restore"]);
+    assert_eq!(r.code(), 3, "{}", r.dump());
+    assert_eq!(failed(&r), ["HashKV at revision"], "{}", r.dump());
+    assert_clean(&lab);
+
+    // off: a key under /registry/pods/ the restore does not have
+    let mut m = m_off.clone();
+    m["etcd"]["key_count"] = (m["etcd"]["key_count"].as_i64().unwrap() + 1).into();
+    m["etcd"]["prefix_counts"]["pods"] = 2.into();
+    std::fs::write(off.manifest(), serde_json::to_vec_pretty(&m).unwrap()).unwrap();
+    let r = verify(&lab, &off, &["--restore"]);
+    assert_eq!(r.code(), 3, "{}", r.dump());
+    assert_eq!(
+        failed(&r),
+        ["keys at revision", "resource keys at revision"],
+        "{}",
+        r.dump()
+    );
+    assert_clean(&lab);
 }
 
 #[test]
@@ -308,8 +421,10 @@ fn restore_starts_a_working_etcd_with_the_data() {
     let data = lab.dir.path().join("new-member");
     let peer = common::free_port();
     let client = common::free_port();
-    let r = lab
-        .kirt([
+    let initial_cluster = format!("m1=http://127.0.0.1:{peer}");
+    let peer_url = format!("http://127.0.0.1:{peer}");
+    let restore = |extra: &[&str]| {
+        let mut args = vec![
             "restore",
             "--from",
             dir.to_str().unwrap(),
@@ -323,14 +438,27 @@ fn restore_starts_a_working_etcd_with_the_data() {
             "--name",
             "m1",
             "--initial-cluster",
-            &format!("m1=http://127.0.0.1:{peer}"),
+            &initial_cluster,
             "--initial-advertise-peer-urls",
-            &format!("http://127.0.0.1:{peer}"),
+            &peer_url,
             "-o",
             "json",
-        ])
-        .ok();
-    let cmdline = r.json()["etcd_command"]
+        ];
+        args.extend_from_slice(extra);
+        lab.kirt(args)
+    };
+    let r = restore(&[]).ok();
+    let json = r.json();
+    // Kubernetes-safe by default: the revision is raised (at least 10^9) and marked compacted
+    let recorded = json["revision"].as_i64().unwrap();
+    let bump = json["revision_bump"].as_i64().unwrap();
+    let restored = json["restored_revision"].as_i64().unwrap();
+    assert!(bump >= 1_000_000_000, "{}", r.dump());
+    assert!(restored >= recorded + bump, "{}", r.dump());
+    assert_eq!(json["moved_aside"], serde_json::Value::Null, "{}", r.dump());
+    let steps = json["next_steps"].to_string();
+    assert!(steps.contains("kube-apiserver"), "{steps}");
+    let cmdline = json["etcd_command"]
         .as_str()
         .unwrap()
         .replace("CLIENT_URLS", &format!("http://127.0.0.1:{client}"));
@@ -351,51 +479,71 @@ fn restore_starts_a_working_etcd_with_the_data() {
         port: client,
     };
     let etcdctl = Path::new(&lab.get("KIRT_LAB_ETCD35_BIN")).join("etcdctl");
+    let ctl = |args: &str| {
+        sh(&format!(
+            "{} --endpoints {} {args}",
+            etcdctl.display(),
+            member.endpoint
+        ))
+    };
     let mut out = String::new();
     common::wait_until(
         std::time::Duration::from_secs(20),
         "restored etcd answers",
         || {
-            let r = sh(&format!(
-                "{} --endpoints {} get /restore-me/00000042 --print-value-only",
-                etcdctl.display(),
-                member.endpoint
-            ));
+            let r = ctl("get /restore-me/00000042 --print-value-only");
             out = r.stdout();
             r.code() == 0 && !out.is_empty()
         },
     );
     assert!(out.contains("cm-42"), "{out}");
-    let count = sh(&format!(
-        "{} --endpoints {} get /restore-me/ --prefix --count-only -w fields",
-        etcdctl.display(),
-        member.endpoint
-    ))
-    .ok()
-    .stdout();
+    let count = ctl("get /restore-me/ --prefix --count-only -w fields")
+        .ok()
+        .stdout();
     assert!(count.contains("\"Count\" : 500"), "{count}");
+    // a client's old revision is compacted (it relists) and the head is past the bump
+    let old = ctl(&format!("get /restore-me/00000042 --rev {recorded}"));
+    assert_ne!(old.code(), 0, "{}", old.dump());
+    assert!(old.stderr().contains("compacted"), "{}", old.dump());
+    let head = ctl("get /restore-me/00000042 -w json").ok().stdout();
+    let head: serde_json::Value = serde_json::from_str(&head).unwrap();
+    assert!(
+        head["header"]["revision"].as_i64().unwrap() >= restored,
+        "{head}"
+    );
+    // never over a data dir an etcd is running on, even with --yes
+    let r = restore(&["--yes"]);
+    assert_eq!(r.code(), 4, "{}", r.dump());
+    assert!(r.stderr().contains("an etcd is running"), "{}", r.dump());
     member.kill();
-    // never into a non-empty data dir
-    let r = lab.kirt([
-        "restore",
-        "--from",
-        dir.to_str().unwrap(),
-        &b.id,
-        "--identity",
-        &key,
-        "--trusted-key",
-        &trusted,
-        "--data-dir",
-        data.to_str().unwrap(),
-        "--name",
-        "m1",
-        "--initial-cluster",
-        "m1=http://127.0.0.1:1",
-        "--initial-advertise-peer-urls",
-        "http://127.0.0.1:1",
-    ]);
+    // a stopped member's data dir: moved aside only when confirmed
+    let r = restore(&[]);
     assert_eq!(r.code(), 4, "{}", r.dump());
     assert!(r.stderr().contains("not empty"), "{}", r.dump());
+    assert!(r.stderr().contains("--yes"), "{}", r.dump());
+    assert!(data.join("member/snap/db").exists());
+    let r = restore(&["--yes", "--bump-revision", "0"]).ok();
+    let json = r.json();
+    let aside = Path::new(json["moved_aside"].as_str().unwrap()).to_path_buf();
+    assert!(
+        aside
+            .file_name()
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .starts_with("new-member.kirt-old-"),
+        "{}",
+        aside.display()
+    );
+    assert!(aside.join("member/snap/db").exists(), "{}", r.dump());
+    assert!(data.join("member/snap/db").exists(), "{}", r.dump());
+    assert_eq!(json["revision_bump"], 0, "{}", r.dump());
+    let restored = json["restored_revision"].as_i64().unwrap();
+    assert!(
+        restored >= recorded && restored < 1_000_000_000,
+        "{}",
+        r.dump()
+    );
 }
 
 #[test]

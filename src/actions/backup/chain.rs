@@ -312,18 +312,27 @@ async fn read_segment(
     let key = manifest_key(&entry.cluster, &entry.id, &l.id);
     let bytes = match store.get_bytes(&key, MAX_MANIFEST).await {
         Ok(b) => b,
-        Err(e @ (Error::VerifyFailed(_) | Error::NotFound { .. })) => return Ok(Err(e.to_string())),
+        Err(e @ (Error::VerifyFailed(_) | Error::NotFound { .. })) => {
+            return Ok(Err(e.to_string()))
+        }
         Err(e) => return Err(e),
     };
     let m: SegmentManifest = match serde_json::from_slice(&bytes) {
         Ok(m) => m,
-        Err(e) => return Ok(Err(format!("its manifest is not a kirt segment manifest ({e})"))),
+        Err(e) => {
+            return Ok(Err(format!(
+                "its manifest is not a kirt segment manifest ({e})"
+            )))
+        }
     };
     let encrypted = m.encryption.is_some();
     let why = if m.format != FORMAT {
         Some(format!("its manifest has unknown format {:?}", m.format))
     } else if m.id != l.id {
-        Some(format!("its manifest describes segment {} (swapped or renamed)", m.id))
+        Some(format!(
+            "its manifest describes segment {} (swapped or renamed)",
+            m.id
+        ))
     } else if m.chain != entry.id || m.cluster_name != entry.cluster {
         Some(format!(
             "its manifest belongs to the chain of {}/{}, not this one",
@@ -393,7 +402,10 @@ fn link(
             problems.push(Break {
                 segment: names.join(" and "),
                 revision: candidates[0].manifest.first_revision,
-                reason: format!("{} segments claim sequence {seq} (two streams, or planted)", names.len()),
+                reason: format!(
+                    "{} segments claim sequence {seq} (two streams, or planted)",
+                    names.len()
+                ),
             });
             break;
         }
@@ -443,7 +455,10 @@ fn link(
         for s in left {
             let m = &s.manifest;
             let reason = if n > seq {
-                let after = chain.last().map(|p| p.manifest.last_revision).unwrap_or(base.revision);
+                let after = chain
+                    .last()
+                    .map(|p| p.manifest.last_revision)
+                    .unwrap_or(base.revision);
                 format!(
                     "sequence {seq} (revisions {}..{}) is missing before it",
                     after + 1,
@@ -479,7 +494,9 @@ pub async fn end(
     for l in listed(entry).iter().rev().filter(|l| l.manifest) {
         match read_segment(store, entry, l, trusted, now).await? {
             Ok(s) => return Ok(Some(s)),
-            Err(why) => tracing::warn!("segment {}/{}: {why}", dir(&entry.cluster, &entry.id), l.id),
+            Err(why) => {
+                tracing::warn!("segment {}/{}: {why}", dir(&entry.cluster, &entry.id), l.id)
+            }
         }
     }
     Ok(None)
@@ -562,6 +579,7 @@ mod tests {
             snapshot_size: None,
             stored_size: 0,
             encrypted: false,
+            object_lock: None,
             object: String::new(),
             manifest: None,
             manifest_bytes: b"base".to_vec(),
@@ -678,13 +696,14 @@ mod tests {
     fn etcd_info() -> manifest::EtcdInfo {
         manifest::EtcdInfo {
             endpoint: String::new(),
+            member_choice: String::new(),
             version: String::new(),
             cluster_id: String::new(),
             member_id: String::new(),
             revision: 100,
             key_count: 0,
-            hash_kv: 0,
-            compact_revision: 0,
+            hash_kv: None,
+            compact_revision: None,
             db_size: 0,
             prefix_counts: Default::default(),
         }
@@ -697,7 +716,12 @@ mod tests {
         let s1 = seg(1, 95, 150, &b); // starts before the base's revision + 1: allowed
         let s2 = seg(2, 151, 200, &s1);
         let s3 = seg(3, 201, 260, &s2);
-        let (ok, bad) = link(&e, &etcd_info(), b"base", vec![s3.clone(), s1.clone(), s2.clone()]);
+        let (ok, bad) = link(
+            &e,
+            &etcd_info(),
+            b"base",
+            vec![s3.clone(), s1.clone(), s2.clone()],
+        );
         assert_eq!(ok.len(), 3);
         assert!(bad.is_empty(), "{bad:?}");
 
@@ -706,7 +730,12 @@ mod tests {
         assert_eq!(ok.len(), 1);
         assert_eq!(bad.len(), 1);
         assert_eq!(bad[0].segment, s3.manifest.id);
-        assert!(bad[0].reason.contains("sequence 2 (revisions 151..200) is missing"), "{bad:?}");
+        assert!(
+            bad[0]
+                .reason
+                .contains("sequence 2 (revisions 151..200) is missing"),
+            "{bad:?}"
+        );
         assert_eq!(bad[0].revision, 151);
 
         // a gap in revisions although the links hold

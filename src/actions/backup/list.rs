@@ -69,6 +69,8 @@ pub struct BackupEntry {
     pub snapshot_size: Option<u64>,
     pub stored_size: u64,
     pub encrypted: bool,
+    /// The Object Lock retention its manifest records (what the backup was written with).
+    pub object_lock: Option<crate::store::Retention>,
     pub object: String,
     #[serde(skip)]
     pub manifest: Option<Manifest>,
@@ -112,6 +114,7 @@ impl Render for BackupList {
             "SNAPSHOT",
             "STORED",
             "ENCRYPTED",
+            "LOCKED",
             "SEGMENTS",
             "CHAIN REACHES",
         ]);
@@ -125,7 +128,9 @@ impl Render for BackupList {
                         c.segments.to_string()
                     },
                     match (c.last_revision, c.last_time) {
-                        (Some(r), Some(t)) => format!("r{r} at {}", t.strftime("%Y-%m-%dT%H:%M:%SZ")),
+                        (Some(r), Some(t)) => {
+                            format!("r{r} at {}", t.strftime("%Y-%m-%dT%H:%M:%SZ"))
+                        }
                         _ => "no usable segment".into(),
                     },
                 ),
@@ -144,6 +149,12 @@ impl Render for BackupList {
                     .unwrap_or_else(|| "-".into()),
                 human_bytes(b.stored_size),
                 if b.encrypted { "age" } else { "no" }.into(),
+                match &b.object_lock {
+                    Some(r) => {
+                        format!("{} until {}", r.mode, crate::runlock::stamp(r.retain_until))
+                    }
+                    None => "-".into(),
+                },
                 segments,
                 reaches,
             ]);
@@ -175,7 +186,10 @@ pub async fn run(_ctx: &Ctx, spec: BackupListSpec) -> Result<BackupList> {
     if spec.verified {
         backups.retain(|b| b.usable());
     }
-    for b in backups.iter_mut().filter(|b| b.usable() && !b.chain_files.is_empty()) {
+    for b in backups
+        .iter_mut()
+        .filter(|b| b.usable() && !b.chain_files.is_empty())
+    {
         b.chain = Some(super::chain::summary(store.as_ref(), b, trusted.as_ref()).await?);
     }
     Ok(BackupList {
@@ -194,17 +208,49 @@ pub async fn scan(
     cluster: Option<&str>,
     trusted: Option<&minisign::PublicKey>,
 ) -> Result<Vec<BackupEntry>> {
+    let now = jiff::Timestamp::now();
+    let mut out = Vec::new();
+    for ((c, id), files) in groups(store, cluster).await? {
+        out.push(entry(store, trusted, now, c, id, files).await?);
+    }
+    out.sort_by(|a, b| b.time.cmp(&a.time).then_with(|| b.id.cmp(&a.id)));
+    Ok(out)
+}
+
+/// The newest usable backup of `cluster` by its id, reading manifests newest first only until
+/// one is found (a nightly run need not read the whole history).
+pub async fn newest_usable(
+    store: &dyn Store,
+    cluster: &str,
+    trusted: Option<&minisign::PublicKey>,
+) -> Result<Option<BackupEntry>> {
+    let now = jiff::Timestamp::now();
+    for ((c, id), files) in groups(store, Some(cluster)).await?.into_iter().rev() {
+        if c != cluster {
+            continue;
+        }
+        let e = entry(store, trusted, now, c, id, files).await?;
+        if e.usable() {
+            return Ok(Some(e));
+        }
+    }
+    Ok(None)
+}
+
+/// The objects under `cluster/` (or everywhere), grouped by CLUSTER/ID (ids in time order).
+async fn groups(
+    store: &dyn Store,
+    cluster: Option<&str>,
+) -> Result<BTreeMap<(String, String), Vec<crate::store::ObjectInfo>>> {
     let objects = store
         .list(cluster.map(|c| format!("{c}/")).as_deref().unwrap_or(""))
         .await?;
-    // group keys by CLUSTER/ID; a chain directory's files go with its base's id
+    // a chain directory's files go with its base's id
     let mut groups: BTreeMap<(String, String), Vec<crate::store::ObjectInfo>> = BTreeMap::new();
-    let mut chains: BTreeMap<(String, String), Vec<crate::store::ObjectInfo>> = BTreeMap::new();
     for o in objects {
         if let Some((c, base, _)) = super::chain::split_key(&o.key) {
             let k = (c.to_string(), base.to_string());
-            groups.entry(k.clone()).or_default();
-            chains.entry(k).or_default().push(o);
+            groups.entry(k).or_default().push(o);
             continue;
         }
         let Some((c, file)) = o.key.rsplit_once('/') else {
@@ -221,14 +267,7 @@ pub async fn scan(
             .or_default()
             .push(o);
     }
-    let now = jiff::Timestamp::now();
-    let mut out = Vec::new();
-    for ((c, id), files) in groups {
-        let chain_files = chains.remove(&(c.clone(), id.clone())).unwrap_or_default();
-        out.push(entry(store, trusted, now, c, id, files, chain_files).await?);
-    }
-    out.sort_by(|a, b| b.time.cmp(&a.time).then_with(|| b.id.cmp(&a.id)));
-    Ok(out)
+    Ok(groups)
 }
 
 /// One backup id: its manifest read (bounded), judged and its signature checked.
@@ -239,8 +278,11 @@ async fn entry(
     cluster: String,
     id: String,
     files: Vec<crate::store::ObjectInfo>,
-    chain_files: Vec<crate::store::ObjectInfo>,
 ) -> Result<BackupEntry> {
+    let extra_keys = files.iter().map(|f| f.key.clone()).collect();
+    let (chain_files, files): (Vec<_>, Vec<_>) = files
+        .into_iter()
+        .partition(|f| super::chain::split_key(&f.key).is_some());
     let mkey = manifest::manifest_key(&cluster, &id);
     let object = files.iter().find(|f| f.key.contains(".etcd.zst"));
     let (status, manifest, manifest_bytes) = if !files.iter().any(|f| f.key == mkey) {
@@ -305,12 +347,9 @@ async fn entry(
         snapshot_size: manifest.as_ref().map(|m| m.snapshot.size),
         stored_size: object.map(|o| o.size).unwrap_or(0),
         encrypted: object.map(|o| o.key.ends_with(".age")).unwrap_or(false),
+        object_lock: manifest.as_ref().and_then(|m| m.object_lock),
         object: object.map(|o| o.key.clone()).unwrap_or_default(),
-        extra_keys: files
-            .iter()
-            .chain(&chain_files)
-            .map(|f| f.key.clone())
-            .collect(),
+        extra_keys,
         chain_files,
         chain: None,
         manifest,

@@ -126,7 +126,11 @@ pub async fn open(
         crate::context::private_dir(&attempt)?;
         match attempt_one(ctx, c, &mut keys, tools, &attempt).await {
             Ok(opened) => return Ok(opened),
-            Err(Attempt::TooNew { base, holds, wanted }) => {
+            Err(Attempt::TooNew {
+                base,
+                holds,
+                wanted,
+            }) => {
                 let _ = std::fs::remove_dir_all(&attempt);
                 tracing::info!(
                     "backup {base}'s snapshot already holds revision {holds}, after {wanted}: trying an older chain"
@@ -153,7 +157,11 @@ struct Candidate {
 
 enum Attempt {
     /// The full backup's snapshot is already past the target: an older chain may reach it.
-    TooNew { base: String, holds: i64, wanted: i64 },
+    TooNew {
+        base: String,
+        holds: i64,
+        wanted: i64,
+    },
     Failed(Error),
 }
 
@@ -484,14 +492,28 @@ where
                     m.last_revision.to_string(),
                     order.last().unwrap_or(0).to_string(),
                 ),
-                ("plaintext size", m.plaintext.size.to_string(), size.to_string()),
+                (
+                    "plaintext size",
+                    m.plaintext.size.to_string(),
+                    size.to_string(),
+                ),
                 ("plaintext sha256", m.plaintext.sha256.clone(), sha),
-                ("stored size", m.object_size.to_string(), stored.stored_size.to_string()),
-                ("stored sha256", m.object_sha256.clone(), stored.stored_sha256),
+                (
+                    "stored size",
+                    m.object_size.to_string(),
+                    stored.stored_size.to_string(),
+                ),
+                (
+                    "stored sha256",
+                    m.object_sha256.clone(),
+                    stored.stored_sha256,
+                ),
             ];
             for (what, want, got) in checks {
                 if want != got {
-                    return Ok(Err(format!("its {what} is {got}, its manifest says {want}")));
+                    return Ok(Err(format!(
+                        "its {what} is {got}, its manifest says {want}"
+                    )));
                 }
             }
             Ok(Ok(revisions))
@@ -528,9 +550,12 @@ impl Member {
         let head = stop
             .guard("the scratch etcd was stopped", async {
                 let mut c = etcd.client().await?;
-                c.get("", Some(GetOptions::new().with_all_keys().with_count_only()))
-                    .await
-                    .map_err(|e| scratch_err(&etcd, "reading its revision", e))
+                c.get(
+                    "",
+                    Some(GetOptions::new().with_all_keys().with_count_only()),
+                )
+                .await
+                .map_err(|e| scratch_err(&etcd, "reading its revision", e))
             })
             .await;
         let revision = match head {
@@ -587,18 +612,26 @@ impl Member {
                 continue;
             }
             let spool = dir.join("segment.jsonl");
-            let fetched = spool_segment(base.store.as_ref(), &s, decryption.clone(), stop, &spool).await;
+            let fetched =
+                spool_segment(base.store.as_ref(), &s, decryption.clone(), stop, &spool).await;
             let fetched = match fetched {
                 Ok(Ok(())) => Ok(()),
-                Ok(Err(why)) => Err(view
-                    .break_at(i - 1, why)
-                    .error(&base.entry.id)),
+                Ok(Err(why)) => Err(view.break_at(i - 1, why).error(&base.entry.id)),
                 Err(e) => Err(e),
             };
             let applied = match fetched {
                 Ok(()) => {
-                    self.apply_file(stop, &mut client, &mut leases, &spool, from, target, &mut key_delta, &mut covered)
-                        .await
+                    self.apply_file(
+                        stop,
+                        &mut client,
+                        &mut leases,
+                        &spool,
+                        from,
+                        target,
+                        &mut key_delta,
+                        &mut covered,
+                    )
+                    .await
                 }
                 Err(e) => Err(e),
             };
@@ -607,7 +640,10 @@ impl Member {
         }
         leases.stop();
         let head = client
-            .get("", Some(GetOptions::new().with_all_keys().with_count_only()))
+            .get(
+                "",
+                Some(GetOptions::new().with_all_keys().with_count_only()),
+            )
             .await
             .map_err(|e| scratch_err(&self.etcd, "reading its revision", e))?;
         let revision = head.header().map(|h| h.revision()).unwrap_or(0);
@@ -667,7 +703,9 @@ impl Member {
                 return Ok(());
             }
             covered.next(r.revision).map_err(|why| {
-                Error::VerifyFailed(format!("the chain does not cover the revisions it claims: {why}"))
+                Error::VerifyFailed(format!(
+                    "the chain does not cover the revisions it claims: {why}"
+                ))
             })?;
             *key_delta += r.events.iter().map(Event::key_delta).sum::<i64>();
             if r.revision == target {
@@ -708,10 +746,9 @@ impl Member {
                 Event::Delete { key } => TxnOp::delete(key.clone(), None),
             });
         }
-        let resp = client
-            .txn(Txn::new().and_then(ops))
-            .await
-            .map_err(|e| scratch_err(&self.etcd, &format!("replaying revision {}", r.revision), e))?;
+        let resp = client.txn(Txn::new().and_then(ops)).await.map_err(|e| {
+            scratch_err(&self.etcd, &format!("replaying revision {}", r.revision), e)
+        })?;
         let got = resp.header().map(|h| h.revision()).unwrap_or(0);
         if got != r.revision {
             return Err(Error::VerifyFailed(format!(
@@ -847,7 +884,12 @@ impl Leases {
     }
 
     /// Grants lease `id` (with the source's TTL) unless the member has it.
-    async fn ensure(&mut self, client: &mut etcd_client::Client, id: i64, ttl: Option<i64>) -> Result<()> {
+    async fn ensure(
+        &mut self,
+        client: &mut etcd_client::Client,
+        id: i64,
+        ttl: Option<i64>,
+    ) -> Result<()> {
         if self.known.contains(&id) {
             return Ok(());
         }

@@ -90,7 +90,9 @@ impl Revision {
         let mut out = Vec::with_capacity(events.len());
         for ev in events {
             let kv = ev.kv().ok_or_else(|| {
-                Error::failed(format!("etcd sent an event without a key at revision {revision}"))
+                Error::failed(format!(
+                    "etcd sent an event without a key at revision {revision}"
+                ))
             })?;
             if kv.mod_revision() != revision {
                 return Err(Error::failed(format!(
@@ -232,6 +234,8 @@ impl Tally {
 pub struct Reader<R> {
     inner: std::io::BufReader<std::io::Take<HashRead<R>>>,
     limit: u64,
+    /// Bytes handed out as lines so far (the inner reader buffers ahead).
+    consumed: u64,
     line: Vec<u8>,
 }
 
@@ -261,6 +265,7 @@ impl<R: Read> Reader<R> {
             // one byte past the limit is read, so that "longer than stated" is seen
             inner: std::io::BufReader::with_capacity(1 << 16, hashed.take(limit.saturating_add(1))),
             limit,
+            consumed: 0,
             line: Vec::new(),
         }
     }
@@ -276,7 +281,8 @@ impl<R: Read> Reader<R> {
         if n == 0 {
             return Ok(None);
         }
-        if self.inner.get_ref().get_ref().count > self.limit {
+        self.consumed += n as u64;
+        if self.consumed > self.limit {
             return Err(format!(
                 "its plaintext is longer than the {} bytes its manifest states",
                 self.limit
@@ -412,7 +418,10 @@ mod tests {
         let mut r = Reader::new(&line[..line.len() - 3], 1 << 20);
         assert!(r.next_revision().unwrap_err().contains("cut short"));
         // not a revision, unknown fields refused
-        let mut r = Reader::new(&b"{\"revision\":1,\"time_ms\":0,\"events\":[],\"x\":1}\n"[..], 100);
+        let mut r = Reader::new(
+            &b"{\"revision\":1,\"time_ms\":0,\"events\":[],\"x\":1}\n"[..],
+            100,
+        );
         assert!(r.next_revision().unwrap_err().contains("not a revision"));
     }
 

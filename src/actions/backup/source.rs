@@ -44,6 +44,9 @@ pub struct Located {
     pub manifest: Manifest,
     /// Whether a trusted key vouched for the manifest.
     pub signed: bool,
+    /// (finish time, revision) of every usable backup of the same cluster, newest first: how
+    /// fast the cluster's revision grows (a restore's revision bump is sized from it).
+    pub history: Vec<(jiff::Timestamp, i64)>,
     /// The key that vouches for backups and segments (`--trusted-key`), if any.
     pub trusted: Option<minisign::PublicKey>,
 }
@@ -89,15 +92,51 @@ impl BackupSource {
     pub async fn locate(&self, which: &str) -> Result<Located> {
         let trusted = self.trusted_key()?;
         let store = self.open().await?;
-        let (cluster, id) = match which.split_once('/') {
+        let (cluster, _) = self.split(which);
+        let all = scan(store.as_ref(), cluster, trusted.as_ref()).await?;
+        let entry = self.find(store.as_ref(), &all, which)?;
+        let manifest = entry
+            .manifest
+            .clone()
+            .ok_or_else(|| Error::VerifyFailed(format!("backup {} has no manifest", entry.id)))?;
+        let history = all
+            .iter()
+            .filter(|b| b.cluster == entry.cluster && b.usable())
+            .filter_map(|b| Some((b.time?, b.revision?)))
+            .collect();
+        Ok(Located {
+            store,
+            signed: entry.signature == Signature::Valid,
+            entry,
+            manifest,
+            history,
+            trusted,
+        })
+    }
+}
+
+impl BackupSource {
+    /// `CLUSTER/ID` or `ID` (of `--cluster-name`, if given).
+    fn split<'a>(&'a self, which: &'a str) -> (Option<&'a str>, &'a str) {
+        match which.split_once('/') {
             Some((c, id)) => (Some(c), id),
             None => (self.cluster_name.as_deref(), which),
-        };
-        let all = scan(store.as_ref(), cluster, trusted.as_ref()).await?;
+        }
+    }
+
+    /// Backup `which` (`latest`, `ID` or `CLUSTER/ID`) among `all` (a scan of `store`), if it
+    /// may be acted on: complete and, with a trusted key, signed by it (else exit 3).
+    pub fn find(&self, store: &dyn Store, all: &[BackupEntry], which: &str) -> Result<BackupEntry> {
+        let (cluster, id) = self.split(which);
+        let candidates: Vec<BackupEntry> = all
+            .iter()
+            .filter(|b| cluster.is_none_or(|c| b.cluster == c))
+            .cloned()
+            .collect();
         let entry = if id == "latest" {
-            latest(store.as_ref(), all, cluster)?
+            latest(store, candidates, cluster)?
         } else {
-            by_id(store.as_ref(), all, id)?
+            by_id(store, candidates, id)?
         };
         let entry = entry.ok_or_else(|| {
             Error::not_found(
@@ -105,18 +144,8 @@ impl BackupSource {
                 "list the backups with kirt backup list --from URL",
             )
         })?;
-        vouch(&entry, store.as_ref())?;
-        let manifest = entry
-            .manifest
-            .clone()
-            .ok_or_else(|| Error::VerifyFailed(format!("backup {} has no manifest", entry.id)))?;
-        Ok(Located {
-            store,
-            signed: entry.signature == Signature::Valid,
-            entry,
-            manifest,
-            trusted,
-        })
+        vouch(&entry, store)?;
+        Ok(entry)
     }
 
     /// Every usable backup of one cluster (`which` is `latest` or `CLUSTER/latest`; without a
@@ -125,10 +154,7 @@ impl BackupSource {
     pub async fn usable_backups(&self, which: &str) -> Result<Vec<Located>> {
         let trusted = self.trusted_key()?;
         let store = self.open().await?;
-        let cluster = match which.split_once('/') {
-            Some((c, _)) => Some(c),
-            None => self.cluster_name.as_deref(),
-        };
+        let (cluster, _) = self.split(which);
         let all = scan(store.as_ref(), cluster, trusted.as_ref()).await?;
         let mut usable: Vec<BackupEntry> = all.into_iter().filter(BackupEntry::usable).collect();
         if let (Some(f), None) = (usable.first(), cluster) {
@@ -140,6 +166,10 @@ impl BackupSource {
             }
         }
         usable.sort_by_key(|b| std::cmp::Reverse(b.revision));
+        let history: Vec<(jiff::Timestamp, i64)> = usable
+            .iter()
+            .filter_map(|b| Some((b.time?, b.revision?)))
+            .collect();
         Ok(usable
             .into_iter()
             .filter_map(|entry| {
@@ -148,6 +178,7 @@ impl BackupSource {
                     signed: entry.signature == Signature::Valid,
                     manifest: entry.manifest.clone()?,
                     entry,
+                    history: history.clone(),
                     trusted: trusted.clone(),
                 })
             })

@@ -1,7 +1,8 @@
 //! `kirt backup verify`: stream a backup back (never whole in memory) — stored bytes → sha256 →
 //! age → zstd → sha256 + etcd trailer — and compare every digest with the manifest. `--restore`
 //! goes further: `etcdutl snapshot restore` into a temp dir, a throwaway etcd on a free loopback
-//! port, and revision / key count / HashKV compared with what was recorded at backup time.
+//! port, and revision / key counts (and HashKV, if recorded) compared with what was recorded at
+//! backup time.
 //! Every mismatch is its own message with exit code 3; nothing is left running or on disk.
 
 use std::io::{Read, Write};
@@ -12,6 +13,7 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 
 use super::chain::{self, ChainView};
+use super::manifest::Manifest;
 use super::replay::{self, Member, Tools};
 use super::source::{BackupSource, Located};
 use crate::context::Ctx;
@@ -20,6 +22,7 @@ use crate::error::{join, Error, IoContext, Result};
 use crate::output::{Render, Table};
 use crate::pipeline::{open_reader, DecodeStats, Decoder, Decryption, TrailerCheck};
 use crate::progress::Stage;
+use crate::scratch::Observed;
 use crate::signal::Shutdown;
 
 /// Defaults shared by the commands that restore.
@@ -39,7 +42,8 @@ pub struct BackupVerifySpec {
     pub backup: String,
     #[command(flatten)]
     pub decrypt: DecryptOptions,
-    /// Also restore into a throwaway etcd and compare revision, key count and HashKV
+    /// Also restore into a throwaway etcd and compare revision, key counts and (if the backup
+    /// recorded it) HashKV
     #[arg(long)]
     pub restore: bool,
     /// etcd binary for --restore (default: etcd on PATH)
@@ -293,7 +297,8 @@ pub async fn run(ctx: &Ctx, spec: BackupVerifySpec) -> Result<VerifyResult> {
     let snap = tmp.as_ref().map(|d| d.path().join("snapshot.db"));
     let streamed = stream_and_check(ctx, &loc, decryption.clone(), snap.clone()).await?;
     let mut checks = streamed.checks;
-    let mut view = chain::assemble(loc.store.as_ref(), &loc.entry, loc.trusted.as_ref(), None).await?;
+    let mut view =
+        chain::assemble(loc.store.as_ref(), &loc.entry, loc.trusted.as_ref(), None).await?;
     checks.extend(check_segments(ctx, &loc, &mut view, decryption.clone()).await?);
     let mut ok = streamed.ok && checks.iter().all(|c| c.ok);
     if let (true, Some(dir), Some(snap)) = (ok, tmp.as_ref(), snap) {
@@ -301,9 +306,16 @@ pub async fn run(ctx: &Ctx, spec: BackupVerifySpec) -> Result<VerifyResult> {
             etcd: &spec.etcd_bin,
             etcdutl: &spec.etcdutl_bin,
         };
-        let restore_checks =
-            trial_restore(&ctx.shutdown, &tools, &snap, dir.path(), &loc, &mut view, decryption)
-                .await?;
+        let restore_checks = trial_restore(
+            &ctx.shutdown,
+            &tools,
+            &snap,
+            dir.path(),
+            &loc,
+            &mut view,
+            decryption,
+        )
+        .await?;
         ok &= restore_checks.iter().all(|c| c.ok);
         checks.extend(restore_checks);
     }
@@ -338,16 +350,27 @@ async fn check_segments(
     view: &mut ChainView,
     decryption: Arc<Decryption>,
 ) -> Result<Vec<Check>> {
-    let listed = chain::listed(&loc.entry).iter().filter(|l| l.manifest).count();
+    let listed = chain::listed(&loc.entry)
+        .iter()
+        .filter(|l| l.manifest)
+        .count();
     if listed == 0 && view.broken.is_none() {
         return Ok(Vec::new());
     }
-    let stage = ctx.progress.stage("segments", Some(view.segments.len() as u64));
+    let stage = ctx
+        .progress
+        .stage("segments", Some(view.segments.len() as u64));
     let mut i = 0;
     while i < view.segments.len() {
         let s = view.segments[i].clone();
-        if let Err(why) =
-            replay::fetch(loc.store.as_ref(), &s, decryption.clone(), &ctx.shutdown, |_| Ok(())).await?
+        if let Err(why) = replay::fetch(
+            loc.store.as_ref(),
+            &s,
+            decryption.clone(),
+            &ctx.shutdown,
+            |_| Ok(()),
+        )
+        .await?
         {
             view.break_at(i, why);
             break;
@@ -361,11 +384,7 @@ async fn check_segments(
             "segment {id} has no manifest (a stream was interrupted while writing it): not part of the chain"
         );
     }
-    let mut checks = vec![Check::new(
-        "segments verified",
-        listed,
-        view.segments.len(),
-    )];
+    let mut checks = vec![Check::new("segments verified", listed, view.segments.len())];
     if let Some(b) = &view.broken {
         checks.push(Check {
             check: format!("chain at segment {}", b.segment),
@@ -393,7 +412,10 @@ pub async fn trial_restore(
     let observed = stop
         .guard("the throwaway etcd was stopped", async {
             stop.hold("scratch-etcd").await;
-            member.etcd.observe(m.etcd.revision).await
+            member
+                .etcd
+                .observe(m.etcd.revision, m.etcd.hash_kv.is_some())
+                .await
         })
         .await;
     let observed = match observed {
@@ -403,15 +425,12 @@ pub async fn trial_restore(
             return Err(e);
         }
     };
-    let mut checks = vec![
-        Check::new(
-            "restored revision >= recorded",
-            true,
-            observed.revision >= m.etcd.revision,
-        ),
-        Check::new("keys at revision", m.etcd.key_count, observed.key_count),
-        Check::new("HashKV at revision", m.etcd.hash_kv, observed.hash_kv),
-    ];
+    let mut checks = vec![Check::new(
+        "restored revision >= recorded",
+        true,
+        observed.revision >= m.etcd.revision,
+    )];
+    checks.extend(keyspace_checks(m, &observed));
     if !view.segments.is_empty() {
         let target = view.end().max(member.snapshot_revision);
         let replayed = member
@@ -427,4 +446,28 @@ pub async fn trial_restore(
     }
     member.stop().await;
     Ok(checks)
+}
+
+/// What a restored member must reproduce at the recorded revision: the live keys, the keys per
+/// resource prefix and, when the backup was made with `--hash-kv on`, etcd's HashKV.
+pub fn keyspace_checks(m: &Manifest, observed: &Observed) -> Vec<Check> {
+    let counts = |c: &std::collections::BTreeMap<String, i64>| {
+        c.iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let mut checks = vec![
+        Check::new("keys at revision", m.etcd.key_count, observed.key_count),
+        Check::new(
+            "resource keys at revision",
+            counts(&m.etcd.prefix_counts),
+            counts(&observed.prefix_counts_at),
+        ),
+    ];
+    if let Some(recorded) = m.etcd.hash_kv {
+        let restored = observed.hash_kv.map_or("none".into(), |h| h.to_string());
+        checks.push(Check::new("HashKV at revision", recorded, restored));
+    }
+    checks
 }
