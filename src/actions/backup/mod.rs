@@ -20,4 +20,5 @@ pub mod retention;
 pub mod segment;
 pub mod signing;
 pub mod source;
+pub mod stream;
 pub mod verify;

@@ -186,7 +186,7 @@ pub struct Written {
 }
 
 /// Serializes revisions and keeps the tally the manifest states.
-#[derive(Default)]
+#[derive(Default, Clone)]
 pub struct Tally {
     hasher: Sha256,
     written: Written,
