@@ -365,6 +365,7 @@ impl Stream<'_> {
                         pending.add(&r)?;
                         expect += 1;
                     }
+                    tracing::debug!("received through revision {}", expect - 1);
                     if pending.tally.size() >= self.spec.segment_max {
                         self.try_commit(&mut c, &mut pending).await?;
                     }
