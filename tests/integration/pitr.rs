@@ -27,7 +27,9 @@ struct Keys {
 }
 
 async fn client(endpoint: &str) -> etcd_client::Client {
-    etcd_client::Client::connect([endpoint], None).await.unwrap()
+    etcd_client::Client::connect([endpoint], None)
+        .await
+        .unwrap()
 }
 
 /// Puts `key` and returns the revision of the write.
@@ -53,7 +55,11 @@ fn keys_at(endpoint: &str, prefix: &str, rev: i64) -> BTreeMap<String, String> {
         if rev > 0 {
             opts = opts.with_revision(rev);
         }
-        let r = client(endpoint).await.get(prefix, Some(opts)).await.unwrap();
+        let r = client(endpoint)
+            .await
+            .get(prefix, Some(opts))
+            .await
+            .unwrap();
         r.kvs()
             .iter()
             .map(|kv| {
@@ -351,6 +357,21 @@ fn stream_survives_sigterm_and_restart_and_restores_to_a_revision() {
     assert!(!pitr.contains_key("/pitr/c"), "written after R: not there");
     assert_eq!(restored("/base/"), keys_at(&ep, "/base/", r));
     drop(member);
+    // --to-time: the newest revision received at or before the time (a segment's last)
+    let t = segs[0]["last_time"].as_str().unwrap();
+    let (run, _) = restore(
+        &lab,
+        &dir,
+        &keys,
+        &lab.dir.path().join("at-time"),
+        &["--trusted-key", &keys.trusted, "--to-time", t],
+    );
+    let j = run.ok().json();
+    assert_eq!(
+        j["point_in_time"]["revision"].as_i64(),
+        segs[0]["last_revision"].as_i64(),
+        "{j:#}"
+    );
 
     // 4. a flipped byte in the last segment: verify and a restore past it exit 3 naming it; a
     // restore that stops before it still works
@@ -468,5 +489,55 @@ fn restore_refuses_revisions_outside_the_chain() {
         assert_eq!(run.code(), 6, "{}", run.dump());
         assert!(run.stderr().contains(why), "{}", run.dump());
         assert!(!data.exists(), "{}", data.display());
+    }
+}
+
+/// etcd compacted the revisions a restarted stream still needed: it starts a new chain with a
+/// full backup at once (which holds those revisions' outcome: no gap), says why, and counts it.
+#[test]
+fn a_compacted_history_starts_a_new_chain() {
+    let Some(lab) = lab() else { return };
+    let etcd = lab.private_etcd("3.5");
+    let ep = etcd.endpoint.clone();
+    populate_etcd(&ep, "/base", 50);
+    let (age, recipient) = age_key(&lab);
+    let (sign, trusted) = signing_keys(&lab);
+    let keys = Keys {
+        age,
+        recipient,
+        sign,
+        trusted,
+    };
+    let dir = lab.dir.path().join("stream");
+    let wait = Duration::from_secs(60);
+    let h = stream(&lab, &ep, &dir, &keys, "1h");
+    common::wait_until(wait, "the stream's full backup", || fulls(&dir).len() == 1);
+    let rx = put(&ep, "/pitr/x", "1");
+    common::wait_until(wait, "the stream receiving the write", || received(&h, rx));
+    let (code, _, err) = h.terminate();
+    assert_eq!(code, 0, "{err}");
+    // while no stream runs: writes, then a compaction past the chain's end
+    put(&ep, "/pitr/y", "1");
+    let rz = put(&ep, "/pitr/z", "1");
+    common::block_on(async {
+        client(&ep).await.compact(rz, None).await.unwrap();
+    });
+    let h = stream(&lab, &ep, &dir, &keys, "1h");
+    common::wait_until(wait, "a new full backup", || fulls(&dir).len() == 2);
+    let (code, _, err) = h.terminate();
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("compacted"), "{err}");
+    let newest = fulls(&dir).pop().unwrap();
+    let m: Value = serde_json::from_slice(
+        &std::fs::read(dir.join(CLUSTER).join(format!("{newest}.manifest.json"))).unwrap(),
+    )
+    .unwrap();
+    assert!(m["etcd"]["revision"].as_i64().unwrap() >= rz, "{m:#}");
+    let metrics = std::fs::read_to_string(dir.with_extension("prom")).unwrap();
+    for line in [
+        "kirt_stream_compactions_total{cluster=\"c\"} 1",
+        "kirt_stream_full_backups_total{cluster=\"c\"} 1",
+    ] {
+        assert!(metrics.contains(line), "{line}:\n{metrics}");
     }
 }
