@@ -311,13 +311,11 @@ impl Stream<'_> {
             tokio::select! {
                 biased;
                 _ = self.ctx.shutdown.requested() => {
-                    // the signal already fired: commit with a stop of its own (main's grace
-                    // period still bounds it)
-                    self.commit(&mut c, &mut pending, &Shutdown::manual()).await?;
+                    self.commit(&mut c, &mut pending).await?;
                     return Ok(Next::Stopped(c));
                 }
                 _ = &mut full_due => {
-                    self.commit(&mut c, &mut pending, &self.ctx.shutdown.clone()).await?;
+                    self.commit(&mut c, &mut pending).await?;
                     return Ok(Next::Full(c, format!("--full-every {} has passed", crate::units::human_duration(self.spec.full_every))));
                 }
                 _ = tick.tick() => {
@@ -347,7 +345,7 @@ impl Stream<'_> {
                         Err(e) => return Err(self.etcd_err("watch", e)),
                     };
                     if resp.compact_revision() > 0 || resp.canceled() {
-                        self.commit(&mut c, &mut pending, &self.ctx.shutdown.clone()).await?;
+                        self.commit(&mut c, &mut pending).await?;
                         self.metrics.compactions += 1;
                         let why = if resp.compact_revision() > 0 {
                             format!("etcd compacted its history to revision {} before the watch read revision {expect}", resp.compact_revision())
@@ -359,7 +357,7 @@ impl Stream<'_> {
                     for r in self.revisions(&resp, &mut leases).await? {
                         if r.revision != expect {
                             // a hole (or a repeat): the chain cannot cover it
-                            self.commit(&mut c, &mut pending, &self.ctx.shutdown.clone()).await?;
+                            self.commit(&mut c, &mut pending).await?;
                             return Ok(Next::Full(c, format!("the watch sent revision {} where {expect} was due", r.revision)));
                         }
                         pending.add(&r)?;
@@ -432,10 +430,8 @@ impl Stream<'_> {
     /// Commits at a tick or at the size limit; a failure keeps the revisions for the next try,
     /// until the buffer is full.
     async fn try_commit(&mut self, c: &mut Chain, pending: &mut Pending) -> Result<()> {
-        let stop = self.ctx.shutdown.clone();
-        match self.commit(c, pending, &stop).await {
+        match self.commit(c, pending).await {
             Ok(()) => Ok(()),
-            Err(e @ Error::Interrupted { .. }) => Err(e),
             Err(e) if pending.tally.size() < BUFFER_SEGMENTS * self.spec.segment_max => {
                 tracing::error!(error = %e, buffered = pending.tally.size(), "committing a segment failed; retrying at the next tick");
                 Ok(())
@@ -444,18 +440,15 @@ impl Stream<'_> {
         }
     }
 
-    /// Writes what is pending as the chain's next segment: object, signature, manifest.
-    async fn commit(
-        &mut self,
-        c: &mut Chain,
-        pending: &mut Pending,
-        stop: &Shutdown,
-    ) -> Result<()> {
+    /// Writes what is pending as the chain's next segment: object, signature, manifest. A signal
+    /// does not cut a commit short (SIGTERM means "commit and exit"; main's grace period bounds
+    /// it): [`Stream::follow`] sees it once this commit is done and commits the rest.
+    async fn commit(&mut self, c: &mut Chain, pending: &mut Pending) -> Result<()> {
         if pending.tally.is_empty() {
             self.metrics.write(self.spec, &self.cluster, Some(c));
             return Ok(());
         }
-        let r = self.publish(c, pending, stop).await;
+        let r = self.publish(c, pending, &Shutdown::manual()).await;
         match r {
             Ok(m) => {
                 c.prev = Link {
