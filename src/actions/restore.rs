@@ -13,7 +13,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::actions::backup::replay::{self, Reached, Target, Tools};
 use crate::actions::backup::source::{BackupSource, Located, Unsigned};
-use crate::actions::backup::verify::{stream_and_check, Check, ETCDUTL_BIN, ETCD_BIN};
+use crate::actions::backup::verify::{
+    refuse_failed, stream_and_check, Check, ETCDUTL_BIN, ETCD_BIN,
+};
 use crate::context::Ctx;
 use crate::crypto::DecryptOptions;
 use crate::error::{Error, Result};
@@ -370,23 +372,6 @@ async fn point_in_time(
         checks: opened.checks,
         reached: Some(reached),
     })
-}
-
-/// Exit 3 when any check failed: nothing is restored from a backup that does not verify.
-fn refuse_failed(loc: &Located, checks: &[Check]) -> Result<()> {
-    let bad: Vec<&str> = checks
-        .iter()
-        .filter(|c| !c.ok)
-        .map(|c| c.check.as_str())
-        .collect();
-    if bad.is_empty() {
-        return Ok(());
-    }
-    Err(Error::VerifyFailed(format!(
-        "backup {} does not match its manifest ({}); nothing was restored",
-        loc.entry.id,
-        bad.join(", ")
-    )))
 }
 
 /// Whether `data` holds anything; an etcd running on it (it holds the lock on its bbolt db) is a

@@ -318,6 +318,17 @@ fn stream_survives_sigterm_and_restart_and_restores_to_a_revision() {
     let v = verify(&[]).ok().json();
     assert_eq!(v["segments"].as_u64(), Some(segs.len() as u64), "{v:#}");
     assert_eq!(v["reaches"].as_i64(), Some(re), "{v:#}");
+    // --restore: the trial restore replays the chain to its end
+    let v = verify(&["--restore"]).ok().json();
+    let reached = v["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["check"] == "revision reached")
+        .unwrap_or_else(|| panic!("{v:#}"))
+        .clone();
+    assert_eq!(reached["actual"], re.to_string(), "{v:#}");
+    assert_eq!(reached["ok"], true, "{v:#}");
 
     // 3. restore to R: exactly the source's keys and values at R
     let data = lab.dir.path().join("at-r");

@@ -3,9 +3,10 @@
 //! etcd restored from the chain's full backup.
 //!
 //! [`open`] is the one entry point: "restore this backup, or the chain that reaches revision R /
-//! time T, into a scratch etcd and hand me the member". `kirt restore` snapshots that member into
-//! the real data dir, `kirt drill` puts a scratch kube-apiserver on it, `kirt backup compact`
-//! publishes its snapshot as a new full backup, and object-level restores read it.
+//! time T, into a scratch etcd and hand me the member". `kirt restore --to-revision/--to-time`
+//! snapshots that member into the real data dir; `kirt backup verify --restore` replays a chain
+//! to its end with [`Member::replay`]. (`drill --to-time` and `backup compact` would use `open`
+//! too; they are not built yet.)
 //!
 //! A replay applies each source revision as one transaction, so the scratch member's revisions
 //! are the source's: every transaction's revision is checked, and anything else writing to the
@@ -23,7 +24,7 @@ use etcd_client::{GetOptions, LeaseGrantOptions, PutOptions, Txn, TxnOp};
 use super::chain::{self, ChainView, Segment};
 use super::segment::{Continuity, Event, Reader, Revision};
 use super::source::{BackupSource, Located};
-use super::verify::{stream_and_check, Check};
+use super::verify::{refuse_failed, stream_and_check, Check};
 use crate::context::Ctx;
 use crate::crypto::DecryptOptions;
 use crate::error::{join, Error, IoContext, Result};
@@ -189,20 +190,7 @@ async fn attempt_one(
     let clock = std::time::Instant::now();
     let streamed = stream_and_check(ctx, &loc, decryption.clone(), Some(snap.clone())).await?;
     let verified_in = clock.elapsed();
-    if !streamed.ok {
-        let bad: Vec<String> = streamed
-            .checks
-            .iter()
-            .filter(|c| !c.ok)
-            .map(|c| c.check.clone())
-            .collect();
-        return Err(Error::VerifyFailed(format!(
-            "backup {} does not match its manifest ({}); nothing was restored",
-            loc.entry.id,
-            bad.join(", ")
-        ))
-        .into());
-    }
+    refuse_failed(&loc, &streamed.checks)?;
     let mut member = Member::start(&ctx.shutdown, tools, &snap, dir, "kirt-replay").await?;
     let target = revision.unwrap_or(member.snapshot_revision.max(view.end()));
     if member.snapshot_revision > target {

@@ -11,7 +11,7 @@
 //! segment). Reading is bounded: no line longer than [`MAX_LINE`], nothing past the size the
 //! signed manifest states.
 
-use std::io::{BufRead, Read, Write};
+use std::io::{BufRead, Read};
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -312,8 +312,9 @@ impl<R: Read> Reader<R> {
     }
 }
 
-/// Writes all lines of `revisions` (tests and compact).
-pub fn write_all(out: &mut impl Write, revisions: &[Revision]) -> Result<Written> {
+/// Writes all lines of `revisions` (the unit tests' segments).
+#[cfg(test)]
+fn write_all(out: &mut impl std::io::Write, revisions: &[Revision]) -> Result<Written> {
     let mut t = Tally::default();
     for r in revisions {
         out.write_all(&t.add(r)?)

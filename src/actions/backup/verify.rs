@@ -448,6 +448,23 @@ pub async fn trial_restore(
     Ok(checks)
 }
 
+/// Exit 3 when any check failed: nothing is restored from a backup that does not verify.
+pub fn refuse_failed(loc: &Located, checks: &[Check]) -> Result<()> {
+    let bad: Vec<&str> = checks
+        .iter()
+        .filter(|c| !c.ok)
+        .map(|c| c.check.as_str())
+        .collect();
+    if bad.is_empty() {
+        return Ok(());
+    }
+    Err(Error::VerifyFailed(format!(
+        "backup {} does not match its manifest ({}); nothing was restored",
+        loc.entry.id,
+        bad.join(", ")
+    )))
+}
+
 /// What a restored member must reproduce at the recorded revision: the live keys, the keys per
 /// resource prefix and, when the backup was made with `--hash-kv on`, etcd's HashKV.
 pub fn keyspace_checks(m: &Manifest, observed: &Observed) -> Vec<Check> {
