@@ -120,6 +120,9 @@ pub enum Command {
 pub enum BackupCmd {
     /// Stream an etcd snapshot through zstd and age into a store; the manifest is written last
     Create(actions::backup::create::BackupCreateSpec),
+    /// Back up continuously for point-in-time recovery: a full backup, then segments of etcd's
+    /// watch stream (runs until SIGTERM, which commits what was received)
+    Stream(actions::backup::stream::BackupStreamSpec),
     /// List backups (from their manifests), newest first; incomplete objects are flagged
     List(actions::backup::list::BackupListSpec),
     /// Remove backups that no keep rule selects (restic-style), manifest first
@@ -271,6 +274,9 @@ pub async fn run(cli: Cli, shutdown: crate::signal::Shutdown) -> Result<Exit> {
         }
         Command::Backup(BackupCmd::Create(spec)) => {
             show(&ctx, &actions::backup::create::run(&ctx, spec).await?)
+        }
+        Command::Backup(BackupCmd::Stream(spec)) => {
+            show(&ctx, &actions::backup::stream::run(&ctx, spec).await?)
         }
         Command::Backup(BackupCmd::List(spec)) => {
             show(&ctx, &actions::backup::list::run(&ctx, spec).await?)

@@ -247,7 +247,8 @@ async fn restore_and_serve(
     etcdutl_restore(stop, &spec.etcdutl_bin, snap, &data, &args).await?;
     let _ = std::fs::remove_file(snap);
     let pki = Pki::create(dir)?;
-    let etcd = ScratchEtcd::start(&spec.etcd_bin, "kirt-drill", &data, &ports, &pki, dir).await?;
+    let etcd =
+        ScratchEtcd::start(&spec.etcd_bin, "kirt-drill", &data, &ports, &pki, dir, &[]).await?;
     let result = stop
         .guard("the scratch control plane was stopped", async {
             let observed = etcd

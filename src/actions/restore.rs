@@ -2,14 +2,20 @@
 //! digest), then runs `etcdutl snapshot restore` into an empty data dir (a non-empty one is moved
 //! aside, with confirmation; never one an etcd is running on), raising the revision and marking it
 //! compacted so that Kubernetes clients never see revisions go back, and prints the etcd command
-//! line and the control-plane restart steps.
+//! line and the control-plane restart steps. With `--to-revision` / `--to-time` the state at that
+//! point is rebuilt first: the newest full backup at or before it, its chain's segments replayed
+//! into a scratch etcd on loopback up to exactly that revision (backup/replay.rs), whose snapshot
+//! then takes the same path.
 
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::actions::backup::source::{BackupSource, Unsigned};
-use crate::actions::backup::verify::{stream_and_check, Check, ETCDUTL_BIN};
+use crate::actions::backup::replay::{self, Reached, Target, Tools};
+use crate::actions::backup::source::{BackupSource, Located, Unsigned};
+use crate::actions::backup::verify::{
+    refuse_failed, stream_and_check, Check, ETCDUTL_BIN, ETCD_BIN,
+};
 use crate::context::Ctx;
 use crate::crypto::DecryptOptions;
 use crate::error::{Error, Result};
@@ -60,6 +66,18 @@ pub struct RestoreSpec {
     /// [default: sized from the backup's age and the cluster's write rate, at least 10^9]
     #[arg(long, value_name = "N")]
     pub bump_revision: Option<u64>,
+    /// Restore the state as of this etcd revision: the newest full backup at or before it and
+    /// its chain's segments (kirt backup stream) replayed up to it. ID names the chain, or
+    /// "latest" lets kirt pick the newest chain that reaches the revision
+    #[arg(long, value_name = "REVISION", conflicts_with = "to_time")]
+    pub to_revision: Option<i64>,
+    /// Restore the state as of this time (RFC 3339, e.g. 2026-11-23T14:05:00Z): the newest
+    /// revision the stream received at or before it
+    #[arg(long, value_name = "TIME")]
+    pub to_time: Option<String>,
+    /// etcd binary for the scratch member a point-in-time restore replays into
+    #[arg(long, value_name = "PATH", default_value = ETCD_BIN)]
+    pub etcd_bin: PathBuf,
     /// etcdutl binary (default: etcdutl on PATH)
     #[arg(long, value_name = "PATH", default_value = ETCDUTL_BIN)]
     pub etcdutl_bin: PathBuf,
@@ -82,6 +100,9 @@ impl Default for RestoreSpec {
             initial_advertise_peer_urls: String::new(),
             initial_cluster_token: CLUSTER_TOKEN.into(),
             bump_revision: None,
+            to_revision: None,
+            to_time: None,
+            etcd_bin: ETCD_BIN.into(),
             etcdutl_bin: ETCDUTL_BIN.into(),
             work_dir: None,
         }
@@ -93,6 +114,10 @@ pub struct RestoreResult {
     pub backup: String,
     pub cluster: String,
     pub revision: i64,
+    /// With --to-revision / --to-time: the revision the restore reached (exactly the one asked
+    /// for, or for a time the last one received at or before it) and when the stream received it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub point_in_time: Option<Reached>,
     /// How far the revision was raised (0: not), and the revision the member starts at (as
     /// `etcdutl snapshot status` reads it from the restored db).
     pub revision_bump: u64,
@@ -111,6 +136,17 @@ impl Render for RestoreResult {
         let mut t = Table::fields([
             ("backup", format!("{}/{}", self.cluster, self.backup)),
             ("revision", self.revision.to_string()),
+            (
+                "point in time",
+                self.point_in_time.map_or("-".into(), |p| {
+                    format!(
+                        "revision {} (received {})",
+                        p.revision,
+                        p.time
+                            .map_or("at an unknown time".into(), |t| t.to_string())
+                    )
+                }),
+            ),
             (
                 "restored revision",
                 format!(
@@ -179,8 +215,21 @@ pub async fn run(ctx: &Ctx, spec: RestoreSpec) -> Result<RestoreResult> {
             "--bump-revision needs etcdutl >= 3.5.10 (found {version}); pass --bump-revision 0 to restore without it"
         )));
     }
+    let target = Target::from_flags(spec.to_revision, spec.to_time.as_deref())?;
     spec.unsigned.check(&spec.source, "restore")?;
-    let loc = spec.source.locate(&spec.backup).await?;
+    // The plaintext snapshot is spooled in a private work dir (not next to the data dir: a disk
+    // that fills up there takes the member down with it), removed afterwards.
+    let tmp = crate::scratch::work_dir("kirt-restore-", spec.work_dir.as_deref())?;
+    let snap = tmp.path().join("snapshot.db");
+    let fetched = match target {
+        Target::End => full_snapshot(ctx, &spec, &snap).await?,
+        _ => point_in_time(ctx, &spec, target, tmp.path(), &snap).await?,
+    };
+    let Fetched {
+        loc,
+        checks,
+        reached,
+    } = fetched;
     let bump = match spec.bump_revision {
         Some(n) => n,
         None if can_bump => auto_bump(
@@ -198,25 +247,6 @@ pub async fn run(ctx: &Ctx, spec: RestoreSpec) -> Result<RestoreResult> {
             0
         }
     };
-    let decryption = loc.decryption(&spec.decrypt)?;
-    // The plaintext snapshot is spooled in a private work dir (not next to the data dir: a disk
-    // that fills up there takes the member down with it), removed afterwards.
-    let tmp = crate::scratch::work_dir("kirt-restore-", spec.work_dir.as_deref())?;
-    let snap = tmp.path().join("snapshot.db");
-    let streamed = stream_and_check(ctx, &loc, decryption, Some(snap.clone())).await?;
-    if !streamed.ok {
-        let bad: Vec<String> = streamed
-            .checks
-            .iter()
-            .filter(|c| !c.ok)
-            .map(|c| c.check.clone())
-            .collect();
-        return Err(Error::VerifyFailed(format!(
-            "backup {} does not match its manifest ({}); nothing was restored",
-            loc.entry.id,
-            bad.join(", ")
-        )));
-    }
     let mut args = vec![
         "--name".to_string(),
         spec.name.clone(),
@@ -269,14 +299,78 @@ pub async fn run(ctx: &Ctx, spec: RestoreSpec) -> Result<RestoreResult> {
         backup: loc.entry.id.clone(),
         cluster: loc.entry.cluster.clone(),
         revision: loc.manifest.etcd.revision,
+        point_in_time: reached,
         revision_bump: bump,
         restored_revision,
         etcdutl_version: version,
         data_dir: abs.display().to_string(),
         moved_aside: aside.map(|p| p.display().to_string()),
-        checks: streamed.checks,
+        checks,
         etcd_command,
         next_steps: next_steps(bump > 0),
+    })
+}
+
+/// The snapshot to restore, verified, and where it came from.
+struct Fetched {
+    loc: Located,
+    checks: Vec<Check>,
+    reached: Option<Reached>,
+}
+
+/// The full backup itself, every digest checked, into `snap`.
+async fn full_snapshot(ctx: &Ctx, spec: &RestoreSpec, snap: &Path) -> Result<Fetched> {
+    let loc = spec.source.locate(&spec.backup).await?;
+    let decryption = loc.decryption(&spec.decrypt)?;
+    let streamed = stream_and_check(ctx, &loc, decryption, Some(snap.to_path_buf())).await?;
+    refuse_failed(&loc, &streamed.checks)?;
+    Ok(Fetched {
+        loc,
+        checks: streamed.checks,
+        reached: None,
+    })
+}
+
+/// The state at `target`: a chain replayed into a scratch etcd (every segment checked before
+/// it is applied, the revision reached checked), whose snapshot is written to `snap`.
+async fn point_in_time(
+    ctx: &Ctx,
+    spec: &RestoreSpec,
+    target: Target,
+    work: &Path,
+    snap: &Path,
+) -> Result<Fetched> {
+    let tools = Tools {
+        etcd: &spec.etcd_bin,
+        etcdutl: &spec.etcdutl_bin,
+    };
+    let opened = replay::open(
+        ctx,
+        &spec.source,
+        &spec.backup,
+        target,
+        &spec.decrypt,
+        &tools,
+        &work.join("replay"),
+    )
+    .await?;
+    let reached = opened.member.reached;
+    let saved = match refuse_failed(&opened.base, &opened.checks) {
+        Ok(()) => opened.member.etcd.save_snapshot(&ctx.shutdown, snap).await,
+        Err(e) => Err(e),
+    };
+    opened.member.stop().await;
+    saved?;
+    tracing::info!(
+        chain = %opened.base.entry.id,
+        segments = opened.view.segments.len(),
+        revision = reached.revision,
+        "replayed to the point in time"
+    );
+    Ok(Fetched {
+        loc: opened.base,
+        checks: opened.checks,
+        reached: Some(reached),
     })
 }
 
@@ -326,7 +420,9 @@ async fn etcdutl_version(bin: &Path) -> Result<Option<(u64, u64, u64)>> {
                 bin.display()
             ))
         })?;
-    Ok(parse_version(&String::from_utf8_lossy(&out.stdout)))
+    Ok(crate::scratch::parse_version(&String::from_utf8_lossy(
+        &out.stdout,
+    )))
 }
 
 /// The revision of a bbolt db, from `etcdutl snapshot status -w json` (None, with a warning, when
@@ -350,15 +446,6 @@ async fn db_revision(bin: &Path, db: &Path) -> Option<i64> {
         tracing::warn!("etcdutl snapshot status could not read the restored db's revision");
     }
     status.map(|s| s.revision)
-}
-
-fn parse_version(out: &str) -> Option<(u64, u64, u64)> {
-    let v = out
-        .lines()
-        .find_map(|l| l.strip_prefix("etcdutl version:"))?;
-    let mut parts = v.trim().trim_start_matches('v').split(['.', '-', '+']);
-    let mut next = || parts.next()?.parse().ok();
-    Some((next()?, next()?, next()?))
 }
 
 /// The revision bump: ten times the revisions the cluster may have written since the backup
@@ -409,16 +496,11 @@ mod tests {
     }
 
     #[test]
-    fn versions_are_read_from_etcdutl_output() {
+    fn the_bump_needs_etcdutl_3_5_10() {
+        use crate::scratch::parse_version;
         let out = "etcdutl version: 3.5.16\nAPI version: 3.5\n";
-        assert_eq!(parse_version(out), Some((3, 5, 16)));
         assert!(parse_version(out).unwrap() >= BUMP_SINCE);
         assert!(parse_version("etcdutl version: 3.5.9\n").unwrap() < BUMP_SINCE);
-        assert_eq!(
-            parse_version("etcdutl version: 3.6.0-rc.1\n"),
-            Some((3, 6, 0))
-        );
-        assert_eq!(parse_version("something else"), None);
     }
 
     #[test]

@@ -69,7 +69,7 @@ impl Decoder {
     /// Builds the chain over a blocking reader. `compressed` says whether zstd was used.
     pub fn new(
         source: Box<dyn Read + Send>,
-        decryption: Decryption,
+        decryption: &Decryption,
         compressed: bool,
     ) -> Result<Self> {
         let stored = std::sync::Arc::new(std::sync::Mutex::new(None));
@@ -103,7 +103,7 @@ impl Decoder {
                         "this object is encrypted to recipients, not a passphrase: use --identity",
                     ));
                 }
-                let id = age::scrypt::Identity::new(p);
+                let id = age::scrypt::Identity::new(p.clone());
                 Box::new(
                     d.decrypt(std::iter::once(&id as &dyn age::Identity))
                         .map_err(age_err)?,

@@ -443,7 +443,7 @@ mod tests {
         let (plain, decoded) = tokio::task::spawn_blocking(move || {
             let mut dec = Decoder::new(
                 open_reader(reader),
-                Decryption::Identities(vec![Box::new(id)]),
+                &Decryption::Identities(vec![Box::new(id)]),
                 true,
             )
             .unwrap();

@@ -10,6 +10,7 @@ use etcd_client::GetOptions;
 
 use super::{Pki, Ports, Server};
 use crate::error::{Error, Result};
+use crate::pipeline::{SnapshotDigest, TrailerCheck};
 use crate::signal::Shutdown;
 
 /// Runs `etcdutl snapshot restore SNAP --data-dir DATA ARGS` (with etcd's hash check). Refuses a
@@ -100,7 +101,7 @@ pub struct ScratchEtcd {
 
 impl ScratchEtcd {
     /// Starts etcd on the restored `data` dir, TLS with client certificates of `pki` on both its
-    /// client and peer ports; its log goes to `logdir/etcd.log`.
+    /// client and peer ports; its log goes to `logdir/etcd.log`. `extra` flags are added as given.
     pub async fn start(
         etcd: &Path,
         name: &str,
@@ -108,8 +109,10 @@ impl ScratchEtcd {
         ports: &Ports,
         pki: &Pki,
         logdir: &Path,
+        extra: &[String],
     ) -> Result<Self> {
         let mut cmd = tokio::process::Command::new(etcd);
+        cmd.args(extra);
         cmd.args(["--name", name, "--data-dir"])
             .arg(data)
             .args([
@@ -215,7 +218,115 @@ impl ScratchEtcd {
         })
     }
 
+    /// A client of this etcd (it requires the scratch client certificate).
+    pub async fn client(&self) -> Result<etcd_client::Client> {
+        etcd_client::Client::connect([self.endpoint.as_str()], Some(self.connect.clone()))
+            .await
+            .map_err(|e| Error::Etcd {
+                endpoint: self.endpoint.clone(),
+                context: "scratch member: connect".into(),
+                source: e,
+            })
+    }
+
+    /// Writes this member's snapshot to `path` (0600), checking etcd's sha256 trailer, as
+    /// `etcdctl snapshot save` does; what `etcdutl snapshot restore` takes.
+    pub async fn save_snapshot(&self, stop: &Shutdown, path: &Path) -> Result<SnapshotDigest> {
+        use tokio::io::AsyncWriteExt;
+        let err = |what: &str, e| Error::Etcd {
+            endpoint: self.endpoint.clone(),
+            context: format!("scratch member: {what}"),
+            source: e,
+        };
+        let save = async {
+            let c = self.client().await?;
+            let mut stream = c
+                .maintenance_client()
+                .snapshot()
+                .await
+                .map_err(|e| err("snapshot", e))?;
+            let mut file = tokio::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(path)
+                .await
+                .map_err(|e| Error::io(format!("creating {}", path.display()), e))?;
+            let mut trailer = TrailerCheck::default();
+            while let Some(resp) = stream
+                .message()
+                .await
+                .map_err(|e| err("snapshot stream", e))?
+            {
+                trailer.update(resp.blob());
+                file.write_all(resp.blob())
+                    .await
+                    .map_err(|e| Error::io(format!("writing {}", path.display()), e))?;
+            }
+            file.sync_all()
+                .await
+                .map_err(|e| Error::io(format!("writing {}", path.display()), e))?;
+            let digest = trailer.finish();
+            if !digest.trailer_ok {
+                return Err(Error::VerifyFailed(
+                    "the scratch member's snapshot does not match its sha256 trailer".into(),
+                ));
+            }
+            Ok(digest)
+        };
+        stop.guard("nothing was restored", save).await
+    }
+
     pub async fn stop(mut self) {
         self.server.terminate(Duration::from_secs(10)).await;
+    }
+}
+
+/// `major.minor.patch` of an etcd tool, from what `BIN ARGS` prints ("etcd Version: 3.5.16",
+/// "etcdutl version: 3.5.16"); None if it cannot be run or says nothing recognisable.
+pub async fn tool_version(bin: &Path, args: &[&str]) -> Option<(u64, u64, u64)> {
+    let out = tokio::process::Command::new(bin)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .ok()?;
+    parse_version(&String::from_utf8_lossy(&out.stdout))
+}
+
+pub fn parse_version(text: &str) -> Option<(u64, u64, u64)> {
+    let line = text
+        .lines()
+        .find(|l| l.to_ascii_lowercase().contains("version:"))?;
+    let v = line.rsplit(':').next()?.trim().trim_start_matches('v');
+    let mut it = v
+        .split(|c: char| !c.is_ascii_digit())
+        .filter(|p| !p.is_empty());
+    Some((
+        it.next()?.parse().ok()?,
+        it.next()?.parse().ok()?,
+        it.next()?.parse().ok()?,
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_are_read_from_etcds_own_words() {
+        assert_eq!(
+            parse_version("etcd Version: 3.5.16\nGit SHA: x\n"),
+            Some((3, 5, 16))
+        );
+        assert_eq!(
+            parse_version("etcdutl version: 3.5.9\nAPI version: 3.5\n"),
+            Some((3, 5, 9))
+        );
+        assert_eq!(
+            parse_version("etcdutl version: v3.6.0-rc.1"),
+            Some((3, 6, 0))
+        );
+        assert_eq!(parse_version("nothing"), None);
     }
 }

@@ -10,7 +10,7 @@ mod etcd;
 pub mod pki;
 
 pub use apiserver::ScratchApiserver;
-pub use etcd::{etcdutl_restore, Observed, ScratchEtcd};
+pub use etcd::{etcdutl_restore, parse_version, tool_version, Observed, ScratchEtcd};
 pub use pki::Pki;
 
 use std::future::Future;

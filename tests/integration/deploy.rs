@@ -548,6 +548,59 @@ fn each_responder_rule_is_needed_by_the_command_it_names() {
 /// (volume kind, Secret or ConfigMap name, key in it) — the env var, the mount and the volume
 /// must agree for the job to find its key.
 #[track_caller]
+/// The point-in-time stream's Deployment: accepted by the apiserver, and never two streams of
+/// one cluster at once (one replica, replaced with Recreate), signing every segment.
+#[test]
+fn stream_deployment_runs_one_stream_at_a_time() {
+    let Some(lab) = lab() else { return };
+    let deploy = repo_root().join("deploy/kubernetes");
+    lab.kubectl([
+        "apply",
+        "-f",
+        deploy.join("base/namespace.yaml").to_str().unwrap(),
+    ])
+    .ok();
+    let d = lab
+        .kubectl([
+            "apply",
+            "-f",
+            deploy.join("stream-deployment.yaml").to_str().unwrap(),
+            "--dry-run=server",
+            "-o",
+            "json",
+        ])
+        .ok()
+        .json();
+    assert_eq!(d["spec"]["replicas"], 1, "{d:#}");
+    assert_eq!(d["spec"]["strategy"]["type"], "Recreate", "{d:#}");
+    let pod = &d["spec"]["template"]["spec"];
+    assert_eq!(pod["automountServiceAccountToken"], false);
+    let c = &pod["containers"][0];
+    let args: Vec<&str> = c["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert_eq!(&args[..2], ["backup", "stream"], "{c:#}");
+    assert_eq!(c["securityContext"]["readOnlyRootFilesystem"], true);
+    assert!(
+        c["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["name"] == "KIRT_SIGN_KEY"),
+        "{c:#}"
+    );
+    // the arguments are ones kirt accepts
+    let parsed = lab.kirt(
+        args.iter()
+            .map(|a| a.replace("$(", "").replace(')', ""))
+            .chain(["--help".to_string()]),
+    );
+    assert_eq!(parsed.code(), 0, "{}", parsed.dump());
+}
+
 fn key_source(pod: &Value, var: &str) -> (&'static str, String, String) {
     let c = &pod["containers"][0];
     let path = c["env"]

@@ -167,6 +167,9 @@ pub struct BackupResult {
     pub stored_size: u64,
     /// sha256 of the stored object (as its manifest records it).
     pub stored_sha256: String,
+    /// sha256 of the manifest as written (the first link of a `backup stream` chain).
+    #[serde(skip)]
+    pub manifest_sha256: String,
     pub duration_seconds: f64,
     pub encrypted: bool,
     /// The manifest is signed (`ID.manifest.json.minisig`).
@@ -276,19 +279,20 @@ async fn report_metrics(spec: &BackupCreateSpec, result: &Result<BackupResult>) 
     }
 }
 
-/// Everything that can be wrong with the input, checked before etcd or the store is touched.
-struct Plan {
-    encryption: Encryption,
-    enc_info: Option<EncryptionInfo>,
-    compression: Compression,
-    signer: Option<minisign::SecretKey>,
+/// Everything that can be wrong with the input, checked before etcd or the store is touched
+/// (`backup stream` encodes and signs its segments with the same plan).
+pub(super) struct Plan {
+    pub(super) encryption: Encryption,
+    pub(super) enc_info: Option<EncryptionInfo>,
+    pub(super) compression: Compression,
+    pub(super) signer: Option<minisign::SecretKey>,
     /// The signer's public key: only backups it signed count for the cluster-prefix guard.
-    trusted: Option<minisign::PublicKey>,
-    retention: Option<Retention>,
+    pub(super) trusted: Option<minisign::PublicKey>,
+    pub(super) retention: Option<Retention>,
 }
 
 impl Plan {
-    fn check(spec: &BackupCreateSpec, started: jiff::Timestamp) -> Result<Plan> {
+    pub(super) fn check(spec: &BackupCreateSpec, started: jiff::Timestamp) -> Result<Plan> {
         if spec.to.is_empty() {
             return Err(Error::usage(
                 "missing --to: where to store the backup (s3://BUCKET/PREFIX or a directory)",
@@ -534,10 +538,11 @@ async fn backup(
         finished_at: jiff::Timestamp::now(),
     };
     let manifest_key = manifest::manifest_key(&cluster, &id);
+    let json = to_json("the manifest", &m)?;
+    let manifest_sha256 = super::chain::sha256(&json);
     if ctx.dry_run {
         encoded.upload.abort().await;
     } else {
-        let json = to_json("the manifest", &m)?;
         let signature = plan
             .signer
             .as_ref()
@@ -564,6 +569,7 @@ async fn backup(
         snapshot_size: m.snapshot.size,
         stored_size: m.object_size,
         stored_sha256: m.object_sha256.clone(),
+        manifest_sha256,
         duration_seconds: clock.elapsed().as_secs_f64(),
         encrypted,
         signed: plan.signer.is_some(),

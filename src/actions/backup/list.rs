@@ -77,8 +77,15 @@ pub struct BackupEntry {
     /// The manifest exactly as stored (what a signature covers).
     #[serde(skip)]
     pub manifest_bytes: Vec<u8>,
+    /// Every key of this id, chain files included (what prune removes with it).
     #[serde(skip)]
     pub extra_keys: Vec<String>,
+    /// The files in its chain directory (segments of `kirt backup stream`; chain.rs).
+    #[serde(skip)]
+    pub chain_files: Vec<crate::store::ObjectInfo>,
+    /// The chain, when listed (`backup list`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub chain: Option<super::chain::Summary>,
 }
 
 impl BackupEntry {
@@ -108,8 +115,26 @@ impl Render for BackupList {
             "STORED",
             "ENCRYPTED",
             "LOCKED",
+            "SEGMENTS",
+            "CHAIN REACHES",
         ]);
         for b in &self.backups {
+            let (segments, reaches) = match &b.chain {
+                None => ("-".to_string(), "-".to_string()),
+                Some(c) => (
+                    if c.incomplete > 0 {
+                        format!("{} (+{} incomplete)", c.segments, c.incomplete)
+                    } else {
+                        c.segments.to_string()
+                    },
+                    match (c.last_revision, c.last_time) {
+                        (Some(r), Some(t)) => {
+                            format!("r{r} at {}", t.strftime("%Y-%m-%dT%H:%M:%SZ"))
+                        }
+                        _ => "no usable segment".into(),
+                    },
+                ),
+            };
             t.row([
                 b.cluster.clone(),
                 b.id.clone(),
@@ -130,6 +155,8 @@ impl Render for BackupList {
                     }
                     None => "-".into(),
                 },
+                segments,
+                reaches,
             ]);
         }
         if self.backups.is_empty() {
@@ -159,6 +186,12 @@ pub async fn run(_ctx: &Ctx, spec: BackupListSpec) -> Result<BackupList> {
     if spec.verified {
         backups.retain(|b| b.usable());
     }
+    for b in backups
+        .iter_mut()
+        .filter(|b| b.usable() && !b.chain_files.is_empty())
+    {
+        b.chain = Some(super::chain::summary(store.as_ref(), b, trusted.as_ref()).await?);
+    }
     Ok(BackupList {
         location: store.url(),
         backups,
@@ -166,7 +199,7 @@ pub async fn run(_ctx: &Ctx, spec: BackupListSpec) -> Result<BackupList> {
 }
 
 /// Manifests whose time is further ahead than this are not believed.
-const CLOCK_SKEW: jiff::SignedDuration = jiff::SignedDuration::from_secs(600);
+pub const CLOCK_SKEW: jiff::SignedDuration = jiff::SignedDuration::from_secs(600);
 
 /// Reads every manifest (bounded), checks its signature when a trusted key is given, and notes
 /// objects without a manifest; newest first by the manifest's own time.
@@ -212,8 +245,14 @@ async fn groups(
     let objects = store
         .list(cluster.map(|c| format!("{c}/")).as_deref().unwrap_or(""))
         .await?;
+    // a chain directory's files go with its base's id
     let mut groups: BTreeMap<(String, String), Vec<crate::store::ObjectInfo>> = BTreeMap::new();
     for o in objects {
+        if let Some((c, base, _)) = super::chain::split_key(&o.key) {
+            let k = (c.to_string(), base.to_string());
+            groups.entry(k).or_default().push(o);
+            continue;
+        }
         let Some((c, file)) = o.key.rsplit_once('/') else {
             continue;
         };
@@ -240,6 +279,10 @@ async fn entry(
     id: String,
     files: Vec<crate::store::ObjectInfo>,
 ) -> Result<BackupEntry> {
+    let extra_keys = files.iter().map(|f| f.key.clone()).collect();
+    let (chain_files, files): (Vec<_>, Vec<_>) = files
+        .into_iter()
+        .partition(|f| super::chain::split_key(&f.key).is_some());
     let mkey = manifest::manifest_key(&cluster, &id);
     let object = files.iter().find(|f| f.key.contains(".etcd.zst"));
     let (status, manifest, manifest_bytes) = if !files.iter().any(|f| f.key == mkey) {
@@ -306,7 +349,9 @@ async fn entry(
         encrypted: object.map(|o| o.key.ends_with(".age")).unwrap_or(false),
         object_lock: manifest.as_ref().and_then(|m| m.object_lock),
         object: object.map(|o| o.key.clone()).unwrap_or_default(),
-        extra_keys: files.iter().map(|f| f.key.clone()).collect(),
+        extra_keys,
+        chain_files,
+        chain: None,
         manifest,
         manifest_bytes,
     })

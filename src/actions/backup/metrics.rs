@@ -32,13 +32,19 @@ fn previous(text: &str, name: &str) -> Option<f64> {
 pub fn write(path: &Path, o: &Outcome<'_>) -> Result<String> {
     let old = std::fs::read_to_string(path).unwrap_or_default();
     let s = render(&old, o);
+    write_text(path, &s)?;
+    Ok(s)
+}
+
+/// Replaces the file at `path` with `s` atomically (temp file, rename), readable by others.
+pub fn write_text(path: &Path, s: &str) -> Result<()> {
     let dir = path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
     let tmp = tempfile::NamedTempFile::new_in(dir)
         .ctx(|| format!("creating a temp file in {}", dir.display()))?;
-    std::fs::write(tmp.path(), &s).ctx(|| format!("writing {}", tmp.path().display()))?;
+    std::fs::write(tmp.path(), s).ctx(|| format!("writing {}", tmp.path().display()))?;
     // node_exporter's textfile collector usually runs as another user: it must be able to read it
     {
         use std::os::unix::fs::PermissionsExt;
@@ -48,7 +54,7 @@ pub fn write(path: &Path, o: &Outcome<'_>) -> Result<String> {
     tmp.persist(path).map_err(|e| {
         crate::Error::io(format!("renaming metrics to {}", path.display()), e.error)
     })?;
-    Ok(s)
+    Ok(())
 }
 
 /// Pushes the metrics to a Prometheus Pushgateway (grouping key job=kirt_backup, cluster=NAME),
@@ -82,16 +88,21 @@ pub async fn push(gateway: &str, cluster: &str, text: &str) -> Result<()> {
     Ok(())
 }
 
-/// The textfile: current outcome plus what must carry over from the previous file.
-pub fn render(old: &str, o: &Outcome<'_>) -> String {
-    // the text format's escapes for label values: backslash, double quote, newline
-    let label = format!(
+/// `{cluster="NAME"}` with the text format's escapes for label values: backslash, double quote,
+/// newline.
+pub fn cluster_label(cluster: &str) -> String {
+    format!(
         "{{cluster=\"{}\"}}",
-        o.cluster
+        cluster
             .replace('\\', "\\\\")
             .replace('"', "\\\"")
             .replace('\n', "\\n")
-    );
+    )
+}
+
+/// The textfile: current outcome plus what must carry over from the previous file.
+pub fn render(old: &str, o: &Outcome<'_>) -> String {
+    let label = cluster_label(o.cluster);
     let mut failures = previous(old, "kirt_backup_failures_total").unwrap_or(0.0);
     let mut last_failure =
         previous(old, "kirt_backup_last_failure_timestamp_seconds").unwrap_or(0.0);

@@ -2,8 +2,11 @@
 //! manifest last; `list` reads manifests; `prune` applies restic-style retention; `verify`
 //! streams a backup back and checks every digest (and, with `--restore`, restores it); `copy`
 //! replicates backups to a second store. `guard` and `lock` keep two clusters, or two runs of
-//! one, from writing the same history.
+//! one, from writing the same history. `stream` extends a full backup with `segment`s of etcd's
+//! watch stream; `chain` resolves and checks them, `replay` applies them to a scratch member
+//! (point-in-time recovery).
 
+pub mod chain;
 pub mod copy;
 pub mod create;
 pub mod guard;
@@ -12,7 +15,10 @@ pub mod lock;
 pub mod manifest;
 pub mod metrics;
 pub mod prune;
+pub mod replay;
 pub mod retention;
+pub mod segment;
 pub mod signing;
 pub mod source;
+pub mod stream;
 pub mod verify;

@@ -1,9 +1,12 @@
 //! `kirt backup prune`: restic-style retention over manifests. For each removed backup the
-//! manifest goes first (so it stops being a backup at once), then the object. Objects left without
-//! a manifest by failed runs are removed after a grace period (a running backup may still be
-//! writing its manifest). A backup any of whose objects is under S3 Object Lock (retention in
-//! force or a legal hold) is kept whole — "kept: locked until …" — and removed by a later run
-//! once the lock has passed: never a manifest without its object or the reverse.
+//! manifest goes first (so it stops being a backup at once), then the object, then its chain of
+//! segments: chains are kept or dropped whole, and a chain counts by the time of its newest
+//! checked segment (so the chain a stream is extending is the newest). Objects left without a
+//! manifest by failed runs — full backups and segments — are removed after a grace period (a
+//! running backup may still be writing its manifest). A backup any of whose objects (its
+//! segments included) is under S3 Object Lock (retention in force or a legal hold) is kept whole
+//! — "kept: locked until …" — and removed by a later run once the lock has passed: never a
+//! manifest without its object or the reverse.
 
 use serde::{Deserialize, Serialize};
 
@@ -123,7 +126,12 @@ pub async fn run(ctx: &Ctx, spec: BackupPruneSpec) -> Result<PruneResult> {
             .iter()
             .filter(|e| e.cluster == cluster && e.usable())
             .collect();
-        let times: Vec<jiff::Timestamp> = usable.iter().map(|e| e.time.unwrap_or(now)).collect();
+        let mut times = Vec::new();
+        for e in &usable {
+            let full = e.time.unwrap_or(now);
+            let end = super::chain::end(store.as_ref(), e, trusted.as_ref()).await?;
+            times.push(end.map_or(full, |s| s.manifest.finished_at.max(full)));
+        }
         for (e, why) in usable.iter().zip(retention::apply(&spec.keep, &times)) {
             if why.is_empty() {
                 if let Some(lock) = locked(store.as_ref(), e, now).await? {
@@ -143,6 +151,7 @@ pub async fn run(ctx: &Ctx, spec: BackupPruneSpec) -> Result<PruneResult> {
             } else {
                 result.kept += 1;
                 result.decide(e, "keep", why);
+                incomplete_segments(ctx, store.as_ref(), e, now, grace, &mut result).await?;
             }
         }
         for e in entries
@@ -155,6 +164,35 @@ pub async fn run(ctx: &Ctx, spec: BackupPruneSpec) -> Result<PruneResult> {
     let stale = store.remove_stale(spec.orphan_grace, ctx.dry_run).await?;
     result.stale_parts_removed = stale.len();
     Ok(result)
+}
+
+/// Segment objects without a manifest in a kept chain (a stream killed while uploading), once
+/// older than the grace period.
+async fn incomplete_segments(
+    ctx: &Ctx,
+    store: &dyn crate::store::Store,
+    e: &BackupEntry,
+    now: jiff::Timestamp,
+    grace: jiff::SignedDuration,
+    result: &mut PruneResult,
+) -> Result<()> {
+    for l in super::chain::listed(e).iter().filter(|l| !l.manifest) {
+        let Some(o) = &l.object else { continue };
+        if now.duration_since(l.time) <= grace {
+            continue;
+        }
+        if !ctx.dry_run {
+            store.delete(&o.key).await?;
+        }
+        result.orphans_removed += 1;
+        result.decisions.push(PruneDecision {
+            cluster: e.cluster.clone(),
+            id: format!("{}/{}", super::chain::dir(&e.cluster, &e.id), l.id),
+            action: "remove".into(),
+            reasons: vec!["incomplete segment, older than the grace period".into()],
+        });
+    }
+    Ok(())
 }
 
 /// The Object Lock protecting any object of `e` now (the one that ends last), also where only

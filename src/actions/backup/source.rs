@@ -47,13 +47,16 @@ pub struct Located {
     /// (finish time, revision) of every usable backup of the same cluster, newest first: how
     /// fast the cluster's revision grows (a restore's revision bump is sized from it).
     pub history: Vec<(jiff::Timestamp, i64)>,
+    /// The key that vouches for backups and segments (`--trusted-key`), if any.
+    pub trusted: Option<minisign::PublicKey>,
 }
 
 impl Located {
-    /// How to decrypt this backup with the options given.
-    pub fn decryption(&self, opts: &DecryptOptions) -> Result<Decryption> {
+    /// How to decrypt this backup (and its chain's segments, encrypted alike) with the options
+    /// given; shared, so that a passphrase is asked once.
+    pub fn decryption(&self, opts: &DecryptOptions) -> Result<Arc<Decryption>> {
         let mode = self.manifest.encryption.as_ref().map(|e| e.mode.as_str());
-        opts.resolve(mode, "this backup")
+        opts.resolve(mode, "this backup").map(Arc::new)
     }
 }
 
@@ -107,6 +110,7 @@ impl BackupSource {
             entry,
             manifest,
             history,
+            trusted,
         })
     }
 }
@@ -142,6 +146,43 @@ impl BackupSource {
         })?;
         vouch(&entry, store)?;
         Ok(entry)
+    }
+
+    /// Every usable backup of one cluster (`which` is `latest` or `CLUSTER/latest`; without a
+    /// cluster, the store must hold only one), newest first by revision: the candidates for a
+    /// point-in-time restore.
+    pub async fn usable_backups(&self, which: &str) -> Result<Vec<Located>> {
+        let trusted = self.trusted_key()?;
+        let store = self.open().await?;
+        let (cluster, _) = self.split(which);
+        let all = scan(store.as_ref(), cluster, trusted.as_ref()).await?;
+        let mut usable: Vec<BackupEntry> = all.into_iter().filter(BackupEntry::usable).collect();
+        if let (Some(f), None) = (usable.first(), cluster) {
+            if usable.iter().any(|b| b.cluster != f.cluster) {
+                return Err(Error::usage(format!(
+                    "{} holds backups of several clusters: pass --cluster-name or CLUSTER/latest",
+                    store.url()
+                )));
+            }
+        }
+        usable.sort_by_key(|b| std::cmp::Reverse(b.revision));
+        let history: Vec<(jiff::Timestamp, i64)> = usable
+            .iter()
+            .filter_map(|b| Some((b.time?, b.revision?)))
+            .collect();
+        Ok(usable
+            .into_iter()
+            .filter_map(|entry| {
+                Some(Located {
+                    store: store.clone(),
+                    signed: entry.signature == Signature::Valid,
+                    manifest: entry.manifest.clone()?,
+                    entry,
+                    history: history.clone(),
+                    trusted: trusted.clone(),
+                })
+            })
+            .collect())
     }
 }
 

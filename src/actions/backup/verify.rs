@@ -12,7 +12,9 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
+use super::chain::{self, ChainView};
 use super::manifest::Manifest;
+use super::replay::{self, Member, Tools};
 use super::source::{BackupSource, Located};
 use crate::context::Ctx;
 use crate::crypto::DecryptOptions;
@@ -20,7 +22,7 @@ use crate::error::{join, Error, IoContext, Result};
 use crate::output::{Render, Table};
 use crate::pipeline::{open_reader, DecodeStats, Decoder, Decryption, TrailerCheck};
 use crate::progress::Stage;
-use crate::scratch::{etcdutl_restore, Observed, Pki, Ports, ScratchEtcd};
+use crate::scratch::Observed;
 use crate::signal::Shutdown;
 
 /// Defaults shared by the commands that restore.
@@ -99,6 +101,9 @@ pub struct VerifyResult {
     /// The manifest is signed by the trusted key (without one, authenticity is not checked).
     pub signed: bool,
     pub restored: bool,
+    /// Segments of its chain that verified, and the revision the chain reaches.
+    pub segments: usize,
+    pub reaches: i64,
     pub checks: Vec<Check>,
     pub seconds: f64,
 }
@@ -118,6 +123,12 @@ impl Render for VerifyResult {
             t.note(
                 "\nauthenticity NOT checked (no --trusted-key / $KIRT_TRUSTED_KEY): whoever can write to the store could have made this backup",
             );
+        }
+        if self.segments > 0 {
+            t.note(format!(
+                "\nchain: {} segments, reaches revision {}",
+                self.segments, self.reaches
+            ));
         }
         t.note(format!(
             "\nbackup {}/{}: {} ({:.2}s)",
@@ -154,7 +165,7 @@ pub struct Streamed {
 pub async fn stream_and_check(
     ctx: &Ctx,
     loc: &Located,
-    decryption: Decryption,
+    decryption: Arc<Decryption>,
     out: Option<PathBuf>,
 ) -> Result<Streamed> {
     let m = &loc.manifest;
@@ -213,13 +224,13 @@ pub async fn stream_and_check(
 /// manifest's snapshot size): a small object must not fill a disk (a decompression bomb).
 fn decode(
     source: Box<dyn Read + Send>,
-    decryption: Decryption,
+    decryption: Arc<Decryption>,
     limit: u64,
     out: Option<PathBuf>,
     stage: &dyn Stage,
     stop: &Shutdown,
 ) -> Result<(TrailerCheck, Option<DecodeStats>)> {
-    let mut dec = Decoder::new(source, decryption, true)?;
+    let mut dec = Decoder::new(source, &decryption, true)?;
     let mut trailer = TrailerCheck::default();
     let mut file = match &out {
         Some(p) => Some(std::io::BufWriter::new(
@@ -254,17 +265,20 @@ fn decode(
 }
 
 fn decode_error(e: std::io::Error) -> Error {
+    Error::VerifyFailed(decode_problem(&e))
+}
+
+/// What a read error while decrypting and decompressing a stored object means.
+pub fn decode_problem(e: &std::io::Error) -> String {
     let msg = e.to_string();
     if e.kind() == std::io::ErrorKind::UnexpectedEof || msg.contains("truncated") {
-        Error::VerifyFailed(format!("the object is truncated: {msg}"))
+        format!("the object is truncated: {msg}")
     } else if msg.contains("checksum") || msg.contains("Unknown frame") || msg.contains("corrupt") {
-        Error::VerifyFailed(format!("the object is corrupt (zstd: {msg})"))
+        format!("the object is corrupt (zstd: {msg})")
     } else if msg.contains("decrypt") || msg.contains("MAC") || msg.contains("tag") {
-        Error::VerifyFailed(format!(
-            "the object was modified: age authentication failed ({msg})"
-        ))
+        format!("the object was modified: age authentication failed ({msg})")
     } else {
-        Error::VerifyFailed(format!("the object cannot be decoded: {msg}"))
+        format!("the object cannot be decoded: {msg}")
     }
 }
 
@@ -281,17 +295,25 @@ pub async fn run(ctx: &Ctx, spec: BackupVerifySpec) -> Result<VerifyResult> {
         None
     };
     let snap = tmp.as_ref().map(|d| d.path().join("snapshot.db"));
-    let streamed = stream_and_check(ctx, &loc, decryption, snap.clone()).await?;
+    let streamed = stream_and_check(ctx, &loc, decryption.clone(), snap.clone()).await?;
     let mut checks = streamed.checks;
-    let mut ok = streamed.ok;
+    let mut view =
+        chain::assemble(loc.store.as_ref(), &loc.entry, loc.trusted.as_ref(), None).await?;
+    checks.extend(check_segments(ctx, &loc, &mut view, decryption.clone()).await?);
+    let mut ok = streamed.ok && checks.iter().all(|c| c.ok);
     if let (true, Some(dir), Some(snap)) = (ok, tmp.as_ref(), snap) {
+        let tools = Tools {
+            etcd: &spec.etcd_bin,
+            etcdutl: &spec.etcdutl_bin,
+        };
         let restore_checks = trial_restore(
             &ctx.shutdown,
-            &spec.etcd_bin,
-            &spec.etcdutl_bin,
+            &tools,
             &snap,
             dir.path(),
-            &loc.manifest,
+            &loc,
+            &mut view,
+            decryption,
         )
         .await?;
         ok &= restore_checks.iter().all(|c| c.ok);
@@ -303,6 +325,8 @@ pub async fn run(ctx: &Ctx, spec: BackupVerifySpec) -> Result<VerifyResult> {
         ok,
         signed: loc.signed,
         restored: spec.restore && ok,
+        segments: view.segments.len(),
+        reaches: view.end(),
         checks,
         seconds: t.elapsed().as_secs_f64(),
     };
@@ -318,38 +342,127 @@ pub async fn run(ctx: &Ctx, spec: BackupVerifySpec) -> Result<VerifyResult> {
     Ok(result)
 }
 
-/// Restores into `dir`, starts a throwaway etcd and compares with the manifest.
+/// Reads every segment of the chain back and checks it against its manifest; the chain's links
+/// were checked by `assemble`. One check for the segments, one naming the break if there is one.
+async fn check_segments(
+    ctx: &Ctx,
+    loc: &Located,
+    view: &mut ChainView,
+    decryption: Arc<Decryption>,
+) -> Result<Vec<Check>> {
+    let listed = chain::listed(&loc.entry)
+        .iter()
+        .filter(|l| l.manifest)
+        .count();
+    if listed == 0 && view.broken.is_none() {
+        return Ok(Vec::new());
+    }
+    let stage = ctx
+        .progress
+        .stage("segments", Some(view.segments.len() as u64));
+    let mut i = 0;
+    while i < view.segments.len() {
+        let s = view.segments[i].clone();
+        if let Err(why) = replay::fetch(
+            loc.store.as_ref(),
+            &s,
+            decryption.clone(),
+            &ctx.shutdown,
+            |_| Ok(()),
+        )
+        .await?
+        {
+            view.break_at(i, why);
+            break;
+        }
+        stage.inc(1);
+        i += 1;
+    }
+    stage.finish();
+    for id in &view.incomplete {
+        tracing::warn!(
+            "segment {id} has no manifest (a stream was interrupted while writing it): not part of the chain"
+        );
+    }
+    let mut checks = vec![Check::new("segments verified", listed, view.segments.len())];
+    if let Some(b) = &view.broken {
+        checks.push(Check {
+            check: format!("chain at segment {}", b.segment),
+            expected: "unbroken".into(),
+            actual: b.reason.clone(),
+            ok: false,
+        });
+    }
+    Ok(checks)
+}
+
+/// Restores into `dir`, starts a throwaway etcd, compares with the manifest at its revision, and
+/// replays the chain (if any) to its end.
 pub async fn trial_restore(
     stop: &Shutdown,
-    etcd_bin: &Path,
-    etcdutl_bin: &Path,
+    tools: &Tools<'_>,
     snap: &Path,
     dir: &Path,
-    m: &Manifest,
+    loc: &Located,
+    view: &mut ChainView,
+    decryption: Arc<Decryption>,
 ) -> Result<Vec<Check>> {
-    let data = dir.join("data");
-    let ports = Ports::free()?;
-    let args = ports.restore_args("kirt-verify");
-    etcdutl_restore(stop, etcdutl_bin, snap, &data, &args).await?;
-    let _ = std::fs::remove_file(snap);
-    let pki = Pki::create(dir)?;
-    let etcd = ScratchEtcd::start(etcd_bin, "kirt-verify", &data, &ports, &pki, dir).await?;
+    let m = &loc.manifest;
+    let mut member = Member::start(stop, tools, snap, dir, "kirt-verify").await?;
     let observed = stop
         .guard("the throwaway etcd was stopped", async {
             stop.hold("scratch-etcd").await;
-            etcd.observe(m.etcd.revision, m.etcd.hash_kv.is_some())
+            member
+                .etcd
+                .observe(m.etcd.revision, m.etcd.hash_kv.is_some())
                 .await
         })
         .await;
-    etcd.stop().await;
-    let observed = observed?;
+    let observed = match observed {
+        Ok(o) => o,
+        Err(e) => {
+            member.stop().await;
+            return Err(e);
+        }
+    };
     let mut checks = vec![Check::new(
         "restored revision >= recorded",
         true,
         observed.revision >= m.etcd.revision,
     )];
     checks.extend(keyspace_checks(m, &observed));
+    if !view.segments.is_empty() {
+        let target = view.end().max(member.snapshot_revision);
+        let replayed = member
+            .replay(stop, loc, view, decryption, target, dir)
+            .await;
+        match replayed {
+            Ok(more) => checks.extend(more),
+            Err(e) => {
+                member.stop().await;
+                return Err(e);
+            }
+        }
+    }
+    member.stop().await;
     Ok(checks)
+}
+
+/// Exit 3 when any check failed: nothing is restored from a backup that does not verify.
+pub fn refuse_failed(loc: &Located, checks: &[Check]) -> Result<()> {
+    let bad: Vec<&str> = checks
+        .iter()
+        .filter(|c| !c.ok)
+        .map(|c| c.check.as_str())
+        .collect();
+    if bad.is_empty() {
+        return Ok(());
+    }
+    Err(Error::VerifyFailed(format!(
+        "backup {} does not match its manifest ({}); nothing was restored",
+        loc.entry.id,
+        bad.join(", ")
+    )))
 }
 
 /// What a restored member must reproduce at the recorded revision: the live keys, the keys per

@@ -246,7 +246,7 @@ pub async fn run(_ctx: &Ctx, spec: EvidenceVerifySpec) -> Result<VerifyResult> {
     let decryption = spec.decrypt.resolve(mode, "the bundle (age-encrypted)")?;
     let location = spec.bundle.clone();
     let (scan, stats) = join("verify", tokio::task::spawn_blocking(move || -> Result<_> {
-        let mut dec = Decoder::new(open_reader(reader), decryption, true)?;
+        let mut dec = Decoder::new(open_reader(reader), &decryption, true)?;
         let scan = scan(&mut dec).map_err(|e| {
             Error::VerifyFailed(format!(
                 "{location} is not a readable evidence bundle (zstd/tar stream broken or truncated): {e}"
