@@ -19,7 +19,7 @@ use crate::error::{join, Error, IoContext, Result};
 use crate::output::{Render, Table};
 use crate::pipeline::{open_reader, DecodeStats, Decoder, Decryption, TrailerCheck};
 use crate::progress::Stage;
-use crate::scratch::{etcdutl_restore, Pki, Ports, ScratchEtcd};
+use crate::scratch::ScratchEtcd;
 use crate::signal::Shutdown;
 
 /// Defaults shared by the commands that restore.
@@ -325,13 +325,7 @@ pub async fn trial_restore(
     dir: &Path,
     m: &Manifest,
 ) -> Result<Vec<Check>> {
-    let data = dir.join("data");
-    let ports = Ports::free()?;
-    let args = ports.restore_args("kirt-verify");
-    etcdutl_restore(stop, etcdutl_bin, snap, &data, &args).await?;
-    let _ = std::fs::remove_file(snap);
-    let pki = Pki::create(dir)?;
-    let etcd = ScratchEtcd::start(etcd_bin, "kirt-verify", &data, &ports, &pki, dir).await?;
+    let etcd = ScratchEtcd::restore(stop, etcd_bin, etcdutl_bin, snap, dir, "kirt-verify").await?;
     let observed = stop
         .guard("the throwaway etcd was stopped", async {
             stop.hold("scratch-etcd").await;
