@@ -9,7 +9,10 @@
 # 256 MiB backup, which would measure moto rather than either contender.
 # K4: benches/quarantine.sh (1 pod and 200 pods against the lab apiserver), at the end; then K11
 # benches/credentials.sh (--revoke-credentials --isolate-node among 250 bindings), K5
-# benches/evidence.sh and K14 benches/hostile.sh (planted oversized input, zstd bomb, signals).
+# benches/evidence.sh, K14 benches/hostile.sh (planted oversized input, zstd bomb, signals), K10
+# benches/copy.sh (`backup copy` of the 1 GiB backup between the two S3 servers vs `aws s3 cp`),
+# K12 benches/audit.sh (evidence collect --audit-log over a 1 GiB audit log vs jq) and K16
+# benches/impact.sh (put latency and etcd CPU under a steady load while each backup runs).
 # Targets: kirt ≥ 2.5× faster than (2); kirt ≤ 1.25× (3); peak RSS ≤ 100 MiB and within 10 %
 # between the two sizes. Prints the figures and which targets pass. Servers run on 127.0.0.1 only.
 set -euo pipefail
@@ -23,9 +26,10 @@ cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 
 trap cleanup EXIT
 port() { python3 tests/lab/free-port.py "$work/ports"; }
 
-nice -n 5 cargo build --release --bin kirt --bench snapshot_limit --quiet
+nice -n 5 cargo build --release --bin kirt --bench snapshot_limit --bench etcd_load --quiet
 KIRT=target/release/kirt
 LIMIT=$(ls -t target/release/deps/snapshot_limit-* | grep -v '\.d$' | head -1)
+LOAD=$(ls -t target/release/deps/etcd_load-* | grep -v '\.d$' | head -1)
 if [[ ! -x "$CACHE/awscli/bin/aws" ]]; then
   python3 -m venv "$CACHE/awscli" && "$CACHE/awscli/bin/pip" install -q awscli
 fi
@@ -74,7 +78,7 @@ for mib in $SIZES; do
   T[etcdctl-$mib]=$t
   zr=$(python3 -c "import os; print(round(os.path.getsize('$work/snap-$mib.db')/max(1,int(__import__('subprocess').check_output(['bash','-c','zstd -3 -T0 -c $work/snap-$mib.db | wc -c']))),2))")
   rm -f "$work/snap-$mib.db"
-  read -r t _ < <(measure "pipeline-$mib" bash -c "'$ETCD_BIN/etcdctl' --endpoints '$EP' snapshot save '$work/p.db' >/dev/null && zstd -q -T0 -3 -c '$work/p.db' | age -r '$R' | '$CACHE/awscli/bin/aws' --endpoint-url '$S3' s3 cp - s3://bench/pipeline-$mib.zst.age && rm -f '$work/p.db'")
+  read -r t _ pcpu _ < <(measure "pipeline-$mib" bash -c "'$ETCD_BIN/etcdctl' --endpoints '$EP' snapshot save '$work/p.db' >/dev/null && zstd -q -T0 -3 -c '$work/p.db' | age -r '$R' | '$CACHE/awscli/bin/aws' --endpoint-url '$S3' s3 cp - s3://bench/pipeline-$mib.zst.age && rm -f '$work/p.db'")
   T[pipeline-$mib]=$t; pipe_stored=$(stored "pipeline-$mib.zst.age")
   read -r t _ lcpu letcd _ < <(measure "limit-$mib" "$LIMIT" read "$EP")
   T[limit-$mib]=$t; t_limit=$t
@@ -97,13 +101,14 @@ for mib in $SIZES; do
     "${T[kirt3-$mib]}" "$kirt3_stored" "${T[cliverify-$mib]}" "${T[verify-$mib]}" "$((RSS[verify-$mib] / 1024))"
   # Where the time goes: all three processes share this machine's cores, so the CPU they need
   # together bounds kirt's wall time from below, whatever kirt overlaps.
-  python3 - "$mib" "$t_limit" "$lcpu" "$letcd" "$t_kirt" "$kcpu" "$ketcd" "$ks3" "$(nproc)" <<'PY'
+  python3 - "$mib" "$t_limit" "$lcpu" "$letcd" "$t_kirt" "$kcpu" "$ketcd" "$ks3" "$(nproc)" "$pcpu" <<'PY'
 import sys
 mib, *v = sys.argv[1:]
-tl, lcpu, letcd, tk, kcpu, ketcd, ks3, cores = map(float, v)
+tl, lcpu, letcd, tk, kcpu, ketcd, ks3, cores, pcpu = map(float, v)
 total = kcpu + ketcd + ks3
 print(f"  CPU seconds, {mib} MiB: limit = reader {lcpu} + etcd {letcd} in {tl} s; kirt = kirt {kcpu} + etcd {ketcd} "
-      f"(incl. HashKV) + S3 server {ks3} = {total:.2f} on {cores:.0f} cores -> at least {total / cores:.2f} s wall (got {tk} s)")
+      f"+ S3 server {ks3} = {total:.2f} on {cores:.0f} cores -> at least {total / cores:.2f} s wall (got {tk} s)")
+print(f"  client-side CPU, {mib} MiB: kirt {kcpu} vs the shell pipeline (etcdctl + zstd + age + aws) {pcpu} = {kcpu / pcpu:.2f}x")
 PY
 done
 
@@ -162,5 +167,13 @@ KIRT_BIN="$PWD/$KIRT" bash benches/evidence.sh || fail=1
 echo
 echo "== K14 planted input and signals"
 KIRT="$PWD/$KIRT" bash benches/hostile.sh || fail=1
+echo
+echo "== K10 backup copy between the S3 servers"
+KIRT="$PWD/$KIRT" LIMIT="$PWD/$LIMIT" bash benches/copy.sh || fail=1
+echo "== K12 audit log (1 GiB, vs jq)"
+KIRT_BIN="$PWD/$KIRT" bash benches/audit.sh || fail=1
+echo
+echo "== K16 impact of a backup on etcd (latency under load, etcd CPU)"
+KIRT="$PWD/$KIRT" LIMIT="$PWD/$LIMIT" LOAD="$PWD/$LOAD" bash benches/impact.sh || fail=1
 ((lab_started)) && bash tests/lab/lab.sh down >&2
 exit $fail

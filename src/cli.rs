@@ -74,7 +74,7 @@ pub enum Command {
     /// Node containment by hand: quarantine (cordon + taint + label) or release a node
     #[command(subcommand)]
     Node(NodeCmd),
-    /// etcd backups: create (stream, compress, encrypt, upload), list, prune
+    /// etcd backups: create (stream, compress, encrypt, upload), list, verify, prune, copy
     #[command(subcommand)]
     Backup(BackupCmd),
     /// Disaster-recovery drill: verify, restore into scratch etcd + kube-apiserver, count objects, report RPO/RTO
@@ -92,7 +92,7 @@ pub enum Command {
     /// Playbooks: list, show, validate, schema
     #[command(subcommand)]
     Playbook(PlaybookCmd),
-    /// Journals of playbook runs: list, show
+    /// Journals of playbook runs: list, show, report (the incident timeline)
     #[command(subcommand)]
     Runs(RunsCmd),
     /// Reverse what a playbook run changed, newest change first (journaled too)
@@ -123,6 +123,9 @@ pub enum BackupCmd {
     Prune(actions::backup::prune::BackupPruneSpec),
     /// Check a backup: every digest against its manifest; --restore proves it restores
     Verify(actions::backup::verify::BackupVerifySpec),
+    /// Copy backups to a second store (offsite): streamed, digests checked on the way, the
+    /// manifest written last; --missing copies only what the target lacks
+    Copy(actions::backup::copy::BackupCopySpec),
 }
 
 /// `kirt rollback KIND/NAME` or `kirt rollback history KIND/NAME`.
@@ -177,6 +180,10 @@ pub enum RunsCmd {
         #[arg(value_name = "RUN_ID")]
         run_id: String,
     },
+    /// The incident timeline of a run (Markdown or self-contained HTML): who ran it, every step,
+    /// the objects changed (resourceVersions), evidence and backups (sha256), Events, and with
+    /// --audit-log what the quarantined pods' ServiceAccounts did meanwhile
+    Report(crate::playbook::report::ReportSpec),
 }
 
 /// `kirt quarantine POD|-l SEL` or `kirt quarantine verify|status`.
@@ -210,7 +217,7 @@ pub enum NodeCmd {
 pub enum EvidenceCmd {
     /// Capture a pod's object, events, logs, owners, network and RBAC context (+ checkpoints)
     /// into one tar.zst[.age] bundle with manifest.json and SHA256SUMS
-    Collect(actions::evidence::collect::EvidenceCollectSpec),
+    Collect(Box<actions::evidence::collect::EvidenceCollectSpec>),
     /// Re-check every digest of a bundle against SHA256SUMS and manifest.json (exit 3 on tampering)
     Verify(actions::evidence::verify::EvidenceVerifySpec),
     /// List the evidence bundles in a store, newest first
@@ -271,6 +278,9 @@ pub async fn run(cli: Cli, shutdown: crate::signal::Shutdown) -> Result<Exit> {
         Command::Backup(BackupCmd::Prune(spec)) => {
             show(&ctx, &actions::backup::prune::run(&ctx, spec).await?)
         }
+        Command::Backup(BackupCmd::Copy(spec)) => {
+            show(&ctx, &actions::backup::copy::run(&ctx, spec).await?)
+        }
         Command::Drill(spec) => show(&ctx, &actions::drill::run(&ctx, spec).await?),
         Command::Restore(spec) => show(&ctx, &actions::restore::run(&ctx, spec).await?),
         Command::Rollback(RollbackCmd {
@@ -311,9 +321,12 @@ pub async fn run(cli: Cli, shutdown: crate::signal::Shutdown) -> Result<Exit> {
         Command::Runs(RunsCmd::Show { run_id }) => {
             show(&ctx, &crate::playbook::commands::runs_show(&ctx, &run_id)?)
         }
+        Command::Runs(RunsCmd::Report(spec)) => {
+            show(&ctx, &crate::playbook::report::run(&ctx, spec).await?)
+        }
         Command::Undo(spec) => show(&ctx, &crate::playbook::undo::run(&ctx, spec).await?),
         Command::Evidence(EvidenceCmd::Collect(spec)) => {
-            show(&ctx, &actions::evidence::collect::run(&ctx, spec).await?)
+            show(&ctx, &actions::evidence::collect::run(&ctx, *spec).await?)
         }
         Command::Evidence(EvidenceCmd::Verify(spec)) => {
             show(&ctx, &actions::evidence::verify::run(&ctx, spec).await?)

@@ -18,6 +18,27 @@ pub trait Prompt: Send + Sync {
     fn ask(&self, question: &str) -> Option<bool>;
 }
 
+/// How a mutation was confirmed (journaled for the incident report).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Confirmed {
+    /// `--yes` was given.
+    Yes,
+    /// A dry run changes nothing: nothing to confirm.
+    DryRun,
+    /// A person answered yes on the terminal.
+    Terminal,
+}
+
+impl Confirmed {
+    pub fn describe(self) -> &'static str {
+        match self {
+            Confirmed::Yes => "confirmed by --yes",
+            Confirmed::DryRun => "dry run (nothing to confirm)",
+            Confirmed::Terminal => "confirmed on the terminal",
+        }
+    }
+}
+
 /// Never asks; used when nobody is there to answer (library use, tests).
 pub struct NoPrompt;
 
@@ -101,12 +122,15 @@ impl Ctx {
 
     /// Gate for every mutation: proceeds with `--yes` or in dry-run, asks on a terminal, and
     /// refuses (exit 4) when nobody can be asked.
-    pub fn confirm(&self, what: &str) -> Result<()> {
-        if self.yes || self.dry_run {
-            return Ok(());
+    pub fn confirm(&self, what: &str) -> Result<Confirmed> {
+        if self.dry_run {
+            return Ok(Confirmed::DryRun);
+        }
+        if self.yes {
+            return Ok(Confirmed::Yes);
         }
         match self.prompt.ask(&format!("{what}. Proceed?")) {
-            Some(true) => Ok(()),
+            Some(true) => Ok(Confirmed::Terminal),
             Some(false) => Err(Error::Refused(format!("not confirmed: {what}"))),
             None => Err(Error::Refused(format!(
                 "{what}: this changes the cluster and no terminal is attached to confirm; re-run with --yes (or --dry-run to preview)"

@@ -94,6 +94,16 @@ pub enum Error {
         source: etcd_client::Error,
     },
 
+    /// The store refused a request for lack of permission (S3 AccessDenied).
+    #[error("storage {location}: access denied: this identity may not {action} — grant it in the IAM or bucket policy (docs/deploy.md lists what each role needs)")]
+    StoreDenied {
+        location: String,
+        /// The IAM action that was refused, e.g. `s3:ListBucket`.
+        action: String,
+        #[source]
+        source: Option<BoxError>,
+    },
+
     #[error("storage {location}: {message}")]
     Store {
         location: String,
@@ -182,7 +192,7 @@ impl Error {
         match self {
             Error::Usage(_) => Exit::Usage,
             Error::NotFound { .. } => Exit::NotFound,
-            Error::Forbidden(_) => Exit::Forbidden,
+            Error::Forbidden(_) | Error::StoreDenied { .. } => Exit::Forbidden,
             Error::Unreachable { .. } => Exit::Unreachable,
             Error::Refused(_) => Exit::Refused,
             Error::VerifyFailed(_) => Exit::VerifyFailed,
@@ -231,6 +241,12 @@ impl Error {
 
     pub fn task(what: &'static str, source: tokio::task::JoinError) -> Self {
         Error::Task { what, source }
+    }
+
+    /// The store refused for lack of permission: callers that can do without (write-only
+    /// credentials) degrade with a warning on this, and only on this.
+    pub fn is_store_denied(&self) -> bool {
+        matches!(self, Error::StoreDenied { .. })
     }
 }
 

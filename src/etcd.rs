@@ -129,6 +129,38 @@ impl EtcdOptions {
         Ok((client, status))
     }
 
+    /// The member to stream a snapshot from: every endpoint is asked for its status and a
+    /// follower is preferred (the leader is the busiest member); the leader only when no follower
+    /// answers. Returns the reason with the member (the manifest records both).
+    pub async fn connect_follower(&self) -> Result<(Client, MemberStatus, String)> {
+        self.validate()?;
+        // all at once: an unreachable member costs its timeout once, not once per member
+        let asked =
+            futures::future::join_all(self.etcd_endpoints.iter().map(|ep| self.connect_one(ep)))
+                .await;
+        let mut answered = Vec::new();
+        let mut errors = Vec::new();
+        for (ep, r) in self.etcd_endpoints.iter().zip(asked) {
+            match r {
+                Ok(c) => answered.push(c),
+                Err(e) => {
+                    tracing::warn!(endpoint = %ep, error = %e, "etcd member not usable");
+                    errors.push(e.to_string());
+                }
+            }
+        }
+        let statuses: Vec<MemberStatus> = answered.iter().map(|(_, s)| s.clone()).collect();
+        let Some((i, why)) = choose_member(&statuses, &errors) else {
+            if errors.len() == 1 {
+                return Err(unreachable_all(&self.etcd_endpoints, errors.remove(0)));
+            }
+            return Err(unreachable_all(&self.etcd_endpoints, errors.join("; ")));
+        };
+        let (client, status) = answered.swap_remove(i);
+        tracing::info!(member = %status.endpoint, member_id = %status.member_id, "snapshot source: {why}");
+        Ok((client, status, why))
+    }
+
     /// The first endpoint that answers, in the order given (say which in the manifest).
     pub async fn connect_healthy(&self) -> Result<(Client, MemberStatus)> {
         self.validate()?;
@@ -147,6 +179,52 @@ impl EtcdOptions {
         }
         Err(unreachable_all(&self.etcd_endpoints, errors.join("; ")))
     }
+}
+
+/// Which of the members that answered to stream a snapshot from, and why (for the manifest):
+/// a follower of the leader the members name, else the leader, else the first.
+pub fn choose_member(statuses: &[MemberStatus], unreachable: &[String]) -> Option<(usize, String)> {
+    let first = statuses.first()?;
+    if statuses.len() == 1 && unreachable.is_empty() {
+        return Some((0, "the only endpoint given".into()));
+    }
+    // A member that reports no leader cannot tell follower from leader.
+    let leader = statuses
+        .iter()
+        .map(|s| s.leader.as_str())
+        .find(|l| *l != "0");
+    let Some(leader) = leader else {
+        return Some((
+            0,
+            format!(
+                "no leader known: the first that answered ({})",
+                first.endpoint
+            ),
+        ));
+    };
+    // A follower that follows the leader the others name (not one cut off from it).
+    if let Some(i) = statuses
+        .iter()
+        .position(|s| s.leader == leader && s.member_id != leader)
+    {
+        return Some((
+            i,
+            format!("a follower: spares the leader {leader}, the busiest member"),
+        ));
+    }
+    let i = statuses
+        .iter()
+        .position(|s| s.member_id == leader)
+        .unwrap_or(0);
+    let why = if unreachable.is_empty() {
+        "only the leader was given".to_string()
+    } else {
+        format!(
+            "the leader: no follower answered ({})",
+            unreachable.join("; ")
+        )
+    };
+    Some((i, why))
 }
 
 fn unreachable(endpoint: &str, reason: String) -> Error {
@@ -181,5 +259,48 @@ fn unreachable_all(endpoints: &[String], reason: String) -> Error {
         endpoint: endpoints.join(","),
         reason,
         hint: "no member answered; check the endpoints, TLS options and that etcd is up".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn member(endpoint: &str, id: &str, leader: &str) -> MemberStatus {
+        MemberStatus {
+            endpoint: endpoint.into(),
+            version: "3.5.16".into(),
+            member_id: id.into(),
+            cluster_id: "c".into(),
+            leader: leader.into(),
+            revision: 1,
+            db_size: 1,
+            raft_term: 2,
+        }
+    }
+
+    #[test]
+    fn a_follower_is_preferred_and_the_leader_is_the_fallback() {
+        let l = member("http://a", "a1", "a1");
+        let f = member("http://b", "b2", "a1");
+        let (i, why) = choose_member(&[l.clone(), f.clone()], &[]).unwrap();
+        assert_eq!(i, 1);
+        assert!(why.contains("follower"), "{why}");
+        let (i, why) =
+            choose_member(std::slice::from_ref(&l), &["http://b: refused".into()]).unwrap();
+        assert_eq!(i, 0);
+        assert!(
+            why.contains("no follower answered") && why.contains("http://b"),
+            "{why}"
+        );
+        let (_, why) = choose_member(std::slice::from_ref(&l), &[]).unwrap();
+        assert_eq!(why, "the only endpoint given");
+        let (i, why) = choose_member(&[member("http://x", "x", "0"), f], &[]).unwrap();
+        assert_eq!(i, 1, "x knows no leader; b follows a1");
+        assert!(why.contains("follower"), "{why}");
+        let (i, why) = choose_member(&[member("http://x", "x", "0")], &["e".into()]).unwrap();
+        assert_eq!(i, 0);
+        assert!(why.contains("no leader known"), "{why}");
+        assert!(choose_member(&[], &["e".into()]).is_none());
     }
 }

@@ -7,6 +7,7 @@
 //! `units` used everywhere.
 
 pub mod actions;
+pub mod audit;
 pub mod cli;
 pub mod context;
 pub mod crypto;
@@ -17,7 +18,9 @@ pub mod k8s;
 pub mod output;
 pub mod pipeline;
 pub mod playbook;
+pub mod priority;
 pub mod progress;
+pub mod runlock;
 pub mod scratch;
 pub mod signal;
 pub mod store;

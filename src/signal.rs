@@ -87,15 +87,30 @@ impl Shutdown {
     }
 
     /// Test hook: with `KIRT_HOLD_AT=PHASE` in the environment, kirt stops at that phase, says so
-    /// on stderr, and waits for a signal (the lab tests use it to send SIGTERM in a known phase).
-    /// Without the variable this does nothing.
+    /// on stderr, and waits for a signal (the lab tests use it to send SIGTERM in a known phase)
+    /// — or, with `KIRT_HOLD_RELEASE=FILE`, until FILE exists, then goes on (a run held while
+    /// another one is tried, then let finish). Without the variable this does nothing.
     pub async fn hold(&self, phase: &str) {
         if std::env::var("KIRT_HOLD_AT").as_deref() == Ok(phase) {
             eprintln!(
                 "kirt: holding at {phase} (KIRT_HOLD_AT), pid {}",
                 std::process::id()
             );
-            self.requested().await;
+            let release = std::env::var_os("KIRT_HOLD_RELEASE").map(std::path::PathBuf::from);
+            let released = async {
+                match release {
+                    Some(file) => {
+                        while !file.exists() {
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                        }
+                    }
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = self.requested() => {}
+                _ = released => {}
+            }
         }
     }
 

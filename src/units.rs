@@ -29,6 +29,13 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     Ok((n * mult as f64) as u64)
 }
 
+/// Parses a rate: a size per second, "50MiB/s" or "50MiB" (the "/s" is optional).
+pub fn parse_rate(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    parse_size(t.strip_suffix("/s").unwrap_or(t))
+        .map_err(|e| format!("{e}; a rate is bytes per second, e.g. 50MiB/s"))
+}
+
 /// Human-readable bytes (binary units).
 pub fn human_bytes(n: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
@@ -129,6 +136,11 @@ mod tests {
         assert_eq!(parse_size("1.5k").unwrap(), 1536);
         assert!(parse_size("12 parsecs").is_err());
         assert!(parse_size("").is_err());
+        assert_eq!(parse_rate("50MiB/s").unwrap(), 50 << 20);
+        assert_eq!(parse_rate("1k").unwrap(), 1024);
+        assert!(parse_rate("5MiB/h")
+            .unwrap_err()
+            .contains("bytes per second"));
         assert_eq!(human_bytes(1536), "1.5 KiB");
         assert_eq!(human_bytes(12), "12 B");
     }

@@ -1,6 +1,8 @@
 //! `kirt doctor`: what an on-call engineer runs first. Every check is a row (ok/warn/fail + hint):
 //! the apiserver and who kirt is there, each permission kirt's commands need, whether a
-//! NetworkPolicy-enforcing CNI is recognisable, etcd members, the backup store, local tools and keys.
+//! NetworkPolicy-enforcing CNI is recognisable, etcd members, the backup store (versioning,
+//! Object Lock, which S3 permissions this identity has, whether the cluster's prefix holds
+//! another etcd cluster's backups), local tools and keys.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -33,6 +35,10 @@ pub struct DoctorSpec {
     pub store: Option<String>,
     #[command(flatten)]
     pub s3: S3Options,
+    /// Cluster name the backups of --etcd-endpoints go under in --store (default: etcd's
+    /// cluster id), to check that no other etcd cluster's backups are there
+    #[arg(long, value_name = "NAME")]
+    pub cluster_name: Option<String>,
     /// age/SSH recipient that backups will be encrypted to (checked that it parses)
     #[arg(long = "recipient", value_name = "RECIPIENT")]
     pub recipients: Vec<String>,
@@ -427,18 +433,7 @@ pub async fn run(ctx: &Ctx, spec: DoctorSpec) -> Result<DoctorReport> {
         etcd_checks(&spec.etcd, &mut r).await;
     }
     if let Some(url) = &spec.store {
-        match crate::store::open(url, &spec.s3).await {
-            Ok(store) => match store.check().await {
-                Ok(detail) => r.ok("store", url.clone(), detail),
-                Err(e) => r.fail(
-                    "store",
-                    url.clone(),
-                    &e,
-                    "kirt backup create/list will fail against this store",
-                ),
-            },
-            Err(e) => r.fail("store", url.clone(), &e, "fix the URL or credentials"),
-        }
+        store_checks(url, &spec, &mut r).await;
     }
     for rc in &spec.recipients {
         match crate::crypto::parse_recipient(rc) {
@@ -650,6 +645,89 @@ pub(crate) async fn enforcing_cni(cluster: &Cluster) -> Option<String> {
             .find(|c| n.contains(**c))
             .map(|c| format!("{c} found ({n} in kube-system)"))
     })
+}
+
+/// The store: reachable, its versioning and Object Lock, the permissions this identity has, and
+/// whether the etcd cluster's prefix holds another cluster's backups.
+async fn store_checks(url: &str, spec: &DoctorSpec, r: &mut Report) {
+    let store = match crate::store::open(url, &spec.s3).await {
+        Ok(s) => s,
+        Err(e) => return r.fail("store", url, &e, "fix the URL or credentials"),
+    };
+    match store.check().await {
+        Ok(detail) => r.ok("store", url, detail),
+        Err(e) => {
+            return r.fail(
+                "store",
+                url,
+                &e,
+                "kirt backup create/list will fail against this store",
+            )
+        }
+    }
+    for f in store.inspect().await {
+        let status = if f.ok { Status::Ok } else { Status::Warn };
+        r.push("store", f.check, status, f.detail, f.hint);
+    }
+    if !spec.etcd.etcd_endpoints.is_empty() {
+        prefix_check(store.as_ref(), spec, r).await;
+    }
+}
+
+/// The cluster-prefix guard of `backup create`, as a row.
+async fn prefix_check(store: &dyn crate::store::Store, spec: &DoctorSpec, r: &mut Report) {
+    use crate::actions::backup::{guard, list, signing};
+    let Ok((_, status)) = spec.etcd.connect_healthy().await else {
+        return; // the etcd rows say why
+    };
+    let cluster = spec
+        .cluster_name
+        .clone()
+        .unwrap_or_else(|| format!("etcd-{}", status.cluster_id));
+    let check = format!("cluster prefix {cluster}/");
+    // the key backup create would count backups by: its signing key's, else the trusted key
+    let trusted = match signing::sign_key_path(&None) {
+        Some(p) => signing::load_secret_key(&p)
+            .and_then(|sk| {
+                minisign::PublicKey::from_secret_key(&sk).map_err(|e| Error::usage(e.to_string()))
+            })
+            .map(Some),
+        None => signing::trusted_key_path(&None)
+            .map(|p| signing::load_public_key(&p))
+            .transpose(),
+    };
+    let trusted = match trusted {
+        Ok(t) => t,
+        Err(e) => return r.fail("store", check, &e, "fix $KIRT_SIGN_KEY / $KIRT_TRUSTED_KEY"),
+    };
+    match list::newest_usable(store, &cluster, trusted.as_ref()).await {
+        Ok(newest) => match guard::foreign(newest.as_ref(), &cluster, &status.cluster_id) {
+            Some(why) => r.fail(
+                "store",
+                check,
+                &Error::Refused(why),
+                "backup create refuses to write there (exit 4) without --force; give this cluster its own --cluster-name",
+            ),
+            None => r.ok(
+                "store",
+                check,
+                match newest {
+                    Some(b) => format!(
+                        "newest backup {} is this etcd cluster's ({})",
+                        b.id, status.cluster_id
+                    ),
+                    None => format!("no backups yet (etcd cluster {})", status.cluster_id),
+                },
+            ),
+        },
+        Err(e) if e.is_store_denied() => r.warn(
+            "store",
+            check,
+            e.to_string(),
+            "this identity cannot tell (write-only credentials); backup create then skips the check",
+        ),
+        Err(e) => r.fail("store", check, &e, ""),
+    }
 }
 
 async fn etcd_checks(opts: &EtcdOptions, r: &mut Report) {

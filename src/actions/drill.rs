@@ -18,7 +18,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::actions::backup::manifest::Manifest;
 use crate::actions::backup::source::{BackupSource, Unsigned};
-use crate::actions::backup::verify::{stream_and_check, Check, ETCDUTL_BIN, ETCD_BIN, LATEST};
+use crate::actions::backup::verify::{
+    keyspace_checks, stream_and_check, Check, ETCDUTL_BIN, ETCD_BIN, LATEST,
+};
 use crate::context::Ctx;
 use crate::crypto::DecryptOptions;
 use crate::error::{Error, Exit, Result};
@@ -250,11 +252,10 @@ async fn restore_and_serve(
     .await?;
     let result = stop
         .guard("the scratch control plane was stopped", async {
-            let observed = etcd.observe(m.etcd.revision).await?;
-            let checks = vec![
-                Check::new("keys at revision", m.etcd.key_count, observed.key_count),
-                Check::new("HashKV at revision", m.etcd.hash_kv, observed.hash_kv),
-            ];
+            let observed = etcd
+                .observe(m.etcd.revision, m.etcd.hash_kv.is_some())
+                .await?;
+            let checks = keyspace_checks(m, &observed);
             let api = ScratchApiserver::start(
                 &spec.apiserver_bin,
                 &spec.service_cluster_ip_range,

@@ -5,8 +5,46 @@
 use k8s_openapi::api::core::v1::{Event, EventSource, ObjectReference};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 
+use kube::api::ListParams;
+
 use super::{Cluster, FIELD_MANAGER};
 use crate::error::Result;
+
+/// When an Event last happened: lastTimestamp, else eventTime, else firstTimestamp, else when it
+/// was created.
+pub fn event_time(e: &Event) -> Option<jiff::Timestamp> {
+    e.last_timestamp
+        .as_ref()
+        .map(|t| t.0)
+        .or(e.event_time.as_ref().map(|t| t.0))
+        .or(e.first_timestamp.as_ref().map(|t| t.0))
+        .or(e.metadata.creation_timestamp.as_ref().map(|t| t.0))
+}
+
+/// The Events about one object (`kind` as in `involvedObject.kind`, e.g. `Pod`), oldest first.
+/// With `uid`, Events of an earlier object of the same name are left out.
+pub async fn involving(
+    cluster: &Cluster,
+    ns: &str,
+    kind: &str,
+    name: &str,
+    uid: Option<&str>,
+) -> Result<Vec<Event>> {
+    let lp = ListParams::default().fields(&format!("involvedObject.name={name}"));
+    let mut items: Vec<Event> = cluster
+        .namespaced::<Event>(ns)
+        .list(&lp)
+        .await?
+        .into_iter()
+        .filter(|e| e.involved_object.kind.as_deref() == Some(kind))
+        .filter(|e| {
+            let theirs = e.involved_object.uid.as_deref().unwrap_or_default();
+            uid.is_none_or(|u| u.is_empty() || theirs.is_empty() || theirs == u)
+        })
+        .collect();
+    items.sort_by_key(event_time);
+    Ok(items)
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EventType {

@@ -2,14 +2,15 @@
 //! typed object access that names the permission an error lacks ([`Objects`], [`Op`]),
 //! resourceVersion-guarded writes retried on conflict ([`write`]), Events ([`Recorder`]), which
 //! pods a command means ([`PodTarget`]), label selectors ([`selector`]), the labels and
-//! annotations kirt writes ([`keys`]), RBAC bindings as they apply to a ServiceAccount ([`rbac`])
-//! and access/token reviews ([`access`]). Actions never build an `Api` or map a kube error
-//! themselves.
+//! annotations kirt writes ([`keys`]), RBAC bindings as they apply to a ServiceAccount ([`rbac`]),
+//! access/token reviews ([`access`]) and run locks held as Leases ([`lease`]). Actions never build
+//! an `Api` or map a kube error themselves.
 
 pub mod access;
 mod cluster;
 mod events;
 pub mod keys;
+pub mod lease;
 mod objects;
 mod op;
 mod pods;
@@ -18,7 +19,7 @@ pub mod selector;
 pub mod write;
 
 pub use cluster::{Cluster, KubeOptions};
-pub use events::{EventType, Recorder};
+pub use events::{event_time, involving, EventType, Recorder};
 pub use objects::Objects;
 pub use op::{error_chain, status_code, KubeContext, Op, ESCALATION};
 pub use pods::{annotation, ensure_namespace, get_pod, labels_of, name_of, node_of, PodTarget};

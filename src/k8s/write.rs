@@ -65,6 +65,37 @@ pub fn merge_diff(from: &serde_json::Value, to: &serde_json::Value) -> serde_jso
     }
 }
 
+/// The resourceVersions of an object around one write (none before a create, none after a
+/// delete): what journals record so that a report can say exactly which version kirt changed.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Versions {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub before: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub after: Option<String>,
+}
+
+impl Versions {
+    pub fn between<K: kube::Resource>(before: Option<&K>, after: Option<&K>) -> Versions {
+        let rv = |o: Option<&K>| o.and_then(|o| o.meta().resource_version.clone());
+        Versions {
+            before: rv(before),
+            after: rv(after),
+        }
+    }
+}
+
+/// The fields a guarded merge patch changes: the patch without its preconditions (the uid and
+/// resourceVersion it carries are checks, not changes).
+pub fn changed_fields(patch: &serde_json::Value) -> serde_json::Value {
+    let mut p = patch.clone();
+    if let Some(m) = p.get_mut("metadata").and_then(|m| m.as_object_mut()) {
+        m.remove("uid");
+        m.remove("resourceVersion");
+    }
+    p
+}
+
 /// A plain API struct as JSON (Null if it cannot be serialized, which API structs always can).
 pub fn to_value<T: serde::Serialize>(v: &T) -> serde_json::Value {
     serde_json::to_value(v).unwrap_or(serde_json::Value::Null)

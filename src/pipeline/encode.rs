@@ -1,5 +1,7 @@
 //! Encoding side: zstd (multi-threaded, with frame checksum) then optionally age, then a sha256
-//! of exactly the stored bytes. The output format is what `age -d | zstd -d` reads.
+//! of exactly the stored bytes. The output format is what `age -d | zstd -d` reads. With
+//! [`Compression::none`] and no encryption the bytes are stored as they come, hashed on the way
+//! (copying an object that is already encoded).
 
 use std::io::Write;
 
@@ -30,6 +32,15 @@ impl Compression {
             level,
             threads,
         })
+    }
+
+    /// No compression stage.
+    pub fn none() -> Self {
+        Compression {
+            algorithm: "none",
+            level: 0,
+            threads: 0,
+        }
     }
 }
 
@@ -69,7 +80,12 @@ pub struct EncodeStats {
 
 /// A blocking writer: plaintext in, stored bytes out to a channel.
 pub struct Encoder {
-    zstd: zstd::stream::write::Encoder<'static, Inner>,
+    stage: Stage,
+}
+
+enum Stage {
+    Zstd(zstd::stream::write::Encoder<'static, Inner>),
+    Stored(Inner),
 }
 
 impl Encoder {
@@ -99,6 +115,11 @@ impl Encoder {
                 )
             }
         };
+        if compression.algorithm == "none" {
+            return Ok(Encoder {
+                stage: Stage::Stored(inner),
+            });
+        }
         let mut zstd = zstd::stream::write::Encoder::new(inner, compression.level)
             .map_err(|e| Error::io("starting zstd", e))?;
         zstd.include_checksum(true)
@@ -111,16 +132,21 @@ impl Encoder {
             zstd.set_parameter(zstd::zstd_safe::CParameter::JobSize(2 << 20))
                 .map_err(|e| Error::io("zstd job size", e))?;
         }
-        Ok(Encoder { zstd })
+        Ok(Encoder {
+            stage: Stage::Zstd(zstd),
+        })
     }
 
     pub fn write_all(&mut self, data: &[u8]) -> std::io::Result<()> {
-        self.zstd.write_all(data)
+        Write::write_all(self, data)
     }
 
     /// Flushes every stage, closes the age stream and returns what was stored.
     pub fn finish(self) -> std::io::Result<EncodeStats> {
-        let inner = self.zstd.finish()?;
+        let inner = match self.stage {
+            Stage::Zstd(z) => z.finish()?,
+            Stage::Stored(inner) => inner,
+        };
         let sink = match inner {
             Inner::Plain(s) => s,
             Inner::Age(w) => w.finish()?,
@@ -136,9 +162,15 @@ impl Encoder {
 
 impl Write for Encoder {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.zstd.write(buf)
+        match &mut self.stage {
+            Stage::Zstd(z) => z.write(buf),
+            Stage::Stored(w) => w.write(buf),
+        }
     }
     fn flush(&mut self) -> std::io::Result<()> {
-        self.zstd.flush()
+        match &mut self.stage {
+            Stage::Zstd(z) => z.flush(),
+            Stage::Stored(w) => w.flush(),
+        }
     }
 }

@@ -221,11 +221,15 @@ pub fn schema() -> Value {
 pub struct RunInfo {
     pub run_id: String,
     pub playbook: String,
+    /// manual, or undo of run X (a resumed run is one run with several parts)
+    pub origin: String,
     pub started_at: String,
     pub status: String,
     pub steps_done: usize,
     pub dry_run: bool,
     pub undone: bool,
+    /// Times it was continued with `kirt run --resume`.
+    pub resumed: usize,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -236,11 +240,21 @@ pub struct RunList {
 
 impl Render for RunList {
     fn table(&self) -> Table {
-        let mut t = Table::new(["RUN", "PLAYBOOK", "STARTED", "STATUS", "STEPS DONE"]);
+        let mut t = Table::new([
+            "RUN",
+            "PLAYBOOK",
+            "ORIGIN",
+            "STARTED",
+            "STATUS",
+            "STEPS DONE",
+        ]);
         for r in &self.runs {
             let mut status = r.status.clone();
             if r.dry_run {
                 status.push_str(" (dry run)");
+            }
+            if r.resumed > 0 {
+                status.push_str(&format!(", resumed {}x", r.resumed));
             }
             if r.undone {
                 status.push_str(", undone");
@@ -248,6 +262,7 @@ impl Render for RunList {
             t.row([
                 r.run_id.clone(),
                 r.playbook.clone(),
+                r.origin.clone(),
                 r.started_at.clone(),
                 status,
                 r.steps_done.to_string(),
@@ -276,6 +291,7 @@ fn info(run_id: &str, entries: &[Entry]) -> RunInfo {
     RunInfo {
         run_id: run_id.into(),
         playbook: start.map(|s| s.playbook.clone()).unwrap_or_else(|| "?".into()),
+        origin: start.map(|s| s.origin.describe()).unwrap_or_default(),
         started_at: start.map(|s| s.started_at.clone()).unwrap_or_default(),
         status,
         steps_done: entries
@@ -288,6 +304,10 @@ fn info(run_id: &str, entries: &[Entry]) -> RunInfo {
         undone: entries
             .iter()
             .any(|e| matches!(e.record, Record::UndoEnd { .. })),
+        resumed: entries
+            .iter()
+            .filter(|e| matches!(e.record, Record::RunResume(_)))
+            .count(),
     }
 }
 
@@ -354,6 +374,7 @@ fn describe(r: &Record) -> (&'static str, String, String) {
         Record::StepStart { step, .. } => ("step-start", step.clone(), String::new()),
         Record::StepItem { step, .. } => ("step-item", step.clone(), String::new()),
         Record::StepRetry { step, .. } => ("step-retry", step.clone(), String::new()),
+        Record::Confirmed { step, answer } => ("confirmed", step.clone(), answer.clone()),
         Record::Mutation {
             step,
             action,

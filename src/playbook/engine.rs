@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use serde_json::{json, Map, Value};
 
-use super::journal::{self, Journal, Record, RunStart, RunStatus, StepStatus, REDACTED};
+use super::journal::{self, Journal, Origin, Record, RunStart, RunStatus, StepStatus, REDACTED};
 use super::model::{Foreach, Playbook};
 use super::validate::{self, Params};
 use super::{registry, template};
@@ -182,7 +182,7 @@ fn collect_params(
 }
 
 /// Where a run starts from: a new run, or the journal of the run being resumed.
-struct Origin {
+struct Setup {
     source: super::Source,
     run_id: String,
     started_at: String,
@@ -191,10 +191,10 @@ struct Origin {
     recorded_params: Option<Map<String, Value>>,
 }
 
-impl Origin {
-    fn new(dir: &std::path::Path, spec: &RunSpec) -> Result<Origin> {
+impl Setup {
+    fn new(dir: &std::path::Path, spec: &RunSpec) -> Result<Setup> {
         let Some(id) = &spec.resume else {
-            return Ok(Origin {
+            return Ok(Setup {
                 source: super::resolve(spec.playbook.as_deref().unwrap_or_default())?,
                 run_id: journal::new_run_id(),
                 started_at: jiff::Timestamp::now().to_string(),
@@ -210,6 +210,11 @@ impl Origin {
                 _ => None,
             })
             .ok_or_else(|| Error::failed(format!("run journal {id} has no run-start record")))?;
+        if let Origin::Undo { of } = &start.origin {
+            return Err(Error::Refused(format!(
+                "run {id} is an undo of run {of}, not a playbook run: continue it with `kirt undo {of}`"
+            )));
+        }
         let file = spec
             .playbook
             .clone()
@@ -232,7 +237,7 @@ impl Origin {
                 done.insert(step.clone(), (*status, outputs.clone()));
             }
         }
-        Ok(Origin {
+        Ok(Setup {
             source,
             run_id: id.clone(),
             started_at: start.started_at.clone(),
@@ -253,7 +258,7 @@ struct Runner<'a> {
 pub async fn run(ctx: &Ctx, spec: RunSpec) -> Result<RunSummary> {
     let dir = journal::dir(ctx)?;
     let started = Instant::now();
-    let origin = Origin::new(&dir, &spec)?;
+    let origin = Setup::new(&dir, &spec)?;
     let source = &origin.source;
     let run_id = origin.run_id.clone();
 
@@ -284,7 +289,7 @@ pub async fn run(ctx: &Ctx, spec: RunSpec) -> Result<RunSummary> {
         return Err(problems.into());
     }
 
-    let journal = open_journal(ctx, &dir, &spec, &origin, &pb, &params, &env_values)?;
+    let journal = open_journal(ctx, &dir, &spec, &origin, &pb, &params, &env_values).await?;
     tracing::info!(
         "run {run_id} of {} (journal {})",
         pb.metadata.name,
@@ -325,11 +330,11 @@ pub async fn run(ctx: &Ctx, spec: RunSpec) -> Result<RunSummary> {
 
 /// Opens (or, resuming, appends to) the journal, teaches it the secrets to redact, and writes the
 /// run-start (run-resume) record.
-fn open_journal(
+async fn open_journal(
     ctx: &Ctx,
     dir: &std::path::Path,
     spec: &RunSpec,
-    origin: &Origin,
+    origin: &Setup,
     pb: &Playbook,
     params: &Map<String, Value>,
     env_values: &Map<String, Value>,
@@ -355,17 +360,18 @@ fn open_journal(
             (k.clone(), if secret { json!(REDACTED) } else { v.clone() })
         })
         .collect();
+    let kind = if spec.resume.is_some() {
+        Origin::Resume
+    } else {
+        Origin::Manual
+    };
     let start = RunStart {
-        run: origin.run_id.clone(),
         started_at: origin.started_at.clone(),
         playbook: pb.metadata.name.clone(),
         source: origin.source.file.clone(),
         digest: origin.source.digest.clone(),
         params: shown_params,
-        dry_run: ctx.dry_run,
-        user: std::env::var("USER").unwrap_or_default(),
-        host: gethostname::gethostname().to_string_lossy().into_owned(),
-        kirt: crate::actions::version::VERSION.into(),
+        ..RunStart::now(ctx, &origin.run_id, kind).await
     };
     journal.write(if spec.resume.is_some() {
         Record::RunResume(start)
@@ -522,10 +528,14 @@ impl Runner<'_> {
         }
         let items = self.items(step).await?;
         if step.confirm {
-            self.ctx.confirm(&format!(
+            let answer = self.ctx.confirm(&format!(
                 "playbook {} step {} ({})",
                 self.pb.metadata.name, step.id, step.action
             ))?;
+            self.journal.write(Record::Confirmed {
+                step: step.id.clone(),
+                answer: answer.describe().into(),
+            })?;
         }
         let mut outs = Vec::new();
         for item in &items {
@@ -608,17 +618,8 @@ impl Runner<'_> {
         })?;
         let with = Value::Object(with);
         let (out, attempts) = self.attempt(step, def, with.clone()).await?;
-        if def.mutates && !self.ctx.dry_run {
-            let changed = def.mutation.map(|f| f(&with, &out)).unwrap_or_default();
-            for m in changed {
-                self.journal.write(Record::Mutation {
-                    step: step.id.clone(),
-                    action: def.name.into(),
-                    object: m.object,
-                    undo: m.undo,
-                })?;
-            }
-        }
+        self.journal
+            .mutations(&step.id, def, &with, &out, self.ctx.dry_run)?;
         Ok((out, attempts))
     }
 

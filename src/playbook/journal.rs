@@ -66,6 +66,30 @@ pub fn name<T: Serialize>(status: &T) -> String {
     }
 }
 
+/// Why a run (or a part of it) started. The one place a new kind of trigger is added (an event
+/// that starts a run by itself, for instance): `kirt runs list` and `kirt runs report` show it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum Origin {
+    /// `kirt run` by a person or a scheduler.
+    #[default]
+    Manual,
+    /// `kirt run --resume`: the continuation of a run that stopped.
+    Resume,
+    /// `kirt undo RUN`: the reversal of run `of`.
+    Undo { of: String },
+}
+
+impl Origin {
+    pub fn describe(&self) -> String {
+        match self {
+            Origin::Manual => "manual".into(),
+            Origin::Resume => "resume".into(),
+            Origin::Undo { of } => format!("undo of run {of}"),
+        }
+    }
+}
+
 /// The start (or resumption) of a run.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RunStart {
@@ -81,6 +105,14 @@ pub struct RunStart {
     pub user: String,
     pub host: String,
     pub kirt: String,
+    /// Who kirt acts as on the cluster (the kubeconfig's user), and which cluster.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<String>,
+    /// Journals written before origins were recorded read as manual.
+    #[serde(default)]
+    pub origin: Origin,
 }
 
 /// One line of a run journal. The JSON shape (`{"type": "step-end", …}`) is kirt's journal
@@ -105,6 +137,11 @@ pub enum Record {
         step: String,
         attempt: u32,
         error: String,
+    },
+    /// A step with `confirm: true` (or an undo) was confirmed, and how.
+    Confirmed {
+        step: String,
+        answer: String,
     },
     /// An object the step changed, and the step that reverses it.
     Mutation {
@@ -131,6 +168,9 @@ pub enum Record {
         run: String,
         mutations: usize,
         dry_run: bool,
+        /// The undo's own journal (its run id).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        undo_run: Option<String>,
     },
     UndoStep {
         /// The mutation's position in the journal.
@@ -279,6 +319,30 @@ impl Journal {
         })
     }
 
+    /// Journals what a step's action changed (nothing in a dry run, nothing for actions that
+    /// change nothing).
+    pub fn mutations(
+        &mut self,
+        step: &str,
+        def: &super::registry::ActionDef,
+        with: &Value,
+        outputs: &Value,
+        dry_run: bool,
+    ) -> Result<()> {
+        let Some(hook) = def.mutation.filter(|_| !dry_run) else {
+            return Ok(());
+        };
+        for m in hook(with, outputs) {
+            self.write(Record::Mutation {
+                step: step.to_string(),
+                action: def.name.into(),
+                object: m.object,
+                undo: m.undo,
+            })?;
+        }
+        Ok(())
+    }
+
     /// Appends one record (with its time), secrets redacted, and fsyncs it.
     pub fn write(&mut self, record: Record) -> Result<()> {
         let mut v = serde_json::to_value(&record)
@@ -329,6 +393,32 @@ pub fn read(path: &Path) -> Result<Vec<Entry>> {
         }
     }
     Ok(out)
+}
+
+impl RunStart {
+    /// A run starting now, as this user on this host.
+    pub async fn now(ctx: &Ctx, run: &str, origin: Origin) -> RunStart {
+        let cluster = ctx.cluster().await.ok();
+        RunStart {
+            run: run.to_string(),
+            started_at: jiff::Timestamp::now().to_string(),
+            playbook: String::new(),
+            source: String::new(),
+            digest: String::new(),
+            params: Map::new(),
+            dry_run: ctx.dry_run,
+            user: ["USER", "LOGNAME"]
+                .iter()
+                .find_map(|v| std::env::var(v).ok().filter(|u| !u.is_empty()))
+                // SAFETY: getuid cannot fail and touches no memory
+                .unwrap_or_else(|| format!("uid {}", unsafe { libc::getuid() })),
+            host: gethostname::gethostname().to_string_lossy().into_owned(),
+            kirt: crate::actions::version::VERSION.into(),
+            identity: cluster.map(|c| c.configured_identity.clone()),
+            cluster: cluster.map(|c| c.url.clone()),
+            origin,
+        }
+    }
 }
 
 pub fn new_run_id() -> String {

@@ -8,6 +8,7 @@ pub mod engine;
 pub mod journal;
 pub mod model;
 pub mod registry;
+pub mod report;
 pub mod template;
 pub mod undo;
 pub mod validate;

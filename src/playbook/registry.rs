@@ -329,6 +329,8 @@ static ACTIONS: LazyLock<Vec<ActionDef>> = LazyLock::new(|| {
         ),
         action!("backup.prune", prune::BackupPruneSpec, prune::run,
             "remove backups no keep rule selects (kirt backup prune)", mutates: no_undo),
+        action!("backup.copy", actions::backup::copy::BackupCopySpec, actions::backup::copy::run,
+            "copy backups to a second store, digests checked (kirt backup copy)", mutates: no_undo),
         action!(
             "backup.list",
             actions::backup::list::BackupListSpec,
@@ -371,7 +373,7 @@ static ACTIONS: LazyLock<Vec<ActionDef>> = LazyLock::new(|| {
             "prove a pod is isolated (kirt quarantine verify)"
         ),
         action!("quarantine.release", quarantine::ReleaseSpec, quarantine::release::run,
-            "undo a quarantine exactly (kirt release)", mutates: no_undo, reversal: true),
+            "undo a quarantine exactly (kirt release)", mutates: released, reversal: true),
         action!("node.quarantine", actions::node::NodeSpec, actions::node::quarantine,
             "cordon, taint and label a node (kirt node quarantine)", mutates: node_isolated),
         action!("node.release", actions::node::NodeSpec, actions::node::release_by_hand,
@@ -424,7 +426,8 @@ fn backup_created(_with: &Value, outputs: &Value) -> Vec<Mutation> {
     }
     vec![Mutation {
         object: json!({"kind": "Backup", "location": outputs["location"], "object": outputs["object"],
-                       "manifest": outputs["manifest"], "id": outputs["id"]}),
+                       "manifest": outputs["manifest"], "id": outputs["id"],
+                       "sha256": outputs["stored_sha256"]}),
         undo: None,
     }]
 }
@@ -435,6 +438,7 @@ fn rolled_back(with: &Value, o: &Value) -> Vec<Mutation> {
         return vec![];
     }
     let object = json!({"kind": o["kind"], "namespace": o["namespace"], "name": o["name"],
+                        "resourceVersion": o["resource_version"],
                         "from_revision": o["from_revision"], "to_revision": o["to_revision"],
                         "changes": o["changes"]});
     let undo = o["from_revision"].as_i64().map(|from| UndoPlan {
@@ -451,9 +455,67 @@ fn rolled_back(with: &Value, o: &Value) -> Vec<Mutation> {
     vec![Mutation { object, undo }]
 }
 
+/// The pods a quarantine or release changed (`outcome: done`), each with its uid, ServiceAccount,
+/// resourceVersions and the fields the patch changed.
+fn changed_pods(o: &Value) -> impl Iterator<Item = (&Value, Value)> {
+    o["pods"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|p| p["outcome"] == "done")
+        .map(|p| {
+            let fields = crate::k8s::write::changed_fields(&p["patch"]);
+            let object = json!({"kind": "Pod", "namespace": p["namespace"], "name": p["pod"],
+                                "uid": p["uid"], "node": p["node"],
+                                "serviceAccount": p["service_account"],
+                                "resourceVersion": p["resource_version"],
+                                "changes": p["changes"], "fields": fields});
+            (p, object)
+        })
+}
+
+/// The NetworkPolicies a quarantine or release wrote (created, narrowed, deleted, restored).
+fn changed_policies(o: &Value) -> impl Iterator<Item = (&Value, Value)> {
+    o["policies"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|p| p["resource_version"].is_object())
+        .map(|p| {
+            let object = json!({"kind": "NetworkPolicy", "namespace": p["namespace"],
+                                "name": p["name"], "resourceVersion": p["resource_version"],
+                                "changes": [p["change"]]});
+            (p, object)
+        })
+}
+
+/// The RoleBindings and ClusterRoleBindings whose subjects a revocation or release changed, each
+/// with its account's entry and the subjects before and after.
+fn changed_bindings(o: &Value) -> impl Iterator<Item = (&Value, Value)> {
+    o["credentials"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|c| {
+            c["bindings"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|b| b["outcome"] == "done")
+                .map(move |b| {
+                    let object = json!({"kind": b["kind"], "namespace": b["namespace"],
+                                        "name": b["name"], "serviceAccount": c["service_account"],
+                                        "before": b["before"], "after": b["after"]});
+                    (c, object)
+                })
+        })
+}
+
 /// quarantine.apply is reversed by releasing each pod it quarantined (labels, policies, node and
-/// ServiceAccount subjects restored from the records kirt keeps on the objects). Each binding
-/// whose subjects changed is journaled with its subjects before and after.
+/// ServiceAccount subjects restored from the records kirt keeps on the objects). A policy it wrote
+/// goes with the release of a pod of its namespace (release removes kirt's policies once no
+/// quarantined pod remains there); each binding whose subjects changed is journaled with its
+/// subjects before and after.
 fn quarantined(_with: &Value, o: &Value) -> Vec<Mutation> {
     let release = |ns: &Value, pod: &Value| {
         Some(UndoPlan {
@@ -461,34 +523,43 @@ fn quarantined(_with: &Value, o: &Value) -> Vec<Mutation> {
             with: json!({"pod": pod, "namespace": ns}),
         })
     };
-    let mut out: Vec<Mutation> = o["pods"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|p| p["outcome"] == "done")
-        .map(|p| Mutation {
-            object: json!({"kind": "Pod", "namespace": p["namespace"], "name": p["pod"],
-                           "node": p["node"], "changes": p["changes"]}),
-            undo: release(&p["namespace"], &p["pod"]),
+    let mut out: Vec<Mutation> = changed_policies(o)
+        .map(|(p, object)| {
+            let pod = o["pods"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|x| x["namespace"] == p["namespace"]);
+            Mutation {
+                object,
+                undo: pod.and_then(|x| release(&x["namespace"], &x["pod"])),
+            }
         })
         .collect();
-    for c in o["credentials"].as_array().into_iter().flatten() {
+    out.extend(changed_pods(o).map(|(p, object)| Mutation {
+        object,
+        undo: release(&p["namespace"], &p["pod"]),
+    }));
+    out.extend(changed_bindings(o).map(|(account, object)| {
         // released with the account's (first) pod; the last pod released restores the subjects
-        let first = c["pods"][0].as_str().unwrap_or_default();
+        let first = account["pods"][0].as_str().unwrap_or_default();
         let (ns, pod) = first.split_once('/').unwrap_or_default();
-        for b in c["bindings"].as_array().into_iter().flatten() {
-            if b["outcome"] != "done" {
-                continue;
-            }
-            out.push(Mutation {
-                object: json!({"kind": b["kind"], "namespace": b["namespace"], "name": b["name"],
-                               "serviceAccount": c["service_account"],
-                               "before": b["before"], "after": b["after"]}),
-                undo: release(&json!(ns), &json!(pod)),
-            });
+        Mutation {
+            object,
+            undo: release(&json!(ns), &json!(pod)),
         }
-    }
+    }));
     out
+}
+
+/// quarantine.release: every pod, policy and binding it put back, journaled (a release is not
+/// undone).
+fn released(_with: &Value, o: &Value) -> Vec<Mutation> {
+    changed_pods(o)
+        .chain(changed_policies(o))
+        .chain(changed_bindings(o))
+        .map(|(_, object)| Mutation { object, undo: None })
+        .collect()
 }
 
 /// node.quarantine is reversed by node.release.

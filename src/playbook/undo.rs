@@ -5,7 +5,7 @@
 use serde::Serialize;
 use serde_json::Value;
 
-use super::journal::{self, Journal, Record, RunStatus, UndoStatus};
+use super::journal::{self, Journal, Origin, Record, RunStart, RunStatus, StepStatus, UndoStatus};
 use super::registry;
 use crate::context::Ctx;
 use crate::error::{Error, Exit, Result};
@@ -35,6 +35,9 @@ pub struct UndoItem {
 #[derive(Debug, Clone, Serialize)]
 pub struct UndoResult {
     pub run_id: String,
+    /// The undo's own journal (`kirt runs report UNDO_RUN`); none when nothing was left to undo.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub undo_run: Option<String>,
     pub items: Vec<UndoItem>,
     #[serde(skip)]
     pub exit: Exit,
@@ -60,11 +63,19 @@ impl Render for UndoResult {
             };
             t.row([i.step.clone(), i.action.clone(), obj, st]);
         }
-        if self.items.is_empty() {
-            t.note(format!(
-                "run {} changed nothing that is left to undo",
-                self.run_id
-            ));
+        match &self.undo_run {
+            Some(u) => {
+                t.note(format!(
+                    "journaled as run {u}: kirt runs report {u} (the undo) or {} (the run and its undo)",
+                    self.run_id
+                ));
+            }
+            None => {
+                t.note(format!(
+                    "run {} changed nothing that is left to undo",
+                    self.run_id
+                ));
+            }
         }
         t
     }
@@ -73,8 +84,16 @@ impl Render for UndoResult {
     }
 }
 
+/// The two journals an undo writes: its own (a run whose origin is the undo, for reports) and
+/// the undone run's (which mutations are undone, so that none is undone twice).
+struct Journals {
+    own: Journal,
+    run: Journal,
+}
+
 pub async fn run(ctx: &Ctx, spec: UndoSpec) -> Result<UndoResult> {
-    let path = journal::path(&journal::dir(ctx)?, &spec.run_id);
+    let dir = journal::dir(ctx)?;
+    let path = journal::path(&dir, &spec.run_id);
     let entries = journal::read(&path)?;
     // mutations are numbered by their position in the journal; undone ones are recorded by it
     let undone: Vec<u64> = entries
@@ -97,6 +116,7 @@ pub async fn run(ctx: &Ctx, spec: UndoSpec) -> Result<UndoResult> {
         .collect();
     let mut result = UndoResult {
         run_id: spec.run_id.clone(),
+        undo_run: None,
         items: Vec::new(),
         exit: Exit::Ok,
     };
@@ -104,19 +124,25 @@ pub async fn run(ctx: &Ctx, spec: UndoSpec) -> Result<UndoResult> {
         return Ok(result);
     }
     check_plans(&spec.run_id, &todo)?;
-    ctx.confirm(&format!(
-        "undo {} change(s) made by run {}",
-        todo.len(),
-        spec.run_id
-    ))?;
-    let mut j = Journal::append_to(&path)?;
-    j.write(Record::UndoStart {
+    let question = format!("undo {} change(s) made by run {}", todo.len(), spec.run_id);
+    let answer = ctx.confirm(&question)?;
+    let undo_id = journal::new_run_id();
+    let mut j = open(ctx, &dir, &undo_id, &spec.run_id, &entries, &path).await?;
+    j.own.write(Record::Confirmed {
+        step: String::new(),
+        answer: answer.describe().into(),
+    })?;
+    j.run.write(Record::UndoStart {
         run: spec.run_id.clone(),
         mutations: todo.len(),
         dry_run: ctx.dry_run,
+        undo_run: Some(undo_id.clone()),
     })?;
+    result.undo_run = Some(undo_id.clone());
     let mut failed = 0;
-    for (seq, m) in todo.into_iter().rev() {
+    // the same reversal (a release of the pod whose policy and labels one step changed) runs once
+    let mut ran: Vec<&registry::UndoPlan> = Vec::new();
+    for (index, (seq, m)) in todo.into_iter().rev().enumerate() {
         let Record::Mutation {
             step,
             action,
@@ -134,15 +160,31 @@ pub async fn run(ctx: &Ctx, spec: UndoSpec) -> Result<UndoResult> {
             outputs: Value::Null,
             error: None,
         };
-        if let Some(plan) = undo {
-            if let Err(e) = undo_one(ctx, plan, &mut item).await {
-                failed += 1;
-                if result.exit == Exit::Ok {
-                    result.exit = e.exit();
+        match undo {
+            Some(plan)
+                if ran
+                    .iter()
+                    .any(|p| p.action == plan.action && p.with == plan.with) =>
+            {
+                item.status = if ctx.dry_run {
+                    UndoStatus::DryRun
+                } else {
+                    UndoStatus::Undone
+                };
+            }
+            Some(plan) => {
+                if let Err(e) = undo_one(ctx, &mut j.own, index, plan, &mut item).await {
+                    failed += 1;
+                    if result.exit == Exit::Ok {
+                        result.exit = e.exit();
+                    }
+                } else {
+                    ran.push(plan);
                 }
             }
+            None => {}
         }
-        j.write(Record::UndoStep {
+        j.run.write(Record::UndoStep {
             mutation: seq,
             step: item.step.clone(),
             action: item.action.clone(),
@@ -152,20 +194,57 @@ pub async fn run(ctx: &Ctx, spec: UndoSpec) -> Result<UndoResult> {
         })?;
         result.items.push(item);
     }
+    let status = if failed == 0 {
+        RunStatus::Ok
+    } else {
+        RunStatus::Failed
+    };
     if !ctx.dry_run {
-        j.write(Record::UndoEnd {
+        j.run.write(Record::UndoEnd {
             run: spec.run_id.clone(),
-            status: if failed == 0 {
-                RunStatus::Ok
-            } else {
-                RunStatus::Failed
-            },
+            status,
         })?;
     }
     if failed > 0 && failed < result.items.len() {
         result.exit = Exit::Partial;
     }
+    j.own.write(Record::RunEnd {
+        run: undo_id,
+        status,
+        exit: result.exit as u8,
+    })?;
     Ok(result)
+}
+
+/// The undo's own journal, which starts as a run whose origin is the undo of `run_id` (same
+/// playbook), and the undone run's journal, appended to.
+async fn open(
+    ctx: &Ctx,
+    dir: &std::path::Path,
+    undo_id: &str,
+    run_id: &str,
+    entries: &[journal::Entry],
+    path: &std::path::Path,
+) -> Result<Journals> {
+    let undone = entries.iter().find_map(|e| match &e.record {
+        Record::RunStart(s) => Some(s),
+        _ => None,
+    });
+    let mut own = Journal::create(dir, undo_id)?;
+    let origin = Origin::Undo {
+        of: run_id.to_string(),
+    };
+    let mut start = RunStart::now(ctx, undo_id, origin).await;
+    if let Some(u) = undone {
+        start.playbook = u.playbook.clone();
+        start.source = u.source.clone();
+        start.digest = u.digest.clone();
+    }
+    own.write(Record::RunStart(start))?;
+    Ok(Journals {
+        own,
+        run: Journal::append_to(path)?,
+    })
 }
 
 /// A journal is a file anyone with access to the state dir can edit: before anything runs, every
@@ -203,9 +282,44 @@ fn check_plans(run_id: &str, todo: &[(u64, &Record)]) -> Result<()> {
     )))
 }
 
-/// Runs one mutation's undo plan; the item records how it went.
-async fn undo_one(ctx: &Ctx, plan: &registry::UndoPlan, item: &mut UndoItem) -> Result<()> {
-    match run_plan(ctx, plan).await {
+/// Runs one mutation's undo plan as a step of the undo's own journal (what it changed is
+/// journaled there, as a playbook step's would be); the item records how it went.
+async fn undo_one(
+    ctx: &Ctx,
+    own: &mut Journal,
+    index: usize,
+    plan: &registry::UndoPlan,
+    item: &mut UndoItem,
+) -> Result<()> {
+    let clock = std::time::Instant::now();
+    own.write(Record::StepStart {
+        step: item.step.clone(),
+        index,
+        action: plan.action.clone(),
+    })?;
+    own.write(Record::StepItem {
+        step: item.step.clone(),
+        item: None,
+        with: plan.with.clone(),
+    })?;
+    let res = run_plan(ctx, plan).await;
+    if let (Ok(out), Some(def)) = (&res, registry::get(&plan.action)) {
+        own.mutations(&item.step, def, &plan.with, out, ctx.dry_run)?;
+    }
+    let (status, exit) = match &res {
+        Ok(_) => (StepStatus::Ok, Exit::Ok),
+        Err(e) => (StepStatus::Failed, e.exit()),
+    };
+    own.write(Record::StepEnd {
+        step: item.step.clone(),
+        status,
+        duration_seconds: clock.elapsed().as_secs_f64(),
+        attempts: 1,
+        outputs: res.as_ref().cloned().unwrap_or(Value::Null),
+        error: res.as_ref().err().map(|e| e.to_string()),
+        exit: exit as u8,
+    })?;
+    match res {
         Ok(out) => {
             item.status = if ctx.dry_run {
                 UndoStatus::DryRun

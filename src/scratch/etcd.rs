@@ -83,7 +83,8 @@ pub async fn etcdutl_restore(
 pub struct Observed {
     pub revision: i64,
     pub key_count: i64,
-    pub hash_kv: u32,
+    /// HashKV at the recorded revision, when the manifest has one to compare with.
+    pub hash_kv: Option<u32>,
     /// Keys under each of the manifest's resource prefixes at the recorded revision…
     pub prefix_counts_at: BTreeMap<String, i64>,
     /// …and at the restored head (what an apiserver on this member serves).
@@ -203,8 +204,8 @@ impl ScratchEtcd {
         }
     }
 
-    /// Revision, live keys and HashKV at `revision`.
-    pub async fn observe(&self, revision: i64) -> Result<Observed> {
+    /// Revision, live keys and (with `hash`) HashKV at `revision`.
+    pub async fn observe(&self, revision: i64, hash: bool) -> Result<Observed> {
         let err = |what: &str, e: etcd_client::Error| self.error(what, e);
         let mut c = self.client().await?;
         let head = c
@@ -226,11 +227,12 @@ impl ScratchEtcd {
             )
             .await
             .map_err(|e| err("count at revision", e))?;
-        let hash = c
-            .maintenance_client()
-            .hash_kv(revision)
-            .await
-            .map_err(|e| err("HashKV", e))?;
+        let hash_kv = if hash {
+            let h = c.maintenance_client().hash_kv(revision).await;
+            Some(h.map_err(|e| err("HashKV", e))?.hash())
+        } else {
+            None
+        };
         let mut kv = c.kv_client();
         let count = crate::actions::backup::manifest::count_prefixes;
         let prefix_counts_at = count(&mut kv, revision)
@@ -242,7 +244,7 @@ impl ScratchEtcd {
         Ok(Observed {
             revision: head.header().map(|h| h.revision()).unwrap_or(0),
             key_count: at.count(),
-            hash_kv: hash.hash(),
+            hash_kv,
             prefix_counts_at,
             prefix_counts_head,
         })

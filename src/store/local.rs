@@ -1,7 +1,9 @@
 //! Local-directory store: writes `.NAME.PID-RANDOM.part`, fsyncs, renames, fsyncs the directory —
 //! the way `etcdutl snapshot save` does — so a crash never leaves a half-written object under its
 //! name. Objects are readable by their owner only (0600), directories kirt creates are 0700:
-//! backups hold every Secret of a cluster, evidence bundles memory images.
+//! backups hold every Secret of a cluster, evidence bundles memory images. Run locks are
+//! `flock`ed files under `.kirt/locks/` (never listed): the kernel releases them when their
+//! holder dies, however it dies.
 
 use std::path::{Path, PathBuf};
 
@@ -11,6 +13,10 @@ use tokio::io::{AsyncRead, AsyncWriteExt, BufWriter};
 
 use super::{ObjectInfo, Store, Upload};
 use crate::error::{Error, Result};
+use crate::runlock::{Attempt, Busy, Held, Holder};
+
+/// kirt's own bookkeeping below the root (run locks): never listed as objects.
+const KIRT_DIR: &str = ".kirt";
 
 pub struct LocalStore {
     root: PathBuf,
@@ -139,6 +145,21 @@ impl Store for LocalStore {
         .await?
     }
 
+    async fn lock(
+        &self,
+        name: &str,
+        holder: &Holder,
+        lease: std::time::Duration,
+    ) -> Result<Attempt> {
+        let path = self.path(&format!("{KIRT_DIR}/locks/{name}.lock"))?;
+        let holder = holder.clone();
+        crate::error::join(
+            "locking",
+            tokio::task::spawn_blocking(move || flock(&path, &holder, lease)),
+        )
+        .await?
+    }
+
     async fn check(&self) -> Result<String> {
         crate::context::private_dir(&self.root)?;
         let probe = self
@@ -175,7 +196,9 @@ fn list_dir(root: &Path, prefix: &str) -> Result<Vec<ObjectInfo>> {
                 .map_err(|e| Error::store(entry.path().display().to_string(), e.to_string()))?;
             let name = entry.file_name().to_string_lossy().into_owned();
             if meta.is_dir() {
-                stack.push(entry.path());
+                if !(dir == root && name == KIRT_DIR) {
+                    stack.push(entry.path());
+                }
                 continue;
             }
             if name.starts_with('.') {
@@ -236,6 +259,99 @@ fn stale_parts(root: &Path, older_than: std::time::Duration, dry_run: bool) -> R
         }
     }
     Ok(out)
+}
+
+/// Takes the lock file at `path` (created 0600 in a 0700 directory) without waiting: the holder's
+/// record is written into it once it is ours; a busy lock's record names its holder. Its holder
+/// removes the file when it releases it, so a lock that was taken on a file that is no longer
+/// the one at `path` is taken again on the new one.
+fn flock(path: &Path, holder: &Holder, lease: std::time::Duration) -> Result<Attempt> {
+    use std::io::{Read, Seek, Write};
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+    let io = |what: &str, e: std::io::Error| {
+        Error::store(path.display().to_string(), format!("{what}: {e}"))
+    };
+    if let Some(dir) = path.parent() {
+        crate::context::private_dir(dir)?;
+    }
+    for _ in 0..5 {
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(path)
+            .map_err(|e| io("cannot open the lock file", e))?;
+        // SAFETY: flock on a descriptor this function owns.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            let e = std::io::Error::last_os_error();
+            if e.raw_os_error() != Some(libc::EWOULDBLOCK) {
+                return Err(io("cannot lock", e));
+            }
+            // the holder writes its record right after taking the lock: give it a moment
+            let mut holder = None;
+            for _ in 0..25 {
+                let mut text = Vec::new();
+                let _ = (&file)
+                    .take(crate::runlock::MAX_RECORD + 1)
+                    .read_to_end(&mut text);
+                holder = Holder::parse(&text);
+                if holder.is_some() {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(20));
+                let _ = file.rewind();
+            }
+            return Ok(Attempt::Busy(Busy {
+                lock: path.display().to_string(),
+                holder,
+                renewed_ago: None,
+                lease,
+            }));
+        }
+        let ours = file.metadata().map_err(|e| io("cannot stat", e))?;
+        let current = std::fs::metadata(path).ok();
+        if current.is_none_or(|c| (c.dev(), c.ino()) != (ours.dev(), ours.ino())) {
+            continue; // released (removed) between our open and our lock
+        }
+        let written = file
+            .set_len(0)
+            .and_then(|_| file.rewind())
+            .and_then(|_| file.write_all(&holder.to_json()))
+            .and_then(|_| file.sync_all());
+        written.map_err(|e| io("cannot write the lock file", e))?;
+        return Ok(Attempt::Acquired(Box::new(LockFile {
+            path: path.to_path_buf(),
+            file,
+        })));
+    }
+    Err(Error::failed(format!(
+        "the lock file {} kept changing while kirt tried to take it; try again",
+        path.display()
+    )))
+}
+
+/// A held lock file: removed, then closed (which releases the lock) when released; a holder
+/// that dies leaves the file, unlocked.
+struct LockFile {
+    path: PathBuf,
+    file: std::fs::File,
+}
+
+#[async_trait]
+impl Held for LockFile {
+    fn describe(&self) -> String {
+        self.path.display().to_string()
+    }
+    fn check(&self) -> Result<()> {
+        Ok(())
+    }
+    async fn release(self: Box<Self>) {
+        let _ = std::fs::remove_file(&self.path);
+        drop(self.file);
+    }
 }
 
 struct LocalUpload {

@@ -4,14 +4,19 @@
 use std::path::Path;
 use std::time::Duration;
 
-use crate::common::etcd::{populate_etcd, populate_random};
+use crate::common::etcd::{member_id, populate_etcd, populate_random};
 use crate::common::keys::{age_key, ssh_key};
 use crate::common::s3::{self, create_bucket};
 use crate::common::{self, files_under, lab, sh, Lab};
 
 /// Decrypts with the age CLI, decompresses with the zstd CLI, checks the result with etcdutl
 /// against the manifest, and restores it (with etcdutl's hash check).
-fn check_with_cli_tools(lab: &Lab, object: &Path, manifest: &serde_json::Value, identity: &str) {
+pub(crate) fn check_with_cli_tools(
+    lab: &Lab,
+    object: &Path,
+    manifest: &serde_json::Value,
+    identity: &str,
+) {
     let snap = lab
         .dir
         .path()
@@ -304,6 +309,188 @@ fn tls_etcd_with_client_certs_and_clear_failures() {
         })
         .unwrap_or(0);
     assert_eq!(published, 0);
+}
+
+/// With several endpoints the snapshot comes from a follower (the leader is the busiest
+/// member); when the followers given do not answer, from the leader. The manifest says which
+/// member and why, and the follower's backup restores with the key counts it recorded.
+#[test]
+fn a_follower_is_preferred_and_the_leader_is_the_fallback() {
+    let Some(lab) = lab() else { return };
+    let (mut members, leader) = lab.etcd_cluster(3);
+    let ids: Vec<String> = members.iter().map(|m| member_id(&m.endpoint)).collect();
+    populate_etcd(&members[0].endpoint, "/kirt-test", 500);
+    let dir = lab.dir.path().join("follower");
+    let create = |endpoints: &[&str], cluster: &str| -> serde_json::Value {
+        let r = lab
+            .kirt([
+                "backup",
+                "create",
+                "--etcd-endpoints",
+                &endpoints.join(","),
+                "--to",
+                dir.to_str().unwrap(),
+                "--cluster-name",
+                cluster,
+                "--no-encrypt",
+                "-o",
+                "json",
+            ])
+            .ok();
+        let id = r.json()["id"].as_str().unwrap().to_string();
+        let m = dir.join(cluster).join(format!("{id}.manifest.json"));
+        serde_json::from_slice(&std::fs::read(m).unwrap()).unwrap()
+    };
+    let endpoint_of = |id: &str| {
+        let i = ids.iter().position(|x| x == id).unwrap();
+        members[i].endpoint.clone()
+    };
+    let leader_ep = endpoint_of(&leader);
+    // the leader first: order does not decide, the role does
+    let followers: Vec<String> = ids
+        .iter()
+        .filter(|id| **id != leader)
+        .map(|id| endpoint_of(id))
+        .collect();
+    let all = [leader_ep.as_str(), &followers[0], &followers[1]];
+    let m = create(&all, "all");
+    let e = &m["etcd"];
+    assert_ne!(e["member_id"], leader, "{m:#}");
+    assert!(ids.contains(&e["member_id"].as_str().unwrap().to_string()));
+    let why = e["member_choice"].as_str().unwrap();
+    assert!(why.contains("a follower") && why.contains(&leader), "{why}");
+    assert_eq!(e["endpoint"], endpoint_of(e["member_id"].as_str().unwrap()));
+    let v = lab
+        .kirt([
+            "backup",
+            "verify",
+            "--from",
+            dir.to_str().unwrap(),
+            &format!("all/{}", m["id"].as_str().unwrap()),
+            "--restore",
+            "-o",
+            "json",
+        ])
+        .ok()
+        .json();
+    assert_eq!(v["ok"], true, "{v:#}");
+
+    // one follower down (the cluster keeps its quorum); given only it and the leader
+    let down = ids.iter().position(|id| *id != leader).unwrap();
+    let down_ep = members[down].endpoint.clone();
+    members[down].kill();
+    let m = create(&[down_ep.as_str(), leader_ep.as_str()], "fallback");
+    let e = &m["etcd"];
+    assert_eq!(e["member_id"], leader, "{m:#}");
+    assert_eq!(e["endpoint"], leader_ep);
+    let why = e["member_choice"].as_str().unwrap();
+    assert!(
+        why.contains("the leader: no follower answered") && why.contains(&down_ep),
+        "{why}"
+    );
+}
+
+/// `--max-rate` paces the snapshot stream: a backup of S bytes at R bytes/s cannot take less
+/// than S/R. (Only this lower bound follows from the rate; how fast kirt is otherwise depends on
+/// the machine and is not asserted.)
+#[test]
+fn max_rate_paces_the_snapshot_stream() {
+    let Some(lab) = lab() else { return };
+    let etcd = lab.private_etcd("3.5");
+    populate_etcd(&etcd.endpoint, "/kirt-test", 2_000);
+    let dir = lab.dir.path().join("paced");
+    let create = |cluster: &str, extra: &[&str]| -> (serde_json::Value, Duration) {
+        let mut args = vec![
+            "backup",
+            "create",
+            "--etcd-endpoints",
+            &etcd.endpoint,
+            "--to",
+            dir.to_str().unwrap(),
+            "--cluster-name",
+            cluster,
+            "--no-encrypt",
+            "-o",
+            "json",
+        ];
+        args.extend(extra);
+        let t = std::time::Instant::now();
+        let v = lab.kirt(&args).ok().json();
+        (v, t.elapsed())
+    };
+    let (free, _) = create("free", &[]);
+    let size = free["snapshot_size"].as_u64().unwrap();
+    // about three seconds' worth at the cap
+    let rate = (size / 3).max(1);
+    let (paced, took) = create("paced", &["--max-rate", &format!("{rate}/s")]);
+    let floor = paced["snapshot_size"].as_u64().unwrap() as f64 / rate as f64;
+    assert!(
+        took.as_secs_f64() >= floor,
+        "{} bytes at {rate} B/s took {took:?}, less than {floor:.2}s",
+        paced["snapshot_size"]
+    );
+    assert!(
+        paced["duration_seconds"].as_f64().unwrap() >= floor,
+        "{paced:#}"
+    );
+    let r = lab.kirt([
+        "backup",
+        "create",
+        "--etcd-endpoints",
+        &etcd.endpoint,
+        "--to",
+        dir.to_str().unwrap(),
+        "--max-rate",
+        "5MiB/h",
+    ]);
+    assert_eq!(r.code(), 2, "{}", r.dump());
+    assert!(r.stderr().contains("bytes per second"), "{}", r.dump());
+}
+
+/// `--nice`: every thread of kirt runs at nice 10 in the idle I/O class (checked with /proc
+/// and ionice while kirt holds after the stream, its workers started).
+#[test]
+fn nice_lowers_cpu_and_io_priority_of_every_thread() {
+    let Some(lab) = lab() else { return };
+    let etcd = lab.private_etcd("3.5");
+    populate_etcd(&etcd.endpoint, "/kirt-test", 200);
+    let dir = lab.dir.path().join("nice");
+    let cmd = lab.kirt_cmd([
+        "backup",
+        "create",
+        "--etcd-endpoints",
+        &etcd.endpoint,
+        "--to",
+        dir.to_str().unwrap(),
+        "--no-encrypt",
+        "--nice",
+        "--threads",
+        "2",
+    ]);
+    let h = crate::common::process::Held::start(cmd, "hashkv", Duration::from_secs(60));
+    let pid = h.child.id();
+    let tasks: Vec<_> = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().to_string())
+        .collect();
+    assert!(tasks.len() > 1, "{tasks:?}");
+    for tid in &tasks {
+        // a thread that ended meanwhile (an idle blocking-pool thread) cannot be wrong
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat")) else {
+            continue;
+        };
+        // the fields after "(comm)": state is field 3, nice field 19
+        let after = &stat[stat.rfind(')').unwrap() + 2..];
+        let nice = after.split(' ').nth(16).unwrap();
+        assert_eq!(nice, "10", "thread {tid}: {stat}");
+        let io = sh(&format!("ionice -p {tid}"));
+        if io.code() == 0 || std::path::Path::new(&format!("/proc/{pid}/task/{tid}")).exists() {
+            assert_eq!(io.ok().stdout().trim(), "idle", "thread {tid}");
+        }
+    }
+    let (code, _, err) = h.terminate();
+    assert_eq!(code, 143, "{err}");
 }
 
 #[test]
@@ -637,10 +824,18 @@ fn s3_dying_mid_upload_leaves_nothing_once_it_is_back() {
     let s3s = lab.private_s3s(Some((&data, port)));
     let keys = s3::keys(&client, "crash");
     assert!(
-        keys.iter().all(|k| k.starts_with("p/.kirt/pending/")),
+        keys.iter().all(|k| k.starts_with("p/.kirt/")),
         "an object became visible: {keys:?}"
     );
-    assert_eq!(keys.len(), 1, "the record of the upload: {keys:?}");
+    // the record of the upload, and the run lock kirt could not release with S3 gone (the next
+    // backup takes it over once its lease has passed)
+    let (records, locks): (Vec<&String>, Vec<&String>) =
+        keys.iter().partition(|k| k.starts_with("p/.kirt/pending/"));
+    assert_eq!(records.len(), 1, "the record of the upload: {keys:?}");
+    assert!(
+        locks.iter().all(|k| k.starts_with("p/.kirt/locks/")),
+        "{keys:?}"
+    );
     // the next kirt run against the bucket aborts the upload it could not abort before
     let mut list = lab.kirt_cmd([
         "backup",
@@ -682,16 +877,23 @@ fn s3_dying_mid_upload_leaves_nothing_once_it_is_back() {
         "the multipart upload still exists: {parts:?}"
     );
     // and nothing of the upload is left on the server's disk (s3s-fs 0.14 keeps the sidecar
-    // metadata files of a deleted object: those of the removed record are not upload data)
+    // metadata files of a deleted object: those of the removed record are not upload data; nor
+    // is the run lock, and its sidecar)
     use base64::Engine;
-    let record_sidecar = format!(
-        ".object-{}",
-        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode("p/.kirt/pending/")
-    );
-    let record_sidecar = &record_sidecar[..record_sidecar.len() - 2]; // (last chars span the hash)
+    let sidecar = |prefix: &str| {
+        let s = format!(
+            ".object-{}",
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(prefix)
+        );
+        s[..s.len() - 2].to_string() // (the last chars span what follows)
+    };
+    let kirt_own = [sidecar("p/.kirt/pending/"), sidecar("p/.kirt/locks/")];
     let files: Vec<_> = files_under(&data)
         .into_iter()
-        .filter(|f| !f.to_string_lossy().contains(record_sidecar))
+        .filter(|f| {
+            let f = f.to_string_lossy();
+            !f.contains("/p/.kirt/locks/") && !kirt_own.iter().any(|s| f.contains(s.as_str()))
+        })
         .collect();
     assert!(files.is_empty(), "s3s-fs still holds {files:?}");
 }

@@ -93,6 +93,15 @@ fn bindings(lab: &Lab, ns: &str, crb: &str) -> (Value, Value) {
     )
 }
 
+/// Asserts that the shared RoleBinding and the ClusterRoleBinding `crb` are again as `before`
+/// (what kirt could change: metadata and subjects, not resourceVersion); returns them as they are.
+fn assert_bindings_as(lab: &Lab, ns: &str, crb: &str, before: &(Value, Value)) -> (Value, Value) {
+    let after = bindings(lab, ns, crb);
+    assert_eq!(desired_state(&after.0), desired_state(&before.0));
+    assert_eq!(desired_state(&after.1), desired_state(&before.1));
+    after
+}
+
 fn lists_secrets(lab: &Lab, token: &str, ns: &str) -> common::Run {
     lab.kubectl_with_token(token, ["get", "secrets", "-n", ns, "-o", "name"])
 }
@@ -234,9 +243,7 @@ fn revoked_token_is_rejected_and_release_restores_the_bindings_exactly() {
         "{}",
         r.dump()
     );
-    let after = bindings(&lab, &ns, &crb);
-    assert_eq!(desired_state(&after.0), desired_state(&before.0));
-    assert_eq!(desired_state(&after.1), desired_state(&before.1));
+    let after = assert_bindings_as(&lab, &ns, &crb, &before);
     assert_eq!(after.0["subjects"], before.0["subjects"]);
     assert_eq!(after.1["subjects"], before.1["subjects"]);
     let sa = lab.get_json(&["sa", "victim", "-n", &ns]);
@@ -657,9 +664,7 @@ fn delete_pod_needs_evidence_and_release_of_the_gone_pod_restores_credentials() 
     // the pod is gone: release still puts the account back
     let r = lab.kirt(["release", "suspect", "-n", &ns, "--yes"]).ok();
     assert!(r.stdout().contains("no longer exists"), "{}", r.dump());
-    let after = bindings(&lab, &ns, &crb);
-    assert_eq!(desired_state(&after.0), desired_state(&before.0));
-    assert_eq!(desired_state(&after.1), desired_state(&before.1));
+    assert_bindings_as(&lab, &ns, &crb, &before);
 }
 
 #[test]
@@ -695,12 +700,7 @@ fn playbook_revokes_journals_the_subjects_and_undo_restores_the_bindings() {
         ])
         .ok();
     let s = r.json();
-    let st: Vec<&str> = s["steps"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x["status"].as_str().unwrap())
-        .collect();
+    let st = common::step_statuses(&s);
     assert_eq!(st, ["ok", "ok", "ok", "skipped"], "{}", r.dump());
     assert!(!lab.account_allowed(&ns, "victim", "list", "secrets", &ns));
     assert_ne!(lists_secrets(&lab, &token, &ns).code(), 0);
@@ -734,9 +734,7 @@ fn playbook_revokes_journals_the_subjects_and_undo_restores_the_bindings() {
         "{}",
         r.dump()
     );
-    let after = bindings(&lab, &ns, &crb);
-    assert_eq!(desired_state(&after.0), desired_state(&before.0));
-    assert_eq!(desired_state(&after.1), desired_state(&before.1));
+    assert_bindings_as(&lab, &ns, &crb, &before);
     assert!(lab.account_allowed(&ns, "victim", "list", "secrets", &ns));
     assert_eq!(
         labels(&lab.get_json(&["pod", "suspect", "-n", &ns]))["app"],
@@ -778,9 +776,7 @@ fn a_selector_revokes_once_per_account_and_the_last_release_restores() {
     assert!(!lab.account_allowed(&ns, "victim", "list", "secrets", &ns));
     lab.kirt(["release", "-l", "app=shop", "-n", &ns, "--yes"])
         .ok();
-    let after = bindings(&lab, &ns, &crb);
-    assert_eq!(desired_state(&after.0), desired_state(&before.0));
-    assert_eq!(desired_state(&after.1), desired_state(&before.1));
+    assert_bindings_as(&lab, &ns, &crb, &before);
 }
 
 #[test]

@@ -71,6 +71,11 @@ fn manifests_apply_and_the_responder_is_least_privilege() {
     assert_eq!(c["securityContext"]["readOnlyRootFilesystem"], true);
     assert_eq!(c["securityContext"]["allowPrivilegeEscalation"], false);
     assert!(c["resources"]["limits"]["memory"].is_string());
+    // a good neighbour on the control-plane node: low CPU and idle I/O priority
+    assert!(
+        c["args"].as_array().unwrap().iter().any(|a| a == "--nice"),
+        "{c:#}"
+    );
     // every backup is signed with the key in the Secret kirt-backup-signing
     assert_eq!(
         key_source(pod, "KIRT_SIGN_KEY"),
@@ -339,7 +344,7 @@ fn responder_session(
     pod: &str,
     out: &Path,
 ) -> Vec<(String, Run)> {
-    let _nodes = nodes_to_myself(&lab);
+    let _nodes = nodes_to_myself(lab);
     let _clean = NodeGuard::all(lab);
     let as_flag = format!("--as={identity}");
     let cmds: Vec<Vec<String>> = vec![

@@ -6,30 +6,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+use crate::common::files::{extract_plain, only_file, read_json, sh_in};
 use crate::common::{self, lab, s3, wait_until, Lab};
 
 const SECRET_VALUE: &str = "k5-Sup3r-S3cret-value-do-not-leak";
-
-/// Runs a shell script with the real tools in `cwd`, stopping at the first failing command
-/// (`sh -e`), and returns its stdout; panics with its output on failure. (`common::sh` runs
-/// `bash -c` where the caller is, and leaves the exit code to the caller.)
-#[track_caller]
-fn sh_in(cwd: &Path, script: &str) -> String {
-    let out = Command::new("sh")
-        .arg("-ec")
-        .arg(script)
-        .current_dir(cwd)
-        .output()
-        .expect("sh");
-    assert!(
-        out.status.success(),
-        "$ {script}\nexit {:?}\n{}\n{}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 /// Waits until the simulated kubelet has scheduled the pod and reported every container. Unlike
 /// `Lab::wait_pod_running` it does not wait for phase Running: a container whose image cannot be
@@ -55,21 +35,6 @@ fn wait_containers_reported(lab: &Lab, ns: &str, pod: &str, containers: usize) {
     );
 }
 
-/// The single file in `dir` (a bundle), or panic.
-fn only_file(dir: &Path) -> PathBuf {
-    let files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-        .map(|e| e.unwrap().path())
-        .collect();
-    assert_eq!(
-        files.len(),
-        1,
-        "expected one bundle in {}: {files:?}",
-        dir.display()
-    );
-    files[0].clone()
-}
-
 /// Nothing at all (not even a hidden .part file) in `dir`, or `dir` does not exist.
 #[track_caller]
 fn assert_empty(dir: &Path) {
@@ -83,21 +48,6 @@ fn assert_empty(dir: &Path) {
             dir.display()
         );
     }
-}
-
-/// Extracts a plain (unencrypted) bundle with zstd + tar; returns the top directory.
-fn extract_plain(bundle: &Path, into: &Path) -> PathBuf {
-    std::fs::create_dir_all(into).unwrap();
-    sh_in(
-        into,
-        &format!("zstd -d -c '{}' | tar xf -", bundle.display()),
-    );
-    only_file(into)
-}
-
-fn read_json(path: &Path) -> serde_json::Value {
-    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
 fn app_yaml(crashloop: &str) -> String {

@@ -8,17 +8,21 @@
 
 mod common;
 
+mod audit;
 mod authenticity;
 mod backup;
 mod cli;
+mod copy;
 mod credentials;
 mod deploy;
 mod doctor;
 mod evidence;
+mod immutable;
 mod interrupt;
 mod lab_sanity;
 mod playbooks;
 mod quarantine;
+mod reports;
 mod restore;
 mod rollback;
 mod store_contract;

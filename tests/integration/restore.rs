@@ -140,7 +140,7 @@ fn verify_and_trial_restore_pass_on_good_backups_of_both_versions() {
             let checks = v["checks"].as_array().unwrap();
             for name in [
                 "keys at revision",
-                "HashKV at revision",
+                "resource keys at revision",
                 "restored revision >= recorded",
             ] {
                 let c = checks
@@ -156,9 +156,122 @@ fn verify_and_trial_restore_pass_on_good_backups_of_both_versions() {
                 .find(|c| c["check"] == "keys at revision")
                 .unwrap();
             assert_eq!(keys["actual"], manifest["etcd"]["key_count"].to_string());
+            // the default is --hash-kv off: nothing recorded, nothing claimed
+            assert!(manifest["etcd"]["hash_kv"].is_null(), "{manifest:#}");
+            assert!(
+                !checks.iter().any(|c| c["check"] == "HashKV at revision"),
+                "{v:#}"
+            );
             assert_clean(&lab);
         }
     }
+}
+
+/// `--hash-kv on` records etcd's HashKV and the trial restore compares it: it catches a value
+/// that differs from what etcd held at the revision, which key counts cannot see. `--hash-kv
+/// off` records none (null in the manifest) and the trial restore compares key counts, in all
+/// and per resource: it catches a lost key.
+#[test]
+fn hash_kv_modes_are_recorded_and_trial_restore_checks_what_each_claims() {
+    let Some(lab) = lab() else { return };
+    let etcd = lab.private_etcd("3.5");
+    populate_etcd(&etcd.endpoint, "/kirt-test", 1_000);
+    // the newest revision changes a value and nothing else: same keys before and after
+    let pod = "/registry/pods/ns/p1";
+    let (rev, before, after) = common::block_on(async {
+        let mut c = etcd_client::Client::connect([etcd.endpoint.as_str()], None)
+            .await
+            .unwrap();
+        c.put(pod, "v1", None).await.unwrap();
+        let r = c.put(pod, "v2", None).await.unwrap();
+        let rev = r.header().unwrap().revision();
+        let mut m = c.maintenance_client();
+        let before = m.hash_kv(rev - 1).await.unwrap().hash();
+        (rev, before, m.hash_kv(rev).await.unwrap().hash())
+    });
+    assert_ne!(before, after);
+    let dir = lab.dir.path().join("hashkv");
+    let on = backup(
+        &lab,
+        &etcd.endpoint,
+        &dir,
+        "on",
+        &["--no-encrypt", "--hash-kv", "on"],
+        "",
+    );
+    let off = backup(
+        &lab,
+        &etcd.endpoint,
+        &dir,
+        "off",
+        &["--no-encrypt", "--hash-kv", "off"],
+        "",
+    );
+    let read = |b: &Backup| -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(b.manifest()).unwrap()).unwrap()
+    };
+    let (m_on, m_off) = (read(&on), read(&off));
+    assert_eq!(m_on["etcd"]["revision"], rev, "{m_on:#}");
+    assert_eq!(m_on["etcd"]["hash_kv"], after, "{m_on:#}");
+    assert!(m_on["etcd"]["compact_revision"].is_i64(), "{m_on:#}");
+    assert!(m_off["etcd"]["hash_kv"].is_null(), "{m_off:#}");
+    assert!(m_off["etcd"]["compact_revision"].is_null(), "{m_off:#}");
+    assert_eq!(m_off["etcd"]["prefix_counts"]["pods"], 1, "{m_off:#}");
+
+    let checks = |r: &Run| -> Vec<(String, bool)> {
+        r.json()["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| (c["check"].as_str().unwrap().to_string(), c["ok"] == true))
+            .collect()
+    };
+    let failed = |r: &Run| -> Vec<String> {
+        checks(r)
+            .into_iter()
+            .filter(|(_, ok)| !ok)
+            .map(|(n, _)| n)
+            .collect()
+    };
+    for (b, hashed) in [(&on, true), (&off, false)] {
+        let r = verify(&lab, b, &["--restore"]);
+        assert_eq!(r.code(), 0, "{}", r.dump());
+        let names: Vec<String> = checks(&r).into_iter().map(|(n, _)| n).collect();
+        assert_eq!(
+            names.contains(&"HashKV at revision".to_string()),
+            hashed,
+            "{names:?}"
+        );
+        assert!(
+            names.contains(&"resource keys at revision".to_string()),
+            "{names:?}"
+        );
+        assert_clean(&lab);
+    }
+
+    // on: the recorded hash is of an older value of one key; the counts cannot tell
+    let mut m = m_on.clone();
+    m["etcd"]["hash_kv"] = before.into();
+    std::fs::write(on.manifest(), serde_json::to_vec_pretty(&m).unwrap()).unwrap();
+    let r = verify(&lab, &on, &["--restore"]);
+    assert_eq!(r.code(), 3, "{}", r.dump());
+    assert_eq!(failed(&r), ["HashKV at revision"], "{}", r.dump());
+    assert_clean(&lab);
+
+    // off: a key under /registry/pods/ the restore does not have
+    let mut m = m_off.clone();
+    m["etcd"]["key_count"] = (m["etcd"]["key_count"].as_i64().unwrap() + 1).into();
+    m["etcd"]["prefix_counts"]["pods"] = 2.into();
+    std::fs::write(off.manifest(), serde_json::to_vec_pretty(&m).unwrap()).unwrap();
+    let r = verify(&lab, &off, &["--restore"]);
+    assert_eq!(r.code(), 3, "{}", r.dump());
+    assert_eq!(
+        failed(&r),
+        ["keys at revision", "resource keys at revision"],
+        "{}",
+        r.dump()
+    );
+    assert_clean(&lab);
 }
 
 #[test]

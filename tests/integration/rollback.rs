@@ -677,7 +677,9 @@ fn concurrent_change_between_read_and_patch_is_not_overwritten() {
             let mut args = change.clone();
             args.extend(["-n", &ns]);
             lab.kubectl(&args).ok();
-            let err = revert::apply(cluster, false, &w, &rev).await.unwrap_err();
+            let err = revert::apply_guarded(cluster, false, w, &rev, 1)
+                .await
+                .unwrap_err();
             assert!(
                 err.to_string()
                     .contains("changed while kirt was rolling it back"),
@@ -691,6 +693,36 @@ fn concurrent_change_between_read_and_patch_is_not_overwritten() {
                 "{target} was rolled back despite the change"
             );
         }
+
+        // a write to the status alone (what the controllers do all the time during a rollout)
+        // moves the resourceVersion but not what was confirmed: the rollback goes through
+        let t: Target = "deployment/web".parse().unwrap();
+        let w = Workload::load(cluster, &ns, &t).await.unwrap();
+        let rev = revert::select_revision(&w, 1).unwrap().clone();
+        lab.kubectl([
+            "patch",
+            "deployment/web",
+            "-n",
+            &ns,
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            r#"{"status":{"conditions":[{"type":"Progressing","status":"True","reason":"KirtTest","message":"status write"}]}}"#,
+        ])
+        .ok();
+        let moved = Workload::load(cluster, &ns, &t).await.unwrap();
+        assert_ne!(moved.resource_version, w.resource_version);
+        let (_, after) = revert::apply_guarded(cluster, false, w, &rev, 1)
+            .await
+            .unwrap();
+        assert_eq!(
+            after["metadata"]["generation"].as_i64(),
+            Some(moved.generation + 1)
+        );
+        let img = object(&lab, &ns, "deployment/web")["spec"]["template"]["spec"]["containers"][0]
+            ["image"]
+            .clone();
+        assert_eq!(img, "nginx:1.25", "the status write stopped the rollback");
     });
 }
 

@@ -36,7 +36,7 @@ step "encrypted etcd backup into a local directory" \
   --metrics-file "$work/kirt.prom"
 step "list backups (SIGNED: checked with \$KIRT_TRUSTED_KEY)" "$KIRT" backup list --from "$work/backups"
 obj=$(find "$work/backups" -name '*.etcd.zst.age' | head -1)
-step "verify the backup and prove it restores (throwaway etcd, revision/keys/HashKV compared)" \
+step "verify the backup and prove it restores (throwaway etcd, revision and key counts compared)" \
   "$KIRT" backup verify --from "$work/backups" latest --identity "$work/backup.key" --restore
 step "restore without kirt: age -d | zstd -d, then etcdutl snapshot status" \
   bash -c "age -d -i '$work/backup.key' '$obj' | zstd -dq > '$work/snap.db' && etcdutl snapshot status -w table '$work/snap.db'"
@@ -112,9 +112,11 @@ done
 pod=$(kubectl get pods -n "$q_ns" -l app=web -o jsonpath='{.items[0].metadata.name}')
 step "playbook isolate-compromised-pod: evidence → quarantine (confirmed) → verify, journaled" \
   "$KIRT" --journal "$work/runs" run isolate-compromised-pod --yes -p namespace="$q_ns" -p pod="$pod" \
-  -p evidence_to="$work/evidence-playbook" -p exclusive=true
+  -p evidence_to="$work/evidence-playbook" -p exclusive=true ${KIRT_LAB_AUDIT_DIR:+-p audit_log="$KIRT_LAB_AUDIT_DIR"}
 run_id=$("$KIRT" --journal "$work/runs" runs list -o json | sed -n 's/.*"run_id": "\([^"]*\)".*/\1/p' | head -1)
 step "kirt undo of that run: the pod is released exactly" "$KIRT" --journal "$work/runs" undo "$run_id" --yes
 step "the run journals (kirt runs show RUN_ID for one run; kirt undo RUN_ID reverses a run)" \
   "$KIRT" --journal "$work/runs" runs list
+step "the incident timeline of the isolation run (kirt runs report RUN_ID --format html for one HTML file)" \
+  "$KIRT" --journal "$work/runs" runs report "$run_id" ${KIRT_LAB_AUDIT_DIR:+--audit-log "$KIRT_LAB_AUDIT_DIR"}
 printf '\ndemo done; files in %s\n' "$work"

@@ -14,7 +14,7 @@ have_pkg() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok
 # --- Debian packages --------------------------------------------------------------------------
 PKGS=(etcd-server etcd-client golang-1.19-go rsync protobuf-compiler libprotobuf-dev age zstd openssl
       golang-github-modern-go-reflect2-dev debian-archive-keyring dpkg-dev python3-venv curl
-      minisign prometheus-pushgateway buildah binutils openssh-client time)
+      minisign prometheus-pushgateway buildah binutils openssh-client time jq chromium fonts-dejavu-core)
 missing=()
 for p in "${PKGS[@]}"; do have_pkg "$p" || missing+=("$p"); done
 if ((${#missing[@]})); then

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Starts and stops the kirt lab: real etcd (3.5, 3.4, and a client-cert TLS 3.5), kube-apiserver,
 # kube-controller-manager, the simulated kubelet (2 fake Nodes) and two S3 servers (moto, s3s-fs),
-# all on 127.0.0.1 on free ports. Writes $LAB_DIR/env for tests and `make demo`.
+# all on 127.0.0.1 on free ports. Writes $LAB_DIR/env for tests and `make demo`. The apiserver
+# writes a real audit log under $LAB_DIR/audit (audit-policy.yaml below; rotated at 100 MB, gzipped).
 # Stops only the PIDs it started (recorded in $LAB_DIR/pids).
 #
 #   tests/lab/lab.sh up|down|status
@@ -110,7 +111,7 @@ up() {
            "$CACHE/moto/bin/moto_server" "$CACHE/s3s-fs/bin/s3s-fs" "$KUBELET_BIN"; do
     [[ -x $b ]] || die "missing $b: run 'make lab-deps' (and 'cargo build -p kirt-lab-kubelet')"
   done
-  rm -rf "$LAB_DIR" && mkdir -p "$LAB_DIR"/{logs,pids,data,apiserver,s3s-fs,kubelet}
+  rm -rf "$LAB_DIR" && mkdir -p "$LAB_DIR"/{logs,pids,data,apiserver,s3s-fs,kubelet,audit}
   local started=$SECONDS
   make_pki
 
@@ -136,12 +137,24 @@ up() {
 
   printf '%s,kirt-admin,kirt-admin,"system:masters"\n%s,lab-nobody,lab-nobody\n' "$admin_token" "lab-nobody-$(openssl rand -hex 8)" \
     >"$LAB_DIR/apiserver/tokens.csv"
+  # Metadata for every request; RequestResponse for the one Secret the audit redaction test reads,
+  # so that a real event carries a Secret's data for kirt to redact.
+  cat >"$LAB_DIR/apiserver/audit-policy.yaml" <<'POLICY'
+apiVersion: audit.k8s.io/v1
+kind: Policy
+rules:
+- level: RequestResponse
+  resources: [{group: "", resources: [secrets], resourceNames: [kirt-audit-redaction]}]
+- level: Metadata
+POLICY
   start kube-apiserver "$K8S_BIN/kube-apiserver" --etcd-servers "http://127.0.0.1:$ETCD_PORT" \
     --bind-address 127.0.0.1 --advertise-address 127.0.0.1 --secure-port "$API_PORT" --insecure-port 0 \
     --cert-dir "$LAB_DIR/apiserver" --token-auth-file "$LAB_DIR/apiserver/tokens.csv" --authorization-mode RBAC \
     --service-account-key-file "$LAB_DIR/pki/sa.pub" --service-account-signing-key-file "$LAB_DIR/pki/sa.key" \
     --service-account-issuer https://kubernetes.default.svc --service-cluster-ip-range 10.0.0.0/24 \
-    --allow-privileged=true --endpoint-reconciler-type none --kubelet-preferred-address-types InternalIP
+    --allow-privileged=true --endpoint-reconciler-type none --kubelet-preferred-address-types InternalIP \
+    --audit-policy-file "$LAB_DIR/apiserver/audit-policy.yaml" --audit-log-path "$LAB_DIR/audit/audit.log" \
+    --audit-log-maxsize 100 --audit-log-maxbackup 5 --audit-log-compress
 
   write_kubeconfig "$LAB_DIR/kubeconfig" "$admin_token" kirt-admin
   wait_for kube-apiserver "GET /readyz" kubectl --kubeconfig "$LAB_DIR/kubeconfig" get --raw /readyz
@@ -181,6 +194,7 @@ KIRT_LAB_S3S_DATA=$LAB_DIR/s3s-fs
 KIRT_LAB_S3S_BIN=$CACHE/s3s-fs/bin/s3s-fs
 KIRT_LAB_MOTO_BIN=$CACHE/moto/bin/moto_server
 KIRT_LAB_KUBELET_PORT=$KUBELET_PORT
+KIRT_LAB_AUDIT_DIR=$LAB_DIR/audit
 ENV
   for f in "$LAB_DIR"/pids/*; do echo "KIRT_LAB_PID_$(basename "$f" | tr a-z- A-Z_)=$(cat "$f")"; done >>"$LAB_DIR/env.tmp"
   mv "$LAB_DIR/env.tmp" "$LAB_DIR/env"

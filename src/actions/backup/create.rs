@@ -1,7 +1,9 @@
 //! `kirt backup create`: one etcd member's snapshot stream → trailer check → zstd → age → store,
 //! all stages overlapping, memory bounded by part size × concurrency plus small buffers. The
 //! object is committed only if every stage succeeded and etcd's trailer checks out; the manifest
-//! is written after it and is the commit marker.
+//! is written after it and is the commit marker. Before any of it: the cluster-prefix guard
+//! (another etcd cluster's history there refuses) and the run lock (another run of this
+//! cluster refuses); with `--object-lock` everything is written under S3 Object Lock.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -11,6 +13,7 @@ use bytes::Bytes;
 use etcd_client::{GetOptions, HashKvResponse};
 use serde::{Deserialize, Serialize};
 
+use super::lock::LockOptions;
 use super::manifest::{self, Manifest};
 use super::metrics;
 use crate::context::Ctx;
@@ -22,12 +25,47 @@ use crate::pipeline::{
     self, Compression, Encryption, Feed, Job, Pending, SnapshotDigest, TrailerCheck,
 };
 use crate::progress::Stage;
+use crate::runlock::Held;
 use crate::signal::Shutdown;
-use crate::store::{self, S3Options, Store};
+use crate::store::{self, ObjectLockOptions, Retention, S3Options, Store};
 use crate::units::human_bytes;
 
 /// zstd level when none is given: on etcd data as small as 3 at half the CPU (docs/backup.md).
 const COMPRESSION_LEVEL: i32 = 1;
+
+/// What the manifest records to prove a restore reproduces the keyspace (docs/backup.md).
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Default,
+    Serialize,
+    Deserialize,
+    clap::ValueEnum,
+    schemars::JsonSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum HashKv {
+    /// No HashKV: restores are checked by key counts (all and per resource) at the revision and
+    /// the snapshot's digests; etcd only pays for sending the snapshot
+    #[default]
+    Off,
+    /// Also etcd's HashKV at the revision: every key and value of the keyspace, but etcd reads
+    /// its whole db once more and its writes wait meanwhile
+    On,
+}
+
+/// zstd workers when --threads is not given: leave a core to etcd, which usually shares the
+/// machine (a control-plane node), on machines with few cores.
+pub fn default_threads(cpus: u32) -> u32 {
+    match cpus {
+        0..=2 => 1,
+        3..=8 => cpus - 1,
+        _ => cpus - 2,
+    }
+}
 
 #[derive(Debug, Clone, clap::Args, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(default, rename_all = "kebab-case", deny_unknown_fields)]
@@ -54,9 +92,23 @@ pub struct BackupCreateSpec {
         allow_negative_numbers = true
     )]
     pub compression_level: i32,
-    /// zstd worker threads (default: number of CPUs)
+    /// zstd worker threads (default: one core left to etcd: 1 on 2 CPUs, CPUs - 1 up to 8,
+    /// CPUs - 2 above)
     #[arg(long, value_name = "N")]
     pub threads: Option<u32>,
+    /// Record etcd's HashKV at the revision (on: etcd reads its db a second time) or check
+    /// restores by key counts and digests only (off)
+    #[arg(long, value_enum, value_name = "on|off", default_value_t = HashKv::Off)]
+    pub hash_kv: HashKv,
+    /// Run at low CPU priority (nice 10) and in the idle I/O class, so that etcd and the
+    /// apiserver beside it come first
+    #[arg(long)]
+    pub nice: bool,
+    /// Cap the snapshot stream read from etcd, in bytes per second (e.g. 50MiB); 0: no cap
+    #[arg(long, value_name = "BYTES/s", default_value = "0", value_parser = crate::units::parse_rate)]
+    #[serde(with = "crate::units::size_serde")]
+    #[schemars(with = "String")]
+    pub max_rate: u64,
     /// Write Prometheus textfile metrics here (atomically), on success and on failure
     #[arg(long, value_name = "FILE")]
     pub metrics_file: Option<PathBuf>,
@@ -67,6 +119,14 @@ pub struct BackupCreateSpec {
     /// password from $KIRT_SIGN_PASSWORD if the key is encrypted)
     #[arg(long, value_name = "FILE")]
     pub sign_key: Option<PathBuf>,
+    #[command(flatten)]
+    pub retention: ObjectLockOptions,
+    #[command(flatten)]
+    pub run_lock: LockOptions,
+    /// Write even when the newest backup under the cluster's prefix comes from another etcd
+    /// cluster (this one replaced it, e.g. after a restore)
+    #[arg(long)]
+    pub force: bool,
 }
 
 impl Default for BackupCreateSpec {
@@ -79,9 +139,15 @@ impl Default for BackupCreateSpec {
             cluster_name: None,
             compression_level: COMPRESSION_LEVEL,
             threads: None,
+            hash_kv: HashKv::Off,
+            nice: false,
+            max_rate: 0,
             metrics_file: None,
             pushgateway: None,
             sign_key: None,
+            retention: ObjectLockOptions::default(),
+            run_lock: LockOptions::default(),
+            force: false,
         }
     }
 }
@@ -99,10 +165,14 @@ pub struct BackupResult {
     pub key_count: i64,
     pub snapshot_size: u64,
     pub stored_size: u64,
+    /// sha256 of the stored object (as its manifest records it).
+    pub stored_sha256: String,
     pub duration_seconds: f64,
     pub encrypted: bool,
     /// The manifest is signed (`ID.manifest.json.minisig`).
     pub signed: bool,
+    /// The Object Lock retention everything was written with.
+    pub object_lock: Option<Retention>,
     pub dry_run: bool,
 }
 
@@ -142,6 +212,13 @@ impl Render for BackupResult {
                     "yes (minisign)".into()
                 } else {
                     "NO: anyone who can write to the store can plant a backup; restore and drill refuse unsigned backups by default".to_string()
+                },
+            ),
+            (
+                "object lock",
+                match &self.object_lock {
+                    Some(r) => store::Protection::Retained(*r).to_string(),
+                    None => "no".into(),
                 },
             ),
             ("duration", format!("{:.2}s", self.duration_seconds)),
@@ -205,10 +282,13 @@ struct Plan {
     enc_info: Option<EncryptionInfo>,
     compression: Compression,
     signer: Option<minisign::SecretKey>,
+    /// The signer's public key: only backups it signed count for the cluster-prefix guard.
+    trusted: Option<minisign::PublicKey>,
+    retention: Option<Retention>,
 }
 
 impl Plan {
-    fn check(spec: &BackupCreateSpec) -> Result<Plan> {
+    fn check(spec: &BackupCreateSpec, started: jiff::Timestamp) -> Result<Plan> {
         if spec.to.is_empty() {
             return Err(Error::usage(
                 "missing --to: where to store the backup (s3://BUCKET/PREFIX or a directory)",
@@ -217,9 +297,11 @@ impl Plan {
         spec.etcd.validate()?;
         let (encryption, enc_info) = spec.encryption.resolve(true)?;
         let threads = spec.threads.unwrap_or_else(|| {
-            std::thread::available_parallelism()
-                .map(|n| n.get() as u32)
-                .unwrap_or(1)
+            default_threads(
+                std::thread::available_parallelism()
+                    .map(|n| n.get() as u32)
+                    .unwrap_or(1),
+            )
         });
         let compression = Compression::zstd(spec.compression_level, threads)?;
         if let Some(name) = &spec.cluster_name {
@@ -237,11 +319,18 @@ impl Plan {
                 "this backup will NOT be signed: whoever can write to the store can plant a backup that decrypts and restores, and restore/drill refuse unsigned backups by default; give --sign-key or $KIRT_SIGN_KEY (docs/backup.md)"
             );
         }
+        let trusted = signer
+            .as_ref()
+            .map(minisign::PublicKey::from_secret_key)
+            .transpose()
+            .map_err(|e| Error::usage(format!("--sign-key: {e}")))?;
         Ok(Plan {
             encryption,
             enc_info,
             compression,
             signer,
+            trusted,
+            retention: spec.retention.retention(started)?,
         })
     }
 }
@@ -285,22 +374,91 @@ async fn read_revision(client: &etcd_client::Client, status: &MemberStatus) -> R
 async fn create(ctx: &Ctx, spec: &BackupCreateSpec) -> Result<BackupResult> {
     let started = jiff::Timestamp::now();
     let clock = Instant::now();
-    let plan = Plan::check(spec)?;
-    let store = store::open(&spec.to, &spec.s3).await?;
+    let plan = Plan::check(spec, started)?;
+    if spec.nice {
+        crate::priority::lower();
+    }
+    let store = store::open_retained(&spec.to, &spec.s3, plan.retention).await?;
     // Fail on a missing bucket, bad credentials or an unreachable store before etcd is touched.
     store.check().await?;
 
-    let (client, status) = spec.etcd.connect_healthy().await?;
-    let endpoint = status.endpoint.clone();
+    let (client, status, choice) = spec.etcd.connect_follower().await?;
     let cluster = spec
         .cluster_name
         .clone()
         .unwrap_or_else(|| format!("etcd-{}", status.cluster_id));
-    let at = read_revision(&client, &status).await?;
+    super::guard::check(
+        store.as_ref(),
+        &cluster,
+        &status.cluster_id,
+        plan.trusted.as_ref(),
+        spec.force,
+    )
+    .await?;
+    // a dry run writes nothing, not even a lock
+    let lock = if ctx.dry_run {
+        None
+    } else {
+        super::lock::acquire(ctx, &spec.run_lock, store.as_ref(), &cluster, "backup").await?
+    };
+    let run = Run {
+        ctx,
+        spec,
+        plan,
+        store: store.as_ref(),
+        cluster,
+        started,
+        clock,
+        lock: lock.as_deref(),
+    };
+    let result = async {
+        ctx.shutdown.hold("locked").await;
+        backup(run, &client, status, choice).await
+    }
+    .await;
+    if let Some(l) = lock {
+        l.release().await;
+    }
+    result
+}
+
+/// One backup, once the store, the member and the lock are in hand.
+struct Run<'a> {
+    ctx: &'a Ctx,
+    spec: &'a BackupCreateSpec,
+    plan: Plan,
+    store: &'a dyn Store,
+    cluster: String,
+    started: jiff::Timestamp,
+    clock: Instant,
+    lock: Option<&'a dyn Held>,
+}
+
+/// Streams, checks and publishes the backup (the store, the member and the lock in hand).
+async fn backup(
+    run: Run<'_>,
+    client: &etcd_client::Client,
+    status: MemberStatus,
+    member_choice: String,
+) -> Result<BackupResult> {
+    let Run {
+        ctx,
+        spec,
+        plan,
+        store,
+        cluster,
+        started,
+        clock,
+        lock,
+    } = run;
+    let endpoint = status.endpoint.clone();
+    let at = read_revision(client, &status).await?;
     // HashKV walks the whole keyspace: run it beside the snapshot stream.
-    let mut maint = client.maintenance_client();
-    let revision = at.revision;
-    let hash_task = tokio::spawn(async move { maint.hash_kv(revision).await });
+    let hash_task = (spec.hash_kv == HashKv::On).then(|| {
+        let mut maint = client.maintenance_client();
+        let revision = at.revision;
+        tokio::spawn(async move { maint.hash_kv(revision).await })
+    });
 
     let id = manifest::backup_id(started, at.revision);
     let encrypted = plan.enc_info.is_some();
@@ -322,7 +480,7 @@ async fn create(ctx: &Ctx, spec: &BackupCreateSpec) -> Result<BackupResult> {
         .stage("snapshot", Some(status.db_size.max(0) as u64));
     let stop = &ctx.shutdown;
     let outcome = pipeline::run(job, stop, pipeline::copy_chunks, |feed| {
-        stream_snapshot(&client, &endpoint, feed, &*stage)
+        stream_snapshot(client, &endpoint, feed, &*stage, spec.max_rate)
     })
     .await;
     stage.finish();
@@ -354,13 +512,14 @@ async fn create(ctx: &Ctx, spec: &BackupCreateSpec) -> Result<BackupResult> {
         },
         etcd: manifest::EtcdInfo {
             endpoint: endpoint.clone(),
+            member_choice,
             version: status.version.clone(),
             cluster_id: status.cluster_id.clone(),
             member_id: status.member_id.clone(),
             revision: at.revision,
             key_count: at.key_count,
-            hash_kv: hash.hash(),
-            compact_revision: hash.compact_version(),
+            hash_kv: hash.as_ref().map(HashKvResponse::hash),
+            compact_revision: hash.as_ref().map(HashKvResponse::compact_version),
             db_size: status.db_size,
             prefix_counts: at.prefix_counts,
         },
@@ -369,6 +528,7 @@ async fn create(ctx: &Ctx, spec: &BackupCreateSpec) -> Result<BackupResult> {
             level: spec.compression_level,
         },
         encryption: plan.enc_info,
+        object_lock: plan.retention,
         kirt_version: crate::actions::version::long(),
         started_at: started,
         finished_at: jiff::Timestamp::now(),
@@ -377,14 +537,19 @@ async fn create(ctx: &Ctx, spec: &BackupCreateSpec) -> Result<BackupResult> {
     if ctx.dry_run {
         encoded.upload.abort().await;
     } else {
-        publish(
-            stop,
-            store.as_ref(),
-            encoded.upload,
-            &m,
-            plan.signer.as_ref(),
-        )
-        .await?;
+        let json = to_json("the manifest", &m)?;
+        let signature = plan
+            .signer
+            .as_ref()
+            .map(|sk| super::signing::sign(sk, &json, &super::signing::manifest_comment(&m.id)))
+            .transpose()?;
+        let p = Publication {
+            object_key: m.object.clone(),
+            manifest_key: manifest_key.clone(),
+            manifest: json,
+            signature,
+        };
+        publish(stop, store, encoded.upload, &p, lock).await?;
     }
     let result = BackupResult {
         id,
@@ -398,9 +563,11 @@ async fn create(ctx: &Ctx, spec: &BackupCreateSpec) -> Result<BackupResult> {
         key_count: at.key_count,
         snapshot_size: m.snapshot.size,
         stored_size: m.object_size,
+        stored_sha256: m.object_sha256.clone(),
         duration_seconds: clock.elapsed().as_secs_f64(),
         encrypted,
         signed: plan.signer.is_some(),
+        object_lock: plan.retention,
         dry_run: ctx.dry_run,
     };
     tracing::info!(
@@ -411,32 +578,53 @@ async fn create(ctx: &Ctx, spec: &BackupCreateSpec) -> Result<BackupResult> {
 }
 
 /// What must hold before the stream becomes a backup: etcd's trailer matched the snapshot, and
-/// HashKV at the recorded revision answered (its value goes into the manifest).
+/// HashKV at the recorded revision answered if asked for (its value goes into the manifest).
 async fn vouch(
     endpoint: &str,
     digest: &SnapshotDigest,
-    hash_task: tokio::task::JoinHandle<std::result::Result<HashKvResponse, etcd_client::Error>>,
-) -> Result<HashKvResponse> {
+    hash_task: Option<
+        tokio::task::JoinHandle<std::result::Result<HashKvResponse, etcd_client::Error>>,
+    >,
+) -> Result<Option<HashKvResponse>> {
     if !digest.trailer_ok {
-        hash_task.abort();
+        if let Some(task) = &hash_task {
+            task.abort();
+        }
         return Err(Error::VerifyFailed(format!(
             "etcd {endpoint} sent a snapshot whose sha256 trailer does not match its content ({} bytes); nothing was published",
             digest.size
         )));
     }
-    join("HashKV", hash_task).await?.map_err(|e| Error::Etcd {
-        endpoint: endpoint.to_string(),
-        context: "HashKV".into(),
-        source: e,
-    })
+    let Some(task) = hash_task else {
+        return Ok(None);
+    };
+    join("HashKV", task)
+        .await?
+        .map(Some)
+        .map_err(|e| Error::Etcd {
+            endpoint: endpoint.to_string(),
+            context: "HashKV".into(),
+            source: e,
+        })
 }
 
-/// The producer: one member's snapshot stream, its etcd trailer checked on the fly.
+/// How long to wait after `sent` bytes, `elapsed` into the stream, to stay at `rate` bytes/s
+/// (0: no cap). Waiting after each chunk keeps the whole stream at or below the rate.
+pub fn pace(sent: u64, rate: u64, elapsed: std::time::Duration) -> std::time::Duration {
+    if rate == 0 {
+        return std::time::Duration::ZERO;
+    }
+    std::time::Duration::from_secs_f64(sent as f64 / rate as f64).saturating_sub(elapsed)
+}
+
+/// The producer: one member's snapshot stream, its etcd trailer checked on the fly, paced to
+/// `max_rate` bytes/s (0: as fast as it comes).
 async fn stream_snapshot(
     client: &etcd_client::Client,
     endpoint: &str,
     feed: Feed<Bytes>,
     stage: &dyn Stage,
+    max_rate: u64,
 ) -> Result<SnapshotDigest> {
     let etcd_err = |context: &str, e| Error::Etcd {
         endpoint: endpoint.to_string(),
@@ -450,6 +638,7 @@ async fn stream_snapshot(
         .map_err(|e| etcd_err("starting the snapshot", e))?;
     let mut trailer = TrailerCheck::default();
     let mut remaining = u64::MAX;
+    let (began, mut sent) = (Instant::now(), 0u64);
     while let Some(mut resp) = stream
         .message()
         .await
@@ -460,7 +649,13 @@ async fn stream_snapshot(
         let blob = Bytes::from(std::mem::take(&mut resp.0.blob));
         trailer.update(&blob);
         stage.inc(blob.len() as u64);
+        sent += blob.len() as u64;
         feed.send(blob).await?;
+        // pipeline::run drops this future on a signal, so the wait ends with it
+        let wait = pace(sent, max_rate, began.elapsed());
+        if !wait.is_zero() {
+            tokio::time::sleep(wait).await;
+        }
     }
     if remaining != 0 && remaining != u64::MAX {
         return Err(Error::failed(format!(
@@ -470,39 +665,99 @@ async fn stream_snapshot(
     Ok(trailer.finish())
 }
 
+/// What makes a backup exist once its object is uploaded: the manifest (exactly these bytes)
+/// and its signature.
+pub struct Publication {
+    pub object_key: String,
+    pub manifest_key: String,
+    pub manifest: Vec<u8>,
+    pub signature: Option<Vec<u8>>,
+}
+
 /// Makes the backup exist: the object, then its signature, then the manifest — the commit
-/// marker, always the last write. If a later write fails, or a signal arrives before the
-/// manifest is written, the object (and signature) are removed again rather than left behind.
-async fn publish(
+/// marker, always the last write. If a later write fails, a signal arrives or the run lost its
+/// lock before the manifest is written, the object (and signature) are removed again rather
+/// than left behind (where the store allows: a locked or write-only store keeps them as an
+/// incomplete object, never listed as a backup).
+pub async fn publish(
     stop: &Shutdown,
     store: &dyn Store,
     upload: Pending,
-    m: &Manifest,
-    signer: Option<&minisign::SecretKey>,
+    p: &Publication,
+    lock: Option<&dyn Held>,
 ) -> Result<()> {
-    if let Err(e) = stop.check("nothing was published") {
+    let ready = stop
+        .check("nothing was published")
+        .and_then(|_| lock.map_or(Ok(()), |l| l.check()));
+    if let Err(e) = ready {
         upload.abort().await;
         return Err(e);
     }
     upload.commit().await?;
-    let manifest_key = manifest::manifest_key(&m.cluster_name, &m.id);
-    let sig_key = format!("{manifest_key}{}", super::signing::SUFFIX);
+    let sig_key = format!("{}{}", p.manifest_key, super::signing::SUFFIX);
     let written = async {
-        let json = to_json("the manifest", m)?;
-        if let Some(sk) = signer {
-            let sig = super::signing::sign(sk, &json, &super::signing::manifest_comment(&m.id))?;
-            store.put(&sig_key, Bytes::from(sig)).await?;
+        if let Some(sig) = &p.signature {
+            store.put(&sig_key, Bytes::from(sig.clone())).await?;
         }
         stop.hold("manifest").await;
         stop.check("nothing was published")?;
-        store.put(&manifest_key, Bytes::from(json)).await
+        if let Some(l) = lock {
+            l.check()?;
+        }
+        store
+            .put(&p.manifest_key, Bytes::from(p.manifest.clone()))
+            .await
     }
     .await;
     if let Err(e) = written {
         // Without its manifest the object is not a backup: remove it rather than leave an orphan.
-        let _ = store.delete(&sig_key).await;
-        let _ = store.delete(&m.object).await;
+        for key in [&sig_key, &p.object_key] {
+            if let Err(d) = store.delete(key).await {
+                tracing::warn!("{d}: {key} stays behind as an incomplete object (never listed as a backup; prune removes it once it may)");
+            }
+        }
         return Err(e);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn a_core_is_left_to_etcd_on_small_machines() {
+        assert_eq!(default_threads(1), 1);
+        assert_eq!(default_threads(2), 1);
+        assert_eq!(default_threads(4), 3);
+        assert_eq!(default_threads(8), 7);
+        assert_eq!(default_threads(16), 14);
+    }
+
+    #[test]
+    fn pacing_keeps_the_stream_at_the_rate() {
+        assert_eq!(pace(1 << 30, 0, Duration::ZERO), Duration::ZERO);
+        // 1 MiB at 1 MiB/s is due after one second
+        assert_eq!(
+            pace(1 << 20, 1 << 20, Duration::ZERO),
+            Duration::from_secs(1)
+        );
+        assert_eq!(
+            pace(1 << 20, 1 << 20, Duration::from_millis(400)),
+            Duration::from_millis(600)
+        );
+        // behind schedule: no wait, and no burst to catch up beyond the rate
+        assert_eq!(
+            pace(1 << 20, 1 << 20, Duration::from_secs(3)),
+            Duration::ZERO
+        );
+        // the sum of the waits: a stream of N bytes takes at least N / rate
+        let (rate, chunk) = (10_000u64, 4096u64);
+        let mut t = Duration::ZERO;
+        for i in 1..=100 {
+            t += pace(i * chunk, rate, t);
+        }
+        assert!(t.as_secs_f64() >= (100 * chunk) as f64 / rate as f64 - 1e-9);
+    }
 }

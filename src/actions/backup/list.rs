@@ -69,6 +69,8 @@ pub struct BackupEntry {
     pub snapshot_size: Option<u64>,
     pub stored_size: u64,
     pub encrypted: bool,
+    /// The Object Lock retention its manifest records (what the backup was written with).
+    pub object_lock: Option<crate::store::Retention>,
     pub object: String,
     #[serde(skip)]
     pub manifest: Option<Manifest>,
@@ -105,6 +107,7 @@ impl Render for BackupList {
             "SNAPSHOT",
             "STORED",
             "ENCRYPTED",
+            "LOCKED",
         ]);
         for b in &self.backups {
             t.row([
@@ -121,6 +124,12 @@ impl Render for BackupList {
                     .unwrap_or_else(|| "-".into()),
                 human_bytes(b.stored_size),
                 if b.encrypted { "age" } else { "no" }.into(),
+                match &b.object_lock {
+                    Some(r) => {
+                        format!("{} until {}", r.mode, crate::runlock::stamp(r.retain_until))
+                    }
+                    None => "-".into(),
+                },
             ]);
         }
         if self.backups.is_empty() {
@@ -166,10 +175,43 @@ pub async fn scan(
     cluster: Option<&str>,
     trusted: Option<&minisign::PublicKey>,
 ) -> Result<Vec<BackupEntry>> {
+    let now = jiff::Timestamp::now();
+    let mut out = Vec::new();
+    for ((c, id), files) in groups(store, cluster).await? {
+        out.push(entry(store, trusted, now, c, id, files).await?);
+    }
+    out.sort_by(|a, b| b.time.cmp(&a.time).then_with(|| b.id.cmp(&a.id)));
+    Ok(out)
+}
+
+/// The newest usable backup of `cluster` by its id, reading manifests newest first only until
+/// one is found (a nightly run need not read the whole history).
+pub async fn newest_usable(
+    store: &dyn Store,
+    cluster: &str,
+    trusted: Option<&minisign::PublicKey>,
+) -> Result<Option<BackupEntry>> {
+    let now = jiff::Timestamp::now();
+    for ((c, id), files) in groups(store, Some(cluster)).await?.into_iter().rev() {
+        if c != cluster {
+            continue;
+        }
+        let e = entry(store, trusted, now, c, id, files).await?;
+        if e.usable() {
+            return Ok(Some(e));
+        }
+    }
+    Ok(None)
+}
+
+/// The objects under `cluster/` (or everywhere), grouped by CLUSTER/ID (ids in time order).
+async fn groups(
+    store: &dyn Store,
+    cluster: Option<&str>,
+) -> Result<BTreeMap<(String, String), Vec<crate::store::ObjectInfo>>> {
     let objects = store
         .list(cluster.map(|c| format!("{c}/")).as_deref().unwrap_or(""))
         .await?;
-    // group keys by CLUSTER/ID
     let mut groups: BTreeMap<(String, String), Vec<crate::store::ObjectInfo>> = BTreeMap::new();
     for o in objects {
         let Some((c, file)) = o.key.rsplit_once('/') else {
@@ -186,13 +228,7 @@ pub async fn scan(
             .or_default()
             .push(o);
     }
-    let now = jiff::Timestamp::now();
-    let mut out = Vec::new();
-    for ((c, id), files) in groups {
-        out.push(entry(store, trusted, now, c, id, files).await?);
-    }
-    out.sort_by(|a, b| b.time.cmp(&a.time).then_with(|| b.id.cmp(&a.id)));
-    Ok(out)
+    Ok(groups)
 }
 
 /// One backup id: its manifest read (bounded), judged and its signature checked.
@@ -268,6 +304,7 @@ async fn entry(
         snapshot_size: manifest.as_ref().map(|m| m.snapshot.size),
         stored_size: object.map(|o| o.size).unwrap_or(0),
         encrypted: object.map(|o| o.key.ends_with(".age")).unwrap_or(false),
+        object_lock: manifest.as_ref().and_then(|m| m.object_lock),
         object: object.map(|o| o.key.clone()).unwrap_or_default(),
         extra_keys: files.iter().map(|f| f.key.clone()).collect(),
         manifest,

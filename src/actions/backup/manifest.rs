@@ -23,6 +23,10 @@ pub struct Manifest {
     pub etcd: EtcdInfo,
     pub compression: CompressionInfo,
     pub encryption: Option<EncryptionInfo>,
+    /// The S3 Object Lock retention the object, its signature and this manifest were written
+    /// with (`backup create --object-lock`). A copy's manifest is the original's, byte for byte.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub object_lock: Option<crate::store::Retention>,
     pub kirt_version: String,
     pub started_at: jiff::Timestamp,
     pub finished_at: jiff::Timestamp,
@@ -42,15 +46,24 @@ pub struct SnapshotInfo {
 pub struct EtcdInfo {
     /// The member the snapshot was streamed from.
     pub endpoint: String,
+    /// Why that member: a follower preferred over the leader, or the leader as the fallback
+    /// (empty in manifests written before kirt recorded it).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub member_choice: String,
     pub version: String,
     pub cluster_id: String,
     pub member_id: String,
     /// Revision read before the snapshot started; the snapshot contains at least this revision,
-    /// so key count and HashKV at it are reproducible from a restore.
+    /// so key count, prefix counts and HashKV at it are reproducible from a restore.
     pub revision: i64,
     pub key_count: i64,
-    pub hash_kv: u32,
-    pub compact_revision: i64,
+    /// etcd's HashKV at `revision` (`--hash-kv on`); null with `--hash-kv off`, when a restore
+    /// is checked by its key counts and the snapshot's digests instead.
+    #[serde(default)]
+    pub hash_kv: Option<u32>,
+    /// The compaction revision HashKV reported (null without HashKV).
+    #[serde(default)]
+    pub compact_revision: Option<i64>,
     pub db_size: i64,
     /// Key counts under Kubernetes resource prefixes at `revision` (for drills).
     pub prefix_counts: BTreeMap<String, i64>,

@@ -1,9 +1,14 @@
 //! etcd backups: `create` streams a snapshot through zstd and age into a store and writes the
 //! manifest last; `list` reads manifests; `prune` applies restic-style retention; `verify`
-//! streams a backup back and checks every digest (and, with `--restore`, restores it).
+//! streams a backup back and checks every digest (and, with `--restore`, restores it); `copy`
+//! replicates backups to a second store. `guard` and `lock` keep two clusters, or two runs of
+//! one, from writing the same history.
 
+pub mod copy;
 pub mod create;
+pub mod guard;
 pub mod list;
+pub mod lock;
 pub mod manifest;
 pub mod metrics;
 pub mod prune;

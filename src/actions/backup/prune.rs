@@ -1,7 +1,9 @@
 //! `kirt backup prune`: restic-style retention over manifests. For each removed backup the
 //! manifest goes first (so it stops being a backup at once), then the object. Objects left without
 //! a manifest by failed runs are removed after a grace period (a running backup may still be
-//! writing its manifest).
+//! writing its manifest). A backup any of whose objects is under S3 Object Lock (retention in
+//! force or a legal hold) is kept whole — "kept: locked until …" — and removed by a later run
+//! once the lock has passed: never a manifest without its object or the reverse.
 
 use serde::{Deserialize, Serialize};
 
@@ -13,6 +15,7 @@ use super::source::BackupSource;
 use crate::context::Ctx;
 use crate::error::{Error, Result};
 use crate::output::{Render, Table};
+use crate::store::{Protection, Store};
 
 #[derive(Debug, Clone, clap::Args, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(default, rename_all = "kebab-case", deny_unknown_fields)]
@@ -55,6 +58,8 @@ pub struct PruneResult {
     pub location: String,
     pub kept: usize,
     pub removed: usize,
+    /// Backups (and incomplete objects) that would go but are under Object Lock.
+    pub locked: usize,
     pub orphans_removed: usize,
     /// Partial files of interrupted uploads (local stores), older than the grace period.
     pub stale_parts_removed: usize,
@@ -74,10 +79,11 @@ impl Render for PruneResult {
             ]);
         }
         t.note(format!(
-            "\n{}kept {}, removed {}, orphans removed {}, stale partial files removed {}",
+            "\n{}kept {}, removed {}, kept while locked {}, orphans removed {}, stale partial files removed {}",
             if self.dry_run { "dry run: " } else { "" },
             self.kept,
             self.removed,
+            self.locked,
             self.orphans_removed,
             self.stale_parts_removed
         ));
@@ -101,6 +107,7 @@ pub async fn run(ctx: &Ctx, spec: BackupPruneSpec) -> Result<PruneResult> {
         location: store.url(),
         kept: 0,
         removed: 0,
+        locked: 0,
         orphans_removed: 0,
         stale_parts_removed: 0,
         dry_run: ctx.dry_run,
@@ -119,6 +126,10 @@ pub async fn run(ctx: &Ctx, spec: BackupPruneSpec) -> Result<PruneResult> {
         let times: Vec<jiff::Timestamp> = usable.iter().map(|e| e.time.unwrap_or(now)).collect();
         for (e, why) in usable.iter().zip(retention::apply(&spec.keep, &times)) {
             if why.is_empty() {
+                if let Some(lock) = locked(store.as_ref(), e, now).await? {
+                    result.keep_locked(e, "matches no keep rule", &lock);
+                    continue;
+                }
                 if !ctx.dry_run {
                     // manifest first: the backup stops existing atomically, then its bytes go
                     let manifest = super::manifest::manifest_key(&e.cluster, &e.id);
@@ -146,11 +157,40 @@ pub async fn run(ctx: &Ctx, spec: BackupPruneSpec) -> Result<PruneResult> {
     Ok(result)
 }
 
+/// The Object Lock protecting any object of `e` now (the one that ends last), also where only
+/// its manifest records one: a backup is removed whole or not at all.
+async fn locked(
+    store: &dyn Store,
+    e: &BackupEntry,
+    now: jiff::Timestamp,
+) -> Result<Option<Protection>> {
+    let mut found = e
+        .object_lock
+        .filter(|r| r.retain_until > now)
+        .map(Protection::Retained);
+    for k in &e.extra_keys {
+        found = match (found, store.protection(k).await?) {
+            (Some(Protection::LegalHold), _) | (_, Some(Protection::LegalHold)) => {
+                Some(Protection::LegalHold)
+            }
+            (Some(Protection::Retained(a)), Some(Protection::Retained(b))) => {
+                Some(Protection::Retained(if b.retain_until > a.retain_until {
+                    b
+                } else {
+                    a
+                }))
+            }
+            (a, b) => a.or(b),
+        };
+    }
+    Ok(found)
+}
+
 /// What is not a usable backup: objects without a manifest go after the grace period (a run may
 /// still be writing); suspicious manifests stay, uncounted, for a person to look at.
 async fn leftover(
     ctx: &Ctx,
-    store: &dyn crate::store::Store,
+    store: &dyn Store,
     e: &BackupEntry,
     now: jiff::Timestamp,
     grace: jiff::SignedDuration,
@@ -167,17 +207,21 @@ async fn leftover(
                 );
                 return Ok(());
             }
+            let what = if e.status == Status::Incomplete {
+                "incomplete"
+            } else {
+                "unreadable manifest"
+            };
+            if let Some(lock) = locked(store, e, now).await? {
+                result.keep_locked(e, &format!("{what}, older than the grace period"), &lock);
+                return Ok(());
+            }
             if !ctx.dry_run {
                 for k in &e.extra_keys {
                     store.delete(k).await?;
                 }
             }
             result.orphans_removed += 1;
-            let what = if e.status == Status::Incomplete {
-                "incomplete"
-            } else {
-                "unreadable manifest"
-            };
             result.decide(
                 e,
                 "remove",
@@ -202,6 +246,18 @@ async fn leftover(
 }
 
 impl PruneResult {
+    /// A backup that would go, kept because it cannot be deleted yet.
+    fn keep_locked(&mut self, e: &BackupEntry, why: &str, lock: &Protection) {
+        self.locked += 1;
+        self.decide(
+            e,
+            "keep",
+            vec![format!(
+                "kept: {lock} ({why}; removed by a later prune once the lock has passed)"
+            )],
+        );
+    }
+
     fn decide(&mut self, e: &BackupEntry, action: &str, reasons: Vec<String>) {
         self.decisions.push(PruneDecision {
             cluster: e.cluster.clone(),

@@ -86,23 +86,9 @@ impl BackupSource {
     pub async fn locate(&self, which: &str) -> Result<Located> {
         let trusted = self.trusted_key()?;
         let store = self.open().await?;
-        let (cluster, id) = match which.split_once('/') {
-            Some((c, id)) => (Some(c), id),
-            None => (self.cluster_name.as_deref(), which),
-        };
+        let (cluster, _) = self.split(which);
         let all = scan(store.as_ref(), cluster, trusted.as_ref()).await?;
-        let entry = if id == "latest" {
-            latest(store.as_ref(), all, cluster)?
-        } else {
-            by_id(store.as_ref(), all, id)?
-        };
-        let entry = entry.ok_or_else(|| {
-            Error::not_found(
-                format!("backup {which} in {}", store.url()),
-                "list the backups with kirt backup list --from URL",
-            )
-        })?;
-        vouch(&entry, store.as_ref())?;
+        let entry = self.find(store.as_ref(), &all, which)?;
         let manifest = entry
             .manifest
             .clone()
@@ -113,6 +99,40 @@ impl BackupSource {
             entry,
             manifest,
         })
+    }
+}
+
+impl BackupSource {
+    /// `CLUSTER/ID` or `ID` (of `--cluster-name`, if given).
+    fn split<'a>(&'a self, which: &'a str) -> (Option<&'a str>, &'a str) {
+        match which.split_once('/') {
+            Some((c, id)) => (Some(c), id),
+            None => (self.cluster_name.as_deref(), which),
+        }
+    }
+
+    /// Backup `which` (`latest`, `ID` or `CLUSTER/ID`) among `all` (a scan of `store`), if it
+    /// may be acted on: complete and, with a trusted key, signed by it (else exit 3).
+    pub fn find(&self, store: &dyn Store, all: &[BackupEntry], which: &str) -> Result<BackupEntry> {
+        let (cluster, id) = self.split(which);
+        let candidates: Vec<BackupEntry> = all
+            .iter()
+            .filter(|b| cluster.is_none_or(|c| b.cluster == c))
+            .cloned()
+            .collect();
+        let entry = if id == "latest" {
+            latest(store, candidates, cluster)?
+        } else {
+            by_id(store, candidates, id)?
+        };
+        let entry = entry.ok_or_else(|| {
+            Error::not_found(
+                format!("backup {which} in {}", store.url()),
+                "list the backups with kirt backup list --from URL",
+            )
+        })?;
+        vouch(&entry, store)?;
+        Ok(entry)
     }
 }
 

@@ -1,7 +1,8 @@
 //! `kirt backup verify`: stream a backup back (never whole in memory) — stored bytes → sha256 →
 //! age → zstd → sha256 + etcd trailer — and compare every digest with the manifest. `--restore`
 //! goes further: `etcdutl snapshot restore` into a temp dir, a throwaway etcd on a free loopback
-//! port, and revision / key count / HashKV compared with what was recorded at backup time.
+//! port, and revision / key counts (and HashKV, if recorded) compared with what was recorded at
+//! backup time.
 //! Every mismatch is its own message with exit code 3; nothing is left running or on disk.
 
 use std::io::{Read, Write};
@@ -19,7 +20,7 @@ use crate::error::{join, Error, IoContext, Result};
 use crate::output::{Render, Table};
 use crate::pipeline::{open_reader, DecodeStats, Decoder, Decryption, TrailerCheck};
 use crate::progress::Stage;
-use crate::scratch::ScratchEtcd;
+use crate::scratch::{Observed, ScratchEtcd};
 use crate::signal::Shutdown;
 
 /// Defaults shared by the commands that restore.
@@ -39,7 +40,8 @@ pub struct BackupVerifySpec {
     pub backup: String,
     #[command(flatten)]
     pub decrypt: DecryptOptions,
-    /// Also restore into a throwaway etcd and compare revision, key count and HashKV
+    /// Also restore into a throwaway etcd and compare revision, key counts and (if the backup
+    /// recorded it) HashKV
     #[arg(long)]
     pub restore: bool,
     /// etcd binary for --restore (default: etcd on PATH)
@@ -329,18 +331,41 @@ pub async fn trial_restore(
     let observed = stop
         .guard("the throwaway etcd was stopped", async {
             stop.hold("scratch-etcd").await;
-            etcd.observe(m.etcd.revision).await
+            etcd.observe(m.etcd.revision, m.etcd.hash_kv.is_some())
+                .await
         })
         .await;
     etcd.stop().await;
     let observed = observed?;
-    Ok(vec![
-        Check::new(
-            "restored revision >= recorded",
-            true,
-            observed.revision >= m.etcd.revision,
-        ),
+    let mut checks = vec![Check::new(
+        "restored revision >= recorded",
+        true,
+        observed.revision >= m.etcd.revision,
+    )];
+    checks.extend(keyspace_checks(m, &observed));
+    Ok(checks)
+}
+
+/// What a restored member must reproduce at the recorded revision: the live keys, the keys per
+/// resource prefix and, when the backup was made with `--hash-kv on`, etcd's HashKV.
+pub fn keyspace_checks(m: &Manifest, observed: &Observed) -> Vec<Check> {
+    let counts = |c: &std::collections::BTreeMap<String, i64>| {
+        c.iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let mut checks = vec![
         Check::new("keys at revision", m.etcd.key_count, observed.key_count),
-        Check::new("HashKV at revision", m.etcd.hash_kv, observed.hash_kv),
-    ])
+        Check::new(
+            "resource keys at revision",
+            counts(&m.etcd.prefix_counts),
+            counts(&observed.prefix_counts_at),
+        ),
+    ];
+    if let Some(recorded) = m.etcd.hash_kv {
+        let restored = observed.hash_kv.map_or("none".into(), |h| h.to_string());
+        checks.push(Check::new("HashKV at revision", recorded, restored));
+    }
+    checks
 }

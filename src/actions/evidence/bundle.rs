@@ -269,6 +269,7 @@ mod tests {
             finished_at: at,
             files: files.clone(),
             missing: vec![],
+            audit: None,
         };
         let manifest = serde_json::to_vec_pretty(&m).unwrap();
         let sums: String = files

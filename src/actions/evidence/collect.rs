@@ -15,6 +15,7 @@ use kube::api::LogParams;
 use kube::Resource;
 use serde::{Deserialize, Serialize};
 
+use super::audit::{self, AuditPlan, AuditResult, PodAudit};
 use super::bundle::{finish_bundle, spool, write_tar, BundleWriter};
 use super::gather;
 use super::{
@@ -75,6 +76,14 @@ pub struct EvidenceCollectSpec {
     /// `evidence verify --trusted-key`; default: $KIRT_SIGN_KEY)
     #[arg(long, value_name = "FILE")]
     pub sign_key: Option<std::path::PathBuf>,
+    /// The apiserver's audit log (--audit-log-path): a file, or a directory of rotated files,
+    /// plain or gzipped; repeatable. The events of the pod's ServiceAccount, on the pod, its
+    /// ServiceAccount and the Secrets/ConfigMaps it uses, and from its IP go into audit/
+    #[arg(long = "audit-log", value_name = "PATH")]
+    pub audit_log: Vec<std::path::PathBuf>,
+    /// Only audit events since this time (RFC 3339) or this long ago (24h)
+    #[arg(long, value_name = "DURATION|TIME")]
+    pub audit_since: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -97,6 +106,9 @@ pub struct BundleResult {
     /// Name of the Event recorded on the pod (`--record-event`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub event: Option<String>,
+    /// `--audit-log`: what the pod's identity did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub audit: Option<AuditResult>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -134,6 +146,11 @@ impl Render for CollectResult {
             if let Some(e) = &b.event {
                 t.note(format!("{}: recorded Event {e}", b.pod));
             }
+            if let Some(a) = &b.audit {
+                for n in audit::notes(&format!("{}/{}", b.namespace, b.pod), a) {
+                    t.note(n);
+                }
+            }
             if b.dry_run {
                 t.note(format!(
                     "{}: dry run: collected and encoded, nothing stored",
@@ -164,6 +181,7 @@ struct Plan {
 }
 
 pub async fn run(ctx: &Ctx, spec: EvidenceCollectSpec) -> Result<CollectResult> {
+    let begun = jiff::Timestamp::now();
     // Input errors first: nothing is read or written before these pass.
     if spec.to.is_empty() {
         return Err(Error::usage(
@@ -178,8 +196,18 @@ pub async fn run(ctx: &Ctx, spec: EvidenceCollectSpec) -> Result<CollectResult> 
     let signer = signing::sign_key_path(&spec.sign_key)
         .map(|p| signing::load_secret_key(&p))
         .transpose()?;
+    let audit_plan = AuditPlan::check(&spec.audit_log, spec.audit_since.as_deref(), begun)?;
     let store = store::open(&spec.to, &spec.s3).await?;
     let pods = spec.target.resolve(ctx).await?;
+    // Read before any bundle is started: one pass over the logs for every pod.
+    let mut audits: Vec<Option<PodAudit>> = match audit_plan {
+        Some(p) => audit::select(ctx, ctx.cluster().await?, p, &pods)
+            .await?
+            .into_iter()
+            .map(Some)
+            .collect(),
+        None => pods.iter().map(|_| None).collect(),
+    };
     let plan = Plan {
         encryption,
         signer,
@@ -192,9 +220,9 @@ pub async fn run(ctx: &Ctx, spec: EvidenceCollectSpec) -> Result<CollectResult> 
     };
     let mut first_error = None;
     let several = pods.len() > 1;
-    for pod in pods {
+    for (pod, audit) in pods.into_iter().zip(audits.drain(..)) {
         let (ns, name) = name_of(&pod);
-        match collect_one(ctx, &plan, pod).await {
+        match collect_one(ctx, &plan, pod, audit).await {
             Ok(b) => result.bundles.push(b),
             Err(e) if !several => return Err(e),
             Err(e) => {
@@ -216,7 +244,12 @@ pub async fn run(ctx: &Ctx, spec: EvidenceCollectSpec) -> Result<CollectResult> 
 }
 
 /// One pod's bundle: gathered into the pipeline, committed only when everything succeeded.
-async fn collect_one(ctx: &Ctx, plan: &Plan, pod: Pod) -> Result<BundleResult> {
+async fn collect_one(
+    ctx: &Ctx,
+    plan: &Plan,
+    pod: Pod,
+    audit: Option<PodAudit>,
+) -> Result<BundleResult> {
     let clock = Instant::now();
     let cluster = ctx.cluster().await?;
     let (ns, name) = name_of(&pod);
@@ -251,15 +284,20 @@ async fn collect_one(ctx: &Ctx, plan: &Plan, pod: Pod) -> Result<BundleResult> {
                 missing: Vec::new(),
             };
             let quarantined = gather_all(&mut w, cluster, &ns, &pod, &plan.spec).await?;
-            let m = manifest(cluster, plan, &pod, &bundle, started, quarantined, &w).await;
+            let (record, audit) = match audit {
+                Some(a) => a.write(&mut w).await.map(|(r, a)| (Some(r), Some(a)))?,
+                None => (None, None),
+            };
+            let mut m = manifest(cluster, plan, &pod, &bundle, started, quarantined, &w).await;
+            m.audit = record;
             finish_bundle(&mut w, &m).await?;
-            Ok((w.files.len() + 2, w.missing))
+            Ok((w.files.len() + 2, w.missing, audit))
         },
     )
     .await;
     stage.finish();
     let encoded = outcome.into_result(&ctx.shutdown)?;
-    let (files, missing) = encoded.output;
+    let (files, missing, audit) = encoded.output;
     let signed = match (&plan.signer, ctx.dry_run) {
         (Some(sk), false) => {
             publish_signed(
@@ -291,6 +329,7 @@ async fn collect_one(ctx: &Ctx, plan: &Plan, pod: Pod) -> Result<BundleResult> {
         duration_seconds: clock.elapsed().as_secs_f64(),
         dry_run: ctx.dry_run,
         event: None,
+        audit,
     };
     tracing::info!(bundle = %result.location, bytes = result.stored_size, sha256 = %result.stored_sha256,
         seconds = format!("{:.2}", result.duration_seconds), "evidence bundle stored");
@@ -383,6 +422,7 @@ async fn manifest(
         finished_at: jiff::Timestamp::now(),
         files: w.files.clone(),
         missing: w.missing.clone(),
+        audit: None,
     }
 }
 

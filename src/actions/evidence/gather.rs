@@ -6,11 +6,10 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use k8s_openapi::api::apps::v1::{DaemonSet, ReplicaSet, StatefulSet};
-use k8s_openapi::api::core::v1::{Endpoints, Event, Pod, Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{Endpoints, Pod, Service, ServiceAccount};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::rbac::v1::{ClusterRole, Role};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, OwnerReference};
-use kube::api::ListParams;
 use kube::core::{ApiResource, GroupVersionKind};
 use serde::Serialize;
 use serde_json::{json, Value};
@@ -44,26 +43,8 @@ fn controller_selects(sel: &LabelSelector, labels: &Labels) -> bool {
 
 pub async fn events(cluster: &Cluster, pod: &Pod, ns: &str) -> Result<Value> {
     let name = pod.metadata.name.clone().unwrap_or_default();
-    let uid = pod.metadata.uid.clone().unwrap_or_default();
-    let lp = ListParams::default().fields(&format!("involvedObject.name={name}"));
-    let mut items: Vec<Event> = cluster
-        .namespaced::<Event>(ns)
-        .list(&lp)
-        .await?
-        .into_iter()
-        .filter(|e| e.involved_object.kind.as_deref() == Some("Pod"))
-        .filter(|e| {
-            // Events of an earlier pod with the same name are not this pod's.
-            e.involved_object
-                .uid
-                .as_deref()
-                .is_none_or(|u| u.is_empty() || u == uid)
-        })
-        .collect();
-    items.sort_by(|a, b| {
-        let t = |e: &Event| e.last_timestamp.as_ref().map(|t| t.0);
-        t(a).cmp(&t(b))
-    });
+    let items =
+        crate::k8s::involving(cluster, ns, "Pod", &name, pod.metadata.uid.as_deref()).await?;
     Ok(list_of(&items))
 }
 

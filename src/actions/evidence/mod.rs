@@ -3,6 +3,7 @@
 //! `list` shows the bundles in a store. The bundle format is documented in docs/evidence.md and
 //! readable with plain `age -d | zstd -d | tar x` + `sha256sum -c`.
 
+mod audit;
 mod bundle;
 pub mod collect;
 mod gather;
@@ -37,6 +38,9 @@ pub struct Manifest {
     pub files: Vec<FileEntry>,
     /// What could not be collected, and why.
     pub missing: Vec<Missing>,
+    /// `--audit-log`: the files read, the window, whose events, what was redacted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audit: Option<audit::AuditRecord>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -24,7 +24,7 @@ use crate::k8s::keys::{
     ORIGINAL_LABELS, QUARANTINED, QUARANTINED_AT, QUARANTINED_BY, QUARANTINED_REASON,
     QUARANTINE_POD,
 };
-use crate::k8s::write::retry_conflict;
+use crate::k8s::write::{retry_conflict, Versions};
 use crate::k8s::{bounded, labels_of, name_of, node_of, Cluster, EventType, PodTarget, Recorder};
 use crate::output::{Render, Table};
 
@@ -144,6 +144,15 @@ pub struct PodRow {
     /// The merge patch applied (or, in dry-run, that would be applied) to the pod.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub patch: Option<Value>,
+    /// Which pod it was (a pod re-created under the same name is another one).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub uid: Option<String>,
+    /// The pod's ServiceAccount, whose audit events `kirt runs report` shows.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub service_account: Option<String>,
+    /// The pod's resourceVersions around kirt's patch.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resource_version: Option<Versions>,
     #[serde(skip)]
     pub exit: Exit,
 }
@@ -159,6 +168,14 @@ impl PodRow {
             detail: detail.into(),
             changes: Vec::new(),
             patch: None,
+            uid: pod.metadata.uid.clone(),
+            service_account: pod.spec.as_ref().map(|s| {
+                s.service_account_name
+                    .clone()
+                    .filter(|n| !n.is_empty())
+                    .unwrap_or_else(|| "default".into())
+            }),
+            resource_version: None,
             exit: Exit::Ok,
         }
     }
@@ -176,11 +193,18 @@ impl PodRow {
     }
 
     /// A pod changed (or, in a dry run, that would be) by `patch`.
-    pub(crate) fn changed(pod: &Pod, dry: bool, changes: Vec<String>, patch: Value) -> Self {
+    pub(crate) fn changed(
+        pod: &Pod,
+        dry: bool,
+        changes: Vec<String>,
+        patch: Value,
+        versions: Versions,
+    ) -> Self {
         let outcome = if dry { Outcome::WouldDo } else { Outcome::Done };
         let mut row = PodRow::new(pod, outcome, changes.join("; "));
         row.changes = changes;
         row.patch = Some(patch);
+        row.resource_version = Some(versions);
         row
     }
 
@@ -491,7 +515,7 @@ pub async fn quarantine_pod(
         changes.extend(node::isolate(cluster, dry, node, &me, &value, what).await?);
     }
     let pods = cluster.namespaced::<Pod>(&ns);
-    let applied: Option<(Pod, Value)> = retry_conflict(|n| {
+    let applied: Option<(Versions, Pod, Value)> = retry_conflict(|n| {
         let (pods, name) = (&pods, &name);
         async move {
             let cur = pods.current(pod, n).await?;
@@ -504,12 +528,16 @@ pub async fn quarantine_pod(
                 return Ok(None);
             };
             let patched = pods.patch(name, &Patch::Merge(&patch), dry).await?;
-            Ok(Some((patched, patch)))
+            Ok(Some((
+                Versions::between(Some(&cur), Some(&patched)),
+                patched,
+                patch,
+            )))
         }
     })
     .await?;
     let already = is_quarantined(pod);
-    let Some((patched, patch)) = applied else {
+    let Some((versions, patched, patch)) = applied else {
         return Ok(PodRow::unchanged(
             pod,
             "already quarantined",
@@ -544,7 +572,7 @@ pub async fn quarantine_pod(
             "labels replaced (originals in kirt.dev/original-labels)".to_string()
         },
     );
-    Ok(PodRow::changed(pod, dry, changes, patch))
+    Ok(PodRow::changed(pod, dry, changes, patch, versions))
 }
 
 /// For a pod that is already quarantined: the patch adding the per-pod label when allowances are

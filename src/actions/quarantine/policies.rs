@@ -16,7 +16,7 @@ use crate::error::{Error, Result};
 use crate::k8s::keys::{
     ALLOWANCE_FOR, DESCRIPTION, MANAGED_BY, ORIGINAL_SPEC, QUARANTINED, QUARANTINE_POD,
 };
-use crate::k8s::write::{merge_diff, retry_conflict, to_value};
+use crate::k8s::write::{merge_diff, retry_conflict, to_value, Versions};
 use crate::k8s::{Cluster, Objects};
 
 /// A policy kirt created, changed or would change.
@@ -28,6 +28,9 @@ pub struct PolicyChange {
     /// The object as the server would store it (dry-run only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub object: Option<Value>,
+    /// Its resourceVersions around kirt's write (none when nothing was written).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resource_version: Option<Versions>,
 }
 
 fn kirt_policy(name: &str, annotations: Value, spec: Value) -> NetworkPolicy {
@@ -113,12 +116,16 @@ pub(crate) async fn ensure_policy(
 ) -> Result<PolicyChange> {
     let policies = cluster.namespaced::<NetworkPolicy>(ns);
     let name = desired.metadata.name.clone().unwrap_or_default();
-    let change = |change: &str, obj: Option<NetworkPolicy>| PolicyChange {
-        namespace: ns.to_string(),
-        name: name.clone(),
-        change: change.to_string(),
-        object: obj.filter(|_| dry).and_then(|o| preview(&o)),
-    };
+    let change =
+        |change: &str, before: Option<&NetworkPolicy>, obj: Option<NetworkPolicy>| PolicyChange {
+            namespace: ns.to_string(),
+            name: name.clone(),
+            change: change.to_string(),
+            resource_version: obj
+                .as_ref()
+                .map(|after| Versions::between(before, Some(after))),
+            object: obj.filter(|_| dry).and_then(|o| preview(&o)),
+        };
     retry_conflict(|_| {
         let (policies, desired, name, change) = (&policies, &desired, &name, &change);
         async move {
@@ -126,9 +133,9 @@ pub(crate) async fn ensure_policy(
                 None => {
                     let created = policies.create(desired, dry).await?;
                     let what = if dry { "would create" } else { "created" };
-                    Ok(change(what, Some(created)))
+                    Ok(change(what, None, Some(created)))
                 }
-                Some(cur) if cur.spec == desired.spec => Ok(change("unchanged", None)),
+                Some(cur) if cur.spec == desired.spec => Ok(change("unchanged", None, None)),
                 Some(cur) => {
                     let anns = cur.metadata.annotations.clone().unwrap_or_default();
                     let updated = patch_policy(policies, &cur, &desired.spec, &anns, dry).await?;
@@ -137,7 +144,7 @@ pub(crate) async fn ensure_policy(
                     } else {
                         "spec reset to kirt's"
                     };
-                    Ok(change(what, Some(updated)))
+                    Ok(change(what, Some(&cur), Some(updated)))
                 }
             }
         }
@@ -179,12 +186,12 @@ pub(crate) async fn narrow_policies(
             continue;
         }
         let name = np.metadata.name.clone().unwrap_or_default();
-        let updated = retry_conflict(|n| {
+        let (before, updated) = retry_conflict(|n| {
             let (policies, name) = (&policies, &name);
             async move {
                 let cur = policies.current(np, n).await?;
                 let Some(spec) = cur.spec.clone() else {
-                    return Ok(cur);
+                    return Ok((cur.clone(), cur));
                 };
                 let mut anns = cur.metadata.annotations.clone().unwrap_or_default();
                 if !anns.contains_key(ORIGINAL_SPEC) {
@@ -193,7 +200,8 @@ pub(crate) async fn narrow_policies(
                     anns.insert(ORIGINAL_SPEC.into(), original);
                 }
                 let new_spec = Some(policy_eval::narrowed(&spec, QUARANTINED));
-                patch_policy(policies, &cur, &new_spec, &anns, dry).await
+                let updated = patch_policy(policies, &cur, &new_spec, &anns, dry).await?;
+                Ok((cur, updated))
             }
         })
         .await?;
@@ -206,6 +214,7 @@ pub(crate) async fn narrow_policies(
                 "narrowed (kirt.dev/quarantined DoesNotExist; original spec saved)".into()
             },
             object: dry.then(|| preview(&updated)).flatten(),
+            resource_version: Some(Versions::between(Some(&before), Some(&updated))),
         });
     }
     Ok(changes)

@@ -24,7 +24,7 @@ use crate::k8s::keys::{
     CORDONED_BY, ISOLATED_BY, ORIGINAL_LABELS, ORIGINAL_SPEC, POD_ANNOTATIONS, QUARANTINED,
     QUARANTINE_POD,
 };
-use crate::k8s::write::retry_conflict;
+use crate::k8s::write::{retry_conflict, Versions};
 use crate::k8s::{
     annotation, bounded, ensure_namespace, get_pod, labels_of, name_of, node_of, selector, Cluster,
     EventType, PodTarget, Recorder,
@@ -316,7 +316,7 @@ async fn release_pod(
 ) -> Result<PodRow> {
     let (ns, name) = name_of(pod);
     let pods = cluster.namespaced::<Pod>(&ns);
-    let applied: Option<(Pod, Value)> = retry_conflict(|n| {
+    let applied: Option<(Versions, Pod, Value)> = retry_conflict(|n| {
         let (pods, ns, name) = (&pods, &ns, &name);
         async move {
             let cur = pods.current(pod, n).await?;
@@ -344,7 +344,11 @@ async fn release_pod(
             };
             let patch = release_patch(&cur, &target);
             let patched = pods.patch(name, &Patch::Merge(&patch), dry).await?;
-            Ok(Some((patched, patch)))
+            Ok(Some((
+                Versions::between(Some(&cur), Some(&patched)),
+                patched,
+                patch,
+            )))
         }
     })
     .await?;
@@ -356,7 +360,7 @@ async fn release_pod(
     if let Some(node) = node_of(pod) {
         changes.extend(uncordon(cluster, dry, node, &ns, &name).await?);
     }
-    let Some((patched, patch)) = applied else {
+    let Some((versions, patched, patch)) = applied else {
         return Ok(PodRow::unchanged(
             pod,
             "not quarantined",
@@ -376,7 +380,7 @@ async fn release_pod(
         0,
         "original labels restored, kirt annotations removed".into(),
     );
-    Ok(PodRow::changed(pod, dry, changes, patch))
+    Ok(PodRow::changed(pod, dry, changes, patch, versions))
 }
 
 async fn delete_allowance_policy(
@@ -523,19 +527,25 @@ async fn cleanup_namespace(
     }
     let policies = cluster.namespaced::<NetworkPolicy>(ns);
     let mut changes = Vec::new();
-    let change = |name: &str, what: &str| PolicyChange {
+    let change = |name: &str, what: &str, resource_version: Versions| PolicyChange {
         namespace: ns.into(),
         name: name.into(),
         change: what.into(),
         object: None,
+        resource_version: Some(resource_version),
     };
     for np in &policies.list_all().await? {
         let name = np.metadata.name.clone().unwrap_or_default();
         if name == NS_POLICY && is_kirt_policy(np) {
             policies.delete(&name, dry).await?;
-            changes.push(change(&name, if dry { "would delete" } else { "deleted" }));
+            let gone = Versions::between(Some(np), None);
+            changes.push(change(
+                &name,
+                if dry { "would delete" } else { "deleted" },
+                gone,
+            ));
         } else if annotation(&np.metadata, ORIGINAL_SPEC).is_some() {
-            restore_policy(cluster, dry, ns, np).await?;
+            let versions = restore_policy(cluster, dry, ns, np).await?;
             changes.push(change(
                 &name,
                 if dry {
@@ -543,13 +553,19 @@ async fn cleanup_namespace(
                 } else {
                     "original spec restored (--exclusive reverted)"
                 },
+                versions,
             ));
         }
     }
     Ok((changes, None))
 }
 
-async fn restore_policy(cluster: &Cluster, dry: bool, ns: &str, np: &NetworkPolicy) -> Result<()> {
+async fn restore_policy(
+    cluster: &Cluster,
+    dry: bool,
+    ns: &str,
+    np: &NetworkPolicy,
+) -> Result<Versions> {
     let policies = cluster.namespaced::<NetworkPolicy>(ns);
     let name = np.metadata.name.clone().unwrap_or_default();
     retry_conflict(|n| {
@@ -558,15 +574,15 @@ async fn restore_policy(cluster: &Cluster, dry: bool, ns: &str, np: &NetworkPoli
             let cur = policies.current(np, n).await?;
             let mut anns = cur.metadata.annotations.clone().unwrap_or_default();
             let Some(raw) = anns.remove(ORIGINAL_SPEC) else {
-                return Ok(());
+                return Ok(Versions::default());
             };
             let original: NetworkPolicySpec = serde_json::from_str(&raw).map_err(|e| {
                 Error::failed(format!(
                     "networkpolicy {ns}/{name}: annotation {ORIGINAL_SPEC} is not a valid spec ({e}); restore it by hand"
                 ))
             })?;
-            patch_policy(policies, &cur, &Some(original), &anns, dry).await?;
-            Ok(())
+            let restored = patch_policy(policies, &cur, &Some(original), &anns, dry).await?;
+            Ok(Versions::between(Some(&cur), Some(&restored)))
         }
     })
     .await

@@ -147,14 +147,34 @@ pub struct Workload {
     pub resource_version: String,
     /// `metadata.generation`: moves on with every change of the spec.
     pub generation: i64,
-    pub paused: bool,
-    /// `.spec.template`, raw from the server.
-    pub template: Value,
+    /// `.spec`, raw from the server.
+    pub spec: Value,
+    pub labels: BTreeMap<String, String>,
     pub annotations: BTreeMap<String, String>,
     pub revisions: Vec<Revision>,
 }
 
 impl Workload {
+    /// `.spec.template`, raw from the server.
+    pub fn template(&self) -> &Value {
+        &self.spec["template"]
+    }
+
+    /// Whether the Deployment's rollout is paused.
+    pub fn paused(&self) -> bool {
+        self.spec["paused"].as_bool().unwrap_or(false)
+    }
+
+    /// Whether `now` is this workload with only its status (and resourceVersion) moved on: what a
+    /// rollback confirmed against it still holds.
+    pub fn same_spec(&self, now: &Workload) -> bool {
+        self.uid == now.uid
+            && self.generation == now.generation
+            && self.spec == now.spec
+            && self.labels == now.labels
+            && self.annotations == now.annotations
+    }
+
     /// Reads the workload and every revision it controls. Only reads: safe before any confirmation.
     pub async fn load(cluster: &Cluster, namespace: &str, target: &Target) -> Result<Self> {
         let obj = cluster
@@ -163,7 +183,7 @@ impl Workload {
             .await?;
         let uid = obj.metadata.uid.clone().unwrap_or_default();
         let spec = &obj.data["spec"];
-        let template = spec["template"].clone();
+        let template = &spec["template"];
         let selector = label_selector(&spec["selector"])
             .map_err(|e| Error::failed(format!("{target} in namespace {namespace}: {e}")))?;
         let lp = ListParams::default().labels(&selector);
@@ -196,7 +216,7 @@ impl Workload {
                     };
                     let mut tpl = r.data["spec"]["template"].clone();
                     remove_hash_label(&mut tpl);
-                    let current = !found_current && templates_equal(&tpl, &template);
+                    let current = !found_current && templates_equal(&tpl, template);
                     found_current |= current;
                     out.push(Revision {
                         revision,
@@ -217,7 +237,7 @@ impl Workload {
                     .dynamic(namespace, &ApiResource::erase::<ControllerRevision>(&()))
                     .list(&lp)
                     .await?;
-                let current_patch = revision_patch(&template);
+                let current_patch = revision_patch(template);
                 list.into_iter()
                     .filter(|r| controlled_by(&r.metadata, &uid))
                     .map(|r| {
@@ -249,8 +269,8 @@ impl Workload {
             uid,
             resource_version: obj.metadata.resource_version.clone().unwrap_or_default(),
             generation: obj.metadata.generation.unwrap_or_default(),
-            paused: spec["paused"].as_bool().unwrap_or(false),
-            template,
+            spec: spec.clone(),
+            labels: obj.metadata.labels.clone().unwrap_or_default(),
             annotations: obj.metadata.annotations.clone().unwrap_or_default(),
             revisions,
         })

@@ -16,6 +16,7 @@ use super::wait::{wait_for, WaitResult};
 use super::{Kind, Revision, Target, Workload, WAIT_TIMEOUT};
 use crate::context::Ctx;
 use crate::error::{to_json, Error, Result};
+use crate::k8s::write::Versions;
 use crate::k8s::{status_code, Cluster, EventType, KubeContext, Recorder, FIELD_MANAGER};
 use crate::output::{Render, Table};
 
@@ -83,6 +84,9 @@ pub struct RollbackResult {
     /// The workload's metadata.generation after the rollback (what `--if-generation` checks).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub generation: Option<i64>,
+    /// The workload's resourceVersions around the rollback patch.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resource_version: Option<Versions>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub wait: Option<WaitResult>,
 }
@@ -137,7 +141,7 @@ pub async fn run(ctx: &Ctx, spec: RollbackSpec) -> Result<RollbackResult> {
     }
     let rev = select_revision(&w, spec.to_revision)?.clone();
 
-    if target.kind == Kind::Deployment && w.paused {
+    if target.kind == Kind::Deployment && w.paused() {
         return Err(Error::Refused(format!(
             "you cannot rollback a paused deployment; resume it first with 'kubectl rollout resume deployment/{}' and try again (nothing was changed)",
             target.name
@@ -154,6 +158,7 @@ pub async fn run(ctx: &Ctx, spec: RollbackSpec) -> Result<RollbackResult> {
         to_revision: rev.revision,
         changes: Vec::new(),
         generation: None,
+        resource_version: None,
         wait: None,
     };
 
@@ -164,7 +169,7 @@ pub async fn run(ctx: &Ctx, spec: RollbackSpec) -> Result<RollbackResult> {
         );
         tracing::info!("{target}: {}", result.message);
     } else {
-        result.changes = template_diff(&w.template, &rev.template);
+        result.changes = template_diff(w.template(), &rev.template);
         eprintln!(
             "{target} in namespace {ns}: pod template changes, revision {} → {}:",
             result
@@ -183,7 +188,14 @@ pub async fn run(ctx: &Ctx, spec: RollbackSpec) -> Result<RollbackResult> {
             "roll back {target} in namespace {ns} to revision {}",
             rev.revision
         ))?;
-        result.generation = apply(cluster, ctx.dry_run, &w, &rev).await?;
+        let (w, after) = apply_guarded(cluster, ctx.dry_run, w, &rev, spec.to_revision).await?;
+        result.generation = after["metadata"]["generation"].as_i64();
+        result.resource_version = Some(Versions {
+            before: Some(w.resource_version.clone()),
+            after: after["metadata"]["resourceVersion"]
+                .as_str()
+                .map(str::to_string),
+        });
         if ctx.dry_run {
             result.outcome = Outcome::DryRun;
             result.message = format!(
@@ -239,7 +251,7 @@ pub fn select_revision(w: &Workload, to: i64) -> Result<&Revision> {
 /// Whether the workload already runs `rev`'s template (kubectl then skips the rollback).
 fn already_current(w: &Workload, rev: &Revision) -> bool {
     match w.target.kind {
-        Kind::Deployment => super::templates_equal(&rev.template, &w.template),
+        Kind::Deployment => super::templates_equal(&rev.template, w.template()),
         _ => rev.current,
     }
 }
@@ -282,13 +294,56 @@ pub fn controller_revision_patch(w: &Workload, rev: &Revision) -> Value {
     p
 }
 
-/// Sends kubectl's rollback patch for `rev` (guarded by the resourceVersion `w` was read at).
-pub async fn apply(
+/// How many times a rollback patch is sent again after only the workload's status moved on.
+const STATUS_RETRIES: u32 = 5;
+
+/// What a guarded rollback patch did.
+#[derive(Debug)]
+enum Patched {
+    /// Written (or accepted in a dry run): the workload as the server stored it.
+    Done(Value),
+    /// The resourceVersion moved on since `w` was read: nothing was written.
+    Moved,
+}
+
+/// Sends the rollback patch; when the resourceVersion moved on only because a controller wrote
+/// the status (spec, labels, annotations and the chosen revision as confirmed), reads the workload again and
+/// sends it again. Any other change refuses, changing nothing: the confirmation covered the
+/// preview, not whatever the workload became since. Returns the workload as last read and as the
+/// server stored it after the patch.
+pub async fn apply_guarded(
     cluster: &Cluster,
     dry_run: bool,
-    w: &Workload,
+    mut w: Workload,
     rev: &Revision,
-) -> Result<Option<i64>> {
+    to_revision: i64,
+) -> Result<(Workload, Value)> {
+    for _ in 0..=STATUS_RETRIES {
+        if let Patched::Done(after) = apply(cluster, dry_run, &w, rev).await? {
+            return Ok((w, after));
+        }
+        let now = Workload::load(cluster, &w.namespace, &w.target).await?;
+        let same_revision = select_revision(&now, to_revision)
+            .map(|r| r.revision == rev.revision && r.template == rev.template)
+            .unwrap_or(false);
+        if !(same_revision && w.same_spec(&now)) {
+            break;
+        }
+        tracing::debug!(
+            "{} in namespace {}: only its status moved on; sending the rollback again",
+            w.target,
+            w.namespace
+        );
+        w = now;
+    }
+    Err(Error::failed(format!(
+        "{} in namespace {} changed while kirt was rolling it back (its spec, labels or annotations are no longer the ones shown); nothing was changed — look at it again and re-run",
+        w.target, w.namespace
+    )))
+}
+
+/// Sends kubectl's rollback patch for `rev` (guarded by the resourceVersion `w` was read at).
+async fn apply(cluster: &Cluster, dry_run: bool, w: &Workload, rev: &Revision) -> Result<Patched> {
     let ns = w.namespace.as_str();
     let name = w.target.name.as_str();
     let workloads = cluster.dynamic(ns, &w.target.kind.api_resource());
@@ -310,7 +365,7 @@ pub async fn apply(
                 .client
                 .request::<Value>(req)
                 .await
-                .map(|o| o["metadata"]["generation"].as_i64())
+                .map(Patched::Done)
         }
         Kind::StatefulSet | Kind::DaemonSet => {
             let patch = controller_revision_patch(w, rev);
@@ -322,17 +377,11 @@ pub async fn apply(
                     &Patch::Strategic(&patch),
                 )
                 .await
-                .map(|o| o.metadata.generation)
+                .map(|o| Patched::Done(crate::k8s::write::to_value(&o)))
         }
     };
-    let changed = |detail: &str| {
-        Error::failed(format!(
-            "{} in namespace {ns} changed while kirt was rolling it back ({detail}); nothing was changed — look at it again and re-run",
-            w.target
-        ))
-    };
     match res {
-        Err(kube::Error::Api(s)) if s.code == 409 => Err(changed(&s.message)),
+        Err(kube::Error::Api(s)) if s.code == 409 => Ok(Patched::Moved),
         Err(e) if matches!(status_code(&e), Some(422 | 400)) => {
             // A failed JSON-patch `test` answers 422 without saying which operation failed: look
             // whether the resourceVersion moved on.
@@ -343,9 +392,7 @@ pub async fn apply(
                 Err(_) => false,
             };
             if w.target.kind == Kind::Deployment && moved {
-                return Err(changed(
-                    "its resourceVersion is no longer the one kirt read",
-                ));
+                return Ok(Patched::Moved);
             }
             let message = match e {
                 kube::Error::Api(s) => s.message,
@@ -417,8 +464,8 @@ mod tests {
             uid: "u".into(),
             resource_version: "42".into(),
             generation: 1,
-            paused: false,
-            template: json!({}),
+            spec: json!({"template": {}}),
+            labels: BTreeMap::new(),
             annotations: [
                 ("deployment.kubernetes.io/revision", "3"),
                 ("kubernetes.io/change-cause", "v3"),

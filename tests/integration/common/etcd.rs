@@ -54,6 +54,96 @@ impl Lab {
     }
 }
 
+impl Lab {
+    /// A 3.5 etcd cluster of `n` members for this test alone, with a leader elected: returns
+    /// the members (killed by PID when dropped) and the leader's member id (hex). The election
+    /// timeout is long (5 s) so that a busy test machine does not make the leader change.
+    pub fn etcd_cluster(&self, n: usize) -> (Vec<Proc>, String) {
+        let bin = Path::new(&self.get("KIRT_LAB_ETCD35_BIN")).join("etcd");
+        let ports: Vec<(u16, u16)> = (0..n).map(|_| (free_port(), free_port())).collect();
+        let initial = ports
+            .iter()
+            .enumerate()
+            .map(|(i, (_, peer))| format!("m{i}=http://127.0.0.1:{peer}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let token = unique("cluster");
+        let mut members = Vec::new();
+        for (i, &(port, peer)) in ports.iter().enumerate() {
+            let dir = self.dir.path().join(unique("etcd-member"));
+            let client = format!("http://127.0.0.1:{port}");
+            let peer_url = format!("http://127.0.0.1:{peer}");
+            let child = Command::new(&bin)
+                .args(["--name", &format!("m{i}"), "--data-dir"])
+                .arg(&dir)
+                .args([
+                    "--listen-client-urls",
+                    &client,
+                    "--advertise-client-urls",
+                    &client,
+                ])
+                .args(["--listen-peer-urls", &peer_url])
+                .args(["--initial-advertise-peer-urls", &peer_url])
+                .args(["--initial-cluster", &initial])
+                .args(["--initial-cluster-token", &token])
+                .args(["--heartbeat-interval", "100", "--election-timeout", "5000"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("start etcd member");
+            members.push(Proc {
+                child,
+                endpoint: client,
+                dir,
+                port,
+            });
+        }
+        for m in &mut members {
+            wait_serving(&mut m.child, m.port, "etcd cluster member");
+        }
+        let endpoints: Vec<String> = members.iter().map(|m| m.endpoint.clone()).collect();
+        let mut leader = String::new();
+        super::process::wait_until(
+            std::time::Duration::from_secs(60),
+            "a leader that every member follows",
+            || {
+                let leaders = block_on(async {
+                    let mut seen = Vec::new();
+                    for ep in &endpoints {
+                        let Ok(mut c) = etcd_client::Client::connect([ep], None).await else {
+                            return Vec::new();
+                        };
+                        match c.status().await {
+                            Ok(s) => seen.push(s.leader()),
+                            Err(_) => return Vec::new(),
+                        }
+                    }
+                    seen
+                });
+                let agreed = leaders.len() == n
+                    && leaders[0] != 0
+                    && leaders.iter().all(|l| *l == leaders[0]);
+                if agreed {
+                    leader = format!("{:x}", leaders[0]);
+                }
+                agreed
+            },
+        );
+        (members, leader)
+    }
+}
+
+/// The member id (hex, as kirt's manifest writes it) of the etcd at `endpoint`.
+pub fn member_id(endpoint: &str) -> String {
+    block_on(async {
+        let mut c = etcd_client::Client::connect([endpoint], None)
+            .await
+            .expect("etcd connect");
+        let s = c.status().await.expect("etcd status");
+        format!("{:x}", s.header().expect("status header").member_id())
+    })
+}
+
 /// Writes `n` keys under `prefix` into an etcd: mostly ~200-byte JSON-like values, every 500th
 /// a ~100 KiB value. Returns the revision after the last write.
 pub fn populate_etcd(endpoint: &str, prefix: &str, n: usize) -> i64 {

@@ -57,6 +57,17 @@ impl Lab {
         self.get("KIRT_LAB_KUBECONFIG")
     }
 
+    /// The directory of the apiserver's audit log (`audit.log` and its rotated, gzipped files).
+    pub fn audit_dir(&self) -> std::path::PathBuf {
+        match self.env.get("KIRT_LAB_AUDIT_DIR") {
+            Some(d) => d.into(),
+            None => panic!(
+                "this lab's apiserver writes no audit log (the lab was started before audit logging \
+                 was added to tests/lab/lab.sh): restart it with `make lab-down lab-up`"
+            ),
+        }
+    }
+
     /// PATH with the lab's etcd 3.5 tools (etcdutl) first.
     pub fn path(&self) -> String {
         format!(

@@ -6,12 +6,16 @@
 //!   objects back with kubectl;
 //! - [`s3`]: S3 clients and buckets for the lab's moto and s3s-fs (and private s3s-fs servers);
 //! - [`etcd`]: private etcd servers and data to back up;
+//! - [`audit_log`]: the lab apiserver's audit log, read back;
+//! - [`files`]: evidence bundles extracted with the real zstd and tar, JSON files;
 //! - [`keys`]: age and SSH keys made with the real CLIs, minisign keys made by `kirt keygen`.
 //!
 //! Each test uses its own temp dir, namespace, bucket or key prefix ([`unique`]), so tests run
 //! in parallel.
 
+pub mod audit_log;
 pub mod etcd;
+pub mod files;
 pub mod k8s;
 pub mod keys;
 pub mod lab;
@@ -49,6 +53,16 @@ pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
         .build()
         .unwrap()
         .block_on(f)
+}
+
+/// The status of each step in a `kirt run -o json` result, in order.
+pub fn step_statuses(run: &serde_json::Value) -> Vec<&str> {
+    run["steps"]
+        .as_array()
+        .expect("the run's result has steps")
+        .iter()
+        .map(|x| x["status"].as_str().expect("each step has a status"))
+        .collect()
 }
 
 /// A free TCP port on 127.0.0.1.

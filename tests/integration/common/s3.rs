@@ -1,5 +1,6 @@
 //! S3 side of the lab: clients for its moto and s3s-fs servers, fresh buckets, reading a bucket
-//! back with the S3 API, and private s3s-fs servers for crash/restart tests.
+//! back with the S3 API, private s3s-fs servers for crash/restart tests, and private moto servers
+//! (IAM enforcement) with boto3, the AWS SDK for Python, next to them.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -97,6 +98,34 @@ impl Lab {
         let bucket = unique(prefix);
         create_bucket(&self.moto(), &bucket);
         bucket
+    }
+
+    /// A moto server for this test alone (in memory; IAM enforcement can be switched on without
+    /// touching the shared one).
+    pub fn private_moto(&self) -> Proc {
+        let port = free_port();
+        let dir = self.dir.path().join(unique("moto"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let child = Command::new(self.get("KIRT_LAB_MOTO_BIN"))
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join("moto.log")).unwrap())
+            .spawn()
+            .expect("start moto");
+        let mut p = Proc {
+            child,
+            endpoint: format!("http://127.0.0.1:{port}"),
+            dir,
+            port,
+        };
+        wait_serving(&mut p.child, port, "private moto");
+        p
+    }
+
+    /// The Python of the lab's moto install: it has boto3, the AWS SDK for Python, for checks
+    /// made with another S3 client than kirt's.
+    pub fn boto3_python(&self) -> PathBuf {
+        Path::new(&self.get("KIRT_LAB_MOTO_BIN")).with_file_name("python")
     }
 
     /// An s3s-fs server for this test alone (persistent on disk: survives a restart). With

@@ -366,16 +366,7 @@ pub async fn execute(cluster: &Cluster, dry: bool, plan: &RestorePlan) -> Restor
 /// must still give exactly the subjects shown).
 async fn put_back(cluster: &Cluster, dry: bool, account: &Account, r: &Restore) -> BindingChange {
     let b = &r.binding;
-    let mut change = BindingChange {
-        kind: b.kind.as_str().into(),
-        namespace: b.namespace().map(String::from),
-        name: b.name().into(),
-        role: b.role(),
-        outcome: Outcome::Unchanged,
-        before: b.subjects.clone(),
-        after: b.subjects.clone(),
-        detail: String::new(),
-    };
+    let mut change = BindingChange::unchanged(b);
     let res = retry_conflict(|n| async move {
         let cur = rbac::current(cluster, b, n)
             .await?

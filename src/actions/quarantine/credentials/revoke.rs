@@ -64,6 +64,22 @@ pub struct BindingChange {
     pub detail: String,
 }
 
+impl BindingChange {
+    /// `b` as read, nothing changed yet.
+    pub fn unchanged(b: &Binding) -> Self {
+        BindingChange {
+            kind: b.kind.as_str().into(),
+            namespace: b.namespace().map(String::from),
+            name: b.name().into(),
+            role: b.role(),
+            outcome: Outcome::Unchanged,
+            before: b.subjects.clone(),
+            after: b.subjects.clone(),
+            detail: String::new(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct TokenChange {
     pub secret: String,
@@ -408,16 +424,7 @@ async fn remove_from(
     b: &Binding,
     account: &Account,
 ) -> (BindingChange, Option<BindingEntry>) {
-    let mut change = BindingChange {
-        kind: b.kind.as_str().into(),
-        namespace: b.namespace().map(String::from),
-        name: b.name().into(),
-        role: b.role(),
-        outcome: Outcome::Unchanged,
-        before: b.subjects.clone(),
-        after: b.subjects.clone(),
-        detail: String::new(),
-    };
+    let mut change = BindingChange::unchanged(b);
     let res = retry_conflict(|n| async move {
         let Some(cur) = rbac::current(cluster, b, n).await? else {
             return Ok(None);

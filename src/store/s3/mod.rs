@@ -1,5 +1,8 @@
 //! S3 store: multipart uploads with bounded part size and concurrency (memory ≈ part size ×
 //! (concurrency + 1)), aborted on any failure or drop, so nothing partial is ever visible.
+//! Objects can be written under Object Lock retention; deletes remove the current version for
+//! good. kirt's own bookkeeping lives under `PREFIX/.kirt/` (never listed): records of open
+//! multipart uploads ([`pending`]) and run locks ([`lock`]).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,8 +19,13 @@ use serde::{Deserialize, Serialize};
 use tokio::io::AsyncRead;
 use tokio::task::JoinSet;
 
-use super::{join_key, ObjectInfo, Store, Upload};
+use super::{join_key, Finding, LockMode, ObjectInfo, Protection, Retention, Store, Upload};
 use crate::error::{Error, Result};
+use crate::runlock::{Attempt, Holder};
+
+mod inspect;
+mod lock;
+mod pending;
 
 const MIN_PART: u64 = 5 * 1024 * 1024;
 
@@ -47,6 +55,10 @@ pub struct S3Options {
     /// Parts uploaded at the same time
     #[arg(long, value_name = "N", default_value_t = 4)]
     pub concurrency: usize,
+    /// AWS shared-config profile whose credentials and region to use (default: the standard
+    /// chain: environment, $AWS_PROFILE, cloud identity)
+    #[arg(long, value_name = "NAME")]
+    pub profile: Option<String>,
 }
 
 impl Default for S3Options {
@@ -59,6 +71,7 @@ impl Default for S3Options {
             storage_class: None,
             part_size: 8 * 1024 * 1024,
             concurrency: 4,
+            profile: None,
         }
     }
 }
@@ -74,10 +87,17 @@ pub struct S3Store {
     /// the SigV4 payload signature protects them.
     part_checksums: bool,
     pending: pending::Pending,
+    /// Object Lock retention of every object this store writes.
+    retention: Option<Retention>,
 }
 
 impl S3Store {
-    pub async fn new(bucket: &str, prefix: &str, opts: &S3Options) -> Result<Self> {
+    pub async fn new(
+        bucket: &str,
+        prefix: &str,
+        opts: &S3Options,
+        retention: Option<Retention>,
+    ) -> Result<Self> {
         if opts.part_size < MIN_PART {
             return Err(Error::usage(format!(
                 "--part-size {} is below S3's minimum of 5MiB",
@@ -106,8 +126,23 @@ impl S3Store {
         if let Some(r) = &opts.region {
             loader = loader.region(aws_config::Region::new(r.clone()));
         }
+        if let Some(p) = &opts.profile {
+            // the profile's credentials, even where the environment holds others
+            loader = loader.profile_name(p).credentials_provider(
+                aws_config::profile::ProfileFileCredentialsProvider::builder()
+                    .profile_name(p)
+                    .build(),
+            );
+        }
         let sdk = loader.load().await;
-        let mut b = aws_sdk_s3::config::Builder::from(&sdk).force_path_style(opts.path_style);
+        // kirt checks what it reads against sha256 digests of its own (signed manifests): the
+        // SDK's check of the response checksum adds nothing, and cannot check a multipart
+        // object's part-level checksum anyway (it warns on every such download)
+        let mut b = aws_sdk_s3::config::Builder::from(&sdk)
+            .force_path_style(opts.path_style)
+            .response_checksum_validation(
+                aws_sdk_s3::config::ResponseChecksumValidation::WhenRequired,
+            );
         if sdk.region().is_none() {
             b = b.region(aws_config::Region::new("us-east-1"));
         }
@@ -125,7 +160,8 @@ impl S3Store {
                 use aws_credential_types::provider::ProvideCredentials;
                 if let Err(e) = p.provide_credentials().await {
                     return Err(Error::usage(format!(
-                        "no usable AWS credentials for s3://{bucket}: {e} (set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE, or run with a cloud identity)"
+                        "no usable AWS credentials for s3://{bucket}: {} (set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE or --profile, or run with a cloud identity)",
+                        DisplayErrorContext(&e)
                     )));
                 }
             }
@@ -134,6 +170,14 @@ impl S3Store {
                     "no AWS credentials for s3://{bucket} (set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE, or run with a cloud identity)"
                 )))
             }
+        }
+        let part_checksums =
+            sdk.request_checksum_calculation() != Some(RequestChecksumCalculation::WhenRequired);
+        if retention.is_some() && !part_checksums {
+            // S3 takes Object Lock writes only with a Content-MD5 or checksum
+            return Err(Error::usage(
+                "--object-lock needs request checksums: unset AWS_REQUEST_CHECKSUM_CALCULATION=when_required",
+            ));
         }
         let client = aws_sdk_s3::Client::from_conf(b.build());
         let prefix = prefix.trim_matches('/').to_string();
@@ -153,9 +197,9 @@ impl S3Store {
             prefix,
             opts: opts.clone(),
             endpoint,
-            part_checksums: sdk.request_checksum_calculation()
-                != Some(RequestChecksumCalculation::WhenRequired),
+            part_checksums,
             pending,
+            retention,
         })
     }
 
@@ -165,6 +209,112 @@ impl S3Store {
 
     fn loc(&self, key: &str) -> String {
         format!("s3://{}/{}", self.bucket, self.key(key))
+    }
+
+    /// The object's current version id and Object Lock state; `None` when it does not exist.
+    async fn head(
+        &self,
+        key: &str,
+    ) -> Result<Option<aws_sdk_s3::operation::head_object::HeadObjectOutput>> {
+        match self
+            .client
+            .head_object()
+            .bucket(&self.bucket)
+            .key(self.key(key))
+            .send()
+            .await
+        {
+            Ok(out) => Ok(Some(out)),
+            Err(e) => match s3_err(&self.loc(key), &self.endpoint, "HeadObject", e) {
+                Error::NotFound { .. } => Ok(None),
+                e => Err(e),
+            },
+        }
+    }
+
+    /// Object Lock must be on for a store that writes with retention: said before any upload
+    /// (an identity that may not read the configuration is warned, and the first write tells).
+    async fn check_object_lock(&self) -> Result<()> {
+        if self.retention.is_none() {
+            return Ok(());
+        }
+        let got = self
+            .client
+            .get_object_lock_configuration()
+            .bucket(&self.bucket)
+            .send()
+            .await;
+        let e = match got {
+            Ok(out) => {
+                let on = out
+                    .object_lock_configuration()
+                    .and_then(|c| c.object_lock_enabled())
+                    .is_some_and(|e| e.as_str() == "Enabled");
+                if on {
+                    return Ok(());
+                }
+                return Err(no_object_lock(&self.bucket));
+            }
+            Err(e) => e,
+        };
+        match e.code() {
+            Some("ObjectLockConfigurationNotFoundError") => Err(no_object_lock(&self.bucket)),
+            Some("NotImplemented") => Err(Error::usage(format!(
+                "the S3 server at {} does not implement Object Lock: --object-lock cannot protect backups there",
+                self.endpoint
+            ))),
+            _ => match s3_err(&self.url(), &self.endpoint, "GetObjectLockConfiguration", e) {
+                e if e.is_store_denied() => {
+                    tracing::warn!("{e}: cannot check that bucket {} has Object Lock enabled; the first locked write will tell", self.bucket);
+                    Ok(())
+                }
+                e => Err(e),
+            },
+        }
+    }
+}
+
+fn no_object_lock(bucket: &str) -> Error {
+    Error::usage(format!(
+        "bucket {bucket} does not have Object Lock enabled: --object-lock needs a bucket created with it (aws s3api create-bucket --object-lock-enabled-for-bucket; docs/backup.md)"
+    ))
+}
+
+/// Whether S3 refused for lack of permission.
+fn denied<E: ProvideErrorMetadata>(
+    e: &SdkError<E, aws_sdk_s3::config::http::HttpResponse>,
+) -> bool {
+    matches!(e.code(), Some("AccessDenied"))
+        || matches!(e, SdkError::ServiceError(s) if s.raw().status().as_u16() == 403)
+}
+
+/// The IAM action an S3 operation needs (what an AccessDenied means).
+fn iam_action(op: &str) -> &'static str {
+    match op {
+        "GetObject" | "HeadObject" => "s3:GetObject",
+        "ListObjectsV2" | "HeadBucket" => "s3:ListBucket",
+        "DeleteObject" => "s3:DeleteObject",
+        "DeleteObjectVersion" => "s3:DeleteObjectVersion",
+        "AbortMultipartUpload" => "s3:AbortMultipartUpload",
+        "PutObjectRetention" => "s3:PutObjectRetention",
+        "GetObjectLockConfiguration" => "s3:GetBucketObjectLockConfiguration",
+        "GetBucketVersioning" => "s3:GetBucketVersioning",
+        _ => "s3:PutObject", // PutObject, CreateMultipartUpload, UploadPart, Complete…
+    }
+}
+
+fn aws_time(t: jiff::Timestamp) -> aws_sdk_s3::primitives::DateTime {
+    aws_sdk_s3::primitives::DateTime::from_millis(t.as_millisecond())
+}
+
+fn jiff_time(t: &aws_sdk_s3::primitives::DateTime) -> Option<jiff::Timestamp> {
+    jiff::Timestamp::from_millisecond(t.to_millis().ok()?).ok()
+}
+
+fn lock_mode(r: &Retention) -> aws_sdk_s3::types::ObjectLockMode {
+    match r.mode {
+        LockMode::Governance => aws_sdk_s3::types::ObjectLockMode::Governance,
+        LockMode::Compliance => aws_sdk_s3::types::ObjectLockMode::Compliance,
     }
 }
 
@@ -190,6 +340,11 @@ where
             reason: format!("{what} {loc}: {}", DisplayErrorContext(&e)),
             hint: "check --endpoint-url and that the S3 server is up".into(),
         },
+        _ if denied(&e) => Error::StoreDenied {
+            location: loc.to_string(),
+            action: iam_action(what).to_string(),
+            source: Some(Box::new(e)),
+        },
         _ => {
             let code = e.code().unwrap_or("");
             let status = match &e {
@@ -197,10 +352,16 @@ where
                 _ => 0,
             };
             match code {
-                "NoSuchBucket" => Error::not_found(format!("bucket of {loc}"), "create the bucket or fix the URL"),
-                "NoSuchKey" | "NotFound" => Error::not_found(format!("object {loc}"), "check the backup id (kirt backup list)"),
-                "AccessDenied" | "InvalidAccessKeyId" | "SignatureDoesNotMatch" => with_source(
-                    format!("{what}: access denied ({code}); check the credentials and the bucket policy"),
+                "NoSuchBucket" => Error::not_found(
+                    format!("bucket of {loc}"),
+                    "create the bucket or fix the URL",
+                ),
+                "NoSuchKey" | "NotFound" => Error::not_found(
+                    format!("object {loc}"),
+                    "check the backup id (kirt backup list)",
+                ),
+                "InvalidAccessKeyId" | "SignatureDoesNotMatch" => with_source(
+                    format!("{what}: the credentials were refused ({code}); check them"),
                     e,
                 ),
                 _ if status == 404 && code.is_empty() => {
@@ -234,6 +395,7 @@ impl Store for S3Store {
             endpoint: self.endpoint.clone(),
             opts: Arc::new(self.opts.clone()),
             part_checksums: self.part_checksums,
+            retention: self.retention,
             buf: BytesMut::new(),
             upload_id: None,
             next_part: 1,
@@ -279,7 +441,7 @@ impl Store for S3Store {
                 let Some(k) = o.key() else { continue };
                 let rel = k.strip_prefix(&strip).unwrap_or(k).to_string();
                 if rel.starts_with(".kirt/") {
-                    continue; // kirt's own bookkeeping (pending-upload records), not objects
+                    continue; // kirt's own bookkeeping (upload records, run locks), not objects
                 }
                 let modified = o
                     .last_modified()
@@ -295,27 +457,79 @@ impl Store for S3Store {
     }
 
     async fn delete(&self, key: &str) -> Result<()> {
+        // On a versioned bucket a plain delete only hides the object behind a delete marker:
+        // the version that is current goes, by its id.
+        let Some(head) = self.head(key).await? else {
+            return Ok(());
+        };
+        let version = head.version_id().filter(|v| *v != "null");
+        let op = if version.is_some() {
+            "DeleteObjectVersion"
+        } else {
+            "DeleteObject"
+        };
         self.client
             .delete_object()
             .bucket(&self.bucket)
             .key(self.key(key))
+            .set_version_id(version.map(str::to_string))
             .send()
             .await
-            .map_err(|e| s3_err(&self.loc(key), &self.endpoint, "DeleteObject", e))?;
+            .map_err(|e| s3_err(&self.loc(key), &self.endpoint, op, e))?;
         Ok(())
     }
 
+    async fn protection(&self, key: &str) -> Result<Option<Protection>> {
+        let Some(head) = self.head(key).await? else {
+            return Ok(None);
+        };
+        if head.object_lock_legal_hold_status().map(|s| s.as_str()) == Some("ON") {
+            return Ok(Some(Protection::LegalHold));
+        }
+        let until = head.object_lock_retain_until_date().and_then(jiff_time);
+        let mode = match head.object_lock_mode().map(|m| m.as_str()) {
+            Some("COMPLIANCE") => LockMode::Compliance,
+            Some("GOVERNANCE") => LockMode::Governance,
+            _ => return Ok(None),
+        };
+        Ok(until
+            .filter(|u| *u > jiff::Timestamp::now())
+            .map(|retain_until| Protection::Retained(Retention { mode, retain_until })))
+    }
+
+    async fn lock(&self, name: &str, holder: &Holder, lease: Duration) -> Result<Attempt> {
+        lock::acquire(self, name, holder, lease).await
+    }
+
+    async fn inspect(&self) -> Vec<Finding> {
+        inspect::run(self).await
+    }
+
     async fn check(&self) -> Result<String> {
-        self.client
+        let checked = self
+            .client
             .head_bucket()
             .bucket(&self.bucket)
             .send()
             .await
-            .map_err(|e| s3_err(&self.url(), &self.endpoint, "HeadBucket", e))?;
-        Ok(format!(
-            "bucket {} reachable at {} with the credentials found",
-            self.bucket, self.endpoint
-        ))
+            .map_err(|e| s3_err(&self.url(), &self.endpoint, "HeadBucket", e));
+        let detail = match checked {
+            Ok(_) => format!(
+                "bucket {} reachable at {} with the credentials found",
+                self.bucket, self.endpoint
+            ),
+            // write-only credentials (no s3:ListBucket) cannot look at the bucket: the writes tell
+            Err(e) if e.is_store_denied() => {
+                tracing::warn!("cannot check bucket {} at {} (no s3:ListBucket: write-only credentials?); going on, the first write will tell", self.bucket, self.endpoint);
+                format!(
+                    "bucket {} at {}: not checked (no s3:ListBucket: write-only credentials?)",
+                    self.bucket, self.endpoint
+                )
+            }
+            Err(e) => return Err(e),
+        };
+        self.check_object_lock().await?;
+        Ok(detail)
     }
 }
 
@@ -327,6 +541,7 @@ struct S3Upload {
     endpoint: String,
     opts: Arc<S3Options>,
     part_checksums: bool,
+    retention: Option<Retention>,
     buf: BytesMut,
     upload_id: Option<String>,
     next_part: i32,
@@ -364,6 +579,11 @@ impl S3Upload {
         }
         if let Some(sc) = &self.opts.storage_class {
             req = req.storage_class(StorageClass::from(sc.as_str()));
+        }
+        if let Some(r) = &self.retention {
+            req = req
+                .object_lock_mode(lock_mode(r))
+                .object_lock_retain_until_date(aws_time(r.retain_until));
         }
         let out = req
             .send()
@@ -451,6 +671,11 @@ impl S3Upload {
             if let Some(sc) = &self.opts.storage_class {
                 req = req.storage_class(StorageClass::from(sc.as_str()));
             }
+            if let Some(r) = &self.retention {
+                req = req
+                    .object_lock_mode(lock_mode(r))
+                    .object_lock_retain_until_date(aws_time(r.retain_until));
+            }
             req.send()
                 .await
                 .map_err(|e| s3_err(&self.loc(), &self.endpoint, "PutObject", e))?;
@@ -466,7 +691,8 @@ impl S3Upload {
         let mut parts = std::mem::take(&mut self.parts);
         parts.sort_by_key(|p| p.part_number());
         let id = self.upload_id.clone().unwrap_or_default();
-        self.client
+        let done = self
+            .client
             .complete_multipart_upload()
             .bucket(&self.bucket)
             .key(&self.key)
@@ -483,7 +709,41 @@ impl S3Upload {
         if let Some(id) = self.upload_id.take() {
             self.pending.forget(&self.key, &id).await;
         }
+        if let Some(r) = &self.retention {
+            self.retain(done.version_id(), r).await;
+        }
         Ok(self.size)
+    }
+
+    /// Sets the retention of a completed multipart upload once more, on the version it made:
+    /// S3 applies what CreateMultipartUpload asked for, but some S3-compatible servers ignore
+    /// it there (moto does), and an unprotected backup must not pass silently.
+    async fn retain(&self, version: Option<&str>, r: &Retention) {
+        let set = self
+            .client
+            .put_object_retention()
+            .bucket(&self.bucket)
+            .key(&self.key)
+            .set_version_id(version.map(str::to_string))
+            .retention(
+                aws_sdk_s3::types::ObjectLockRetention::builder()
+                    .mode(match r.mode {
+                        LockMode::Governance => {
+                            aws_sdk_s3::types::ObjectLockRetentionMode::Governance
+                        }
+                        LockMode::Compliance => {
+                            aws_sdk_s3::types::ObjectLockRetentionMode::Compliance
+                        }
+                    })
+                    .retain_until_date(aws_time(r.retain_until))
+                    .build(),
+            )
+            .send()
+            .await;
+        if let Err(e) = set {
+            let e = s3_err(&self.loc(), &self.endpoint, "PutObjectRetention", e);
+            tracing::warn!("{e}: could not confirm the Object Lock retention of the uploaded object (S3 applies the one given when the upload started; some S3-compatible servers do not)");
+        }
     }
 
     async fn abort_inner(&mut self) {
@@ -521,275 +781,6 @@ impl S3Upload {
                 "could not abort the multipart upload (S3 unreachable); it is invisible, and the next kirt run \
                  against this bucket aborts it (a bucket lifecycle rule AbortIncompleteMultipartUpload also cleans it)");
         }
-    }
-}
-
-/// Multipart upload ids kirt started and has not yet completed or aborted, each a small object
-/// `PREFIX/.kirt/pending/HASH.json` next to the backups: a run killed mid-upload (even by
-/// SIGKILL, in a pod whose disk is gone) leaves the id where the next run — in any pod — finds
-/// it and aborts the upload (ListMultipartUploads is not available on every S3 server). With
-/// write-only credentials the record is written but cannot be listed or removed: the bucket's
-/// AbortIncompleteMultipartUpload lifecycle rule is then what cleans up (docs/deploy.md).
-///
-/// Another run may be uploading to the same prefix right now (two clusters' CronJobs, a backup
-/// beside an evidence collection): its upload must not be aborted. A record names the process
-/// that owns it; a run on the same machine (same boot and PID namespace) sees exactly whether
-/// that process is gone. Otherwise the owner refreshes its record every [`HEARTBEAT`] and a
-/// record untouched for [`STALE`] (server time) belongs to a dead run.
-mod pending {
-    use aws_sdk_s3::config::http::HttpResponse;
-    use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
-    use aws_sdk_s3::primitives::ByteStream;
-    use serde::{Deserialize, Serialize};
-    use sha2::{Digest, Sha256};
-
-    /// Where records live, below the store's prefix; `list` never shows it.
-    pub const DIR: &str = ".kirt/pending/";
-    /// Largest record read back.
-    const MAX_RECORD: usize = 4096;
-    /// How often a running upload rewrites its record.
-    const HEARTBEAT: std::time::Duration = std::time::Duration::from_secs(60);
-    /// A record not rewritten for this long (by the server's clock) belongs to a dead run.
-    const STALE: std::time::Duration = std::time::Duration::from_secs(15 * 60);
-
-    #[derive(Serialize, Deserialize)]
-    struct Record {
-        key: String,
-        upload_id: String,
-        started_at: jiff::Timestamp,
-        #[serde(default)]
-        owner: Option<Owner>,
-    }
-
-    /// The process that started an upload, precisely enough to tell on the same machine
-    /// whether it still runs (a PID alone may have been reused).
-    #[derive(Serialize, Deserialize, PartialEq, Clone, Debug)]
-    pub(super) struct Owner {
-        boot_id: String,
-        pid_ns: String,
-        pid: u32,
-        /// The process's start time (clock ticks after boot, /proc/PID/stat field 22).
-        started: u64,
-    }
-
-    impl Owner {
-        pub(super) fn me() -> Option<Owner> {
-            let pid = std::process::id();
-            Some(Owner {
-                boot_id: std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
-                    .ok()?
-                    .trim()
-                    .to_string(),
-                pid_ns: std::fs::read_link("/proc/self/ns/pid")
-                    .ok()?
-                    .display()
-                    .to_string(),
-                pid,
-                started: process_start(pid)?,
-            })
-        }
-
-        /// Whether the owner still runs: known only on the same machine and PID namespace.
-        fn alive(&self) -> Option<bool> {
-            let me = Owner::me()?;
-            if me.boot_id != self.boot_id || me.pid_ns != self.pid_ns {
-                return None;
-            }
-            Some(process_start(self.pid) == Some(self.started))
-        }
-    }
-
-    /// A live (not zombie) process's start time.
-    fn process_start(pid: u32) -> Option<u64> {
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-        let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-        // after the command name: field 3 (state) is index 0, field 22 (starttime) index 19
-        if fields.first() == Some(&"Z") {
-            return None;
-        }
-        fields.get(19)?.parse().ok()
-    }
-
-    /// Keeps an upload's record fresh while it runs; dropping it stops the refresh.
-    pub struct Heartbeat(tokio::task::AbortHandle);
-
-    impl Drop for Heartbeat {
-        fn drop(&mut self) {
-            self.0.abort();
-        }
-    }
-
-    #[derive(Clone)]
-    pub struct Pending {
-        pub client: aws_sdk_s3::Client,
-        pub bucket: String,
-        /// The store's prefix, with a trailing slash (or empty).
-        pub prefix: String,
-    }
-
-    impl Pending {
-        fn record_key(&self, key: &str, id: &str) -> String {
-            let h = Sha256::digest(format!("{key}\n{id}").as_bytes());
-            format!("{}{DIR}{}.json", self.prefix, &hex::encode(h)[..32])
-        }
-
-        /// Notes an upload before its first part is sent, and keeps the note fresh until the
-        /// returned heartbeat is dropped.
-        pub async fn record(&self, key: &str, id: &str) -> Option<Heartbeat> {
-            let rec = Record {
-                key: key.into(),
-                upload_id: id.into(),
-                started_at: jiff::Timestamp::now(),
-                owner: Owner::me(),
-            };
-            let body = serde_json::to_vec(&rec).ok()?;
-            let put = {
-                let (client, bucket, rkey) = (
-                    self.client.clone(),
-                    self.bucket.clone(),
-                    self.record_key(key, id),
-                );
-                move || {
-                    client
-                        .put_object()
-                        .bucket(&bucket)
-                        .key(&rkey)
-                        .body(ByteStream::from(body.clone()))
-                        .send()
-                }
-            };
-            if let Err(e) = put().await {
-                tracing::warn!(error = %DisplayErrorContext(&e), "cannot record the pending upload next to the backups; if this run is killed, only a bucket lifecycle rule cleans it up");
-                return None;
-            }
-            let task = tokio::spawn(async move {
-                loop {
-                    tokio::time::sleep(HEARTBEAT).await;
-                    if let Err(e) = put().await {
-                        tracing::debug!(error = %DisplayErrorContext(&e), "cannot refresh the pending-upload record");
-                    }
-                }
-            });
-            Some(Heartbeat(task.abort_handle()))
-        }
-
-        /// Removes the note of an upload that was completed or aborted.
-        pub async fn forget(&self, key: &str, id: &str) {
-            if let Err(e) = self
-                .client
-                .delete_object()
-                .bucket(&self.bucket)
-                .key(self.record_key(key, id))
-                .send()
-                .await
-            {
-                tracing::debug!(error = %DisplayErrorContext(&e), "cannot remove the pending-upload record (write-only credentials?)");
-            }
-        }
-
-        /// Aborts the uploads recorded by runs that are gone (best effort, quietly).
-        pub async fn cleanup(&self) {
-            let listed = self
-                .client
-                .list_objects_v2()
-                .bucket(&self.bucket)
-                .prefix(format!("{}{DIR}", self.prefix))
-                .send()
-                .await;
-            let objects = match listed {
-                Ok(out) => out.contents().to_vec(),
-                Err(e) => {
-                    tracing::debug!(error = %DisplayErrorContext(&e), "cannot list pending-upload records (no ListBucket?)");
-                    return;
-                }
-            };
-            let now = std::time::SystemTime::now();
-            for o in objects {
-                let Some(rkey) = o.key() else { continue };
-                let Some(rec) = self.read(rkey).await else {
-                    continue;
-                };
-                let stale = o
-                    .last_modified()
-                    .and_then(|t| std::time::SystemTime::try_from(*t).ok())
-                    .and_then(|t| now.duration_since(t).ok())
-                    .is_some_and(|age| age > STALE);
-                let dead = match rec.owner.as_ref().and_then(Owner::alive) {
-                    Some(alive) => !alive,
-                    None => stale,
-                };
-                if dead {
-                    self.abort_recorded(rkey, &rec).await;
-                }
-            }
-        }
-
-        async fn read(&self, rkey: &str) -> Option<Record> {
-            let out = self
-                .client
-                .get_object()
-                .bucket(&self.bucket)
-                .key(rkey)
-                .send()
-                .await
-                .ok()?;
-            if out.content_length().unwrap_or(0) as usize > MAX_RECORD {
-                tracing::warn!(record = rkey, "pending-upload record too large; ignored");
-                return None;
-            }
-            let bytes = out.body.collect().await.ok()?.into_bytes();
-            serde_json::from_slice(&bytes).ok()
-        }
-
-        async fn abort_recorded(&self, rkey: &str, rec: &Record) {
-            let full = rec.key.trim_start_matches('/');
-            // A record names an upload under this store's prefix, nowhere else.
-            if !full.starts_with(&self.prefix) {
-                tracing::warn!(record = rkey, key = %rec.key, "pending-upload record names an object outside this store; ignored");
-                return;
-            }
-            let res = self
-                .client
-                .abort_multipart_upload()
-                .bucket(&self.bucket)
-                .key(full)
-                .upload_id(&rec.upload_id)
-                .send()
-                .await;
-            let remove = match &res {
-                Ok(_) => {
-                    tracing::info!(key = %rec.key, "aborted a multipart upload left by an interrupted run");
-                    true
-                }
-                Err(e) if gone(e) => true,
-                // s3s-fs answers 403 for uploads it no longer has; a real permission problem
-                // keeps the record until it is old enough that only a lifecycle rule can help.
-                Err(e) if e.code() == Some("AccessDenied") => {
-                    let age = jiff::Timestamp::now().duration_since(rec.started_at);
-                    age > jiff::SignedDuration::from_hours(24)
-                }
-                Err(e) => {
-                    tracing::debug!(key = %rec.key, error = %DisplayErrorContext(e), "cannot abort a recorded multipart upload yet");
-                    false
-                }
-            };
-            if remove {
-                let _ = self
-                    .client
-                    .delete_object()
-                    .bucket(&self.bucket)
-                    .key(rkey)
-                    .send()
-                    .await;
-            }
-        }
-    }
-
-    /// The upload no longer exists (S3: 404 NoSuchUpload; moto answers 500 for uploads it
-    /// already dropped).
-    pub fn gone<E: ProvideErrorMetadata>(e: &SdkError<E, HttpResponse>) -> bool {
-        matches!(e.code(), Some("NoSuchUpload"))
-            || matches!(e, SdkError::ServiceError(s) if s.raw().status().as_u16() == 404)
     }
 }
 

@@ -1,0 +1,100 @@
+//! The load for the impact bench (benches/impact.sh): a steady, open-loop client of etcd —
+//! PUTS puts per second of ~1 KiB values and half as many range reads (10 keys, linearizable) —
+//! recording every request's latency. Requests are sent on schedule whether or not earlier ones
+//! have answered, so a slow etcd shows up as latency, not as a lower rate.
+//!
+//!   etcd_load ENDPOINT PUTS      → on SIGUSR1 prints the window since the last one and starts
+//!                                  a new one: `puts N P50 P99 MAX reads N P50 P99 MAX errors E`
+//!                                  (milliseconds); exits on SIGTERM
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::signal::unix::{signal, SignalKind};
+
+#[derive(Default)]
+struct Window {
+    puts: Vec<f64>,
+    reads: Vec<f64>,
+    errors: u64,
+}
+
+/// One request's latency (since `t`), or an error.
+fn record(w: &Mutex<Window>, kind: fn(&mut Window) -> &mut Vec<f64>, ok: bool, t: Instant) {
+    let ms = t.elapsed().as_secs_f64() * 1e3;
+    let mut w = w.lock().unwrap();
+    if ok {
+        kind(&mut w).push(ms);
+    } else {
+        w.errors += 1;
+    }
+}
+
+fn summary(v: &mut [f64]) -> String {
+    if v.is_empty() {
+        return "0 0 0 0".into();
+    }
+    v.sort_by(f64::total_cmp);
+    let at = |q: f64| v[((v.len() as f64 * q).ceil() as usize).clamp(1, v.len()) - 1];
+    format!(
+        "{} {:.2} {:.2} {:.2}",
+        v.len(),
+        at(0.5),
+        at(0.99),
+        v[v.len() - 1]
+    )
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() {
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| a != "--bench")
+        .collect();
+    let (Some(endpoint), Some(puts)) = (
+        args.first(),
+        args.get(1).and_then(|s| s.parse::<u32>().ok()),
+    ) else {
+        eprintln!("usage: etcd_load ENDPOINT PUTS_PER_SECOND");
+        std::process::exit(2);
+    };
+    let client = etcd_client::Client::connect([endpoint.as_str()], None)
+        .await
+        .expect("connect");
+    let window = Arc::new(Mutex::new(Window::default()));
+    let mut usr1 = signal(SignalKind::user_defined1()).expect("SIGUSR1");
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM");
+    let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / puts.max(1) as f64));
+    let value: Vec<u8> = (0..1024u32)
+        .map(|i| (i.wrapping_mul(2654435761) >> 24) as u8)
+        .collect();
+    let mut n = 0u64;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                n += 1;
+                let (mut kv, w, v) = (client.kv_client(), window.clone(), value.clone());
+                let key = format!("/bench-load/{:04}", n % 1000);
+                tokio::spawn(async move {
+                    let t = Instant::now();
+                    let ok = kv.put(key, v, None).await.is_ok();
+                    record(&w, |w| &mut w.puts, ok, t);
+                });
+                if n.is_multiple_of(2) {
+                    let (mut kv, w) = (client.kv_client(), window.clone());
+                    tokio::spawn(async move {
+                        let opts = etcd_client::GetOptions::new().with_prefix().with_limit(10);
+                        let t = Instant::now();
+                        let ok = kv.get("/bench-load/", Some(opts)).await.is_ok();
+                        record(&w, |w| &mut w.reads, ok, t);
+                    });
+                }
+            }
+            _ = usr1.recv() => {
+                let mut w = std::mem::take(&mut *window.lock().unwrap());
+                println!("puts {} reads {} errors {}", summary(&mut w.puts), summary(&mut w.reads), w.errors);
+            }
+            _ = term.recv() => return,
+        }
+    }
+}
