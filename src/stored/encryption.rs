@@ -231,7 +231,7 @@ fn decrypt(k: &Key, etcd_key: &str, data: &[u8]) -> Option<Vec<u8>> {
     use aes_gcm::aead::{Aead, KeyInit, Payload};
     match k.cipher {
         Cipher::AesCbc => {
-            if data.len() < 32 || data.len() % 16 != 0 {
+            if data.len() < 32 || !data.len().is_multiple_of(16) {
                 return None;
             }
             let (iv, ct) = data.split_at(16);

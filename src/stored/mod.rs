@@ -11,6 +11,7 @@
 pub mod encryption;
 pub mod keys;
 pub mod proto;
+pub mod restorable;
 pub mod schema;
 
 use serde_json::{Map, Value};
@@ -93,7 +94,8 @@ impl Decoder {
         })
     }
 
-    fn content(&self, key: &Key, value: &[u8], revision: i64) -> Content {
+    /// Decodes the value stored under `key` at `revision`.
+    pub fn content(&self, key: &Key, value: &[u8], revision: i64) -> Content {
         let opened;
         let value = if value.starts_with(encryption::PREFIX) {
             match self.keys.open(&key.raw, value) {

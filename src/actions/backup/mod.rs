@@ -1,16 +1,19 @@
 //! etcd backups: `create` streams a snapshot through zstd and age into a store and writes the
 //! manifest last; `list` reads manifests; `prune` applies restic-style retention; `verify`
 //! streams a backup back and checks every digest (and, with `--restore`, restores it); `copy`
-//! replicates backups to a second store. `guard` and `lock` keep two clusters, or two runs of
+//! replicates backups to a second store; `objects` reads the Kubernetes objects of a backup and
+//! `diff` compares them with the live cluster. `guard` and `lock` keep two clusters, or two runs of
 //! one, from writing the same history.
 
 pub mod copy;
 pub mod create;
+pub mod diff;
 pub mod guard;
 pub mod list;
 pub mod lock;
 pub mod manifest;
 pub mod metrics;
+pub mod objects;
 pub mod prune;
 pub mod retention;
 pub mod signing;

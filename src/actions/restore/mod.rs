@@ -1,6 +1,9 @@
 //! `kirt restore`: the real thing, for a new member or cluster. Verifies the backup first (every
 //! digest), then runs `etcdutl snapshot restore` into an empty data dir (never a non-empty one) and
-//! prints the etcd command line that starts the restored member.
+//! prints the etcd command line that starts the restored member. `objects` puts chosen objects of
+//! a backup back through the apiserver instead.
+
+pub mod objects;
 
 use std::path::PathBuf;
 
