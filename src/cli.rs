@@ -81,7 +81,6 @@ pub enum Command {
     Drill(actions::drill::DrillSpec),
     /// Restore a verified backup into a new etcd data dir (for a new member or cluster), or
     /// (`restore objects`) chosen objects through the apiserver
-    #[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
     Restore(RestoreCmd),
     /// Roll a Deployment, StatefulSet or DaemonSet back to an earlier revision, as `kubectl rollout undo` does
     #[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
@@ -138,11 +137,12 @@ pub enum BackupCmd {
 
 /// `kirt restore ID --data-dir …` or `kirt restore objects …`.
 #[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
 pub struct RestoreCmd {
     #[command(subcommand)]
     pub sub: Option<RestoreSub>,
     #[command(flatten)]
-    pub spec: Option<Box<actions::restore::RestoreSpec>>,
+    pub spec: Box<actions::restore::RestoreSpec>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -322,16 +322,9 @@ pub async fn run(cli: Cli, shutdown: crate::signal::Shutdown) -> Result<Exit> {
                 crate::playbook::journal::command(&ctx, "restore.objects", with, &out).await?;
             show(&ctx, &out)
         }
-        Command::Restore(RestoreCmd {
-            sub: None,
-            spec: Some(spec),
-        }) => show(&ctx, &actions::restore::run(&ctx, *spec).await?),
-        Command::Restore(RestoreCmd {
-            sub: None,
-            spec: None,
-        }) => Err(crate::Error::usage(
-            "kirt restore needs a backup ID and --data-dir, or a subcommand (objects)",
-        )),
+        Command::Restore(RestoreCmd { sub: None, spec }) => {
+            show(&ctx, &actions::restore::run(&ctx, *spec).await?)
+        }
         Command::Rollback(RollbackCmd {
             sub: Some(RollbackSub::History(spec)),
             ..
