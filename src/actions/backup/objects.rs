@@ -37,8 +37,6 @@ pub struct SnapshotOptions {
     /// Backup id, CLUSTER/ID, or "latest"
     #[arg(default_value = LATEST, value_name = "ID")]
     pub backup: String,
-    #[command(flatten)]
-    pub decrypt: DecryptOptions,
     /// The apiserver's EncryptionConfiguration (--encryption-provider-config): opens objects
     /// encrypted at rest (aescbc, aesgcm, secretbox); without it they are listed as encrypted
     #[arg(long, value_name = "FILE")]
@@ -61,7 +59,6 @@ impl Default for SnapshotOptions {
             source: BackupSource::default(),
             unsigned: Unsigned::default(),
             backup: LATEST.into(),
-            decrypt: DecryptOptions::default(),
             encryption_config: None,
             etcd_bin: ETCD_BIN.into(),
             etcdutl_bin: ETCDUTL_BIN.into(),
@@ -151,7 +148,11 @@ pub struct Snapshot {
 impl Snapshot {
     /// Checks the flags and keys, verifies the backup while streaming it to a private work dir,
     /// and starts a throwaway etcd on it. A backup that fails verification is never read.
-    pub async fn open(ctx: &Ctx, opts: &SnapshotOptions) -> Result<Snapshot> {
+    pub async fn open(
+        ctx: &Ctx,
+        opts: &SnapshotOptions,
+        decrypt: &DecryptOptions,
+    ) -> Result<Snapshot> {
         opts.unsigned.check(&opts.source, "read objects of")?;
         let keys = match &opts.encryption_config {
             Some(p) => Keyring::load(p)?,
@@ -159,7 +160,7 @@ impl Snapshot {
         };
         let decoder = Decoder::new(keys)?;
         let loc = opts.source.locate(&opts.backup).await?;
-        let decryption = loc.decryption(&opts.decrypt)?;
+        let decryption = loc.decryption(decrypt)?;
         let dir = crate::scratch::work_dir("kirt-objects-", opts.work_dir.as_deref())?;
         let snap = dir.path().join("snapshot.db");
         let streamed = stream_and_check(ctx, &loc, decryption, Some(snap.clone())).await?;
@@ -260,6 +261,8 @@ pub struct BackupObjectsSpec {
     #[command(flatten)]
     #[serde(flatten)]
     pub snapshot: SnapshotOptions,
+    #[command(flatten)]
+    pub decrypt: DecryptOptions,
     /// Only objects of this kind (ConfigMap, configmaps, deployments.apps, a custom kind)
     #[arg(long, value_name = "KIND")]
     pub kind: Option<String>,
@@ -323,7 +326,7 @@ pub async fn run(ctx: &Ctx, spec: BackupObjectsSpec) -> Result<Exit> {
         &spec.name,
     )
     .await?;
-    let snap = Snapshot::open(ctx, &spec.snapshot).await?;
+    let snap = Snapshot::open(ctx, &spec.snapshot, &spec.decrypt).await?;
     let mut counts = Counts::default();
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());

@@ -29,6 +29,8 @@ pub struct RestoreObjectsSpec {
     #[command(flatten)]
     #[serde(flatten)]
     pub snapshot: SnapshotOptions,
+    #[command(flatten)]
+    pub decrypt: crate::crypto::DecryptOptions,
     /// Only objects of this kind (ConfigMap, configmaps, deployments.apps, a custom kind)
     #[arg(long, value_name = "KIND")]
     pub kind: Option<String>,
@@ -164,7 +166,7 @@ pub async fn run(ctx: &Ctx, spec: RestoreObjectsSpec) -> Result<RestoreObjectsRe
     )
     .await?;
     let cluster = ctx.cluster().await?;
-    let snap = Snapshot::open(ctx, &spec.snapshot).await?;
+    let snap = Snapshot::open(ctx, &spec.snapshot, &spec.decrypt).await?;
     let collected = collect(ctx, &snap, &scope).await;
     let backup = snap.name();
     snap.stop().await;
