@@ -12,7 +12,10 @@
 # pipeline's client-side CPU. Servers on 127.0.0.1 only.
 #   KIRT, LIMIT (snapshot_limit), LOAD (etcd_load) override the binaries;
 #   KIRT_BENCH_IMPACT_MIB the db size (default 1024), KIRT_BENCH_IMPACT_PUTS the put rate
-#   (default 200/s), KIRT_BENCH_IMPACT_RATE kirt's --max-rate (default 50MiB/s).
+#   (default 200/s), KIRT_BENCH_IMPACT_RATE kirt's --max-rate (default 50MiB/s),
+#   KIRT_BENCH_IMPACT_S3_DIR where the S3 server keeps objects (default: the bench's work dir, on
+#   the disk etcd fsyncs to; a tmpfs such as /dev/shm/kirt-impact models a store off the node,
+#   as in production, where the uploaded bytes never reach the etcd node's disk).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CACHE="${KIRT_LAB_CACHE:-$HOME/.cache/kirt-lab}"
@@ -46,9 +49,9 @@ cp=$(port); pp=$(port); s3port=$(port)
   --initial-advertise-peer-urls "http://127.0.0.1:$pp" --initial-cluster "i=http://127.0.0.1:$pp" \
   --quota-backend-bytes 8589934592 >"$work/etcd.log" 2>&1 & pids+=($!)
 etcd_pid=$!
-mkdir -p "$work/s3/bench"
+S3DIR="${KIRT_BENCH_IMPACT_S3_DIR:-$work/s3}"; mkdir -p "$S3DIR/bench"
 "$CACHE/s3s-fs/bin/s3s-fs" --host 127.0.0.1 --port "$s3port" --access-key "$AWS_ACCESS_KEY_ID" \
-  --secret-key "$AWS_SECRET_ACCESS_KEY" "$work/s3" >"$work/s3s.log" 2>&1 & pids+=($!)
+  --secret-key "$AWS_SECRET_ACCESS_KEY" "$S3DIR" >"$work/s3s.log" 2>&1 & pids+=($!)
 S3="http://127.0.0.1:$s3port"
 EP="http://127.0.0.1:$cp"
 until "$ETCD_BIN/etcdctl" --endpoints "$EP" endpoint health >/dev/null 2>&1; do sleep 0.2; done
@@ -79,7 +82,7 @@ phase() {
   local w; w=$(window)
   read -r wall user sys <"$work/$name.time"
   echo "$name $wall $(python3 -c "print(round($user + $sys, 2))") $(python3 -c "print(round($(cpu_of "$etcd_pid") - $e0, 2))") $w" >>"$work/rows"
-  rm -rf "${work:?}/s3/bench/"* "$work/snap.db" "$work/p.db"
+  rm -rf "${S3DIR:?}/bench/"* "$work/snap.db" "$work/p.db"
 }
 phase idle sleep "$IDLE"
 phase etcdctl "$ETCD_BIN/etcdctl" --endpoints "$EP" snapshot save "$work/snap.db"

@@ -421,8 +421,10 @@ fn restore_starts_a_working_etcd_with_the_data() {
     let data = lab.dir.path().join("new-member");
     let peer = common::free_port();
     let client = common::free_port();
-    let r = lab
-        .kirt([
+    let initial_cluster = format!("m1=http://127.0.0.1:{peer}");
+    let peer_url = format!("http://127.0.0.1:{peer}");
+    let restore = |extra: &[&str]| {
+        let mut args = vec![
             "restore",
             "--from",
             dir.to_str().unwrap(),
@@ -436,14 +438,27 @@ fn restore_starts_a_working_etcd_with_the_data() {
             "--name",
             "m1",
             "--initial-cluster",
-            &format!("m1=http://127.0.0.1:{peer}"),
+            &initial_cluster,
             "--initial-advertise-peer-urls",
-            &format!("http://127.0.0.1:{peer}"),
+            &peer_url,
             "-o",
             "json",
-        ])
-        .ok();
-    let cmdline = r.json()["etcd_command"]
+        ];
+        args.extend_from_slice(extra);
+        lab.kirt(args)
+    };
+    let r = restore(&[]).ok();
+    let json = r.json();
+    // Kubernetes-safe by default: the revision is raised (at least 10^9) and marked compacted
+    let recorded = json["revision"].as_i64().unwrap();
+    let bump = json["revision_bump"].as_i64().unwrap();
+    let restored = json["restored_revision"].as_i64().unwrap();
+    assert!(bump >= 1_000_000_000, "{}", r.dump());
+    assert!(restored >= recorded + bump, "{}", r.dump());
+    assert_eq!(json["moved_aside"], serde_json::Value::Null, "{}", r.dump());
+    let steps = json["next_steps"].to_string();
+    assert!(steps.contains("kube-apiserver"), "{steps}");
+    let cmdline = json["etcd_command"]
         .as_str()
         .unwrap()
         .replace("CLIENT_URLS", &format!("http://127.0.0.1:{client}"));
@@ -464,51 +479,71 @@ fn restore_starts_a_working_etcd_with_the_data() {
         port: client,
     };
     let etcdctl = Path::new(&lab.get("KIRT_LAB_ETCD35_BIN")).join("etcdctl");
+    let ctl = |args: &str| {
+        sh(&format!(
+            "{} --endpoints {} {args}",
+            etcdctl.display(),
+            member.endpoint
+        ))
+    };
     let mut out = String::new();
     common::wait_until(
         std::time::Duration::from_secs(20),
         "restored etcd answers",
         || {
-            let r = sh(&format!(
-                "{} --endpoints {} get /restore-me/00000042 --print-value-only",
-                etcdctl.display(),
-                member.endpoint
-            ));
+            let r = ctl("get /restore-me/00000042 --print-value-only");
             out = r.stdout();
             r.code() == 0 && !out.is_empty()
         },
     );
     assert!(out.contains("cm-42"), "{out}");
-    let count = sh(&format!(
-        "{} --endpoints {} get /restore-me/ --prefix --count-only -w fields",
-        etcdctl.display(),
-        member.endpoint
-    ))
-    .ok()
-    .stdout();
+    let count = ctl("get /restore-me/ --prefix --count-only -w fields")
+        .ok()
+        .stdout();
     assert!(count.contains("\"Count\" : 500"), "{count}");
+    // a client's old revision is compacted (it relists) and the head is past the bump
+    let old = ctl(&format!("get /restore-me/00000042 --rev {recorded}"));
+    assert_ne!(old.code(), 0, "{}", old.dump());
+    assert!(old.stderr().contains("compacted"), "{}", old.dump());
+    let head = ctl("get /restore-me/00000042 -w json").ok().stdout();
+    let head: serde_json::Value = serde_json::from_str(&head).unwrap();
+    assert!(
+        head["header"]["revision"].as_i64().unwrap() >= restored,
+        "{head}"
+    );
+    // never over a data dir an etcd is running on, even with --yes
+    let r = restore(&["--yes"]);
+    assert_eq!(r.code(), 4, "{}", r.dump());
+    assert!(r.stderr().contains("an etcd is running"), "{}", r.dump());
     member.kill();
-    // never into a non-empty data dir
-    let r = lab.kirt([
-        "restore",
-        "--from",
-        dir.to_str().unwrap(),
-        &b.id,
-        "--identity",
-        &key,
-        "--trusted-key",
-        &trusted,
-        "--data-dir",
-        data.to_str().unwrap(),
-        "--name",
-        "m1",
-        "--initial-cluster",
-        "m1=http://127.0.0.1:1",
-        "--initial-advertise-peer-urls",
-        "http://127.0.0.1:1",
-    ]);
+    // a stopped member's data dir: moved aside only when confirmed
+    let r = restore(&[]);
     assert_eq!(r.code(), 4, "{}", r.dump());
     assert!(r.stderr().contains("not empty"), "{}", r.dump());
+    assert!(r.stderr().contains("--yes"), "{}", r.dump());
+    assert!(data.join("member/snap/db").exists());
+    let r = restore(&["--yes", "--bump-revision", "0"]).ok();
+    let json = r.json();
+    let aside = Path::new(json["moved_aside"].as_str().unwrap()).to_path_buf();
+    assert!(
+        aside
+            .file_name()
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .starts_with("new-member.kirt-old-"),
+        "{}",
+        aside.display()
+    );
+    assert!(aside.join("member/snap/db").exists(), "{}", r.dump());
+    assert!(data.join("member/snap/db").exists(), "{}", r.dump());
+    assert_eq!(json["revision_bump"], 0, "{}", r.dump());
+    let restored = json["restored_revision"].as_i64().unwrap();
+    assert!(
+        restored >= recorded && restored < 1_000_000_000,
+        "{}",
+        r.dump()
+    );
 }
 
 #[test]

@@ -50,6 +50,9 @@ pub struct Located {
     pub manifest: Manifest,
     /// Whether a trusted key vouched for the manifest.
     pub signed: bool,
+    /// (finish time, revision) of every usable backup of the same cluster, newest first: how
+    /// fast the cluster's revision grows (a restore's revision bump is sized from it).
+    pub history: Vec<(jiff::Timestamp, i64)>,
 }
 
 impl Located {
@@ -99,11 +102,17 @@ impl BackupSource {
             .manifest
             .clone()
             .ok_or_else(|| Error::VerifyFailed(format!("backup {} has no manifest", entry.id)))?;
+        let history = all
+            .iter()
+            .filter(|b| b.cluster == entry.cluster && b.usable())
+            .filter_map(|b| Some((b.time?, b.revision?)))
+            .collect();
         Ok(Located {
             store,
             signed: entry.signature == Signature::Valid,
             entry,
             manifest,
+            history,
         })
     }
 }
