@@ -126,6 +126,10 @@ def load(root):
                     typ = "map<%s,%s>" % (qualify(pkg, k), qualify(pkg, v))
                 else:
                     typ = qualify(pkg, typ)
+                if full == "k8s.io.apimachinery.pkg.apis.meta.v1.ObjectMeta" and json_name == "creationTimestamp":
+                    # omitzero here is recent; the apiservers clusters run (1.20 to 1.33) serve a
+                    # zero creationTimestamp (pod templates) as null, and so does the decoder
+                    omitzero = False
                 flags = "".join(f for f, on in (("o", omitempty), ("z", omitzero), ("p", pointer), ("i", inline)) if on) or "-"
                 out.append((tag, "" if inline else json_name, label, typ, flags))
             messages[full] = (out, mname in slices and mname not in structs)

@@ -254,6 +254,13 @@ impl Decoder<'_, '_> {
                     if collection && !field.inline() && !field.omitempty && !field.omitzero {
                         obj.insert(field.json.clone(), Value::Null);
                     }
+                    // and a zero metav1.Time that is not a pointer as null
+                    // (`"creationTimestamp": null` in a pod template)
+                    let time = matches!(field.ty, Type::Message(t)
+                        if matches!(self.schema.messages[t].special, Special::Time | Special::MicroTime));
+                    if time && !field.repeated && !field.pointer && !field.omitzero {
+                        obj.insert(field.json.clone(), Value::Null);
+                    }
                 }
                 Slot::One(v) if field.inline() => {
                     if let Value::Object(inner) = v {
@@ -632,8 +639,11 @@ mod tests {
         );
         assert_eq!(v["spec"]["replicas"], 0);
         assert!(v["spec"].get("minReadySeconds").is_none(), "{v}");
-        // a zero Time is omitzero (1.36) in the template's metadata
-        assert_eq!(v["spec"]["template"]["metadata"], json!({}));
+        // a zero Time in the template's metadata is null, as apiservers serve it
+        assert_eq!(
+            v["spec"]["template"]["metadata"],
+            json!({"creationTimestamp": null})
+        );
         let pod = &v["spec"]["template"]["spec"];
         assert_eq!(pod["containers"], json!([{"name": "c", "image": "img"}]));
         assert_eq!(pod["volumes"], json!([{"name": "v", "emptyDir": {}}]));

@@ -49,7 +49,25 @@ pub fn clean(obj: &Value) -> Value {
             remove(&mut o, &format!("metadata.{m}"));
         }
     }
+    drop_zero_timestamps(&mut o);
     o
+}
+
+/// A zero `creationTimestamp` inside an object (pod templates, volume claim templates) is served
+/// as null by most apiservers and left out by the newest ones: neither is a difference.
+fn drop_zero_timestamps(v: &mut Value) {
+    match v {
+        Value::Object(m) => {
+            if let Some(meta) = m.get_mut("metadata").and_then(Value::as_object_mut) {
+                if meta.get("creationTimestamp").is_some_and(Value::is_null) {
+                    meta.remove("creationTimestamp");
+                }
+            }
+            m.values_mut().for_each(drop_zero_timestamps);
+        }
+        Value::Array(a) => a.iter_mut().for_each(drop_zero_timestamps),
+        _ => {}
+    }
 }
 
 /// Removes `a.b.c` (the last segment may contain dots: an annotation key).
@@ -221,6 +239,19 @@ mod tests {
         let d = json!({"kind": "Deployment", "metadata": {"annotations": {
             "deployment.kubernetes.io/revision": "3", "team": "a"}}});
         assert_eq!(clean(&d)["metadata"]["annotations"], json!({"team": "a"}));
+        // a pod template's zero creationTimestamp: null (1.20 to 1.33) and absent (newer) agree
+        let served = |meta: Value| {
+            clean(&json!({"kind": "Deployment", "metadata": {"name": "web"},
+                "spec": {"template": {"metadata": meta, "spec": {}}}}))
+        };
+        assert_eq!(
+            served(json!({"creationTimestamp": null, "labels": {"a": "b"}})),
+            served(json!({"labels": {"a": "b"}}))
+        );
+        assert_ne!(
+            served(json!({"creationTimestamp": "2024-01-01T00:00:00Z"})),
+            served(json!({}))
+        );
     }
 
     #[test]
