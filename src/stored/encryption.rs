@@ -236,7 +236,9 @@ fn decrypt(k: &Key, etcd_key: &str, data: &[u8]) -> Option<Vec<u8>> {
             }
             let (iv, ct) = data.split_at(16);
             type Pad = aes::cipher::block_padding::Pkcs7;
-            match k.secret.len() {
+            // CBC is not authenticated: a wrong key gives valid padding once in ~256 tries;
+            // what is not a stored object (protobuf envelope or JSON) was not opened
+            let plain = match k.secret.len() {
                 16 => cbc::Decryptor::<aes::Aes128>::new_from_slices(&k.secret, iv)
                     .ok()?
                     .decrypt_padded_vec_mut::<Pad>(ct)
@@ -249,7 +251,11 @@ fn decrypt(k: &Key, etcd_key: &str, data: &[u8]) -> Option<Vec<u8>> {
                     .ok()?
                     .decrypt_padded_vec_mut::<Pad>(ct)
                     .ok(),
-            }
+            };
+            plain.filter(|p| {
+                p.starts_with(b"k8s\0")
+                    || serde_json::from_slice::<serde::de::IgnoredAny>(p).is_ok()
+            })
         }
         Cipher::AesGcm => {
             if data.len() < 12 + 16 {
@@ -322,7 +328,7 @@ mod tests {
 
     #[test]
     fn cbc_gcm_and_secretbox_round_trip_and_reject_other_keys() {
-        use aes::cipher::{BlockEncryptMut, KeyIvInit};
+        use aes::cipher::{BlockDecryptMut, BlockEncryptMut, KeyIvInit};
         use aes_gcm::aead::{Aead, KeyInit, Payload};
         let secret = base64::engine::general_purpose::STANDARD
             .decode(KEY)
@@ -342,6 +348,27 @@ mod tests {
         v.extend_from_slice(&iv);
         v.extend_from_slice(&ct);
         assert_eq!(r.open(key, &v).unwrap(), plain);
+        // a wrong aescbc key whose output happens to end in valid padding is still refused
+        let sealed = v.clone();
+        let mut lucky = 0;
+        for i in 0..4096u32 {
+            let mut wrong = secret.clone();
+            wrong[..4].copy_from_slice(&i.to_le_bytes());
+            wrong[31] ^= 0xff;
+            let wrong = Key {
+                name: "a".into(),
+                cipher: Cipher::AesCbc,
+                secret: wrong.into(),
+            };
+            let padded = cbc::Decryptor::<aes::Aes256>::new_from_slices(&wrong.secret, &iv)
+                .unwrap()
+                .decrypt_padded_vec_mut::<aes::cipher::block_padding::Pkcs7>(&ct);
+            if padded.is_ok() {
+                lucky += 1;
+                assert_eq!(decrypt(&wrong, key, &sealed[20..]), None);
+            }
+        }
+        assert!(lucky > 0, "no wrong key with valid padding among 4096");
         // aesgcm, authenticated with the etcd key
         let nonce = [3u8; 12];
         let ct = aes_gcm::Aes256Gcm::new_from_slice(&secret)

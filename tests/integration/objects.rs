@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::common::keys::{age_key, signing_keys};
-use crate::common::{self, lab, unique, wait_until, Lab};
+use crate::common::{self, free_port, lab, unique, wait_until, Lab, Proc};
 
 /// A signed, encrypted backup of the lab's etcd in a directory of the test's own.
 struct Backup {
@@ -20,6 +20,10 @@ struct Backup {
 
 impl Backup {
     fn take(lab: &Lab, name: &str) -> Backup {
+        Backup::take_from(lab, name, &lab.get("KIRT_LAB_ETCD"))
+    }
+
+    fn take_from(lab: &Lab, name: &str, etcd: &str) -> Backup {
         let (key, recipient) = age_key(lab);
         let (sign_key, trusted) = signing_keys(lab);
         let dir = lab.dir.path().join(name).to_str().unwrap().to_string();
@@ -27,7 +31,7 @@ impl Backup {
             "backup",
             "create",
             "--etcd-endpoints",
-            &lab.get("KIRT_LAB_ETCD"),
+            etcd,
             "--to",
             &dir,
             "--cluster-name",
@@ -210,12 +214,33 @@ fn comparable(kind: &str, obj: &Value) -> Value {
     o
 }
 
+/// Waits until the controllers are done with the app (the ServiceAccount's token, the
+/// Service's Endpoints), so that a backup taken now is what the namespace stays.
+fn settled(lab: &Lab, ns: &str) {
+    wait_until(
+        Duration::from_secs(30),
+        "the token of ServiceAccount app",
+        || get(lab, ns, "serviceaccount", "app")["secrets"].is_array(),
+    );
+    wait_until(
+        Duration::from_secs(30),
+        "the endpoints controller's Endpoints of Service web",
+        || {
+            let e = lab.kubectl(["get", "endpoints", "web", "-n", ns, "-o", "json"]);
+            e.code() == 0
+                && e.json()["metadata"]["annotations"]
+                    .get("endpoints.kubernetes.io/last-change-trigger-time")
+                    .is_some()
+        },
+    );
+}
+
 fn widget(crd: &Crd, ns: &str) -> Value {
     crd.lab
         .get_json(&[&format!("widgets.{}", crd.group), "w1", "-n", ns])
 }
 
-/// Where two JSON values differ: `path: left | right`.
+/// Where two JSON values differ: `path: left | right` (a field left out differs from null).
 fn paths_differing(path: &str, a: &Value, b: &Value) -> Vec<String> {
     match (a, b) {
         _ if a == b => vec![],
@@ -223,12 +248,11 @@ fn paths_differing(path: &str, a: &Value, b: &Value) -> Vec<String> {
             let keys: std::collections::BTreeSet<&String> = x.keys().chain(y.keys()).collect();
             keys.into_iter()
                 .flat_map(|k| {
-                    let null = Value::Null;
-                    paths_differing(
-                        &format!("{path}.{k}"),
-                        x.get(k).unwrap_or(&null),
-                        y.get(k).unwrap_or(&null),
-                    )
+                    let p = format!("{path}.{k}");
+                    match (x.get(k), y.get(k)) {
+                        (Some(a), Some(b)) => paths_differing(&p, a, b),
+                        (a, b) => vec![format!("{p}: {a:?} | {b:?}")],
+                    }
                 })
                 .collect()
         }
@@ -250,9 +274,17 @@ fn a_deleted_namespace_comes_back_from_a_backup() {
         ),
     );
     lab.rollout_status(&ns, "deployment/web");
+    settled(&lab, &ns);
     let before: Vec<Value> = OURS.iter().map(|(k, n)| get(&lab, &ns, k, n)).collect();
     let widget_before = widget(&crd, &ns);
     let b = Backup::take(&lab, "backup");
+
+    // nothing changed since the backup: no drift (exit 0), every object equal
+    let same = b
+        .kirt(&lab, &["backup", "diff", "-n", &ns], &["-o", "json"])
+        .ok()
+        .json();
+    assert_eq!(same["equal"], 8, "{same:#}");
 
     // decoded from the snapshot == the apiserver's JSON, field by field, for every built-in kind
     // of the namespace whose object did not change since the backup (same resourceVersion)
@@ -298,13 +330,19 @@ fn a_deleted_namespace_comes_back_from_a_backup() {
                     .unwrap()
                     .remove("managedFields");
             }
-            // Go serves a zero time inside a pod template as `"creationTimestamp": null`; the
-            // decoder leaves the field out (null and absent compare equal here, nowhere else)
             assert!(
                 paths_differing("", &live, &item).is_empty(),
                 "{kind}/{name}: decoded differs from the apiserver's JSON at {:?}",
                 paths_differing("", &live, &item)
             );
+            if kind == "Deployment" {
+                // Go's zero Time, as the apiserver serves it
+                assert_eq!(
+                    item["spec"]["template"]["metadata"].get("creationTimestamp"),
+                    Some(&Value::Null),
+                    "{item:#}"
+                );
+            }
             compared.insert(kind.to_string());
         }
     }
@@ -337,27 +375,32 @@ fn a_deleted_namespace_comes_back_from_a_backup() {
         .kirt(&lab, &["backup", "diff", "-n", &ns], &["-o", "json"])
         .code_is(3);
     let d = diff.json();
-    let deleted: Vec<String> = d["deleted"]
+    // every object people made, each once, under its own apiVersion; nothing else
+    let deleted: std::collections::BTreeSet<String> = d["deleted"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|i| i["kind"].as_str().unwrap().to_string())
+        .map(|i| format!("{} {} {}", i["api_version"], i["kind"], i["name"]).replace('"', ""))
         .collect();
-    for kind in [
-        "Namespace",
-        "ServiceAccount",
-        "RoleBinding",
-        "ConfigMap",
-        "Secret",
-        "Service",
-        "Deployment",
-        "Widget",
-    ] {
-        assert!(
-            deleted.iter().any(|k| k == kind),
-            "{kind} not listed as deleted: {d:#}"
-        );
-    }
+    let widget_api = format!("{}/v1", crd.group);
+    let expected: std::collections::BTreeSet<String> = [
+        ("v1", "Namespace", &*ns),
+        ("v1", "ServiceAccount", "app"),
+        ("rbac.authorization.k8s.io/v1", "RoleBinding", "app-view"),
+        ("v1", "ConfigMap", "settings"),
+        ("v1", "Secret", "creds"),
+        ("v1", "Service", "web"),
+        ("apps/v1", "Deployment", "web"),
+        (widget_api.as_str(), "Widget", "w1"),
+    ]
+    .iter()
+    .map(|(a, k, n)| format!("{a} {k} {n}"))
+    .collect();
+    assert_eq!(deleted, expected, "{d:#}");
+    assert!(
+        d["created"].as_array().unwrap().is_empty() && d["changed"].as_array().unwrap().is_empty(),
+        "{d:#}"
+    );
 
     // restore without secrets
     let r = b
@@ -482,11 +525,7 @@ fn a_dry_run_restore_changes_nothing() {
     lab.apply(&ns, APP);
     // the controllers' own writes (status, the token) are done before resourceVersions are taken
     lab.rollout_status(&ns, "deployment/web");
-    wait_until(
-        Duration::from_secs(30),
-        "the token of ServiceAccount app",
-        || get(&lab, &ns, "serviceaccount", "app")["secrets"].is_array(),
-    );
+    settled(&lab, &ns);
     let b = Backup::take(&lab, "backup");
     lab.kubectl(["delete", "configmap", "settings", "-n", &ns])
         .ok();
@@ -519,4 +558,244 @@ fn a_dry_run_restore_changes_nothing() {
             != 0
     );
     assert_eq!(rvs(&lab), before);
+}
+
+/// A kube-apiserver of this test's own on a private etcd, with Secrets encrypted at rest by
+/// aescbc: `kubectl` with its token, and the etcd.
+struct Encrypting {
+    _apiserver: Proc,
+    etcd: Proc,
+    url: String,
+    token: String,
+}
+
+impl Encrypting {
+    fn start(lab: &Lab, config: &std::path::Path) -> Encrypting {
+        let etcd = lab.private_etcd("3.5");
+        let dir = lab.dir.path().join(unique("apiserver"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let token = unique("k13-admin-token");
+        std::fs::write(
+            dir.join("tokens.csv"),
+            format!("{token},k13-admin,k13-admin,\"system:masters\"\n"),
+        )
+        .unwrap();
+        let pki = std::path::Path::new(&lab.get("KIRT_LAB_DIR")).join("pki");
+        let port = free_port();
+        let log = std::fs::File::create(dir.join("apiserver.log")).unwrap();
+        let child =
+            std::process::Command::new(format!("{}/kube-apiserver", lab.get("KIRT_LAB_KUBE_BIN")))
+                .arg(format!("--etcd-servers={}", etcd.endpoint))
+                .arg(format!("--encryption-provider-config={}", config.display()))
+                .args([
+                    "--bind-address=127.0.0.1",
+                    "--advertise-address=127.0.0.1",
+                    &format!("--secure-port={port}"),
+                    "--insecure-port=0",
+                ])
+                .arg(format!("--cert-dir={}", dir.display()))
+                .arg(format!(
+                    "--token-auth-file={}",
+                    dir.join("tokens.csv").display()
+                ))
+                .arg("--authorization-mode=RBAC")
+                .arg(format!(
+                    "--service-account-key-file={}",
+                    pki.join("sa.pub").display()
+                ))
+                .arg(format!(
+                    "--service-account-signing-key-file={}",
+                    pki.join("sa.key").display()
+                ))
+                .args([
+                    "--service-account-issuer=https://kubernetes.default.svc",
+                    "--service-cluster-ip-range=10.0.0.0/24",
+                    "--endpoint-reconciler-type=none",
+                ])
+                .stdout(log.try_clone().unwrap())
+                .stderr(log)
+                .spawn()
+                .expect("start kube-apiserver");
+        let mut api = Encrypting {
+            _apiserver: Proc {
+                child,
+                endpoint: format!("https://127.0.0.1:{port}"),
+                dir: dir.clone(),
+                port,
+            },
+            etcd,
+            url: format!("https://127.0.0.1:{port}"),
+            token,
+        };
+        wait_until(
+            Duration::from_secs(120),
+            "the encrypting kube-apiserver",
+            || {
+                if let Ok(Some(status)) = api._apiserver.child.try_wait() {
+                    panic!(
+                        "kube-apiserver exited ({status}): {}",
+                        std::fs::read_to_string(dir.join("apiserver.log")).unwrap_or_default()
+                    );
+                }
+                let r = api.kubectl(&["get", "--raw", "/readyz"]);
+                r.code() == 0 && r.stdout().trim() == "ok"
+            },
+        );
+        api
+    }
+
+    fn kubectl(&self, args: &[&str]) -> common::Run {
+        let mut c = std::process::Command::new(common::k8s::kubectl_binary());
+        c.env("KUBECONFIG", "/dev/null")
+            .args(["--server", &self.url, "--token", &self.token])
+            .arg("--insecure-skip-tls-verify")
+            .args(args);
+        common::run(c, format!("kubectl {}", args.join(" ")))
+    }
+}
+
+fn encryption_config(dir: &std::path::Path, name: &str, secret: &[u8; 32]) -> std::path::PathBuf {
+    use base64::Engine;
+    let p = dir.join(name);
+    let key = base64::engine::general_purpose::STANDARD.encode(secret);
+    std::fs::write(
+        &p,
+        format!(
+            "apiVersion: apiserver.config.k8s.io/v1\nkind: EncryptionConfiguration\nresources:\n- resources: [secrets]\n  providers:\n  - aescbc:\n      keys: [{{name: k1, secret: {key}}}]\n  - identity: {{}}\n"
+        ),
+    )
+    .unwrap();
+    p
+}
+
+#[test]
+fn secrets_encrypted_at_rest_are_opened_only_with_the_apiservers_key() {
+    let Some(lab) = lab() else { return };
+    let mut secret = [0u8; 32];
+    for (i, b) in secret.iter_mut().enumerate() {
+        *b = (i as u8).wrapping_mul(37) ^ (std::process::id() as u8);
+    }
+    let config = encryption_config(lab.dir.path(), "encryption.yaml", &secret);
+    let api = Encrypting::start(&lab, &config);
+    let value = "k13-at-rest-value";
+    let b64 = "azEzLWF0LXJlc3QtdmFsdWU"; // base64 of the value, without its padding
+    api.kubectl(&["create", "namespace", "enc"]).ok();
+    api.kubectl(&[
+        "create",
+        "secret",
+        "generic",
+        "db",
+        "-n",
+        "enc",
+        &format!("--from-literal=password={value}"),
+    ])
+    .ok();
+    api.kubectl(&[
+        "create",
+        "configmap",
+        "plain",
+        "-n",
+        "enc",
+        "--from-literal=a=b",
+    ])
+    .ok();
+    // etcd really holds it encrypted (read with etcdctl, not kirt)
+    let mut c = std::process::Command::new(
+        std::path::Path::new(&lab.get("KIRT_LAB_ETCD35_BIN")).join("etcdctl"),
+    );
+    c.env("ETCDCTL_API", "3")
+        .args(["--endpoints", &api.etcd.endpoint])
+        .args(["get", "/registry/secrets/enc/db", "--print-value-only"]);
+    let raw = common::run(c, "etcdctl get".into()).ok();
+    assert!(
+        raw.stdout().starts_with("k8s:enc:aescbc:v1:k1:"),
+        "{}",
+        raw.stdout()
+    );
+    assert!(!raw.stdout().contains(value));
+
+    let b = Backup::take_from(&lab, "backup", &api.etcd.endpoint);
+    let objects = |extra: &[&str]| {
+        let mut args = vec!["--kind", "Secret", "-o", "json"];
+        args.extend(extra);
+        b.kirt(&lab, &["backup", "objects", "-n", "enc"], &args)
+            .ok()
+    };
+    let only = |r: &common::Run| -> Value {
+        let v = r.json();
+        let items = v["items"].as_array().unwrap();
+        assert_eq!(items.len(), 1, "only the Secret db: {v:#}");
+        items[0].clone()
+    };
+
+    // without the config: listed as encrypted, skipped, nothing guessed
+    let r = objects(&["--show-secrets"]);
+    let item = only(&r);
+    assert_eq!(item["kirt"]["state"], "encrypted", "{item:#}");
+    assert!(
+        item["kirt"]["problem"]
+            .as_str()
+            .unwrap()
+            .contains("--encryption-config"),
+        "{item:#}"
+    );
+    assert!(!r.stdout().contains(b64) && !r.stdout().contains(value));
+    let table = b.kirt(&lab, &["backup", "objects", "-n", "enc"], &[]).ok();
+    assert!(
+        table.stdout().contains("plain") && table.stderr().contains("1 encrypted (skipped"),
+        "{}",
+        table.dump()
+    );
+
+    // with the apiserver's config: decoded, values only with --show-secrets
+    let with = ["--encryption-config", config.to_str().unwrap()];
+    let r = objects(&with);
+    let item = only(&r);
+    assert!(item.get("kirt").is_none(), "{item:#}");
+    assert_eq!(item["data"]["password"], "[redacted]");
+    assert!(!r.stdout().contains(b64));
+    let mut shown = with.to_vec();
+    shown.push("--show-secrets");
+    let item = only(&objects(&shown));
+    assert_eq!(
+        item["data"]["password"],
+        format!("{b64}="),
+        "decoded as the apiserver serves it"
+    );
+    let live = api
+        .kubectl(&["get", "secret", "db", "-n", "enc", "-o", "json"])
+        .ok()
+        .json();
+    assert_eq!(item["data"], live["data"]);
+
+    // a config with another secret under the same key name: cannot decrypt, never garbage
+    let mut other = secret;
+    other[0] ^= 1;
+    let wrong = encryption_config(lab.dir.path(), "wrong.yaml", &other);
+    let r = objects(&[
+        "--encryption-config",
+        wrong.to_str().unwrap(),
+        "--show-secrets",
+    ]);
+    let item = only(&r);
+    assert_eq!(item["kirt"]["state"], "encrypted", "{item:#}");
+    assert!(
+        item["kirt"]["problem"]
+            .as_str()
+            .unwrap()
+            .contains("does not open"),
+        "{item:#}"
+    );
+    assert!(item.get("data").is_none(), "{item:#}");
+    // a config that is not one: a usage error naming the file, before anything is decoded
+    let junk = lab.dir.path().join("junk.yaml");
+    std::fs::write(&junk, "kind: Pod\n").unwrap();
+    let r = b
+        .kirt(
+            &lab,
+            &["backup", "objects", "-n", "enc"],
+            &["--encryption-config", junk.to_str().unwrap()],
+        )
+        .code_is(2);
+    assert!(r.stderr().contains("junk.yaml"), "{}", r.dump());
 }
