@@ -563,9 +563,8 @@ fn a_dry_run_restore_changes_nothing() {
 /// A kube-apiserver of this test's own on a private etcd, with Secrets encrypted at rest by
 /// aescbc: `kubectl` with its token, and the etcd.
 struct Encrypting {
-    _apiserver: Proc,
+    apiserver: Proc,
     etcd: Proc,
-    url: String,
     token: String,
 }
 
@@ -617,21 +616,20 @@ impl Encrypting {
                 .spawn()
                 .expect("start kube-apiserver");
         let mut api = Encrypting {
-            _apiserver: Proc {
+            apiserver: Proc {
                 child,
                 endpoint: format!("https://127.0.0.1:{port}"),
                 dir: dir.clone(),
                 port,
             },
             etcd,
-            url: format!("https://127.0.0.1:{port}"),
             token,
         };
         wait_until(
             Duration::from_secs(120),
             "the encrypting kube-apiserver",
             || {
-                if let Ok(Some(status)) = api._apiserver.child.try_wait() {
+                if let Ok(Some(status)) = api.apiserver.child.try_wait() {
                     panic!(
                         "kube-apiserver exited ({status}): {}",
                         std::fs::read_to_string(dir.join("apiserver.log")).unwrap_or_default()
@@ -647,7 +645,7 @@ impl Encrypting {
     fn kubectl(&self, args: &[&str]) -> common::Run {
         let mut c = std::process::Command::new(common::k8s::kubectl_binary());
         c.env("KUBECONFIG", "/dev/null")
-            .args(["--server", &self.url, "--token", &self.token])
+            .args(["--server", &self.apiserver.endpoint, "--token", &self.token])
             .arg("--insecure-skip-tls-verify")
             .args(args);
         common::run(c, format!("kubectl {}", args.join(" ")))

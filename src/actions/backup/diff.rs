@@ -191,7 +191,6 @@ pub async fn run(ctx: &Ctx, spec: BackupDiffSpec) -> Result<DiffResult> {
             .keys()
             .map(|i| (i.api_version.clone(), i.kind.clone()))
             .collect();
-        k.dedup();
         k.sort();
         k.dedup();
         k
