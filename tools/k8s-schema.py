@@ -127,7 +127,7 @@ def load(root):
                 else:
                     typ = qualify(pkg, typ)
                 if full == "k8s.io.apimachinery.pkg.apis.meta.v1.ObjectMeta" and json_name == "creationTimestamp":
-                    # omitzero here is recent; the apiservers clusters run (1.20 to 1.33) serve a
+                    # omitzero here is recent; apiservers from before it (the lab's 1.20, and most clusters) serve a
                     # zero creationTimestamp (pod templates) as null, and so does the decoder
                     omitzero = False
                 flags = "".join(f for f, on in (("o", omitempty), ("z", omitzero), ("p", pointer), ("i", inline)) if on) or "-"

@@ -239,7 +239,7 @@ mod tests {
         let d = json!({"kind": "Deployment", "metadata": {"annotations": {
             "deployment.kubernetes.io/revision": "3", "team": "a"}}});
         assert_eq!(clean(&d)["metadata"]["annotations"], json!({"team": "a"}));
-        // a pod template's zero creationTimestamp: null (1.20 to 1.33) and absent (newer) agree
+        // a pod template's zero creationTimestamp: null (apiservers before omitzero) and absent (newer) agree
         let served = |meta: Value| {
             clean(&json!({"kind": "Deployment", "metadata": {"name": "web"},
                 "spec": {"template": {"metadata": meta, "spec": {}}}}))
