@@ -11,8 +11,9 @@
 # benches/credentials.sh (--revoke-credentials --isolate-node among 250 bindings), K5
 # benches/evidence.sh, K14 benches/hostile.sh (planted oversized input, zstd bomb, signals), K10
 # benches/copy.sh (`backup copy` of the 1 GiB backup between the two S3 servers vs `aws s3 cp`),
-# K12 benches/audit.sh (evidence collect --audit-log over a 1 GiB audit log vs jq) and K16
-# benches/impact.sh (put latency and etcd CPU under a steady load while each backup runs), K17
+# K12 benches/audit.sh (evidence collect --audit-log over a 1 GiB audit log vs jq), K13
+# benches/objects.sh (backup objects -A over 100k real objects vs etcdctl get -w json), K16
+# benches/impact.sh (put latency and etcd CPU under a steady load while each backup runs) and K17
 # benches/serve.sh (Falco event → isolated pod latency through `kirt serve`, and its RSS).
 # Targets: kirt ≥ 2.5× faster than (2); kirt ≤ 1.25× (3); peak RSS ≤ 100 MiB and within 10 %
 # between the two sizes. Prints the figures and which targets pass. Servers run on 127.0.0.1 only.
@@ -176,6 +177,9 @@ echo "== K10 backup copy between the S3 servers"
 KIRT="$PWD/$KIRT" LIMIT="$PWD/$LIMIT" bash benches/copy.sh || fail=1
 echo "== K12 audit log (1 GiB, vs jq)"
 KIRT_BIN="$PWD/$KIRT" bash benches/audit.sh || fail=1
+echo
+echo "== K13 backup objects (real objects decoded, vs etcdctl get -w json)"
+KIRT="$PWD/$KIRT" bash benches/objects.sh || fail=1
 echo
 echo "== K16 impact of a backup on etcd (latency under load, etcd CPU)"
 KIRT="$PWD/$KIRT" LIMIT="$PWD/$LIMIT" LOAD="$PWD/$LOAD" bash benches/impact.sh || fail=1

@@ -79,8 +79,9 @@ pub enum Command {
     Backup(BackupCmd),
     /// Disaster-recovery drill: verify, restore into scratch etcd + kube-apiserver, count objects, report RPO/RTO
     Drill(actions::drill::DrillSpec),
-    /// Restore a verified backup into a new etcd data dir (for a new member or cluster)
-    Restore(actions::restore::RestoreSpec),
+    /// Restore a verified backup into a new etcd data dir (for a new member or cluster), or
+    /// (`restore objects`) chosen objects through the apiserver
+    Restore(RestoreCmd),
     /// Roll a Deployment, StatefulSet or DaemonSet back to an earlier revision, as `kubectl rollout undo` does
     #[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
     Rollback(RollbackCmd),
@@ -129,9 +130,32 @@ pub enum BackupCmd {
     Prune(actions::backup::prune::BackupPruneSpec),
     /// Check a backup: every digest against its manifest; --restore proves it restores
     Verify(actions::backup::verify::BackupVerifySpec),
+    /// The Kubernetes objects in a backup, as they were (decoded from etcd's protobuf/JSON,
+    /// encryption at rest opened with --encryption-config); Secret values only with --show-secrets
+    Objects(Box<actions::backup::objects::BackupObjectsSpec>),
+    /// A backup against the live cluster: deleted, created and changed objects (field by field);
+    /// exit 0 if equal, 3 if not
+    Diff(Box<actions::backup::diff::BackupDiffSpec>),
     /// Copy backups to a second store (offsite): streamed, digests checked on the way, the
     /// manifest written last; --missing copies only what the target lacks
     Copy(actions::backup::copy::BackupCopySpec),
+}
+
+/// `kirt restore ID --data-dir …` or `kirt restore objects …`.
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+pub struct RestoreCmd {
+    #[command(subcommand)]
+    pub sub: Option<RestoreSub>,
+    #[command(flatten)]
+    pub spec: Box<actions::restore::RestoreSpec>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RestoreSub {
+    /// Re-create chosen objects of a backup through the apiserver (dependency order, server-side
+    /// dry run first); existing ones only with --replace; journaled, `kirt undo` reverses it
+    Objects(Box<actions::restore::objects::RestoreObjectsSpec>),
 }
 
 /// `kirt rollback KIND/NAME` or `kirt rollback history KIND/NAME`.
@@ -287,11 +311,29 @@ pub async fn run(cli: Cli, shutdown: crate::signal::Shutdown) -> Result<Exit> {
         Command::Backup(BackupCmd::Prune(spec)) => {
             show(&ctx, &actions::backup::prune::run(&ctx, spec).await?)
         }
+        Command::Backup(BackupCmd::Objects(spec)) => {
+            actions::backup::objects::run(&ctx, *spec).await
+        }
+        Command::Backup(BackupCmd::Diff(spec)) => {
+            show(&ctx, &actions::backup::diff::run(&ctx, *spec).await?)
+        }
         Command::Backup(BackupCmd::Copy(spec)) => {
             show(&ctx, &actions::backup::copy::run(&ctx, spec).await?)
         }
         Command::Drill(spec) => show(&ctx, &actions::drill::run(&ctx, spec).await?),
-        Command::Restore(spec) => show(&ctx, &actions::restore::run(&ctx, spec).await?),
+        Command::Restore(RestoreCmd {
+            sub: Some(RestoreSub::Objects(spec)),
+            ..
+        }) => {
+            let with = crate::playbook::registry::encode(&spec)?;
+            let mut out = actions::restore::objects::run(&ctx, *spec).await?;
+            out.run =
+                crate::playbook::journal::command(&ctx, "restore.objects", with, &out).await?;
+            show(&ctx, &out)
+        }
+        Command::Restore(RestoreCmd { sub: None, spec }) => {
+            show(&ctx, &actions::restore::run(&ctx, *spec).await?)
+        }
         Command::Rollback(RollbackCmd {
             sub: Some(RollbackSub::History(spec)),
             ..

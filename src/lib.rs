@@ -3,7 +3,7 @@
 //! The library holds all logic; the `kirt` binary parses arguments, sets up logging and maps
 //! errors to exit codes. Actions (`actions::*`) are shared by subcommands and playbook steps.
 //! Layers, top down (docs/architecture.md): `cli` → `serve` → `playbook` → `actions` →
-//! `pipeline` / `store` / `k8s` / `etcd` / `scratch`, with `error`, `output`, `progress` and
+//! `pipeline` / `store` / `stored` / `k8s` / `etcd` / `scratch`, with `error`, `output`, `progress` and
 //! `units` used everywhere.
 
 pub mod actions;
@@ -25,6 +25,7 @@ pub mod scratch;
 pub mod serve;
 pub mod signal;
 pub mod store;
+pub mod stored;
 pub mod ui;
 pub mod units;
 

@@ -26,7 +26,7 @@ use crate::crypto::DecryptOptions;
 use crate::error::{Error, Exit, Result};
 use crate::k8s::Cluster;
 use crate::output::{Render, Table};
-use crate::scratch::{etcdutl_restore, Observed, Pki, Ports, ScratchApiserver, ScratchEtcd};
+use crate::scratch::{Observed, ScratchApiserver, ScratchEtcd};
 use crate::signal::Shutdown;
 
 const APISERVER_BIN: &str = "kube-apiserver";
@@ -241,14 +241,16 @@ async fn restore_and_serve(
     dir: &Path,
 ) -> Result<Restored> {
     let restore_started = Instant::now();
-    let data = dir.join("data");
-    let ports = Ports::free()?;
-    let args = ports.restore_args("kirt-drill");
-    etcdutl_restore(stop, &spec.etcdutl_bin, snap, &data, &args).await?;
-    let _ = std::fs::remove_file(snap);
-    let pki = Pki::create(dir)?;
-    let etcd =
-        ScratchEtcd::start(&spec.etcd_bin, "kirt-drill", &data, &ports, &pki, dir, &[]).await?;
+    let etcd = ScratchEtcd::restore(
+        stop,
+        &spec.etcd_bin,
+        &spec.etcdutl_bin,
+        snap,
+        dir,
+        "kirt-drill",
+        &[],
+    )
+    .await?;
     let result = stop
         .guard("the scratch control plane was stopped", async {
             let observed = etcd
@@ -259,7 +261,7 @@ async fn restore_and_serve(
                 &spec.apiserver_bin,
                 &spec.service_cluster_ip_range,
                 &etcd.endpoint,
-                &pki,
+                &etcd.pki,
                 dir,
             )
             .await?;

@@ -3,13 +3,15 @@
 //! resourceVersion-guarded writes retried on conflict ([`write`]), Events ([`Recorder`]), which
 //! pods a command means ([`PodTarget`]), label selectors ([`selector`]), the labels and
 //! annotations kirt writes ([`keys`]), RBAC bindings as they apply to a ServiceAccount ([`rbac`]),
-//! access/token reviews ([`access`]) and run locks held as Leases ([`lease`]). Actions never build
+//! access/token reviews ([`access`]), run locks held as Leases ([`lease`]) and kinds known only at
+//! run time ([`kinds`]). Actions never build
 //! an `Api` or map a kube error themselves.
 
 pub mod access;
 mod cluster;
 mod events;
 pub mod keys;
+pub mod kinds;
 pub mod lease;
 mod objects;
 mod op;

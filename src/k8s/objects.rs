@@ -58,6 +58,15 @@ impl Cluster {
         }
     }
 
+    /// Objects of a kind known only at run time in `ns`, or cluster-wide when `None`.
+    pub fn dynamic_in(&self, ns: Option<&str>, ar: &ApiResource) -> Objects<'_, DynamicObject> {
+        let api = match ns {
+            Some(ns) => Api::namespaced_with(self.client.clone(), ns, ar),
+            None => Api::all_with(self.client.clone(), ar),
+        };
+        Objects::new(self, api, ns, ar)
+    }
+
     /// Objects of a kind known only at run time (owner references, workloads by kind).
     pub fn dynamic(&self, ns: &str, ar: &ApiResource) -> Objects<'_, DynamicObject> {
         Objects::new(
@@ -163,6 +172,15 @@ where
             .create(&post_params(dry_run), obj)
             .await
             .op(&self.op("create", name))
+    }
+
+    /// Replaces the object (PUT): guarded by the resourceVersion it carries (409 if it changed).
+    pub async fn replace(&self, obj: &K, dry_run: bool) -> Result<K> {
+        let name = obj.meta().name.clone().unwrap_or_default();
+        self.api
+            .replace(&name, &post_params(dry_run), obj)
+            .await
+            .op(&self.op("update", Some(&name)))
     }
 
     /// A patch (merge, strategic, JSON) by kirt's field manager.

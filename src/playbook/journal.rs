@@ -453,6 +453,65 @@ impl RunStart {
     }
 }
 
+/// A mutating command run on its own (`kirt restore objects`): journaled as a run of one step
+/// named after the action, so that `kirt undo RUN` reverses it as it would a playbook's step.
+/// The run id; none when nothing was changed (or in a dry run).
+pub async fn command<T: Serialize + crate::output::Render>(
+    ctx: &Ctx,
+    action: &str,
+    with: Value,
+    out: &T,
+) -> Result<Option<String>> {
+    let def = super::registry::get(action)
+        .ok_or_else(|| Error::failed(format!("no action {action} to journal")))?;
+    let outputs = super::registry::encode(out)?;
+    let changed = def
+        .mutation
+        .is_some_and(|hook| !hook(&with, &outputs).is_empty());
+    if ctx.dry_run || !changed {
+        return Ok(None);
+    }
+    let run = new_run_id();
+    let mut j = Journal::create(&dir(ctx)?, &run)?;
+    let mut start = RunStart::now(ctx, &run, Origin::Manual).await;
+    start.playbook = format!("kirt {}", action.replace('.', " "));
+    j.write(Record::RunStart(start))?;
+    j.write(Record::StepStart {
+        step: action.into(),
+        index: 0,
+        action: action.into(),
+    })?;
+    j.write(Record::StepItem {
+        step: action.into(),
+        item: None,
+        with: with.clone(),
+    })?;
+    j.mutations(action, def, &with, &outputs, false)?;
+    let exit = out.exit();
+    let (step, status) = match exit {
+        crate::error::Exit::Ok => (StepStatus::Ok, RunStatus::Ok),
+        crate::error::Exit::Interrupted | crate::error::Exit::Terminated => {
+            (StepStatus::Failed, RunStatus::Interrupted)
+        }
+        _ => (StepStatus::Failed, RunStatus::Failed),
+    };
+    j.write(Record::StepEnd {
+        step: action.into(),
+        status: step,
+        duration_seconds: 0.0,
+        attempts: 1,
+        outputs,
+        error: None,
+        exit: exit as u8,
+    })?;
+    j.write(Record::RunEnd {
+        run: run.clone(),
+        status,
+        exit: exit as u8,
+    })?;
+    Ok(Some(run))
+}
+
 pub fn new_run_id() -> String {
     let now = jiff::Timestamp::now();
     let nanos = now.subsec_nanosecond() as u32 ^ std::process::id().rotate_left(16);

@@ -32,6 +32,10 @@ pub const SHIPPED: &[(&str, &str)] = &[
         "isolate-compromised-pod",
         include_str!("../../playbooks/isolate-compromised-pod.yaml"),
     ),
+    (
+        "restore-deleted-namespace",
+        include_str!("../../playbooks/restore-deleted-namespace.yaml"),
+    ),
 ];
 
 /// A playbook's text and where it came from.

@@ -95,11 +95,38 @@ pub struct Observed {
 pub struct ScratchEtcd {
     server: Server,
     pub endpoint: String,
+    /// The throwaway CA and certificates it serves and requires (a scratch apiserver uses them).
+    pub pki: Pki,
     /// Client options with the certificate this etcd requires.
     connect: etcd_client::ConnectOptions,
 }
 
 impl ScratchEtcd {
+    /// Restores the plaintext snapshot `snap` into `dir/data` with etcdutl (the snapshot file is
+    /// removed once restored) and starts a one-member etcd named `name` on it, with throwaway
+    /// certificates under `dir` and the `extra` flags. Stopped by [`ScratchEtcd::stop`], or killed
+    /// when dropped.
+    pub async fn restore(
+        stop: &Shutdown,
+        etcd_bin: &Path,
+        etcdutl_bin: &Path,
+        snap: &Path,
+        dir: &Path,
+        name: &str,
+        extra: &[String],
+    ) -> Result<Self> {
+        let data = dir.join("data");
+        let ports = Ports::free()?;
+        etcdutl_restore(stop, etcdutl_bin, snap, &data, &ports.restore_args(name)).await?;
+        let _ = std::fs::remove_file(snap);
+        let pki = Pki::create(dir)?;
+        stop.guard(
+            "the scratch etcd was stopped",
+            ScratchEtcd::start(etcd_bin, name, &data, &ports, pki, dir, extra),
+        )
+        .await
+    }
+
     /// Starts etcd on the restored `data` dir, TLS with client certificates of `pki` on both its
     /// client and peer ports; its log goes to `logdir/etcd.log`. `extra` flags are added as given.
     pub async fn start(
@@ -107,7 +134,7 @@ impl ScratchEtcd {
         name: &str,
         data: &Path,
         ports: &Ports,
-        pki: &Pki,
+        pki: Pki,
         logdir: &Path,
         extra: &[String],
     ) -> Result<Self> {
@@ -161,21 +188,31 @@ impl ScratchEtcd {
         Ok(ScratchEtcd {
             server,
             endpoint,
+            pki,
             connect,
         })
     }
 
+    /// A client of this etcd (with the certificate it requires).
+    pub async fn client(&self) -> Result<etcd_client::Client> {
+        etcd_client::Client::connect([self.endpoint.as_str()], Some(self.connect.clone()))
+            .await
+            .map_err(|e| self.error("connect", e))
+    }
+
+    /// An error of the restored member.
+    pub fn error(&self, what: &str, e: etcd_client::Error) -> Error {
+        Error::Etcd {
+            endpoint: self.endpoint.clone(),
+            context: format!("scratch member: {what}"),
+            source: e,
+        }
+    }
+
     /// Revision, live keys and (with `hash`) HashKV at `revision`.
     pub async fn observe(&self, revision: i64, hash: bool) -> Result<Observed> {
-        let err = |what: &str, e: etcd_client::Error| Error::Etcd {
-            endpoint: self.endpoint.clone(),
-            context: format!("restored member: {what}"),
-            source: e,
-        };
-        let mut c =
-            etcd_client::Client::connect([self.endpoint.as_str()], Some(self.connect.clone()))
-                .await
-                .map_err(|e| err("connect", e))?;
+        let err = |what: &str, e: etcd_client::Error| self.error(what, e);
+        let mut c = self.client().await?;
         let head = c
             .get(
                 "",
@@ -216,17 +253,6 @@ impl ScratchEtcd {
             prefix_counts_at,
             prefix_counts_head,
         })
-    }
-
-    /// A client of this etcd (it requires the scratch client certificate).
-    pub async fn client(&self) -> Result<etcd_client::Client> {
-        etcd_client::Client::connect([self.endpoint.as_str()], Some(self.connect.clone()))
-            .await
-            .map_err(|e| Error::Etcd {
-                endpoint: self.endpoint.clone(),
-                context: "scratch member: connect".into(),
-                source: e,
-            })
     }
 
     /// Writes this member's snapshot to `path` (0600), checking etcd's sha256 trailer, as

@@ -20,6 +20,7 @@ mod evidence;
 mod immutable;
 mod interrupt;
 mod lab_sanity;
+mod objects;
 mod pitr;
 mod playbooks;
 mod quarantine;

@@ -29,7 +29,7 @@ use crate::context::Ctx;
 use crate::crypto::DecryptOptions;
 use crate::error::{join, Error, IoContext, Result};
 use crate::pipeline::{open_reader, Decoder, Decryption};
-use crate::scratch::{etcdutl_restore, tool_version, Pki, Ports, ScratchEtcd};
+use crate::scratch::{tool_version, ScratchEtcd};
 use crate::signal::Shutdown;
 use crate::store::Store;
 
@@ -87,8 +87,6 @@ pub struct Reached {
 /// (and killed if dropped, or if kirt dies).
 pub struct Member {
     pub etcd: ScratchEtcd,
-    /// The certificates the member requires of its clients (a scratch apiserver uses them).
-    pub pki: Pki,
     /// The head revision of the full backup's snapshot (at least the revision its manifest
     /// records: writes during the snapshot are in it).
     pub snapshot_revision: i64,
@@ -520,18 +518,13 @@ impl Member {
         dir: &Path,
         name: &str,
     ) -> Result<Member> {
-        let data = dir.join("data");
-        let ports = Ports::free()?;
-        etcdutl_restore(stop, tools.etcdutl, snap, &data, &ports.restore_args(name)).await?;
-        let _ = std::fs::remove_file(snap);
-        let pki = Pki::create(dir)?;
-        let etcd = ScratchEtcd::start(
+        let etcd = ScratchEtcd::restore(
+            stop,
             tools.etcd,
-            name,
-            &data,
-            &ports,
-            &pki,
+            tools.etcdutl,
+            snap,
             dir,
+            name,
             &replay_flags(tools.etcd).await,
         )
         .await?;
@@ -543,7 +536,7 @@ impl Member {
                     Some(GetOptions::new().with_all_keys().with_count_only()),
                 )
                 .await
-                .map_err(|e| scratch_err(&etcd, "reading its revision", e))
+                .map_err(|e| etcd.error("reading its revision", e))
             })
             .await;
         let revision = match head {
@@ -555,7 +548,6 @@ impl Member {
         };
         Ok(Member {
             etcd,
-            pki,
             snapshot_revision: revision,
             reached: Reached {
                 revision,
@@ -633,7 +625,7 @@ impl Member {
                 Some(GetOptions::new().with_all_keys().with_count_only()),
             )
             .await
-            .map_err(|e| scratch_err(&self.etcd, "reading its revision", e))?;
+            .map_err(|e| self.etcd.error("reading its revision", e))?;
         let revision = head.header().map(|h| h.revision()).unwrap_or(0);
         self.reached.revision = revision;
         let mut checks = vec![Check::new("revision reached", target, revision)];
@@ -650,7 +642,7 @@ impl Member {
                     ),
                 )
                 .await
-                .map_err(|e| scratch_err(&self.etcd, "counting keys", e))?;
+                .map_err(|e| self.etcd.error("counting keys", e))?;
             checks.push(Check::new(
                 "keys at the revision reached",
                 base.manifest.etcd.key_count + key_delta,
@@ -735,7 +727,8 @@ impl Member {
             });
         }
         let resp = client.txn(Txn::new().and_then(ops)).await.map_err(|e| {
-            scratch_err(&self.etcd, &format!("replaying revision {}", r.revision), e)
+            self.etcd
+                .error(&format!("replaying revision {}", r.revision), e)
         })?;
         let got = resp.header().map(|h| h.revision()).unwrap_or(0);
         if got != r.revision {
@@ -802,14 +795,6 @@ async fn replay_flags(etcd: &Path) -> Vec<String> {
         flags.push("--unsafe-no-fsync".into());
     }
     flags
-}
-
-fn scratch_err(etcd: &ScratchEtcd, what: &str, e: etcd_client::Error) -> Error {
-    Error::Etcd {
-        endpoint: etcd.endpoint.clone(),
-        context: format!("scratch member: {what}"),
-        source: e,
-    }
 }
 
 /// TTL given to a lease whose TTL the stream could not learn (it was gone at the source when

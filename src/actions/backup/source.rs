@@ -23,8 +23,14 @@ use crate::store::{self, S3Options, Store};
 #[derive(Debug, Clone, Default, clap::Args, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(default, rename_all = "kebab-case")]
 pub struct BackupSource {
-    /// Store: s3://BUCKET/PREFIX, file:///DIR or a directory
-    #[arg(long, value_name = "URL")]
+    /// Store: s3://BUCKET/PREFIX, file:///DIR or a directory (required; checked when the store is
+    /// opened, so that `kirt restore objects` can share the flag with `kirt restore`)
+    #[arg(
+        long,
+        value_name = "URL",
+        default_value = "",
+        hide_default_value = true
+    )]
     pub from: String,
     #[command(flatten)]
     pub s3: S3Options,

@@ -5,7 +5,10 @@
 //! line and the control-plane restart steps. With `--to-revision` / `--to-time` the state at that
 //! point is rebuilt first: the newest full backup at or before it, its chain's segments replayed
 //! into a scratch etcd on loopback up to exactly that revision (backup/replay.rs), whose snapshot
-//! then takes the same path.
+//! then takes the same path. `objects` puts chosen objects of a backup back through the apiserver
+//! instead.
+
+pub mod objects;
 
 use std::path::{Path, PathBuf};
 
@@ -42,21 +45,36 @@ pub struct RestoreSpec {
     #[serde(flatten)]
     pub unsigned: Unsigned,
     /// Backup id, CLUSTER/ID, or "latest"
-    #[arg(value_name = "ID")]
+    #[arg(value_name = "ID", default_value = "", hide_default_value = true)]
     pub backup: String,
     #[command(flatten)]
     pub decrypt: DecryptOptions,
     /// Data directory for the restored member (a non-empty one is moved aside, with --yes)
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", default_value = "", hide_default_value = true, value_parser = any_path)]
     pub data_dir: PathBuf,
     /// Member name
-    #[arg(long, value_name = "NAME")]
+    #[arg(
+        long,
+        value_name = "NAME",
+        default_value = "",
+        hide_default_value = true
+    )]
     pub name: String,
     /// Initial cluster, e.g. m1=https://10.0.0.1:2380,m2=https://10.0.0.2:2380
-    #[arg(long, value_name = "NAME=URL,…")]
+    #[arg(
+        long,
+        value_name = "NAME=URL,…",
+        default_value = "",
+        hide_default_value = true
+    )]
     pub initial_cluster: String,
     /// This member's peer URLs
-    #[arg(long, value_name = "URL")]
+    #[arg(
+        long,
+        value_name = "URL",
+        default_value = "",
+        hide_default_value = true
+    )]
     pub initial_advertise_peer_urls: String,
     /// Cluster token of the new cluster
     #[arg(long, value_name = "TOKEN", default_value = CLUSTER_TOKEN)]
@@ -85,6 +103,11 @@ pub struct RestoreSpec {
     /// afterwards
     #[arg(long, value_name = "DIR")]
     pub work_dir: Option<PathBuf>,
+}
+
+/// A path, where empty means "not given" (reported by `run`, not clap).
+fn any_path(s: &str) -> std::result::Result<PathBuf, std::convert::Infallible> {
+    Ok(PathBuf::from(s))
 }
 
 impl Default for RestoreSpec {
@@ -182,7 +205,11 @@ impl Render for RestoreResult {
 }
 
 pub async fn run(ctx: &Ctx, spec: RestoreSpec) -> Result<RestoreResult> {
+    // checked here rather than by clap: `kirt restore objects` shares the command
+    let data_dir = spec.data_dir.to_string_lossy().into_owned();
     for (flag, v) in [
+        ("the backup ID", &spec.backup),
+        ("--data-dir", &data_dir),
         ("--name", &spec.name),
         ("--initial-cluster", &spec.initial_cluster),
         (
