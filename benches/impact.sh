@@ -58,6 +58,7 @@ until "$ETCD_BIN/etcdctl" --endpoints "$EP" endpoint health >/dev/null 2>&1; do 
 until curl -s -o /dev/null "$S3/"; do sleep 0.1; done
 "$LIMIT" fill "$EP" "$MIB" >/dev/null
 "$LIMIT" read "$EP" >/dev/null # a hot page cache for every contender
+sync # the fill's dirty pages reach the disk now, not during the idle window
 age-keygen -o "$work/key" 2>/dev/null; R=$(age-keygen -y "$work/key")
 
 "$LOAD" "$EP" "$PUTS" >"$work/load.out" 2>"$work/load.err" & pids+=($!)

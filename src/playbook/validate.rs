@@ -47,7 +47,13 @@ impl From<Problems> for crate::Error {
 
 /// Parses the YAML; a syntax or type error is reported at its position.
 pub fn parse(file: &str, text: &str) -> Result<Playbook, Problems> {
-    serde_yaml_ng::from_str::<Playbook>(text).map_err(|e| {
+    parse_yaml(file, text)
+}
+
+/// Parses a YAML file kirt reads (playbooks, serve rules) into `T`; a syntax or type error is the
+/// one problem, at its position.
+pub fn parse_yaml<T: serde::de::DeserializeOwned>(file: &str, text: &str) -> Result<T, Problems> {
+    serde_yaml_ng::from_str::<T>(text).map_err(|e| {
         let (line, column) = e
             .location()
             .map(|l| (l.line(), l.column()))

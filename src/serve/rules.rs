@@ -207,24 +207,7 @@ pub fn load(path: &str, dry_run: bool) -> crate::Result<Rules> {
 }
 
 pub fn check(path: &str, text: &str, dry_run: bool) -> Result<Rules, Problems> {
-    let file: RulesFile = serde_yaml_ng::from_str(text).map_err(|e| {
-        let (line, column) = e
-            .location()
-            .map(|l| (l.line(), l.column()))
-            .unwrap_or((1, 1));
-        let mut message = e.to_string();
-        if let Some(i) = message.find(" at line ") {
-            message.truncate(i);
-        }
-        Problems {
-            file: path.into(),
-            list: vec![Problem {
-                line,
-                column,
-                message,
-            }],
-        }
-    })?;
+    let file: RulesFile = validate::parse_yaml(path, text)?;
     let mut list = Vec::new();
     let mut at = |pos: (usize, usize), message: String| {
         list.push(Problem {
