@@ -544,10 +544,6 @@ fn each_responder_rule_is_needed_by_the_command_it_names() {
     }
 }
 
-/// Where the file named by the first container's environment variable `var` comes from:
-/// (volume kind, Secret or ConfigMap name, key in it) — the env var, the mount and the volume
-/// must agree for the job to find its key.
-#[track_caller]
 /// The point-in-time stream's Deployment: accepted by the apiserver, and never two streams of
 /// one cluster at once (one replica, replaced with Recreate), signing every segment.
 #[test]
@@ -601,6 +597,10 @@ fn stream_deployment_runs_one_stream_at_a_time() {
     assert_eq!(parsed.code(), 0, "{}", parsed.dump());
 }
 
+/// Where the file named by the first container's environment variable `var` comes from:
+/// (volume kind, Secret or ConfigMap name, key in it) — the env var, the mount and the volume
+/// must agree for the job to find its key.
+#[track_caller]
 fn key_source(pod: &Value, var: &str) -> (&'static str, String, String) {
     let c = &pod["containers"][0];
     let path = c["env"]

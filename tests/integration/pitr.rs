@@ -26,6 +26,20 @@ struct Keys {
     trusted: String,
 }
 
+impl Keys {
+    /// A fresh age identity and minisign key pair for the test.
+    fn new(lab: &Lab) -> Keys {
+        let (age, recipient) = age_key(lab);
+        let (sign, trusted) = signing_keys(lab);
+        Keys {
+            age,
+            recipient,
+            sign,
+            trusted,
+        }
+    }
+}
+
 async fn client(endpoint: &str) -> etcd_client::Client {
     etcd_client::Client::connect([endpoint], None)
         .await
@@ -207,14 +221,7 @@ fn stream_survives_sigterm_and_restart_and_restores_to_a_revision() {
     let etcd = lab.private_etcd("3.5");
     let ep = etcd.endpoint.clone();
     populate_etcd(&ep, "/base", 200);
-    let (age, recipient) = age_key(&lab);
-    let (sign, trusted) = signing_keys(&lab);
-    let keys = Keys {
-        age,
-        recipient,
-        sign,
-        trusted,
-    };
+    let keys = Keys::new(&lab);
     let dir = lab.dir.path().join("stream");
     let wait = Duration::from_secs(60);
 
@@ -459,14 +466,7 @@ fn restore_refuses_revisions_outside_the_chain() {
     let etcd = lab.private_etcd("3.5");
     let ep = etcd.endpoint.clone();
     populate_etcd(&ep, "/base", 50);
-    let (age, recipient) = age_key(&lab);
-    let (sign, trusted) = signing_keys(&lab);
-    let keys = Keys {
-        age,
-        recipient,
-        sign,
-        trusted,
-    };
+    let keys = Keys::new(&lab);
     let dir = lab.dir.path().join("stream");
     let h = stream(&lab, &ep, &dir, &keys, "1h");
     common::wait_until(Duration::from_secs(60), "the stream's full backup", || {
@@ -511,14 +511,7 @@ fn a_compacted_history_starts_a_new_chain() {
     let etcd = lab.private_etcd("3.5");
     let ep = etcd.endpoint.clone();
     populate_etcd(&ep, "/base", 50);
-    let (age, recipient) = age_key(&lab);
-    let (sign, trusted) = signing_keys(&lab);
-    let keys = Keys {
-        age,
-        recipient,
-        sign,
-        trusted,
-    };
+    let keys = Keys::new(&lab);
     let dir = lab.dir.path().join("stream");
     let wait = Duration::from_secs(60);
     let h = stream(&lab, &ep, &dir, &keys, "1h");
