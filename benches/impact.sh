@@ -4,7 +4,8 @@
 # open loop, every request's latency recorded), each contender runs in turn on the same etcd:
 #   idle (nothing), etcdctl snapshot save, the plain reader (snapshot_limit read: the stream and
 #   nothing else), the shell pipeline (etcdctl save → zstd -T0 -3 → age → aws s3 cp), kirt backup
-#   create with its defaults, with --hash-kv on, and with --nice --max-rate.
+#   create with its defaults (low priority: nice 10, idle I/O), with --hash-kv on, at normal
+#   priority (--nice=false) and with --max-rate.
 # Prints per contender: wall time, client CPU (the contender's processes), etcd CPU (from
 # /proc/PID/stat, and above the load's own idle rate), put p50/p99/max and read p99 latency, and
 # the ratios of p99 to idle and to etcdctl. Targets (K16): kirt's default p99 ≤ etcdctl's (±10 %)
@@ -50,7 +51,10 @@ cp=$(port); pp=$(port); s3port=$(port)
   --quota-backend-bytes 8589934592 >"$work/etcd.log" 2>&1 & pids+=($!)
 etcd_pid=$!
 S3DIR="${KIRT_BENCH_IMPACT_S3_DIR:-$work/s3}"; mkdir -p "$S3DIR/bench"
-"$CACHE/s3s-fs/bin/s3s-fs" --host 127.0.0.1 --port "$s3port" --access-key "$AWS_ACCESS_KEY_ID" \
+# a store off the node costs the node no CPU: with the objects on tmpfs, the S3 server may also
+# run at the lowest CPU and I/O priority (KIRT_BENCH_IMPACT_S3_NICE=1), the closest one machine gets
+S3NICE=(); [[ -n "${KIRT_BENCH_IMPACT_S3_NICE:-}" ]] && S3NICE=(nice -n 19 ionice -c 3)
+"${S3NICE[@]}" "$CACHE/s3s-fs/bin/s3s-fs" --host 127.0.0.1 --port "$s3port" --access-key "$AWS_ACCESS_KEY_ID" \
   --secret-key "$AWS_SECRET_ACCESS_KEY" "$S3DIR" >"$work/s3s.log" 2>&1 & pids+=($!)
 S3="http://127.0.0.1:$s3port"
 EP="http://127.0.0.1:$cp"
@@ -91,9 +95,8 @@ phase reader "$LIMIT" read "$EP"
 phase pipeline bash -c "'$ETCD_BIN/etcdctl' --endpoints '$EP' snapshot save '$work/p.db' >/dev/null && zstd -q -T0 -3 -c '$work/p.db' | age -r '$R' | '$AWS' --endpoint-url '$S3' s3 cp - s3://bench/pipeline.zst.age"
 phase kirt "$KIRT" -q backup create --etcd-endpoints "$EP" "${kirt_s3[@]}"
 phase kirt-hash-kv "$KIRT" -q backup create --etcd-endpoints "$EP" "${kirt_s3[@]}" --hash-kv on
-phase kirt-nice "$KIRT" -q backup create --etcd-endpoints "$EP" "${kirt_s3[@]}" --nice
+phase kirt-normal "$KIRT" -q backup create --etcd-endpoints "$EP" "${kirt_s3[@]}" --nice=false
 phase kirt-rate "$KIRT" -q backup create --etcd-endpoints "$EP" "${kirt_s3[@]}" --max-rate "$RATE"
-phase kirt-nice-rate "$KIRT" -q backup create --etcd-endpoints "$EP" "${kirt_s3[@]}" --nice --max-rate "$RATE"
 db=$("$ETCD_BIN/etcdctl" --endpoints "$EP" endpoint status -w json | python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["Status"]["dbSize"])')
 
 python3 - "$work/rows" "$db" "$PUTS" "$(nproc)" "$RATE" <<'PY'
@@ -130,8 +133,9 @@ ok = True
 for text, good in checks:
     print(f"  {text}: {'ok' if good else 'MISSED'}")
     ok &= good
-h, n = rows["kirt-hash-kv"], rows["kirt-nice-rate"]
+h, n, m = rows["kirt-hash-kv"], rows["kirt-normal"], rows["kirt-rate"]
 print(f"  --hash-kv on costs etcd {h['above'] - k['above']:.2f} CPU-s more than the default (p99 / idle {h['p99'] / idle['p99']:.2f})")
-print(f"  --nice --max-rate {rate}: p99 / idle {n['p99'] / idle['p99']:.2f}, etcd CPU above idle {n['above']:.2f}, wall {n['wall']:.1f} s")
+print(f"  --nice=false (normal priority): p99 / idle {n['p99'] / idle['p99']:.2f}, wall {n['wall']:.1f} s (default: {k['wall']:.1f} s)")
+print(f"  --max-rate {rate}: p99 / idle {m['p99'] / idle['p99']:.2f}, etcd CPU above idle {m['above']:.2f}, wall {m['wall']:.1f} s")
 sys.exit(0 if ok else 1)
 PY

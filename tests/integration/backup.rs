@@ -447,50 +447,74 @@ fn max_rate_paces_the_snapshot_stream() {
     assert!(r.stderr().contains("bytes per second"), "{}", r.dump());
 }
 
-/// `--nice`: every thread of kirt runs at nice 10 in the idle I/O class (checked with /proc
-/// and ionice while kirt holds after the stream, its workers started).
+/// By default (`--nice`) every thread of kirt runs at nice 10 in the idle I/O class; with
+/// `--nice=false` at the priority it was started with (checked with /proc and ionice while kirt
+/// holds after the stream, its workers started).
 #[test]
-fn nice_lowers_cpu_and_io_priority_of_every_thread() {
+fn backups_run_at_low_priority_unless_told_otherwise() {
     let Some(lab) = lab() else { return };
     let etcd = lab.private_etcd("3.5");
     populate_etcd(&etcd.endpoint, "/kirt-test", 200);
     let dir = lab.dir.path().join("nice");
-    let cmd = lab.kirt_cmd([
-        "backup",
-        "create",
-        "--etcd-endpoints",
-        &etcd.endpoint,
-        "--to",
-        dir.to_str().unwrap(),
-        "--no-encrypt",
-        "--nice",
-        "--threads",
-        "2",
-    ]);
-    let h = crate::common::process::Held::start(cmd, "hashkv", Duration::from_secs(60));
-    let pid = h.child.id();
-    let tasks: Vec<_> = std::fs::read_dir(format!("/proc/{pid}/task"))
-        .unwrap()
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().to_string())
-        .collect();
-    assert!(tasks.len() > 1, "{tasks:?}");
-    for tid in &tasks {
-        // a thread that ended meanwhile (an idle blocking-pool thread) cannot be wrong
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat")) else {
-            continue;
-        };
-        // the fields after "(comm)": state is field 3, nice field 19
-        let after = &stat[stat.rfind(')').unwrap() + 2..];
-        let nice = after.split(' ').nth(16).unwrap();
-        assert_eq!(nice, "10", "thread {tid}: {stat}");
-        let io = sh(&format!("ionice -p {tid}"));
-        if io.code() == 0 || std::path::Path::new(&format!("/proc/{pid}/task/{tid}")).exists() {
-            assert_eq!(io.ok().stdout().trim(), "idle", "thread {tid}");
+    // (nice, I/O class) of every thread of a held `backup create` with these flags
+    let priorities = |extra: &[&str]| {
+        let mut args = vec![
+            "backup",
+            "create",
+            "--etcd-endpoints",
+            &etcd.endpoint,
+            "--to",
+            dir.to_str().unwrap(),
+            "--no-encrypt",
+            "--threads",
+            "2",
+        ];
+        args.extend_from_slice(extra);
+        let h = crate::common::process::Held::start(
+            lab.kirt_cmd(args),
+            "hashkv",
+            Duration::from_secs(60),
+        );
+        let pid = h.child.id();
+        let tasks: Vec<_> = std::fs::read_dir(format!("/proc/{pid}/task"))
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().to_string())
+            .collect();
+        assert!(tasks.len() > 1, "{tasks:?}");
+        let mut seen = Vec::new();
+        for tid in &tasks {
+            // a thread that ended meanwhile (an idle blocking-pool thread) cannot be wrong
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat")) else {
+                continue;
+            };
+            // the fields after "(comm)": state is field 3, nice field 19
+            let after = &stat[stat.rfind(')').unwrap() + 2..];
+            let nice = after.split(' ').nth(16).unwrap().to_string();
+            let io = sh(&format!("ionice -p {tid}"));
+            if io.code() == 0 {
+                seen.push((nice, io.stdout().trim().to_string()));
+            }
         }
+        let (code, _, err) = h.terminate();
+        assert_eq!(code, 143, "{err}");
+        assert!(!seen.is_empty());
+        seen
+    };
+    for (nice, io) in priorities(&[]) {
+        assert_eq!((nice.as_str(), io.as_str()), ("10", "idle"));
     }
-    let (code, _, err) = h.terminate();
-    assert_eq!(code, 143, "{err}");
+    // the test's own nice value, which kirt inherits
+    let own = std::fs::read_to_string("/proc/self/stat").unwrap();
+    let own = own[own.rfind(')').unwrap() + 2..]
+        .split(' ')
+        .nth(16)
+        .unwrap()
+        .to_string();
+    for (nice, io) in priorities(&["--nice=false"]) {
+        assert_eq!(nice, own);
+        assert_ne!(io, "idle");
+    }
 }
 
 #[test]
