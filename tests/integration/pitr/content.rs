@@ -54,42 +54,37 @@ fn write_load(endpoint: &str) -> Written {
             let (r, k) = (next(), next());
             let revision = match r % 10 {
                 // new values and overwrites of the same 200 keys
-                0..=4 => c
+                0..=4 => rev(c
                     .put(key(k), format!("v{r:x}"), None)
                     .await
                     .unwrap()
-                    .header(),
-                5 => c.delete(key(k), None).await.unwrap().header(),
-                // a range [k, k+5) and a prefix (/w/k1…: ten keys)
-                6 => c
-                    .delete(
-                        key(k),
-                        Some(DeleteOptions::new().with_range(key(k % (KEYS - 5) + 5))),
-                    )
-                    .await
-                    .unwrap()
-                    .header(),
-                7 if ops % 20 == 7 => c
-                    .delete(
-                        format!("/w/k{}", k % 10),
-                        Some(DeleteOptions::new().with_prefix()),
-                    )
-                    .await
-                    .unwrap()
-                    .header(),
+                    .header()),
+                5 => rev(c.delete(key(k), None).await.unwrap().header()),
+                // a range of five keys
+                6 => {
+                    let from = k % (KEYS - 5);
+                    let range = DeleteOptions::new().with_range(key(from + 5));
+                    rev(c.delete(key(from), Some(range)).await.unwrap().header())
+                }
+                // a prefix (/w/kN…: ten keys), now and then
+                7 if ops % 20 == 7 => {
+                    let prefix = DeleteOptions::new().with_prefix();
+                    rev(c
+                        .delete(format!("/w/k{}", k % 10), Some(prefix))
+                        .await
+                        .unwrap()
+                        .header())
+                }
                 // a transaction: two puts and a delete of three distinct keys, one revision
-                _ => c
-                    .txn(Txn::new().and_then(vec![
+                _ => {
+                    let txn = Txn::new().and_then(vec![
                         TxnOp::put(key(k), format!("t{r:x}"), None),
                         TxnOp::put(key(k + 1), format!("t{r:x}"), None),
                         TxnOp::delete(key(k + 2), None),
-                    ]))
-                    .await
-                    .unwrap()
-                    .header(),
-            }
-            .unwrap()
-            .revision();
+                    ]);
+                    rev(c.txn(txn).await.unwrap().header())
+                }
+            };
             ops += 1;
             let due = (marks.len() as u32 + 1) * WRITE_FOR / 6;
             if marks.len() < 5 && started.elapsed() >= due {
@@ -99,6 +94,10 @@ fn write_load(endpoint: &str) -> Written {
         assert_eq!(marks.len(), 5, "{marks:?}");
         Written { marks, ops, lease }
     })
+}
+
+fn rev(h: Option<&etcd_client::ResponseHeader>) -> i64 {
+    h.unwrap().revision()
 }
 
 /// `(revision, time_ms)` of every revision in `base`'s segments, read with age and zstd.
@@ -138,11 +137,9 @@ fn restores_match_the_source_at_every_revision(version: &str) {
     });
     let base = fulls(&dir).remove(0);
     let w = write_load(&ep);
-    assert!(
-        w.ops as f64 / WRITE_FOR.as_secs_f64() > 200.0,
-        "the writer managed {} ops in {WRITE_FOR:?}",
-        w.ops
-    );
+    // the rate depends on the machine (each write waits for etcd's fsync); the load must be real
+    eprintln!("writer: {} ops in {WRITE_FOR:?}", w.ops);
+    assert!(w.ops >= 1_000, "the writer managed {} ops", w.ops);
     let end = put(&ep, "/w/end", "1");
     common::wait_until(
         Duration::from_secs(60),
