@@ -1,6 +1,9 @@
 //! Point-in-time recovery: `kirt backup stream` against a private etcd 3.5 (a full backup, then
 //! hash-chained segments of the watch), SIGTERM and restart, `kirt restore --to-revision` checked
 //! key by key against the live source at that revision, and planted segments refused.
+//! `breaks`: missing, swapped and foreign segments; `content`: restores in the middle of a busy
+//! stream (etcd 3.5 and 3.4) and leased keys; `kube`: a deleted namespace restored and served,
+//! and `kirt drill --to-revision`.
 //!
 //! Nothing here waits on a clock: the tests wait for outcomes (a manifest in the store, kirt's
 //! own "received through revision N" line) and a stream that must not commit on its own runs
