@@ -37,8 +37,22 @@ fn a_deleted_namespace_comes_back_through_a_point_in_time_restore() {
         "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: one}\ndata: {a: '1', b: two}\n---\napiVersion: v1\nkind: ConfigMap\nmetadata: {name: other}\ndata: {c: '3'}\n",
     );
     let cms = format!("/registry/configmaps/{}/", &*ns);
+    // the lab's controller-manager adds kube-root-ca.crt to every namespace, in its own time:
+    // the point to restore to is once it did, so that nothing else is still landing there
+    let root_ca = format!("{cms}kube-root-ca.crt");
+    common::wait_until(wait, "the root CA ConfigMap in the namespace", || {
+        keys_at(&ep, &cms, 0).contains_key(&root_ca)
+    });
     let before = head(&ep);
-    assert_eq!(keys_at(&ep, &cms, before).len(), 2);
+    let names: Vec<String> = keys_at(&ep, &cms, before).into_keys().collect();
+    assert_eq!(
+        names,
+        [
+            format!("{cms}kube-root-ca.crt"),
+            format!("{cms}one"),
+            format!("{cms}other")
+        ]
+    );
     lab.kubectl(["delete", "namespace", &ns, "--wait=false"])
         .ok();
     common::wait_until(wait, "the namespace controller emptying it", || {
