@@ -3,7 +3,7 @@
 //! key by key against the live source at that revision, and planted segments refused.
 //! `breaks`: missing, swapped and foreign segments; `content`: restores in the middle of a busy
 //! stream (etcd 3.5 and 3.4) and leased keys; `kube`: a deleted namespace restored and served,
-//! and `kirt drill --to-revision`.
+//! and `kirt drill --to-revision`; `compact`: `kirt backup compact` of a chain.
 //!
 //! Nothing here waits on a clock: the tests wait for outcomes (a manifest in the store, kirt's
 //! own "received through revision N" line) and a stream that must not commit on its own runs
@@ -550,6 +550,7 @@ fn a_compacted_history_starts_a_new_chain() {
 }
 
 mod breaks;
+mod compact;
 mod content;
 mod kube;
 
