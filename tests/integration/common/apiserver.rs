@@ -85,6 +85,16 @@ impl OwnApiserver {
         api
     }
 
+    /// `curl` of `path` (e.g. a watch) with the admin token; curl passes bytes on as they
+    /// arrive (`-N`), so a watch can be read while it runs.
+    pub fn curl(&self, path: &str) -> Command {
+        let mut c = Command::new("curl");
+        c.args(["-sSNk", "-H"])
+            .arg(format!("Authorization: Bearer {}", self.token))
+            .arg(format!("{}{path}", self.proc.endpoint));
+        c
+    }
+
     pub fn kubectl(&self, args: &[&str]) -> Run {
         let mut c = Command::new(super::k8s::kubectl_binary());
         c.env("KUBECONFIG", "/dev/null")
