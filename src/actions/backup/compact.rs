@@ -169,6 +169,10 @@ pub async fn run(ctx: &Ctx, spec: BackupCompactSpec) -> Result<CompactResult> {
     let clock = Instant::now();
     let now = jiff::Timestamp::now();
     let target = Target::from_flags(spec.to_revision, None)?;
+    if spec.source.from.is_empty() {
+        // the usage error BackupSource gives for a missing --from
+        spec.source.open().await?;
+    }
     spec.unsigned.check(&spec.source, "compact")?;
     let encrypt = EncryptOptions {
         recipients: spec.recipients.clone(),

@@ -299,6 +299,19 @@ fn a_compacted_chain_is_a_full_backup_equal_to_the_source_at_its_revision() {
         "{}",
         nothing.dump()
     );
+    // bad input (exit 2)
+    let r = compact(&lab, &dir, &keys, &base, &["--to-revision", "0"]);
+    assert_eq!(r.code(), 2, "{}", r.dump());
+    assert!(r.stderr().contains("start at 1"), "{}", r.dump());
+    let r = lab.kirt([
+        "backup",
+        "compact",
+        "--trusted-key",
+        &keys.trusted,
+        "latest",
+    ]);
+    assert_eq!(r.code(), 2, "{}", r.dump());
+    assert!(r.stderr().contains("--from"), "{}", r.dump());
     assert_eq!(common::files_under(&dir), before);
     let left = sh(&format!("ls -A {}", lab.dir.path().join("tmp").display())).stdout();
     assert!(left.trim().is_empty(), "compactions left behind: {left}");

@@ -25,6 +25,8 @@ use crate::common::keys::{age_key, signing_keys};
 use crate::common::{self, lab, Lab, Proc};
 
 const WAIT: Duration = Duration::from_secs(120);
+/// ConfigMaps written after the backup.
+const AFTER: usize = 30;
 
 /// A watch (curl) whose events land in a file as they arrive; killed when dropped.
 struct Watch {
@@ -88,6 +90,20 @@ fn rv(obj: &Value) -> u64 {
         .unwrap_or_else(|| panic!("no resourceVersion: {obj:#}"))
 }
 
+/// The resourceVersion of a (quorum) list of the namespace's ConfigMaps: etcd's head when it
+/// was read, the newest the apiserver served then.
+fn list_rv(api: &OwnApiserver, ns: &str) -> u64 {
+    let list = api
+        .kubectl(&[
+            "get",
+            "--raw",
+            &format!("/api/v1/namespaces/{ns}/configmaps"),
+        ])
+        .ok()
+        .json();
+    rv(&list)
+}
+
 fn create_cm(api: &OwnApiserver, ns: &str, name: &str) -> u64 {
     let r = api
         .kubectl(&[
@@ -106,16 +122,11 @@ fn create_cm(api: &OwnApiserver, ns: &str, name: &str) -> u64 {
 
 /// A watch from `rv` on a fresh request: its first event (a 410 arrives as an ERROR event).
 fn first_event_from(api: &OwnApiserver, ns: &str, rv: u64) -> Value {
-    let r = common::run(
-        {
-            let mut c = api.curl(&format!(
-                "/api/v1/namespaces/{ns}/configmaps?watch=1&resourceVersion={rv}&timeoutSeconds=60"
-            ));
-            c.stdin(Stdio::null());
-            c
-        },
-        format!("watch from {rv}"),
-    );
+    let mut c = api.curl(&format!(
+        "/api/v1/namespaces/{ns}/configmaps?watch=1&resourceVersion={rv}&timeoutSeconds=60"
+    ));
+    c.stdin(Stdio::null());
+    let r = common::run(c, format!("watch from {rv}"));
     let first = r.stdout().lines().next().map(str::to_string);
     serde_json::from_str(&first.unwrap_or_else(|| panic!("no event: {}", r.dump())))
         .unwrap_or_else(|e| panic!("{e}: {}", r.dump()))
@@ -157,21 +168,20 @@ fn before_the_restore(lab: &Lab) -> Before {
         &["--recipient", &recipient, "--sign-key", &sign],
         &key,
     );
-    create_cm(&api, &ns, "after-1");
-    let after = create_cm(&api, &ns, "after-2");
+    // writes after the backup: what the restore discards. Many of them, so that the revisions a
+    // restarted apiserver writes by itself cannot cover the distance back to what was served
+    let manifests = lab.dir.path().join(common::unique("after.yaml"));
+    let docs: Vec<String> = (1..=AFTER)
+        .map(|i| format!("apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: after-{i}}}\n"))
+        .collect();
+    std::fs::write(&manifests, docs.join("---\n")).unwrap();
+    api.kubectl(&["create", "-n", &ns, "-f", manifests.to_str().unwrap()])
+        .ok();
+    let after = list_rv(&api, &ns);
     let watch = Watch::open(lab, &api, &ns, after);
     create_cm(&api, &ns, "watched");
     let served = rv(&watch.wait_for("watched")["object"]);
-    // a list's resourceVersion is etcd's head when it was read: the newest served
-    let list = api
-        .kubectl(&[
-            "get",
-            "--raw",
-            &format!("/api/v1/namespaces/{ns}/configmaps"),
-        ])
-        .ok()
-        .json();
-    let served = served.max(rv(&list));
+    let served = served.max(list_rv(&api, &ns));
     Before {
         etcd,
         api,
@@ -317,6 +327,11 @@ fn without_the_bump_new_writes_reuse_resource_versions_already_served() {
     let mut n = 0;
     while last <= b.served {
         n += 1;
+        assert!(
+            n <= 10 * AFTER,
+            "{n} writes and still at {last} <= {}",
+            b.served
+        );
         last = create_cm(&b.api, &b.ns, &format!("filler-{n}"));
     }
     let seen = watch.wait_for(&format!("filler-{n}"));
