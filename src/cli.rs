@@ -139,6 +139,9 @@ pub enum BackupCmd {
     /// Copy backups to a second store (offsite): streamed, digests checked on the way, the
     /// manifest written last; --missing copies only what the target lacks
     Copy(actions::backup::copy::BackupCopySpec),
+    /// Merge a full backup and its chain's segments into a new full backup (replayed in a
+    /// scratch etcd, snapshotted, published like backup create); --to-revision stops earlier
+    Compact(actions::backup::compact::BackupCompactSpec),
 }
 
 /// `kirt restore ID --data-dir …` or `kirt restore objects …`.
@@ -319,6 +322,9 @@ pub async fn run(cli: Cli, shutdown: crate::signal::Shutdown) -> Result<Exit> {
         }
         Command::Backup(BackupCmd::Copy(spec)) => {
             show(&ctx, &actions::backup::copy::run(&ctx, spec).await?)
+        }
+        Command::Backup(BackupCmd::Compact(spec)) => {
+            show(&ctx, &actions::backup::compact::run(&ctx, spec).await?)
         }
         Command::Drill(spec) => show(&ctx, &actions::drill::run(&ctx, spec).await?),
         Command::Restore(RestoreCmd {

@@ -4,6 +4,11 @@
 //! cluster: the restored keys per resource at the backup's revision against the counts recorded
 //! then, and what the apiserver serves against the restored keys at the snapshot's head (the
 //! snapshot may hold a few writes newer than the recorded revision).
+//! With `--to-revision R` / `--to-time T` the drill rehearses a point-in-time restore: the chain
+//! is replayed into the scratch etcd up to the target ([`replay::open`], as `kirt restore` does),
+//! the full backup's counts are compared at its revision in that member (the replay keeps the
+//! history), and what the apiserver serves against the replayed keys at the target; the RPO is
+//! the age of the target's revision.
 //! Everything runs on free loopback ports and is stopped and removed afterwards.
 
 use std::collections::BTreeMap;
@@ -17,9 +22,10 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use serde::{Deserialize, Serialize};
 
 use crate::actions::backup::manifest::Manifest;
-use crate::actions::backup::source::{BackupSource, Unsigned};
+use crate::actions::backup::replay::{self, Reached, Target, Tools};
+use crate::actions::backup::source::{BackupSource, Located, Unsigned};
 use crate::actions::backup::verify::{
-    keyspace_checks, stream_and_check, Check, ETCDUTL_BIN, ETCD_BIN, LATEST,
+    keyspace_checks, refuse_failed, stream_and_check, Check, ETCDUTL_BIN, ETCD_BIN, LATEST,
 };
 use crate::context::Ctx;
 use crate::crypto::DecryptOptions;
@@ -45,6 +51,14 @@ pub struct DrillSpec {
     /// Backup id, CLUSTER/ID, or "latest"
     #[arg(default_value = LATEST, value_name = "ID")]
     pub backup: String,
+    /// Drill a point-in-time restore: the state as of this etcd revision (the chain of ID, or
+    /// with "latest" the newest chain that reaches it, replayed up to it)
+    #[arg(long, value_name = "REVISION", conflicts_with = "to_time")]
+    pub to_revision: Option<i64>,
+    /// Drill a point-in-time restore: the newest revision the stream received at or before this
+    /// time (RFC 3339)
+    #[arg(long, value_name = "TIME")]
+    pub to_time: Option<String>,
     #[command(flatten)]
     pub decrypt: DecryptOptions,
     /// kube-apiserver binary for the scratch control plane (default: kube-apiserver on PATH)
@@ -74,6 +88,8 @@ impl Default for DrillSpec {
             source: BackupSource::default(),
             unsigned: Unsigned::default(),
             backup: LATEST.into(),
+            to_revision: None,
+            to_time: None,
             decrypt: DecryptOptions::default(),
             apiserver_bin: APISERVER_BIN.into(),
             etcd_bin: ETCD_BIN.into(),
@@ -106,7 +122,9 @@ pub struct DrillReport {
     pub ok: bool,
     /// Whether a trusted key vouched for the backup's manifest (else --allow-unsigned).
     pub signed: bool,
-    /// Age of the backup when the drill started (what would be lost).
+    /// With --to-revision/--to-time: the revision the replay reached and when it was received.
+    pub point_in_time: Option<Reached>,
+    /// Age of the backup (of the point in time) when the drill started (what would be lost).
     pub rpo_seconds: f64,
     /// From the start of the restore to the scratch apiserver serving.
     pub rto_seconds: f64,
@@ -140,8 +158,16 @@ impl Render for DrillReport {
                 c.check, c.expected, c.actual
             ));
         }
+        if let Some(p) = &self.point_in_time {
+            t.note(format!(
+                "\npoint in time: revision {} (received {})",
+                p.revision,
+                p.time
+                    .map_or("at an unknown time".into(), |t| t.to_string())
+            ));
+        }
         t.note(format!(
-            "\nbackup {}/{} ({}): {}\nRPO {}  (age of the backup)\nRTO {}  (restore to apiserver serving, {})\nverify {:.1}s, {} checks",
+            "\nbackup {}/{} ({}): {}\nRPO {}  (age of the backup or point in time)\nRTO {}  (restore to apiserver serving, {})\nverify {:.1}s, {} checks",
             self.cluster,
             self.backup,
             signed_text(self.signed),
@@ -174,41 +200,100 @@ fn human_secs(s: f64) -> String {
 
 pub async fn run(ctx: &Ctx, spec: DrillSpec) -> Result<DrillReport> {
     let started = jiff::Timestamp::now();
-    let t = Instant::now();
+    let target = Target::from_flags(spec.to_revision, spec.to_time.as_deref())?;
     spec.unsigned.check(&spec.source, "drill")?;
-    let loc = spec.source.locate(&spec.backup).await?;
-    if loc.manifest.etcd.prefix_counts.is_empty() {
-        return Err(Error::VerifyFailed(format!(
-            "backup {}'s manifest records no per-resource counts: there is nothing to compare the restored cluster with (not made by kirt, or edited)",
-            loc.entry.id
-        )));
-    }
-    let decryption = loc.decryption(&spec.decrypt)?;
     let tmp = crate::scratch::work_dir("kirt-drill-", spec.work_dir.as_deref())?;
-    let snap = tmp.path().join("snapshot.db");
-    let streamed = stream_and_check(ctx, &loc, decryption, Some(snap.clone())).await?;
-    let verify_seconds = t.elapsed().as_secs_f64();
-    if !streamed.ok {
-        return Err(Error::VerifyFailed(format!(
-            "backup {} does not match its manifest; drill stopped before restoring",
-            loc.entry.id
-        )));
-    }
-    let mut checks = streamed.checks;
-    let restored =
-        restore_and_serve(&ctx.shutdown, &spec, &loc.manifest, &snap, tmp.path()).await?;
+    let restore_started = Instant::now();
+    let (loc, etcd, rto_from, mut checks, verify_seconds, reached) = match target {
+        Target::End => {
+            let loc = spec.source.locate(&spec.backup).await?;
+            has_counts(&loc)?;
+            let decryption = loc.decryption(&spec.decrypt)?;
+            let snap = tmp.path().join("snapshot.db");
+            let streamed = stream_and_check(ctx, &loc, decryption, Some(snap.clone())).await?;
+            let verify_seconds = restore_started.elapsed().as_secs_f64();
+            if !streamed.ok {
+                return Err(Error::VerifyFailed(format!(
+                    "backup {} does not match its manifest; drill stopped before restoring",
+                    loc.entry.id
+                )));
+            }
+            let restore_started = Instant::now();
+            let etcd = ScratchEtcd::restore(
+                &ctx.shutdown,
+                &spec.etcd_bin,
+                &spec.etcdutl_bin,
+                &snap,
+                tmp.path(),
+                "kirt-drill",
+                &[],
+            )
+            .await?;
+            (
+                loc,
+                etcd,
+                restore_started,
+                streamed.checks,
+                verify_seconds,
+                None,
+            )
+        }
+        _ => {
+            let tools = Tools {
+                etcd: &spec.etcd_bin,
+                etcdutl: &spec.etcdutl_bin,
+            };
+            let opened = replay::open(
+                ctx,
+                &spec.source,
+                &spec.backup,
+                target,
+                &spec.decrypt,
+                &tools,
+                &tmp.path().join("replay"),
+            )
+            .await?;
+            let refused = has_counts(&opened.base).and(refuse_failed(&opened.base, &opened.checks));
+            if let Err(e) = refused {
+                opened.member.stop().await;
+                return Err(e);
+            }
+            let reached = opened.member.reached;
+            (
+                opened.base,
+                opened.member.etcd,
+                // the restore's clock starts once the full backup was fetched and checked
+                restore_started + opened.verified_in,
+                opened.checks,
+                opened.verified_in.as_secs_f64(),
+                Some(reached),
+            )
+        }
+    };
+    let restored = serve(
+        &ctx.shutdown,
+        &spec,
+        &loc.manifest,
+        &etcd,
+        tmp.path(),
+        rto_from,
+    )
+    .await;
+    etcd.stop().await;
+    let restored = restored?;
     checks.extend(restored.checks);
     let resources = compare_counts(&loc.manifest, &restored.observed, restored.served);
     let ok = checks.iter().all(|c| c.ok) && resources.iter().all(|r| r.ok);
-    let rpo = started
-        .duration_since(loc.manifest.finished_at)
-        .as_secs_f64()
-        .max(0.0);
+    let point = reached
+        .and_then(|r| r.time)
+        .unwrap_or(loc.manifest.finished_at);
+    let rpo = started.duration_since(point).as_secs_f64().max(0.0);
     let report = DrillReport {
         backup: loc.entry.id.clone(),
         cluster: loc.entry.cluster.clone(),
         ok,
         signed: loc.signed,
+        point_in_time: reached,
         rpo_seconds: rpo,
         rto_seconds: restored.rto_seconds,
         verify_seconds,
@@ -222,6 +307,17 @@ pub async fn run(ctx: &Ctx, spec: DrillSpec) -> Result<DrillReport> {
     Ok(report)
 }
 
+/// A drill compares with the counts the manifest recorded; without them it has nothing to check.
+fn has_counts(loc: &Located) -> Result<()> {
+    if loc.manifest.etcd.prefix_counts.is_empty() {
+        return Err(Error::VerifyFailed(format!(
+            "backup {}'s manifest records no per-resource counts: there is nothing to compare the restored cluster with (not made by kirt, or edited)",
+            loc.entry.id
+        )));
+    }
+    Ok(())
+}
+
 /// What the scratch control plane on the restored snapshot showed.
 struct Restored {
     checks: Vec<Check>,
@@ -231,62 +327,50 @@ struct Restored {
     rto_seconds: f64,
 }
 
-/// etcdutl restore → scratch etcd (keys and HashKV at the recorded revision) → scratch apiserver
-/// (objects it serves). Both servers are stopped before this returns, also on failure.
-async fn restore_and_serve(
+/// Scratch etcd (keys and HashKV at the recorded revision; the head is the backup's snapshot or
+/// the replayed point in time) → scratch apiserver (objects it serves), stopped before this
+/// returns, also on failure. The caller stops the etcd.
+async fn serve(
     stop: &Shutdown,
     spec: &DrillSpec,
     m: &Manifest,
-    snap: &Path,
+    etcd: &ScratchEtcd,
     dir: &Path,
+    restore_started: Instant,
 ) -> Result<Restored> {
-    let restore_started = Instant::now();
-    let etcd = ScratchEtcd::restore(
-        stop,
-        &spec.etcd_bin,
-        &spec.etcdutl_bin,
-        snap,
-        dir,
-        "kirt-drill",
-        &[],
-    )
-    .await?;
-    let result = stop
-        .guard("the scratch control plane was stopped", async {
-            let observed = etcd
-                .observe(m.etcd.revision, m.etcd.hash_kv.is_some())
-                .await?;
-            let checks = keyspace_checks(m, &observed);
-            let api = ScratchApiserver::start(
-                &spec.apiserver_bin,
-                &spec.service_cluster_ip_range,
-                &etcd.endpoint,
-                &etcd.pki,
-                dir,
-            )
+    stop.guard("the scratch control plane was stopped", async {
+        let observed = etcd
+            .observe(m.etcd.revision, m.etcd.hash_kv.is_some())
             .await?;
-            stop.hold("scratch-apiserver").await;
-            let rto_seconds = restore_started.elapsed().as_secs_f64();
-            let served = count_objects(&api.cluster).await;
-            let version = api
-                .cluster
-                .client
-                .apiserver_version()
-                .await
-                .map(|v| v.git_version)
-                .unwrap_or_default();
-            api.stop().await;
-            Ok::<_, Error>(Restored {
-                checks,
-                observed,
-                served: served?,
-                version,
-                rto_seconds,
-            })
+        let checks = keyspace_checks(m, &observed);
+        let api = ScratchApiserver::start(
+            &spec.apiserver_bin,
+            &spec.service_cluster_ip_range,
+            &etcd.endpoint,
+            &etcd.pki,
+            dir,
+        )
+        .await?;
+        stop.hold("scratch-apiserver").await;
+        let rto_seconds = restore_started.elapsed().as_secs_f64();
+        let served = count_objects(&api.cluster).await;
+        let version = api
+            .cluster
+            .client
+            .apiserver_version()
+            .await
+            .map(|v| v.git_version)
+            .unwrap_or_default();
+        api.stop().await;
+        Ok::<_, Error>(Restored {
+            checks,
+            observed,
+            served: served?,
+            version,
+            rto_seconds,
         })
-        .await;
-    etcd.stop().await;
-    result
+    })
+    .await
 }
 
 /// Per resource: recorded vs restored at the backup's revision, served vs restored at the head.
@@ -366,6 +450,18 @@ fn write_report(path: &Path, r: &DrillReport) -> Result<()> {
         r.apiserver_version,
         signed_text(r.signed)
     );
+    if let Some(p) = &r.point_in_time {
+        md = md.replacen(
+            "| RPO",
+            &format!(
+                "| point in time | revision {} (received {}) |\n| RPO",
+                p.revision,
+                p.time
+                    .map_or("at an unknown time".into(), |t| t.to_string())
+            ),
+            1,
+        );
+    }
     for c in &r.resources {
         md.push_str(&format!(
             "| {} | {} | {} | {} | {} |\n",

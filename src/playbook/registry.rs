@@ -331,6 +331,10 @@ static ACTIONS: LazyLock<Vec<ActionDef>> = LazyLock::new(|| {
             "remove backups no keep rule selects (kirt backup prune)", mutates: no_undo),
         action!("backup.copy", actions::backup::copy::BackupCopySpec, actions::backup::copy::run,
             "copy backups to a second store, digests checked (kirt backup copy)", mutates: no_undo),
+        action!("backup.compact", actions::backup::compact::BackupCompactSpec,
+            actions::backup::compact::run,
+            "merge a full backup and its segments into a new full backup (kirt backup compact)",
+            mutates: no_undo),
         action!(
             "backup.list",
             actions::backup::list::BackupListSpec,

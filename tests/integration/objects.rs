@@ -7,8 +7,9 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+use crate::common::apiserver::OwnApiserver;
 use crate::common::keys::{age_key, signing_keys};
-use crate::common::{self, free_port, lab, unique, wait_until, Lab, Proc};
+use crate::common::{self, lab, unique, wait_until, Lab, Proc};
 
 /// A signed, encrypted backup of the lab's etcd in a directory of the test's own.
 struct Backup {
@@ -563,92 +564,23 @@ fn a_dry_run_restore_changes_nothing() {
 /// A kube-apiserver of this test's own on a private etcd, with Secrets encrypted at rest by
 /// aescbc: `kubectl` with its token, and the etcd.
 struct Encrypting {
-    apiserver: Proc,
+    api: OwnApiserver,
     etcd: Proc,
-    token: String,
 }
 
 impl Encrypting {
     fn start(lab: &Lab, config: &std::path::Path) -> Encrypting {
         let etcd = lab.private_etcd("3.5");
-        let dir = lab.dir.path().join(unique("apiserver"));
-        std::fs::create_dir_all(&dir).unwrap();
-        let token = unique("k13-admin-token");
-        std::fs::write(
-            dir.join("tokens.csv"),
-            format!("{token},k13-admin,k13-admin,\"system:masters\"\n"),
-        )
-        .unwrap();
-        let pki = std::path::Path::new(&lab.get("KIRT_LAB_DIR")).join("pki");
-        let port = free_port();
-        let log = std::fs::File::create(dir.join("apiserver.log")).unwrap();
-        let child =
-            std::process::Command::new(format!("{}/kube-apiserver", lab.get("KIRT_LAB_KUBE_BIN")))
-                .arg(format!("--etcd-servers={}", etcd.endpoint))
-                .arg(format!("--encryption-provider-config={}", config.display()))
-                .args([
-                    "--bind-address=127.0.0.1",
-                    "--advertise-address=127.0.0.1",
-                    &format!("--secure-port={port}"),
-                    "--insecure-port=0",
-                ])
-                .arg(format!("--cert-dir={}", dir.display()))
-                .arg(format!(
-                    "--token-auth-file={}",
-                    dir.join("tokens.csv").display()
-                ))
-                .arg("--authorization-mode=RBAC")
-                .arg(format!(
-                    "--service-account-key-file={}",
-                    pki.join("sa.pub").display()
-                ))
-                .arg(format!(
-                    "--service-account-signing-key-file={}",
-                    pki.join("sa.key").display()
-                ))
-                .args([
-                    "--service-account-issuer=https://kubernetes.default.svc",
-                    "--service-cluster-ip-range=10.0.0.0/24",
-                    "--endpoint-reconciler-type=none",
-                ])
-                .stdout(log.try_clone().unwrap())
-                .stderr(log)
-                .spawn()
-                .expect("start kube-apiserver");
-        let mut api = Encrypting {
-            apiserver: Proc {
-                child,
-                endpoint: format!("https://127.0.0.1:{port}"),
-                dir: dir.clone(),
-                port,
-            },
-            etcd,
-            token,
-        };
-        wait_until(
-            Duration::from_secs(120),
-            "the encrypting kube-apiserver",
-            || {
-                if let Ok(Some(status)) = api.apiserver.child.try_wait() {
-                    panic!(
-                        "kube-apiserver exited ({status}): {}",
-                        std::fs::read_to_string(dir.join("apiserver.log")).unwrap_or_default()
-                    );
-                }
-                let r = api.kubectl(&["get", "--raw", "/readyz"]);
-                r.code() == 0 && r.stdout().trim() == "ok"
-            },
+        let api = OwnApiserver::start(
+            lab,
+            &etcd.endpoint,
+            &[format!("--encryption-provider-config={}", config.display())],
         );
-        api
+        Encrypting { api, etcd }
     }
 
     fn kubectl(&self, args: &[&str]) -> common::Run {
-        let mut c = std::process::Command::new(common::k8s::kubectl_binary());
-        c.env("KUBECONFIG", "/dev/null")
-            .args(["--server", &self.apiserver.endpoint, "--token", &self.token])
-            .arg("--insecure-skip-tls-verify")
-            .args(args);
-        common::run(c, format!("kubectl {}", args.join(" ")))
+        self.api.kubectl(args)
     }
 }
 

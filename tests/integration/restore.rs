@@ -1,6 +1,9 @@
 //! `kirt backup verify`, `kirt restore`, `kirt drill`: verify, trial restore, real restore and the
 //! DR drill against real etcd 3.4/3.5 and S3; every corruption is detected with its own message
-//! and exit 3, leaving nothing behind.
+//! and exit 3, leaving nothing behind. `apiserver`: a restore under a kube-apiserver that keeps
+//! running, with and without the revision bump.
+
+mod apiserver;
 
 use std::path::{Path, PathBuf};
 

@@ -308,15 +308,6 @@ impl Plan {
             ));
         }
         spec.etcd.validate()?;
-        let (encryption, enc_info) = spec.encryption.resolve(true)?;
-        let threads = spec.threads.unwrap_or_else(|| {
-            default_threads(
-                std::thread::available_parallelism()
-                    .map(|n| n.get() as u32)
-                    .unwrap_or(1),
-            )
-        });
-        let compression = Compression::zstd(spec.compression_level, threads)?;
         if let Some(name) = &spec.cluster_name {
             if name.is_empty() || name.contains(['/', '\\']) || name.starts_with('.') {
                 return Err(Error::usage(format!(
@@ -324,7 +315,36 @@ impl Plan {
                 )));
             }
         }
-        let signer = super::signing::sign_key_path(&spec.sign_key)
+        Plan::new(
+            &spec.encryption,
+            spec.compression_level,
+            spec.threads,
+            &spec.sign_key,
+            &spec.retention,
+            started,
+        )
+    }
+
+    /// The encoding, signing and retention of a new full backup (`backup compact` writes one
+    /// with the same plan).
+    pub(super) fn new(
+        encryption: &EncryptOptions,
+        compression_level: i32,
+        threads: Option<u32>,
+        sign_key: &Option<PathBuf>,
+        retention: &ObjectLockOptions,
+        started: jiff::Timestamp,
+    ) -> Result<Plan> {
+        let (encryption, enc_info) = encryption.resolve(true)?;
+        let threads = threads.unwrap_or_else(|| {
+            default_threads(
+                std::thread::available_parallelism()
+                    .map(|n| n.get() as u32)
+                    .unwrap_or(1),
+            )
+        });
+        let compression = Compression::zstd(compression_level, threads)?;
+        let signer = super::signing::sign_key_path(sign_key)
             .map(|p| super::signing::load_secret_key(&p))
             .transpose()?;
         if signer.is_none() {
@@ -343,7 +363,7 @@ impl Plan {
             compression,
             signer,
             trusted,
-            retention: spec.retention.retention(started)?,
+            retention: retention.retention(started)?,
         })
     }
 }
@@ -545,6 +565,7 @@ async fn backup(
         kirt_version: crate::actions::version::long(),
         started_at: started,
         finished_at: jiff::Timestamp::now(),
+        compacted_from: None,
     };
     let manifest_key = manifest::manifest_key(&cluster, &id);
     let json = to_json("the manifest", &m)?;
@@ -634,7 +655,7 @@ pub fn pace(sent: u64, rate: u64, elapsed: std::time::Duration) -> std::time::Du
 
 /// The producer: one member's snapshot stream, its etcd trailer checked on the fly, paced to
 /// `max_rate` bytes/s (0: as fast as it comes).
-async fn stream_snapshot(
+pub(super) async fn stream_snapshot(
     client: &etcd_client::Client,
     endpoint: &str,
     feed: Feed<Bytes>,

@@ -94,6 +94,20 @@ impl BackupEntry {
         self.status == Status::Complete
             && matches!(self.signature, Signature::Unchecked | Signature::Valid)
     }
+
+    /// A compacted backup (`kirt backup compact`) whose chain is among `others` and usable: that
+    /// chain holds the same state and may reach further (the stream goes on extending it), so
+    /// `latest` and `--to-time` prefer it. A revision target may still pick the compacted one.
+    pub fn superseded<'a>(&self, mut others: impl Iterator<Item = &'a BackupEntry>) -> bool {
+        let Some(from) = self
+            .manifest
+            .as_ref()
+            .and_then(|m| m.compacted_from.as_ref())
+        else {
+            return false;
+        };
+        others.any(|o| o.cluster == self.cluster && o.id == from.base && o.usable())
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -218,7 +232,9 @@ pub async fn scan(
 }
 
 /// The newest usable backup of `cluster` by its id, reading manifests newest first only until
-/// one is found (a nightly run need not read the whole history).
+/// one is found (a nightly run need not read the whole history). Compacted backups are passed
+/// over: they are not chains a restarted stream extends (it continues its own), and they carry
+/// their base's cluster id, which the base (or a later chain) shows the guard anyway.
 pub async fn newest_usable(
     store: &dyn Store,
     cluster: &str,
@@ -230,7 +246,11 @@ pub async fn newest_usable(
             continue;
         }
         let e = entry(store, trusted, now, c, id, files).await?;
-        if e.usable() {
+        let compacted = e
+            .manifest
+            .as_ref()
+            .is_some_and(|m| m.compacted_from.is_some());
+        if e.usable() && !compacted {
             return Ok(Some(e));
         }
     }

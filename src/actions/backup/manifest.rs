@@ -28,8 +28,35 @@ pub struct Manifest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub object_lock: Option<crate::store::Retention>,
     pub kirt_version: String,
+    /// When the snapshot was taken (for a compacted backup: when the stream received the
+    /// revision it holds, so that `latest`, retention, RPO and the revision bump see the time of
+    /// the state; the compaction's own time is in `compacted_from`).
     pub started_at: jiff::Timestamp,
     pub finished_at: jiff::Timestamp,
+    /// Set by `kirt backup compact`: the chain this full backup was made from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compacted_from: Option<CompactedFrom>,
+}
+
+/// What a compacted full backup was made from: a full backup and its chain's segments replayed
+/// up to `revision`. The compacted backup starts a chain of its own (no segments follow it).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct CompactedFrom {
+    /// The chain's full backup.
+    pub base: String,
+    pub base_revision: i64,
+    /// Segments replayed (the last one holds `revision`).
+    pub segments: u64,
+    pub last_segment: String,
+    /// sha256 of that segment's manifest as stored (a link into the chain's hash chain).
+    pub last_segment_manifest_sha256: String,
+    /// The revision replayed to (the compacted backup's revision).
+    pub revision: i64,
+    /// When the source's watch received it (unknown only for chains written before kirt
+    /// recorded it).
+    pub time: Option<jiff::Timestamp>,
+    /// When the compaction ran.
+    pub compacted_at: jiff::Timestamp,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

@@ -5,9 +5,10 @@
 //! `diff` compares them with the live cluster. `guard` and `lock` keep two clusters, or two runs
 //! of one, from writing the same history. `stream` extends a full backup with `segment`s of
 //! etcd's watch stream; `chain` resolves and checks them, `replay` applies them to a scratch
-//! member (point-in-time recovery).
+//! member (point-in-time recovery), and `compact` snapshots such a member as a new full backup.
 
 pub mod chain;
+pub mod compact;
 pub mod copy;
 pub mod create;
 pub mod diff;

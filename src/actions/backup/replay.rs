@@ -5,8 +5,8 @@
 //! [`open`] is the one entry point: "restore this backup, or the chain that reaches revision R /
 //! time T, into a scratch etcd and hand me the member". `kirt restore --to-revision/--to-time`
 //! snapshots that member into the real data dir; `kirt backup verify --restore` replays a chain
-//! to its end with [`Member::replay`]. (`drill --to-time` and `backup compact` would use `open`
-//! too; they are not built yet.)
+//! to its end with [`Member::replay`]; `kirt drill --to-revision/--to-time` serves that member
+//! with a scratch apiserver; `kirt backup compact` snapshots it as a new full backup.
 //!
 //! A replay applies each source revision as one transaction, so the scratch member's revisions
 //! are the source's: every transaction's revision is checked, and anything else writing to the
@@ -345,6 +345,7 @@ async fn revision_at(
     let Some(loc) = locs
         .iter()
         .filter(|l| l.manifest.started_at <= t)
+        .filter(|l| !l.entry.superseded(locs.iter().map(|o| &o.entry)))
         .max_by_key(|l| l.manifest.started_at)
     else {
         return Err(Error::not_found(

@@ -233,7 +233,10 @@ fn latest(
             b.signature
         );
     }
-    let mut usable = all.into_iter().filter(BackupEntry::usable);
+    let mut usable = all
+        .iter()
+        .filter(|b| b.usable() && !b.superseded(all.iter()))
+        .cloned();
     let first = usable.next();
     if let (Some(f), None) = (&first, cluster) {
         if usable.any(|b| b.cluster != f.cluster) {

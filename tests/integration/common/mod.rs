@@ -13,6 +13,7 @@
 //! Each test uses its own temp dir, namespace, bucket or key prefix ([`unique`]), so tests run
 //! in parallel.
 
+pub mod apiserver;
 pub mod audit_log;
 pub mod etcd;
 pub mod files;
