@@ -298,38 +298,21 @@ fn an_s3_outage_is_spooled_then_committed_in_order() {
     let bucket = common::unique("stream");
     s3::create_bucket(&client, &bucket);
     let to = format!("s3://{bucket}/p");
-    let env = [
-        ("AWS_ACCESS_KEY_ID", PRIVATE_KEY.0.to_string()),
-        ("AWS_SECRET_ACCESS_KEY", PRIVATE_KEY.1.to_string()),
-    ];
+    let env = s3_env();
     let spool = lab.dir.path().join("spool");
     let port = common::free_port();
     let listen = format!("127.0.0.1:{port}");
-    let mut cmd = stream_cmd(
+    let cmd = s3_stream(
         &lab,
         &keys,
         &ep,
         &to,
-        &[
-            "--endpoint-url",
-            &server.endpoint,
-            "--path-style",
-            "--segment-every",
-            "1s",
-            "--spool-dir",
-            spool.to_str().unwrap(),
-            "--metrics-listen",
-            &listen,
-        ],
+        &server.endpoint,
+        &spool,
+        &["--segment-every", "1s", "--metrics-listen", &listen],
     );
-    cmd.envs(env.iter().map(|(k, v)| (k, v)));
     let h = Held::spawn(cmd);
-    let manifests = |c: &aws_sdk_s3::Client| -> Vec<String> {
-        s3::keys(c, &bucket)
-            .into_iter()
-            .filter(|k| k.ends_with(".manifest.json"))
-            .collect()
-    };
+    let manifests = |c: &aws_sdk_s3::Client| manifests(c, &bucket);
     common::wait_until(WAIT, "the full backup and a first segment", || {
         put(&ep, "/s3/warmup", "1");
         manifests(&client).iter().any(|k| k.contains(".chain/"))
@@ -369,12 +352,7 @@ fn an_s3_outage_is_spooled_then_committed_in_order() {
     let left = common::files_under(&spool);
     assert!(left.is_empty(), "the spool kept {left:?}");
     // the chain in the store, from its manifests: contiguous from the full backup
-    let local = lab.dir.path().join("from-s3");
-    for k in manifests(&client) {
-        let file = local.join(k.trim_start_matches("p/"));
-        std::fs::create_dir_all(file.parent().unwrap()).unwrap();
-        s3::download(&client, &bucket, &k, &file);
-    }
+    let local = download_manifests(&lab, &client, &bucket);
     let base = fulls(&local).remove(0);
     let (_, segs) = segments(&local, &base);
     let end = contiguous(full_revision(&local, &base), &segs);
@@ -386,6 +364,130 @@ fn an_s3_outage_is_spooled_then_committed_in_order() {
         &keys,
         &ep,
         last,
+    );
+}
+
+fn s3_env() -> [(&'static str, String); 2] {
+    [
+        ("AWS_ACCESS_KEY_ID", PRIVATE_KEY.0.to_string()),
+        ("AWS_SECRET_ACCESS_KEY", PRIVATE_KEY.1.to_string()),
+    ]
+}
+
+/// A stream to a private s3s-fs at `endpoint`, spooling into `spool`.
+fn s3_stream(
+    lab: &Lab,
+    keys: &Keys,
+    ep: &str,
+    to: &str,
+    endpoint: &str,
+    spool: &Path,
+    extra: &[&str],
+) -> Command {
+    let mut args = vec![
+        "--endpoint-url",
+        endpoint,
+        "--path-style",
+        "--spool-dir",
+        spool.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    let mut cmd = stream_cmd(lab, keys, ep, to, &args);
+    cmd.envs(s3_env().iter().map(|(k, v)| (k, v)));
+    cmd
+}
+
+fn manifests(c: &aws_sdk_s3::Client, bucket: &str) -> Vec<String> {
+    s3::keys(c, bucket)
+        .into_iter()
+        .filter(|k| k.ends_with(".manifest.json"))
+        .collect()
+}
+
+/// The bucket's manifests (prefix `p/`) in a local dir, for the pitr helpers.
+fn download_manifests(lab: &Lab, client: &aws_sdk_s3::Client, bucket: &str) -> std::path::PathBuf {
+    let local = lab.dir.path().join(common::unique("from-s3"));
+    for k in manifests(client, bucket) {
+        let file = local.join(k.trim_start_matches("p/"));
+        std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+        s3::download(client, bucket, &k, &file);
+    }
+    local
+}
+
+/// A spooled segment changed while the stream was down (a flipped byte in its sealed object):
+/// the restart refuses it, commits nothing of it, and reads its revisions from etcd again.
+#[test]
+fn a_tampered_spool_is_refused_and_its_revisions_read_again() {
+    let Some(lab) = lab() else { return };
+    let etcd = lab.private_etcd("3.5");
+    let ep = etcd.endpoint.clone();
+    populate_etcd(&ep, "/base", 50);
+    let keys = Keys::new(&lab);
+    let mut server = lab.private_s3s(None);
+    let (s3_dir, s3_port) = (server.dir.clone(), server.port);
+    let client = s3::client(&server.endpoint, PRIVATE_KEY.0, PRIVATE_KEY.1);
+    let bucket = common::unique("spool");
+    s3::create_bucket(&client, &bucket);
+    let to = format!("s3://{bucket}/p");
+    let spool = lab.dir.path().join("spool");
+    let start = |every: &str| {
+        Held::spawn(s3_stream(
+            &lab,
+            &keys,
+            &ep,
+            &to,
+            &format!("http://127.0.0.1:{s3_port}"),
+            &spool,
+            &["--segment-every", every],
+        ))
+    };
+    let h = start("1s");
+    common::wait_until(WAIT, "the full backup", || {
+        !manifests(&client, &bucket).is_empty()
+    });
+    server.kill();
+    let tail = put(&ep, "/t/a", "1");
+    let sealed = || {
+        common::files_under(&spool)
+            .into_iter()
+            .find(|f| f.to_string_lossy().ends_with(".seg.zst.age"))
+    };
+    common::wait_until(WAIT, "a segment sealed into the spool", || {
+        sealed().is_some()
+    });
+    let (code, _, _) = h.signal("KILL");
+    assert_ne!(code, 0);
+    let object = sealed().unwrap();
+    let mut bytes = std::fs::read(&object).unwrap();
+    let at = bytes.len() / 2;
+    bytes[at] ^= 1;
+    std::fs::write(&object, &bytes).unwrap();
+    let server = lab.private_s3s(Some((&s3_dir, s3_port)));
+    let h = start("1h");
+    let last = put(&ep, "/t/b", "1");
+    common::wait_until(WAIT, "the restarted stream receiving", || {
+        received(&h, last)
+    });
+    let (code, _, err) = h.terminate();
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("does not match its manifest"), "{err}");
+    assert!(
+        common::files_under(&spool).is_empty(),
+        "{:?}",
+        common::files_under(&spool)
+    );
+    let local = download_manifests(&lab, &client, &bucket);
+    let base = fulls(&local).remove(0);
+    let (_, segs) = segments(&local, &base);
+    assert_eq!(contiguous(full_revision(&local, &base), &segs), last);
+    restore_matches(
+        &lab,
+        &[&to, "--endpoint-url", &server.endpoint, "--path-style"],
+        &s3_env(),
+        &keys,
+        &ep,
+        tail,
     );
 }
 
