@@ -101,7 +101,7 @@ impl Spool {
                 Ok(s) => out.push(s),
                 Err(e) => {
                     tracing::error!("{e}: removed");
-                    self.remove_keys(&[o.key.clone()]).await;
+                    self.remove_keys(std::slice::from_ref(&o.key)).await;
                 }
             }
         }
@@ -199,6 +199,7 @@ impl Spool {
 
 /// Whether a spooled segment continues `prev` at `sequence` from revision `first`, and carries
 /// this stream's signature when it signs: `Err` says why not.
+#[allow(clippy::too_many_arguments)]
 pub fn continues(
     s: &Sealed,
     chain_base: &str,
