@@ -156,3 +156,80 @@ impl Metrics {
         s
     }
 }
+
+/// A Prometheus text exposition response.
+pub fn text_response(body: String) -> http::Response<http_body_util::Full<bytes::Bytes>> {
+    let mut r = http::Response::new(http_body_util::Full::new(bytes::Bytes::from(body)));
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain; version=0.0.4"),
+    );
+    r
+}
+
+/// Binds a metrics-only listener (`flag` names the option in errors): plain HTTP, so an address
+/// other than loopback needs `allow_remote`.
+pub async fn bind(
+    flag: &str,
+    addr: &str,
+    allow_remote: bool,
+) -> crate::error::Result<tokio::net::TcpListener> {
+    use crate::error::Error;
+    let a: std::net::SocketAddr = addr
+        .parse()
+        .map_err(|e| Error::usage(format!("{flag} {addr}: {e} (expected ADDR:PORT)")))?;
+    if !a.ip().is_loopback() && !allow_remote {
+        return Err(Error::usage(format!(
+            "{flag} {a}: serving metrics on a non-loopback address needs --metrics-allow-remote (plain HTTP, no authentication)"
+        )));
+    }
+    tokio::net::TcpListener::bind(a)
+        .await
+        .map_err(|e| Error::io(format!("listening on {a}"), e))
+}
+
+/// Serves `GET /metrics` (what `render` returns when asked) and `GET /healthz` on `listener`,
+/// a few connections at a time, each bounded in time; runs until the task is aborted.
+pub async fn serve_text(
+    listener: tokio::net::TcpListener,
+    render: std::sync::Arc<dyn Fn() -> String + Send + Sync>,
+) {
+    use http::{Method, StatusCode};
+    const TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(16));
+    loop {
+        let Ok(permit) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let io = match listener.accept().await {
+            Ok((io, _)) => io,
+            Err(e) => {
+                tracing::warn!("accepting a metrics connection: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let render = render.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let svc =
+                hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                    let r = match (req.method(), req.uri().path()) {
+                        (&Method::GET, "/metrics") => text_response(render()),
+                        (&Method::GET, "/healthz") => text_response("ok\n".into()),
+                        _ => {
+                            let mut r = text_response("not found\n".into());
+                            *r.status_mut() = StatusCode::NOT_FOUND;
+                            r
+                        }
+                    };
+                    async move { Ok::<_, std::convert::Infallible>(r) }
+                });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(TIMEOUT)
+                .serve_connection(hyper_util::rt::TokioIo::new(io), svc);
+            let _ = tokio::time::timeout(TIMEOUT * 3, conn).await;
+        });
+    }
+}

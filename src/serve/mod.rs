@@ -267,14 +267,7 @@ impl Server {
     ) -> Response<Full<Bytes>> {
         match (req.method(), req.uri().path()) {
             (&Method::GET, "/healthz") => reply(StatusCode::OK, json!({"status": "ok"})),
-            (&Method::GET, "/metrics") => {
-                let mut r = Response::new(Full::new(Bytes::from(self.metrics.render())));
-                r.headers_mut().insert(
-                    http::header::CONTENT_TYPE,
-                    http::HeaderValue::from_static("text/plain; version=0.0.4"),
-                );
-                r
-            }
+            (&Method::GET, "/metrics") => metrics::text_response(self.metrics.render()),
             (&Method::POST, "/" | "/events") => self.event(req, client_cert).await,
             (_, "/" | "/events" | "/healthz" | "/metrics") => reply(
                 StatusCode::METHOD_NOT_ALLOWED,

@@ -29,3 +29,4 @@ mod restore;
 mod rollback;
 mod serve;
 mod store_contract;
+mod stream;

@@ -14,7 +14,7 @@ use bytes::{Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt};
 
-use super::create::{publish, Publication};
+use super::create::Publication;
 use super::list::{scan, BackupEntry, Signature, Status};
 use super::manifest;
 use super::signing;
@@ -330,51 +330,75 @@ async fn copy_one(
             ))
         })?;
     }
-    let stop = &ctx.shutdown;
-    let reader = src.get(&m.object).await?;
-    let job = Job {
-        compression: Compression::none(),
-        encryption: Encryption::None,
-        upload: if ctx.dry_run {
-            None
-        } else {
-            Some(dst.create(&m.object).await?)
-        },
-        depth: pipeline::DEPTH,
-    };
-    let stage = ctx.progress.stage("copy", Some(m.object_size));
-    let limit = m.object_size;
-    let outcome = pipeline::run(job, stop, pipeline::copy_chunks, |feed| {
-        read_into(reader, feed, limit, &*stage)
-    })
-    .await;
-    stage.finish();
-    let copied = outcome.into_result(stop)?;
-    if copied.stats.stored_size != m.object_size || copied.stats.stored_sha256 != m.object_sha256 {
-        copied.upload.abort().await;
-        return Err(Error::VerifyFailed(format!(
-            "{name}: the object {} read from {} does not match its manifest (sha256 {}, {} bytes; recorded {}, {} bytes): modified or corrupt; nothing was copied",
-            m.object,
-            src.url(),
-            copied.stats.stored_sha256,
-            copied.stats.stored_size,
-            m.object_sha256,
-            m.object_size
-        )));
-    }
-    if ctx.dry_run {
-        copied.upload.abort().await;
-        return Ok(m.object_size);
-    }
     let p = Publication {
         object_key: m.object.clone(),
         manifest_key,
         manifest: b.manifest_bytes.clone(),
         signature,
     };
-    publish(stop, dst, copied.upload, &p, None).await?;
+    let stage = ctx.progress.stage("copy", Some(m.object_size));
+    let copied = copy_verified(
+        &ctx.shutdown,
+        src,
+        dst,
+        (m.object_size, &m.object_sha256),
+        &p,
+        !ctx.dry_run,
+        &*stage,
+        &name,
+    )
+    .await;
+    stage.finish();
+    copied?;
     tracing::info!(backup = %name, bytes = m.object_size, to = %dst.url(), "copied");
     Ok(m.object_size)
+}
+
+/// Copies `p.object_key` from `src` to `dst` and, with `publish`, publishes it there with its
+/// signature and manifest (manifest last) once the bytes read match `(size, sha256)` as
+/// recorded; a mismatch aborts the upload (exit 3, nothing published). `name` names it in errors.
+#[allow(clippy::too_many_arguments)]
+pub(super) async fn copy_verified(
+    stop: &crate::signal::Shutdown,
+    src: &dyn Store,
+    dst: &dyn Store,
+    (size, sha256): (u64, &str),
+    p: &Publication,
+    publish: bool,
+    stage: &dyn Stage,
+    name: &str,
+) -> Result<()> {
+    let reader = src.get(&p.object_key).await?;
+    let job = Job {
+        compression: Compression::none(),
+        encryption: Encryption::None,
+        upload: if publish {
+            Some(dst.create(&p.object_key).await?)
+        } else {
+            None
+        },
+        depth: pipeline::DEPTH,
+    };
+    let outcome = pipeline::run(job, stop, pipeline::copy_chunks, |feed| {
+        read_into(reader, feed, size, stage)
+    })
+    .await;
+    let copied = outcome.into_result(stop)?;
+    if copied.stats.stored_size != size || copied.stats.stored_sha256 != sha256 {
+        copied.upload.abort().await;
+        return Err(Error::VerifyFailed(format!(
+            "{name}: the object {} read from {} does not match its manifest (sha256 {}, {} bytes; recorded {sha256}, {size} bytes): modified or corrupt; nothing was copied",
+            p.object_key,
+            src.url(),
+            copied.stats.stored_sha256,
+            copied.stats.stored_size,
+        )));
+    }
+    if !publish {
+        copied.upload.abort().await;
+        return Ok(());
+    }
+    super::create::publish(stop, dst, copied.upload, p, None).await
 }
 
 /// The producer: the source object in chunks of [`CHUNK`], never more than `limit` bytes (the

@@ -24,5 +24,6 @@ pub mod retention;
 pub mod segment;
 pub mod signing;
 pub mod source;
+pub mod spool;
 pub mod stream;
 pub mod verify;

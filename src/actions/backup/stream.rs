@@ -7,11 +7,16 @@
 //! revisions): never a silent gap. SIGTERM commits what was received and exits 0; a restart
 //! continues the newest chain from its last committed segment (no gap, no duplicate).
 //!
-//! Received revisions wait in memory until committed. A failed commit (store down) is retried
-//! at the next tick with everything received since; past [`BUFFER_SEGMENTS`] × `--segment-max`
-//! the stream fails (exit 1) rather than grow — the restart continues where the store has it.
+//! Every segment is sealed (encrypted, signed) into a local spool first, then copied to the
+//! store (spool.rs). While the store fails, sealed segments wait in the spool and the watch goes
+//! on; they are committed in order once it answers, and a full spool (`--spool-max`) fails the
+//! stream (exit 1). A restart commits what is spooled before it watches again. When the member
+//! the watch reads from is lost, the watch continues on another `--etcd-endpoints` member from
+//! the next revision due.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -22,6 +27,7 @@ use super::chain::{self, Link, Plaintext, SegmentManifest, Source};
 use super::create::{self, BackupCreateSpec, Plan, Publication};
 use super::manifest::CompressionInfo;
 use super::segment::{Revision, Tally};
+use super::spool::{self, Spool};
 use crate::context::Ctx;
 use crate::error::{to_json, Error, Result};
 use crate::etcd::MemberStatus;
@@ -30,8 +36,6 @@ use crate::pipeline::{self, Job};
 use crate::signal::Shutdown;
 use crate::store::{self, Store};
 
-/// Uncommitted data kept while the store fails, in multiples of `--segment-max`.
-const BUFFER_SEGMENTS: u64 = 4;
 /// Largest watch response accepted (etcd's own limit for a request is 1.5 MiB by default).
 const MAX_WATCH_MESSAGE: usize = 256 << 20;
 /// Reconnections in a row (one per second) before a lost watch fails the stream.
@@ -61,6 +65,22 @@ pub struct BackupStreamSpec {
     #[serde(with = "crate::units::size_serde")]
     #[schemars(with = "String")]
     pub segment_max: u64,
+    /// Seal segments in this directory before they go to the store; they wait there while the
+    /// store fails (default: spool/CLUSTER under kirt's state dir)
+    #[arg(long, value_name = "DIR")]
+    pub spool_dir: Option<PathBuf>,
+    /// Fail (exit 1) rather than spool more than this while the store fails
+    #[arg(long, value_name = "BYTES", default_value = "1GiB", value_parser = crate::units::parse_size)]
+    #[serde(with = "crate::units::size_serde")]
+    #[schemars(with = "String")]
+    pub spool_max: u64,
+    /// Serve the metrics on http://ADDR:PORT/metrics (loopback unless --metrics-allow-remote)
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub metrics_listen: Option<String>,
+    /// Allow --metrics-listen on an address other than loopback (the metrics name the cluster
+    /// and its revisions; nothing secret, no authentication)
+    #[arg(long)]
+    pub metrics_allow_remote: bool,
 }
 
 impl Default for BackupStreamSpec {
@@ -70,6 +90,10 @@ impl Default for BackupStreamSpec {
             full_every: Duration::from_secs(24 * 3600),
             segment_every: Duration::from_secs(10),
             segment_max: 64 << 20,
+            spool_dir: None,
+            spool_max: 1 << 30,
+            metrics_listen: None,
+            metrics_allow_remote: false,
         }
     }
 }
@@ -125,6 +149,13 @@ pub async fn run(ctx: &Ctx, spec: BackupStreamSpec) -> Result<StreamResult> {
         ));
     }
     let plan = Plan::check(&spec.full, jiff::Timestamp::now())?;
+    let listener = match &spec.metrics_listen {
+        Some(addr) => Some(
+            crate::serve::metrics::bind("--metrics-listen", addr, spec.metrics_allow_remote)
+                .await?,
+        ),
+        None => None,
+    };
     let store = store::open(&spec.full.to, &spec.full.s3).await?;
     store.check().await?;
     let (client, status) = spec.full.etcd.connect_healthy().await?;
@@ -133,6 +164,23 @@ pub async fn run(ctx: &Ctx, spec: BackupStreamSpec) -> Result<StreamResult> {
         .cluster_name
         .clone()
         .unwrap_or_else(|| format!("etcd-{}", status.cluster_id));
+    let spool_dir = match &spec.spool_dir {
+        Some(d) => d.clone(),
+        None => crate::context::state_dir()?.join("spool").join(&cluster),
+    };
+    let spool = Spool::open(&spool_dir, spec.spool_max).await?;
+    let shared = Arc::new(Mutex::new(Metrics::default()));
+    // served until run returns (the handle aborts the server when dropped)
+    let _server = listener.map(|l| {
+        let (shared, cluster) = (shared.clone(), cluster.clone());
+        let render = Arc::new(move || {
+            let m = shared.lock().map(|m| m.clone()).unwrap_or_default();
+            m.render(&cluster, jiff::Timestamp::now())
+        });
+        tokio_util::task::AbortOnDropHandle::new(tokio::spawn(crate::serve::metrics::serve_text(
+            l, render,
+        )))
+    });
     let mut s = Stream {
         ctx,
         spec: &spec,
@@ -142,6 +190,10 @@ pub async fn run(ctx: &Ctx, spec: BackupStreamSpec) -> Result<StreamResult> {
         client,
         status,
         metrics: Metrics::default(),
+        shared,
+        spool,
+        queue: VecDeque::new(),
+        store_error: None,
     };
     let mut chain = s.resume().await?;
     loop {
@@ -151,7 +203,7 @@ pub async fn run(ctx: &Ctx, spec: BackupStreamSpec) -> Result<StreamResult> {
         };
         match s.follow(c).await? {
             Next::Full(c, why) => {
-                tracing::warn!(chain = %c.base, revision = c.committed, "starting a new chain: {why}");
+                tracing::warn!(chain = %c.base, revision = c.end, "starting a new chain: {why}");
             }
             Next::Stopped(c) => {
                 return Ok(StreamResult {
@@ -160,7 +212,7 @@ pub async fn run(ctx: &Ctx, spec: BackupStreamSpec) -> Result<StreamResult> {
                     full_backups: s.metrics.full_backups,
                     segments: s.metrics.segments,
                     chain: c.base,
-                    last_revision: c.committed,
+                    last_revision: c.end,
                 })
             }
         }
@@ -176,9 +228,11 @@ struct Chain {
     prev: Link,
     /// Sequence number of the next segment.
     sequence: u64,
-    /// The last revision committed to the chain.
-    committed: i64,
+    /// The chain's last revision (sealed: in the spool or in the store), and its segments.
+    end: i64,
     segments: u64,
+    /// The last revision of the chain in the store.
+    stored: i64,
 }
 
 enum Next {
@@ -196,6 +250,14 @@ struct Stream<'a> {
     client: etcd_client::Client,
     status: MemberStatus,
     metrics: Metrics,
+    /// What `/metrics` serves (a copy of `metrics`, updated with the textfile).
+    shared: Arc<Mutex<Metrics>>,
+    spool: Spool,
+    /// Segments sealed into the spool and not yet in the store, in order: manifest key and
+    /// the sha256 of the manifest as sealed (what is read back must be what was sealed).
+    queue: VecDeque<(String, String)>,
+    /// The store's last error while segments wait in the spool.
+    store_error: Option<String>,
 }
 
 /// Revisions received and not yet committed.
@@ -214,10 +276,91 @@ impl Pending {
 }
 
 impl Stream<'_> {
-    /// The newest usable chain of this cluster, to continue from its last committed segment;
-    /// None (a new full backup) when there is none, it is another etcd cluster's, or it is
-    /// broken (a restore could not cross the break, so the stream must not extend it).
-    async fn resume(&self) -> Result<Option<Chain>> {
+    /// The chain to continue: the store's (see [`Stream::stored_chain`]) extended by the
+    /// segments found in the spool, which are committed first. A spooled segment that is not
+    /// what was sealed (its object's digest) is removed with the rest of the spool, and the
+    /// chain continues from the store's end: the watch reads those revisions again.
+    async fn resume(&mut self) -> Result<Option<Chain>> {
+        loop {
+            let mut c = self.stored_chain().await?;
+            self.adopt_spool(c.as_mut()).await?;
+            if let Some(c) = c.as_mut() {
+                match self.drain(c, true).await {
+                    Err(Error::VerifyFailed(why)) => {
+                        tracing::error!("{why}; continuing from the store's end of the chain");
+                        continue;
+                    }
+                    r => r?,
+                }
+            }
+            return Ok(c);
+        }
+    }
+
+    /// Queues the spooled segments that continue `c` (advancing it) and removes the rest.
+    async fn adopt_spool(&mut self, mut c: Option<&mut Chain>) -> Result<()> {
+        let sealed = self.spool.sealed().await?;
+        let signer = self.plan.signer.as_ref().and(self.plan.trusted.as_ref());
+        let mut kept = Vec::new();
+        for s in sealed {
+            let file = self.spool.dir.join(&s.manifest_key);
+            let m = &s.manifest;
+            let verdict = match c.as_deref() {
+                Some(c) if m.chain == c.base && m.sequence < c.sequence => {
+                    // committed, then the process stopped before it removed it
+                    tracing::info!(file = %file.display(), "spooled segment already in the store: removed");
+                    self.spool.remove(&s).await;
+                    continue;
+                }
+                Some(c) => {
+                    let sig = self.spool.signature(&s).await?;
+                    spool::continues(
+                        &s,
+                        &c.base,
+                        &self.cluster,
+                        &c.prev,
+                        c.sequence,
+                        c.end + 1,
+                        sig.as_deref(),
+                        signer,
+                    )
+                }
+                None => Err("no chain of this cluster in the store to continue".into()),
+            };
+            let verdict = match (verdict, c.as_deref_mut()) {
+                (Ok(()), Some(c)) => Ok(c),
+                (Ok(()), None) => Err("no chain to continue".to_string()),
+                (Err(why), _) => Err(why),
+            };
+            match verdict {
+                Ok(c) => {
+                    tracing::info!(file = %file.display(), first = m.first_revision, last = m.last_revision, "committing a spooled segment");
+                    c.prev = Link {
+                        id: m.id.clone(),
+                        manifest_sha256: chain::sha256(&s.manifest_bytes),
+                    };
+                    c.sequence += 1;
+                    c.end = m.last_revision;
+                    c.segments += 1;
+                    self.queue
+                        .push_back((s.manifest_key.clone(), chain::sha256(&s.manifest_bytes)));
+                    kept.push(s);
+                }
+                Err(why) => {
+                    self.metrics.failures += 1;
+                    tracing::error!(file = %file.display(), "removing a spooled segment: {why}; its revisions are read from etcd again");
+                    self.spool.remove(&s).await;
+                }
+            }
+        }
+        self.spool.remove_leftovers(&kept).await
+    }
+
+    /// The newest usable chain of this cluster in the store, to continue from its last
+    /// committed segment; None (a new full backup) when there is none, it is another etcd
+    /// cluster's, or it is broken (a restore could not cross the break, so the stream must not
+    /// extend it).
+    async fn stored_chain(&self) -> Result<Option<Chain>> {
         let trusted = self.plan.trusted.as_ref();
         let Some(entry) = super::list::newest_usable(self.store, &self.cluster, trusted).await?
         else {
@@ -254,8 +397,9 @@ impl Stream<'_> {
             base_time: m.started_at,
             prev,
             sequence: view.segments.len() as u64 + 1,
-            committed: view.end(),
+            end: view.end(),
             segments: view.segments.len() as u64,
+            stored: view.end(),
         }))
     }
 
@@ -269,7 +413,7 @@ impl Stream<'_> {
             Ok(r) => r,
             Err(e) => {
                 self.metrics.failures += 1;
-                self.metrics.write(self.spec, &self.cluster, None);
+                self.write_metrics(None);
                 return Err(e);
             }
         };
@@ -282,19 +426,21 @@ impl Stream<'_> {
                 manifest_sha256: r.manifest_sha256,
             },
             sequence: 1,
-            committed: r.revision,
+            end: r.revision,
             segments: 0,
+            stored: r.revision,
         };
-        self.metrics.write(self.spec, &self.cluster, Some(&c));
+        self.write_metrics(Some(&c));
         Ok(c)
     }
 
     /// Watches from the revision after the chain's end and commits segments until a new chain
     /// is due or a signal arrives (then what was received is committed).
     async fn follow(&mut self, mut c: Chain) -> Result<Next> {
-        let mut watch = self.watch(c.committed + 1).await?;
+        let mut expect = c.end + 1;
+        tracing::info!(member = %self.status.member_id, endpoint = %self.status.endpoint, "watching etcd member {} at {} from revision {expect}", self.status.member_id, self.status.endpoint);
+        let mut watch = self.watch(expect).await?;
         let mut pending = Pending::default();
-        let mut expect = c.committed + 1;
         let mut leases = LeaseTtls::default();
         let every = self.spec.segment_every;
         let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
@@ -311,41 +457,45 @@ impl Stream<'_> {
             tokio::select! {
                 biased;
                 _ = self.ctx.shutdown.requested() => {
-                    self.commit(&mut c, &mut pending).await?;
+                    self.seal(&mut c, &mut pending).await?;
+                    self.drain(&mut c, true).await?;
                     return Ok(Next::Stopped(c));
                 }
                 _ = &mut full_due => {
-                    self.commit(&mut c, &mut pending).await?;
-                    return Ok(Next::Full(c, format!("--full-every {} has passed", crate::units::human_duration(self.spec.full_every))));
+                    self.seal(&mut c, &mut pending).await?;
+                    self.drain(&mut c, false).await?;
+                    if self.queue.is_empty() {
+                        return Ok(Next::Full(c, format!("--full-every {} has passed", crate::units::human_duration(self.spec.full_every))));
+                    }
+                    // the full backup needs the store too: the next tick tries again
+                    full_due.as_mut().reset(tokio::time::Instant::now() + every);
                 }
                 _ = tick.tick() => {
-                    self.try_commit(&mut c, &mut pending).await?;
+                    self.seal(&mut c, &mut pending).await?;
+                    self.drain(&mut c, false).await?;
                 }
                 msg = watch.message() => {
                     let resp = match msg {
                         Ok(Some(r)) => { reconnects = 0; r }
-                        Ok(None) | Err(_) if reconnects < RECONNECTS => {
-                            reconnects += 1;
+                        lost => {
+                            let why = match lost {
+                                Err(e) => e.to_string(),
+                                _ => "the member ended the watch".to_string(),
+                            };
                             self.metrics.failures += 1;
-                            tracing::warn!(endpoint = %self.status.endpoint, "the watch broke: reconnecting from revision {expect}");
-                            tokio::time::sleep(Duration::from_secs(1)).await;
-                            if let Ok((client, status)) = self.spec.full.etcd.connect_healthy().await {
-                                if status.cluster_id == self.status.cluster_id {
-                                    self.client = client;
-                                    self.status = status;
-                                }
+                            if reconnects == RECONNECTS {
+                                return Err(Error::failed(format!("the watch on etcd broke {RECONNECTS} times in a row (one reconnection a second to every --etcd-endpoints member), last on {}: {why}; everything up to revision {} was committed or spooled", self.status.endpoint, c.end)));
                             }
-                            match self.watch(expect).await {
-                                Ok(w) => watch = w,
-                                Err(e) => tracing::warn!(error = %e, "watch not re-established"),
+                            reconnects += 1;
+                            if let Some(w) = self.reconnect(expect, &why).await {
+                                watch = w;
                             }
                             continue;
                         }
-                        Ok(None) => return Err(Error::failed(format!("etcd {} ended the watch", self.status.endpoint))),
-                        Err(e) => return Err(self.etcd_err("watch", e)),
                     };
                     if resp.compact_revision() > 0 || resp.canceled() {
-                        self.commit(&mut c, &mut pending).await?;
+                        self.seal(&mut c, &mut pending).await?;
+                        self.drain(&mut c, false).await?;
                         self.metrics.compactions += 1;
                         let why = if resp.compact_revision() > 0 {
                             format!("etcd compacted its history to revision {} before the watch read revision {expect}", resp.compact_revision())
@@ -357,7 +507,8 @@ impl Stream<'_> {
                     for r in self.revisions(&resp, &mut leases).await? {
                         if r.revision != expect {
                             // a hole (or a repeat): the chain cannot cover it
-                            self.commit(&mut c, &mut pending).await?;
+                            self.seal(&mut c, &mut pending).await?;
+                            self.drain(&mut c, false).await?;
                             return Ok(Next::Full(c, format!("the watch sent revision {} where {expect} was due", r.revision)));
                         }
                         pending.add(&r)?;
@@ -365,9 +516,42 @@ impl Stream<'_> {
                     }
                     tracing::debug!("received through revision {}", expect - 1);
                     if pending.tally.size() >= self.spec.segment_max {
-                        self.try_commit(&mut c, &mut pending).await?;
+                        self.seal(&mut c, &mut pending).await?;
+                        self.drain(&mut c, false).await?;
                     }
                 }
+            }
+        }
+    }
+
+    /// After the watch broke: a second's pause, then a connection to a healthy member of the
+    /// same cluster, the one that failed tried last, and a new watch from `from` (the revision
+    /// after the last one received: nothing lost, nothing twice). None: not re-established.
+    async fn reconnect(&mut self, from: i64, why: &str) -> Option<etcd_client::WatchStream> {
+        let lost = self.status.clone();
+        tracing::warn!(member = %lost.member_id, endpoint = %lost.endpoint, "the watch on etcd member {} at {} broke: {why}; reconnecting from revision {from}", lost.member_id, lost.endpoint);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let mut etcd = self.spec.full.etcd.clone();
+        etcd.etcd_endpoints.sort_by_key(|ep| *ep == lost.endpoint);
+        match etcd.connect_healthy().await {
+            Ok((client, status)) if status.cluster_id == lost.cluster_id => {
+                if status.member_id != lost.member_id {
+                    self.metrics.failovers += 1;
+                    tracing::warn!(member = %status.member_id, endpoint = %status.endpoint, "failing over: continuing the watch on etcd member {} at {} from revision {from} (member {} at {} was lost: {why})", status.member_id, status.endpoint, lost.member_id, lost.endpoint);
+                }
+                self.client = client;
+                self.status = status;
+            }
+            Ok((_, status)) => {
+                tracing::error!(endpoint = %status.endpoint, "not used: it belongs to etcd cluster {}, the stream to {}", status.cluster_id, lost.cluster_id)
+            }
+            Err(e) => tracing::warn!(error = %e, "no etcd member answered"),
+        }
+        match self.watch(from).await {
+            Ok(w) => Some(w),
+            Err(e) => {
+                tracing::warn!(error = %e, "watch not re-established");
+                None
             }
         }
     }
@@ -427,57 +611,137 @@ impl Stream<'_> {
         Ok(out)
     }
 
-    /// Commits at a tick or at the size limit; a failure keeps the revisions for the next try,
-    /// until the buffer is full.
-    async fn try_commit(&mut self, c: &mut Chain, pending: &mut Pending) -> Result<()> {
-        match self.commit(c, pending).await {
-            Ok(()) => Ok(()),
-            Err(e) if pending.tally.size() < BUFFER_SEGMENTS * self.spec.segment_max => {
-                tracing::error!(error = %e, buffered = pending.tally.size(), "committing a segment failed; retrying at the next tick");
-                Ok(())
-            }
-            Err(e) => Err(e),
-        }
-    }
-
-    /// Writes what is pending as the chain's next segment: object, signature, manifest. A signal
-    /// does not cut a commit short (SIGTERM means "commit and exit"; main's grace period bounds
-    /// it): [`Stream::follow`] sees it once this commit is done and commits the rest.
-    async fn commit(&mut self, c: &mut Chain, pending: &mut Pending) -> Result<()> {
+    /// Seals what is pending as the chain's next segment into the spool (object, signature,
+    /// manifest last) and queues it for the store. A full spool fails the stream (exit 1): it
+    /// only fills while the store fails. A signal does not cut a seal short (SIGTERM means
+    /// "commit and exit"; main's grace period bounds it).
+    async fn seal(&mut self, c: &mut Chain, pending: &mut Pending) -> Result<()> {
         if pending.tally.is_empty() {
-            self.metrics.write(self.spec, &self.cluster, Some(c));
             return Ok(());
         }
-        let r = self.publish(c, pending, &Shutdown::manual()).await;
-        match r {
-            Ok(m) => {
-                c.prev = Link {
-                    id: m.id.clone(),
-                    manifest_sha256: m.manifest_sha256,
-                };
-                c.sequence += 1;
-                c.committed = m.last_revision;
-                c.segments += 1;
-                self.metrics.segments += 1;
-                self.metrics.last = Some(Committed {
-                    at: jiff::Timestamp::now(),
-                    events: m.events,
-                    stored_bytes: m.stored_bytes,
-                });
-                *pending = Pending::default();
-                tracing::info!(segment = %m.id, events = m.events, stored_bytes = m.stored_bytes, "segment committed");
-                self.metrics.write(self.spec, &self.cluster, Some(c));
-                Ok(())
-            }
-            Err(e) => {
-                self.metrics.failures += 1;
-                self.metrics.write(self.spec, &self.cluster, Some(c));
-                Err(e)
-            }
+        let used = self.spool.size().await?;
+        if used + pending.tally.size() > self.spool.max {
+            self.metrics.failures += 1;
+            self.metrics.spool_bytes = used;
+            self.write_metrics(Some(c));
+            return Err(Error::failed(format!(
+                "the spool {} is full ({} of --spool-max {}, {} segments waiting) while the store {} fails: {}; revisions from {} on were received but not kept (a restart commits the spool, then reads them from etcd again)",
+                self.spool.dir.display(),
+                crate::units::human_bytes(used),
+                crate::units::human_bytes(self.spool.max),
+                self.queue.len(),
+                self.store.url(),
+                self.store_error.as_deref().unwrap_or("no error recorded"),
+                c.end + 1,
+            )));
         }
+        let m = self.publish(c, pending).await?;
+        c.prev = Link {
+            id: m.id.clone(),
+            manifest_sha256: m.manifest_sha256.clone(),
+        };
+        c.sequence += 1;
+        c.end = m.last_revision;
+        c.segments += 1;
+        *pending = Pending::default();
+        tracing::debug!(segment = %m.id, "segment sealed into the spool");
+        self.queue.push_back((m.manifest_key, m.manifest_sha256));
+        Ok(())
     }
 
-    async fn publish(&self, c: &Chain, pending: &Pending, stop: &Shutdown) -> Result<CommitInfo> {
+    /// Copies the queued segments from the spool to the store, in order (each object checked
+    /// against its manifest, the manifest last), and updates the metrics. When the store fails
+    /// they stay queued: `Err` only with `must` (at exit: the message says what stays spooled)
+    /// and when the spool no longer holds what was sealed (exit 3: the spool is emptied and a
+    /// restart reads those revisions from etcd again).
+    async fn drain(&mut self, c: &mut Chain, must: bool) -> Result<()> {
+        while let Some((key, sha)) = self.queue.front().cloned() {
+            let sealed = match self.spool.read(&key).await {
+                Ok(s) if chain::sha256(&s.manifest_bytes) == sha => Ok(s),
+                Ok(_) => Err(Error::VerifyFailed(format!(
+                    "the spooled manifest {} changed after it was sealed",
+                    self.spool.dir.join(&key).display()
+                ))),
+                Err(Error::NotFound { .. }) => Err(Error::VerifyFailed(format!(
+                    "the spooled manifest {} disappeared after it was sealed",
+                    self.spool.dir.join(&key).display()
+                ))),
+                Err(e) => Err(e),
+            };
+            let r = match sealed {
+                Ok(s) => self.spool.upload(self.store, &s).await.map(|()| s),
+                Err(e) => Err(e),
+            };
+            match r {
+                Ok(s) => {
+                    let m = &s.manifest;
+                    self.queue.pop_front();
+                    self.store_error = None;
+                    if m.chain == c.base {
+                        c.stored = m.last_revision;
+                    }
+                    self.metrics.segments += 1;
+                    self.metrics.last = Some(Committed {
+                        at: jiff::Timestamp::now(),
+                        events: m.events,
+                        stored_bytes: m.object_size,
+                    });
+                    tracing::info!(segment = %m.id, events = m.events, stored_bytes = m.object_size, "segment committed");
+                }
+                Err(e @ Error::VerifyFailed(_)) => {
+                    self.metrics.failures += 1;
+                    for (key, _) in std::mem::take(&mut self.queue) {
+                        if let Ok(s) = self.spool.read(&key).await {
+                            self.spool.remove(&s).await;
+                        }
+                    }
+                    let sealed = self.spool.sealed().await.unwrap_or_default();
+                    let _ = self.spool.remove_leftovers(&sealed).await;
+                    self.write_metrics(Some(c));
+                    return Err(e);
+                }
+                Err(e) => {
+                    self.metrics.failures += 1;
+                    let waiting = self.queue.len();
+                    tracing::error!(error = %e, waiting, "the store failed: the sealed segments wait in the spool {}", self.spool.dir.display());
+                    self.store_error = Some(e.to_string());
+                    self.metrics.spool_bytes = self.spool.size().await.unwrap_or(0);
+                    self.write_metrics(Some(c));
+                    if must {
+                        return Err(Error::failed(format!(
+                            "the store {} failed: {e}; {waiting} sealed segments (to revision {}) stay in the spool {} and the next `kirt backup stream` commits them first",
+                            self.store.url(),
+                            c.end,
+                            self.spool.dir.display()
+                        )));
+                    }
+                    return Ok(());
+                }
+            }
+        }
+        self.metrics.spool_bytes = self.spool.size().await?;
+        self.write_metrics(Some(c));
+        Ok(())
+    }
+
+    /// Rewrites `--metrics-file` and what `--metrics-listen` serves.
+    fn write_metrics(&mut self, c: Option<&Chain>) {
+        self.metrics.chain = c.map(|c| ChainStat {
+            base_time: c.base_time,
+            segments: c.segments,
+            stored: c.stored,
+        });
+        if let Ok(mut m) = self.shared.lock() {
+            *m = self.metrics.clone();
+        }
+        self.metrics.write(self.spec, &self.cluster);
+    }
+
+    /// Encodes what is pending and publishes it into the spool under the keys it gets in the
+    /// store.
+    async fn publish(&self, c: &Chain, pending: &Pending) -> Result<CommitInfo> {
+        let stop = &Shutdown::manual();
+        let spool = self.spool.store();
         let w = pending.tally.clone().finish();
         let first_time = jiff::Timestamp::from_millisecond(w.first_time_ms)
             .unwrap_or(jiff::Timestamp::UNIX_EPOCH);
@@ -487,7 +751,7 @@ impl Stream<'_> {
         let job = Job {
             compression: self.plan.compression.clone(),
             encryption: self.plan.encryption.clone(),
-            upload: Some(self.store.create(&object_key).await?),
+            upload: Some(spool.create(&object_key).await?),
             depth: 64,
         };
         let lines = pending.lines.clone();
@@ -545,23 +809,21 @@ impl Stream<'_> {
             manifest: json,
             signature,
         };
-        create::publish(stop, self.store, encoded.upload, &p, None).await?;
+        create::publish(stop, spool, encoded.upload, &p, None).await?;
         Ok(CommitInfo {
             manifest_sha256: chain::sha256(&p.manifest),
+            manifest_key: p.manifest_key,
             id,
             last_revision: w.last_revision,
-            events: w.events,
-            stored_bytes: encoded.stats.stored_size,
         })
     }
 }
 
 struct CommitInfo {
     id: String,
+    manifest_key: String,
     manifest_sha256: String,
     last_revision: i64,
-    events: u64,
-    stored_bytes: u64,
 }
 
 /// Granted TTLs of the leases keys are attached to (a replay grants them alike).
@@ -591,36 +853,49 @@ impl LeaseTtls {
     }
 }
 
+#[derive(Clone)]
 struct Committed {
     at: jiff::Timestamp,
     events: u64,
     stored_bytes: u64,
 }
 
-/// What the metrics textfile reports (this process's counters).
-#[derive(Default)]
+/// The chain being extended, as the metrics report it.
+#[derive(Clone)]
+struct ChainStat {
+    base_time: jiff::Timestamp,
+    segments: u64,
+    stored: i64,
+}
+
+/// What the metrics report (this process's counters).
+#[derive(Default, Clone)]
 struct Metrics {
     full_backups: u64,
     segments: u64,
     failures: u64,
     compactions: u64,
+    failovers: u64,
+    spool_bytes: u64,
     last: Option<Committed>,
+    chain: Option<ChainStat>,
 }
 
 impl Metrics {
     /// Rewrites `--metrics-file` (at every tick, so the age of the last segment stays current);
     /// a write failure is logged, never fatal.
-    fn write(&self, spec: &BackupStreamSpec, cluster: &str, c: Option<&Chain>) {
+    fn write(&self, spec: &BackupStreamSpec, cluster: &str) {
         let Some(path) = &spec.full.metrics_file else {
             return;
         };
-        let text = self.render(cluster, c, jiff::Timestamp::now());
+        let text = self.render(cluster, jiff::Timestamp::now());
         if let Err(e) = super::metrics::write_text(path, &text) {
             tracing::error!(error = %e, "could not write the metrics file");
         }
     }
 
-    fn render(&self, cluster: &str, c: Option<&Chain>, now: jiff::Timestamp) -> String {
+    fn render(&self, cluster: &str, now: jiff::Timestamp) -> String {
+        let c = self.chain.as_ref();
         use std::fmt::Write as _;
         let label = super::metrics::cluster_label(cluster);
         let secs = |t: jiff::Timestamp| t.as_millisecond() as f64 / 1000.0;
@@ -665,9 +940,9 @@ impl Metrics {
             );
             metric(
                 "kirt_stream_last_revision",
-                "The last etcd revision committed.",
+                "The last etcd revision committed to the store.",
                 "gauge",
-                c.committed as f64,
+                c.stored as f64,
             );
         }
         metric(
@@ -690,9 +965,21 @@ impl Metrics {
         );
         metric(
             "kirt_stream_failures_total",
-            "Failed commits, full backups and broken watches of this process.",
+            "Failed commits, full backups, broken watches and rejected spool files of this process.",
             "counter",
             self.failures as f64,
+        );
+        metric(
+            "kirt_stream_failovers_total",
+            "Times the watch moved to another etcd member after the one it read from was lost.",
+            "counter",
+            self.failovers as f64,
+        );
+        metric(
+            "kirt_stream_spool_bytes",
+            "Bytes of sealed segments waiting in the spool for the store.",
+            "gauge",
+            self.spool_bytes as f64,
         );
         s
     }
@@ -705,19 +992,15 @@ mod tests {
     #[test]
     fn metrics_state_the_recovery_point() {
         let t = |s: &str| s.parse::<jiff::Timestamp>().unwrap();
-        let c = Chain {
-            base: "20261101T000000Z-r10".into(),
-            base_time: t("2026-11-01T00:00:00Z"),
-            prev: Link {
-                id: String::new(),
-                manifest_sha256: String::new(),
-            },
-            sequence: 4,
-            committed: 99,
-            segments: 3,
+        let mut m = Metrics {
+            chain: Some(ChainStat {
+                base_time: t("2026-11-01T00:00:00Z"),
+                segments: 3,
+                stored: 99,
+            }),
+            ..Metrics::default()
         };
-        let mut m = Metrics::default();
-        let text = m.render("prod", Some(&c), t("2026-11-01T00:00:30Z"));
+        let text = m.render("prod", t("2026-11-01T00:00:30Z"));
         assert!(
             text.contains("kirt_stream_seconds_since_last_commit{cluster=\"prod\"} 30\n"),
             "{text}"
@@ -728,7 +1011,7 @@ mod tests {
             stored_bytes: 512,
         });
         m.failures = 2;
-        let text = m.render("prod", Some(&c), t("2026-11-01T00:00:30Z"));
+        let text = m.render("prod", t("2026-11-01T00:00:30Z"));
         assert!(
             text.contains("kirt_stream_seconds_since_last_commit{cluster=\"prod\"} 2\n"),
             "{text}"
@@ -737,5 +1020,6 @@ mod tests {
         assert!(text.contains("kirt_stream_chain_segments{cluster=\"prod\"} 3\n"));
         assert!(text.contains("kirt_stream_last_revision{cluster=\"prod\"} 99\n"));
         assert!(text.contains("kirt_stream_failures_total{cluster=\"prod\"} 2\n"));
+        assert!(text.contains("kirt_stream_spool_bytes{cluster=\"prod\"} 0\n"));
     }
 }

@@ -20,18 +20,18 @@ use crate::common::keys::{age_key, signing_keys};
 use crate::common::process::Held;
 use crate::common::{self, lab, sh, Lab, Run};
 
-const CLUSTER: &str = "c";
+pub(crate) const CLUSTER: &str = "c";
 
-struct Keys {
-    age: String,
-    recipient: String,
-    sign: String,
-    trusted: String,
+pub(crate) struct Keys {
+    pub(crate) age: String,
+    pub(crate) recipient: String,
+    pub(crate) sign: String,
+    pub(crate) trusted: String,
 }
 
 impl Keys {
     /// A fresh age identity and minisign key pair for the test.
-    fn new(lab: &Lab) -> Keys {
+    pub(crate) fn new(lab: &Lab) -> Keys {
         let (age, recipient) = age_key(lab);
         let (sign, trusted) = signing_keys(lab);
         Keys {
@@ -43,21 +43,21 @@ impl Keys {
     }
 }
 
-async fn client(endpoint: &str) -> etcd_client::Client {
+pub(crate) async fn client(endpoint: &str) -> etcd_client::Client {
     etcd_client::Client::connect([endpoint], None)
         .await
         .unwrap()
 }
 
 /// Puts `key` and returns the revision of the write.
-fn put(endpoint: &str, key: &str, value: &str) -> i64 {
+pub(crate) fn put(endpoint: &str, key: &str, value: &str) -> i64 {
     common::block_on(async {
         let r = client(endpoint).await.put(key, value, None).await.unwrap();
         r.header().unwrap().revision()
     })
 }
 
-fn delete(endpoint: &str, key: &str) -> i64 {
+pub(crate) fn delete(endpoint: &str, key: &str) -> i64 {
     common::block_on(async {
         let r = client(endpoint).await.delete(key, None).await.unwrap();
         assert_eq!(r.deleted(), 1);
@@ -66,7 +66,7 @@ fn delete(endpoint: &str, key: &str) -> i64 {
 }
 
 /// Every key under `prefix` with its value, at `rev` (0: the head).
-fn keys_at(endpoint: &str, prefix: &str, rev: i64) -> BTreeMap<String, String> {
+pub(crate) fn keys_at(endpoint: &str, prefix: &str, rev: i64) -> BTreeMap<String, String> {
     common::block_on(async {
         let mut opts = etcd_client::GetOptions::new().with_prefix();
         if rev > 0 {
@@ -115,7 +115,7 @@ fn stream(lab: &Lab, endpoint: &str, dir: &Path, keys: &Keys, every: &str) -> He
 }
 
 /// The full backups' manifests (ids) in the store.
-fn fulls(dir: &Path) -> Vec<String> {
+pub(crate) fn fulls(dir: &Path) -> Vec<String> {
     let mut v: Vec<String> = std::fs::read_dir(dir.join(CLUSTER))
         .into_iter()
         .flatten()
@@ -132,7 +132,7 @@ fn fulls(dir: &Path) -> Vec<String> {
 }
 
 /// The chain directory of `base` and its segment manifests, by sequence.
-fn segments(dir: &Path, base: &str) -> (PathBuf, Vec<Value>) {
+pub(crate) fn segments(dir: &Path, base: &str) -> (PathBuf, Vec<Value>) {
     let chain = dir.join(CLUSTER).join(format!("{base}.chain"));
     let mut v: Vec<Value> = std::fs::read_dir(&chain)
         .into_iter()
@@ -145,7 +145,7 @@ fn segments(dir: &Path, base: &str) -> (PathBuf, Vec<Value>) {
     (chain, v)
 }
 
-fn last_revision(dir: &Path, base: &str) -> i64 {
+pub(crate) fn last_revision(dir: &Path, base: &str) -> i64 {
     segments(dir, base)
         .1
         .last()
@@ -153,7 +153,7 @@ fn last_revision(dir: &Path, base: &str) -> i64 {
 }
 
 /// Whether kirt said it received everything through `rev` (its -v log).
-fn received(h: &Held, rev: i64) -> bool {
+pub(crate) fn received(h: &Held, rev: i64) -> bool {
     h.stderr()
         .lines()
         .filter_map(|l| l.split("received through revision ").nth(1))
@@ -162,13 +162,26 @@ fn received(h: &Held, rev: i64) -> bool {
 }
 
 fn restore(lab: &Lab, dir: &Path, keys: &Keys, data: &Path, extra: &[&str]) -> (Run, String) {
+    restore_from(lab, dir.to_str().unwrap(), &[], keys, data, extra)
+}
+
+/// `kirt restore --from FROM latest` (with `env`, e.g. an S3 store's keys) into `data`, and
+/// the member's peer URL.
+pub(crate) fn restore_from(
+    lab: &Lab,
+    from: &str,
+    env: &[(&str, String)],
+    keys: &Keys,
+    data: &Path,
+    extra: &[&str],
+) -> (Run, String) {
     let peer = common::free_port();
     let peer_url = format!("http://127.0.0.1:{peer}");
     let initial = format!("m1={peer_url}");
     let mut args = vec![
         "restore",
         "--from",
-        dir.to_str().unwrap(),
+        from,
         "latest",
         "--identity",
         &keys.age,
@@ -185,6 +198,7 @@ fn restore(lab: &Lab, dir: &Path, keys: &Keys, data: &Path, extra: &[&str]) -> (
     ];
     args.extend_from_slice(extra);
     let mut cmd = lab.kirt_cmd(&args);
+    cmd.envs(env.iter().map(|(k, v)| (k, v)));
     let tmp = lab.dir.path().join("tmp");
     std::fs::create_dir_all(&tmp).unwrap();
     cmd.env("TMPDIR", &tmp);
@@ -195,7 +209,7 @@ fn restore(lab: &Lab, dir: &Path, keys: &Keys, data: &Path, extra: &[&str]) -> (
 }
 
 /// Starts etcd exactly as the restore printed it and returns it with its client endpoint.
-fn start_restored(lab: &Lab, r: &Run, data: &Path) -> common::Proc {
+pub(crate) fn start_restored(lab: &Lab, r: &Run, data: &Path) -> common::Proc {
     let port = common::free_port();
     let cmdline = r.json()["etcd_command"]
         .as_str()
