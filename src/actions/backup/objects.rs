@@ -27,14 +27,12 @@ use crate::stored::{restorable, Content, Decoder, Key, Keyring, Stored};
 /// Large pages because etcd (3.5) walks every key from a page's start to the range end to count
 /// them, for each page: N keys in pages of P cost N²/2P such steps (100,000 objects read in
 /// 500-key pages took 2.3× as long as in 10,000-key pages).
-const PAGE_BYTES: usize = 16 << 20;
+const PAGE_BYTES: usize = 8 << 20;
 const FIRST_PAGE_KEYS: i64 = 500;
 const MAX_PAGE_KEYS: i64 = 20_000;
 /// A response larger than this is refused before it is read, and the page asked again with half
-/// the keys: large values after small ones cannot grow memory past a few pages.
+/// the keys: large values after small ones make smaller pages, not a larger memory.
 const MAX_PAGE_BYTES: usize = 64 << 20;
-/// Pages read ahead of the one being decoded.
-const PAGES_AHEAD: usize = 1;
 
 /// Which backup to read objects from, and how to open it: shared by `backup objects`,
 /// `backup diff` and `restore objects`.
@@ -149,7 +147,8 @@ impl Scope {
 }
 
 /// Reads `/registry/` page by page at the revision of the first page, sending each page (or the
-/// error that ended the reading) to `pages`; returns when all is read or the receiver is gone.
+/// error that ended the reading) to `pages`, each once the previous one was taken; returns when
+/// all is read or the receiver is gone.
 async fn read_pages(
     kv: KvClient,
     pages: tokio::sync::mpsc::Sender<std::result::Result<GetResponse, etcd_client::Error>>,
@@ -160,20 +159,27 @@ async fn read_pages(
     let mut revision = 0;
     let mut limit = FIRST_PAGE_KEYS;
     loop {
+        // a free slot before the request: the page being decoded and this one are all there is
+        let Ok(slot) = pages.reserve().await else {
+            return;
+        };
         let mut opts = GetOptions::new().with_range(end.clone()).with_limit(limit);
         if revision > 0 {
             opts = opts.with_revision(revision);
         }
         let page = match kv.get(from.clone(), Some(opts)).await {
             Ok(page) => page,
+            // the client's "too large" (etcd's own OutOfRange, a compacted revision, ends the
+            // same way after a few halvings)
             Err(etcd_client::Error::GRpcStatus(s))
                 if s.code() == tonic::Code::OutOfRange && limit > 1 =>
             {
                 limit /= 2;
+                tracing::debug!("{s}; asking again for {limit} keys");
                 continue;
             }
             Err(e) => {
-                let _ = pages.send(Err(e)).await;
+                slot.send(Err(e));
                 return;
             }
         };
@@ -196,9 +202,7 @@ async fn read_pages(
             }
             _ => None,
         };
-        if pages.send(Ok(page)).await.is_err() {
-            return;
-        }
+        slot.send(Ok(page));
         match next {
             Some(next) => from = next,
             None => return,
@@ -274,10 +278,10 @@ impl Snapshot {
     }
 
     /// Calls `f` with every object of `scope`, in key order; stops at a signal. A task reads the
-    /// pages while this one decodes the previous one (the throwaway etcd and the decoding each keep
-    /// a core busy), with at most [`PAGES_AHEAD`] pages waiting: memory stays a few pages.
+    /// next page while this one decodes the last (the throwaway etcd and the decoding each keep a
+    /// core busy): memory holds the page being decoded and the one being read.
     pub async fn each(&self, ctx: &Ctx, scope: &Scope, mut f: impl FnMut(Stored)) -> Result<()> {
-        let (tx, mut pages) = tokio::sync::mpsc::channel(PAGES_AHEAD);
+        let (tx, mut pages) = tokio::sync::mpsc::channel(1);
         let kv = self.etcd.client().await?.kv_client();
         // stopped when this returns, however it does (an error, a signal)
         let _reader = AbortOnDropHandle::new(tokio::spawn(read_pages(kv, tx)));
