@@ -284,7 +284,7 @@ impl Snapshot {
         let (tx, mut pages) = tokio::sync::mpsc::channel(1);
         let kv = self.etcd.client().await?.kv_client();
         // stopped when this returns, however it does (an error, a signal)
-        let _reader = AbortOnDropHandle::new(tokio::spawn(read_pages(kv, tx)));
+        let mut reader = AbortOnDropHandle::new(tokio::spawn(read_pages(kv, tx)));
         while let Some(page) = pages.recv().await {
             ctx.shutdown.check("nothing was changed")?;
             let page = page.map_err(|e| self.etcd.error("reading /registry/", e))?;
@@ -304,7 +304,10 @@ impl Snapshot {
                 });
             }
         }
-        Ok(())
+        // the pages ended: because all was read, not because the reader failed
+        (&mut reader)
+            .await
+            .map_err(|e| Error::failed(format!("reading /registry/: {e}")))
     }
 
     pub async fn stop(self) {
