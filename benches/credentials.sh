@@ -12,17 +12,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 KIRT="${KIRT:-$PWD/target/release/kirt}"
 [[ -x "$KIRT" ]] || cargo build --release --quiet --bin kirt
-LAB_DIR="${KIRT_LAB_DIR:-$PWD/.lab}"
-started_here=0
-if [[ ! -f "$LAB_DIR/env" ]]; then
-  bash tests/lab/lab.sh up >&2
-  started_here=1
-fi
-set -a; source "$LAB_DIR/env"; set +a
+source benches/lab-env.sh
 # the lab's nodes are shared with tests running against the same lab: take turns (tests lock too)
 exec 9>"$LAB_DIR/nodes.lock"
 flock 9
-export KUBECONFIG="$KIRT_LAB_KUBECONFIG"
 ns="kirt-bench-c-$$"
 work=$(mktemp -d /tmp/kirt-bench-c.XXXXXX)
 cleanup() {
@@ -30,7 +23,7 @@ cleanup() {
   kubectl delete clusterrolebinding,clusterrole -l "kirt-bench=$ns" >/dev/null 2>&1 || true
   kubectl delete namespace "$ns" --wait=false >/dev/null 2>&1 || true
   rm -rf "$work"
-  if ((started_here)); then bash tests/lab/lab.sh down >&2; fi
+  lab_down
 }
 trap cleanup EXIT
 kubectl create namespace "$ns" >/dev/null

@@ -7,18 +7,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 KIRT="${KIRT:-$PWD/target/release/kirt}"
 [[ -x "$KIRT" ]] || cargo build --release --quiet
-LAB_DIR="${KIRT_LAB_DIR:-$PWD/.lab}"
-started_here=0
-if [[ ! -f "$LAB_DIR/env" ]]; then
-  bash tests/lab/lab.sh up >&2
-  started_here=1
-fi
-set -a; source "$LAB_DIR/env"; set +a
-export KUBECONFIG="$KIRT_LAB_KUBECONFIG"
+source benches/lab-env.sh
 N="${KIRT_BENCH_PODS:-200}"
 ns="kirt-bench-q-$$"
 kubectl create namespace "$ns" >/dev/null
-trap 'kubectl delete namespace "$ns" --wait=false >/dev/null 2>&1; if ((started_here)); then bash tests/lab/lab.sh down >&2; fi' EXIT
+trap 'kubectl delete namespace "$ns" --wait=false >/dev/null 2>&1; lab_down' EXIT
 for d in one:1 many:"$N"; do
   kubectl apply -n "$ns" -f - >/dev/null <<YAML
 apiVersion: apps/v1

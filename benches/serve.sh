@@ -11,15 +11,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 KIRT="${KIRT:-${CARGO_TARGET_DIR:-$PWD/target}/release/kirt}"
 [[ -x "$KIRT" ]] || cargo build --release --quiet --bin kirt
-LAB_DIR="${KIRT_LAB_DIR:-$PWD/.lab}"
 N="${KIRT_BENCH_EVENTS:-50}"
-started_here=0
-if [[ ! -f "$LAB_DIR/env" ]]; then
-  bash tests/lab/lab.sh up >&2
-  started_here=1
-fi
-set -a; source "$LAB_DIR/env"; set +a
-export KUBECONFIG="$KIRT_LAB_KUBECONFIG"
+source benches/lab-env.sh
 ns="kirt-bench-s-$$"
 work=$(mktemp -d /tmp/kirt-bench-s.XXXXXX)
 serve_pid=""
@@ -27,7 +20,7 @@ cleanup() {
   [[ -n "$serve_pid" ]] && kill "$serve_pid" 2>/dev/null && wait "$serve_pid" 2>/dev/null
   kubectl delete namespace "$ns" --wait=false >/dev/null 2>&1 || true
   rm -rf "$work"
-  if ((started_here)); then bash tests/lab/lab.sh down >&2; fi
+  lab_down
 }
 trap cleanup EXIT
 kubectl create namespace "$ns" >/dev/null
