@@ -12,6 +12,7 @@
 #     The chain must also be contiguous and reach the load's last revision.
 #   peak RSS of the stream (VmHWM of the kirt process, its full backup included);
 #   CPU % of one core of the stream over the load window (utime + stime from /proc/PID/stat);
+#   (the load writes one constant 1 KiB value: segments compress far better than real objects)
 #   `kirt restore --to-revision LAST` (full + every segment) vs `kirt restore` of the full alone,
 #     each into a fresh data dir (unsigned backups here: --allow-unsigned).
 # Targets: RPO ≤ 3 s, peak RSS ≤ 64 MiB, CPU ≤ 15 % of one core; exits 1 when one is missed.
