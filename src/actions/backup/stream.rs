@@ -613,14 +613,16 @@ impl Stream<'_> {
 
     /// Seals what is pending as the chain's next segment into the spool (object, signature,
     /// manifest last) and queues it for the store. A full spool fails the stream (exit 1): it
-    /// only fills while the store fails. A signal does not cut a seal short (SIGTERM means
+    /// only fills while the store fails (segments wait in it), so an empty queue takes any segment. A signal does not cut a seal short (SIGTERM means
     /// "commit and exit"; main's grace period bounds it).
     async fn seal(&mut self, c: &mut Chain, pending: &mut Pending) -> Result<()> {
         if pending.tally.is_empty() {
             return Ok(());
         }
         let used = self.spool.size().await?;
-        if used + pending.tally.size() > self.spool.max {
+        // nothing waiting: the store is not failing, and a segment larger than --spool-max (a
+        // backlog read at once after a restart) goes through the spool to the store
+        if !self.queue.is_empty() && used + pending.tally.size() > self.spool.max {
             self.metrics.failures += 1;
             self.metrics.spool_bytes = used;
             self.write_metrics(Some(c));
