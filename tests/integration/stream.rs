@@ -1,9 +1,10 @@
 //! `kirt backup stream` under failure: the member it watches killed (failover to another endpoint),
 //! the stream itself killed with SIGKILL and restarted, the S3 server down for 20 s (sealed
 //! segments spooled, then committed in order), SIGTERM while the store is down, a single-member
-//! etcd restarted under the stream, `/metrics` on a port, etcd 3.4, and `--full-every`. Every test checks the chain from the segments' manifests (each
-//! segment starts at the revision after the one before: no gap, no duplicate) and restores a
-//! revision, compared key by key with the live source at that revision.
+//! etcd restarted under the stream, `/metrics` on a port, etcd 3.4, and `--full-every`. Every test
+//! checks the chain from the segments' manifests (each segment starts at the revision after the one
+//! before: no gap, no duplicate) and restores a revision, compared key by key with the live source
+//! at that revision.
 //!
 //! Nothing waits on a clock for an outcome: the tests wait for kirt's own log lines and for
 //! manifests, then assert.
