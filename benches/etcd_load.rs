@@ -6,6 +6,10 @@
 //!   etcd_load ENDPOINT PUTS      → on SIGUSR1 prints the window since the last one and starts
 //!                                  a new one: `puts N P50 P99 MAX reads N P50 P99 MAX errors E`
 //!                                  (milliseconds); exits on SIGTERM
+//!   etcd_load ENDPOINT PUTS --puts-only --seconds S
+//!                                → puts alone (the stream bench, benches/stream.sh: every write
+//!                                  is a revision to stream), for S seconds, then prints the whole
+//!                                  run's line as above and exits (SIGUSR1 and SIGTERM as above)
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -47,15 +51,24 @@ fn summary(v: &mut [f64]) -> String {
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
-    let args: Vec<String> = std::env::args()
+    let mut args: Vec<String> = std::env::args()
         .skip(1)
         .filter(|a| a != "--bench")
         .collect();
+    let puts_only = take_flag(&mut args, "--puts-only");
+    let seconds = match take_value(&mut args, "--seconds").map(|s| s.parse::<f64>()) {
+        None => None,
+        Some(Ok(s)) if s > 0.0 => Some(Duration::from_secs_f64(s)),
+        Some(_) => {
+            eprintln!("--seconds: a positive number of seconds");
+            std::process::exit(2);
+        }
+    };
     let (Some(endpoint), Some(puts)) = (
         args.first(),
         args.get(1).and_then(|s| s.parse::<u32>().ok()),
     ) else {
-        eprintln!("usage: etcd_load ENDPOINT PUTS_PER_SECOND");
+        eprintln!("usage: etcd_load ENDPOINT PUTS_PER_SECOND [--puts-only] [--seconds S]");
         std::process::exit(2);
     };
     let client = etcd_client::Client::connect([endpoint.as_str()], None)
@@ -69,6 +82,8 @@ async fn main() {
         .map(|i| (i.wrapping_mul(2654435761) >> 24) as u8)
         .collect();
     let mut n = 0u64;
+    let end = tokio::time::sleep(seconds.unwrap_or(Duration::MAX / 4));
+    tokio::pin!(end);
     loop {
         tokio::select! {
             _ = tick.tick() => {
@@ -80,7 +95,7 @@ async fn main() {
                     let ok = kv.put(key, v, None).await.is_ok();
                     record(&w, |w| &mut w.puts, ok, t);
                 });
-                if n.is_multiple_of(2) {
+                if !puts_only && n.is_multiple_of(2) {
                     let (mut kv, w) = (client.kv_client(), window.clone());
                     tokio::spawn(async move {
                         let opts = etcd_client::GetOptions::new().with_prefix().with_limit(10);
@@ -95,6 +110,32 @@ async fn main() {
                 println!("puts {} reads {} errors {}", summary(&mut w.puts), summary(&mut w.reads), w.errors);
             }
             _ = term.recv() => return,
+            _ = &mut end, if seconds.is_some() => {
+                // the requests still in flight get a moment to answer, then the run's line
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                let mut w = std::mem::take(&mut *window.lock().unwrap());
+                println!("puts {} reads {} errors {}", summary(&mut w.puts), summary(&mut w.reads), w.errors);
+                return;
+            }
         }
     }
+}
+
+/// Removes `flag` from `args`; whether it was there.
+fn take_flag(args: &mut Vec<String>, flag: &str) -> bool {
+    let before = args.len();
+    args.retain(|a| a != flag);
+    args.len() != before
+}
+
+/// Removes `flag VALUE` from `args`; the value.
+fn take_value(args: &mut Vec<String>, flag: &str) -> Option<String> {
+    let i = args.iter().position(|a| a == flag)?;
+    if i + 1 >= args.len() {
+        eprintln!("{flag} needs a value");
+        std::process::exit(2);
+    }
+    let v = args.remove(i + 1);
+    args.remove(i);
+    Some(v)
 }

@@ -14,7 +14,8 @@
 # K12 benches/audit.sh (evidence collect --audit-log over a 1 GiB audit log vs jq), K13
 # benches/objects.sh (backup objects -A over 100k real objects vs etcdctl get -w json), K16
 # benches/impact.sh (put latency and etcd CPU under a steady load while each backup runs) and K17
-# benches/serve.sh (Falco event → isolated pod latency through `kirt serve`, and its RSS).
+# benches/serve.sh (Falco event → isolated pod latency through `kirt serve`, and its RSS), and K9
+# benches/stream.sh (`backup stream` RPO, RSS and CPU under 2,000 writes/s; restore with segments).
 # Targets: kirt ≥ 2.5× faster than (2); kirt ≤ 1.25× (3); peak RSS ≤ 100 MiB and within 10 %
 # between the two sizes. Prints the figures and which targets pass. Servers run on 127.0.0.1 only.
 set -euo pipefail
@@ -188,5 +189,8 @@ impact_s3="${KIRT_BENCH_IMPACT_S3_DIR:-/dev/shm/kirt-bench-impact-$$}"
 KIRT_BENCH_IMPACT_S3_DIR="$impact_s3" KIRT_BENCH_IMPACT_S3_NICE="${KIRT_BENCH_IMPACT_S3_NICE-1}" \
   KIRT="$PWD/$KIRT" LIMIT="$PWD/$LIMIT" LOAD="$PWD/$LOAD" bash benches/impact.sh || fail=1
 [[ -n "${KIRT_BENCH_IMPACT_S3_DIR:-}" ]] || rm -rf "$impact_s3"
+echo
+echo "== K9 backup stream (RPO, RSS, CPU under 2,000 writes/s)"
+KIRT="$PWD/$KIRT" LOAD="$PWD/$LOAD" bash benches/stream.sh || fail=1
 ((lab_started)) && bash tests/lab/lab.sh down >&2
 exit $fail

@@ -1,9 +1,10 @@
-//! `kirt backup stream` under failure: the member it watches killed (failover to another
-//! endpoint), the stream itself killed with SIGKILL and restarted, the S3 server down for 20 s
-//! (sealed segments spooled, then committed in order), `/metrics` on a port, etcd 3.4, and
-//! `--full-every`. Every test checks the chain from the segments' manifests (each segment starts
-//! at the revision after the one before: no gap, no duplicate) and restores a revision, compared
-//! key by key with the live source at that revision.
+//! `kirt backup stream` under failure: the member it watches killed (failover to another endpoint),
+//! the stream itself killed with SIGKILL and restarted, the S3 server down for 20 s (sealed
+//! segments spooled, then committed in order), SIGTERM while the store is down, a single-member
+//! etcd restarted under the stream, `/metrics` on a port, etcd 3.4, and `--full-every`. Every test
+//! checks the chain from the segments' manifests (each segment starts at the revision after the one
+//! before: no gap, no duplicate) and restores a revision, compared key by key with the live source
+//! at that revision.
 //!
 //! Nothing waits on a clock for an outcome: the tests wait for kirt's own log lines and for
 //! manifests, then assert.
@@ -568,4 +569,146 @@ fn full_every_starts_a_second_chain_that_continues_the_first() {
     contiguous(full_revision(&dir, &second), &segs);
     restore_matches(&lab, &[dir.to_str().unwrap()], &[], &keys, &ep, r1);
     restore_matches(&lab, &[dir.to_str().unwrap()], &[], &keys, &ep, r2);
+}
+
+/// SIGTERM while the store is down: what was received is sealed into the spool, the commit
+/// fails, exit 1 saying the segments stay spooled; they do; a restart with the store back
+/// commits them first, in order, and the chain goes on without a gap.
+#[test]
+fn sigterm_while_the_store_is_down_keeps_the_spool_for_the_restart() {
+    let Some(lab) = lab() else { return };
+    let etcd = lab.private_etcd("3.5");
+    let ep = etcd.endpoint.clone();
+    populate_etcd(&ep, "/base", 50);
+    let keys = Keys::new(&lab);
+    let mut server = lab.private_s3s(None);
+    let (s3_dir, s3_port) = (server.dir.clone(), server.port);
+    let client = s3::client(&server.endpoint, PRIVATE_KEY.0, PRIVATE_KEY.1);
+    let bucket = common::unique("termdown");
+    s3::create_bucket(&client, &bucket);
+    let to = format!("s3://{bucket}/p");
+    let spool = lab.dir.path().join("spool");
+    let endpoint = format!("http://127.0.0.1:{s3_port}");
+    // nothing commits on its own (1h): what reaches the spool is what SIGTERM sealed
+    let start = || {
+        Held::spawn(s3_stream(
+            &lab,
+            &keys,
+            &ep,
+            &to,
+            &endpoint,
+            &spool,
+            &["--segment-every", "1h"],
+        ))
+    };
+    let h = start();
+    common::wait_until(WAIT, "the full backup", || {
+        !manifests(&client, &bucket).is_empty()
+    });
+    server.kill();
+    let mut last = 0;
+    for i in 0..10 {
+        last = put(&ep, &format!("/down/{i}"), &i.to_string());
+    }
+    common::wait_until(WAIT, "the writes received", || received(&h, last));
+    let (code, _, err) = h.terminate();
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains(&format!("stay in the spool {}", spool.display())),
+        "{err}"
+    );
+    assert!(err.contains(&format!("to revision {last})")), "{err}");
+    assert!(
+        !err.contains(PRIVATE_KEY.1),
+        "the secret key in the log: {err}"
+    );
+    let kept = common::files_under(&spool);
+    assert!(
+        kept.iter()
+            .any(|f| f.to_string_lossy().ends_with(".seg.zst.age")),
+        "nothing spooled: {kept:?}"
+    );
+    let server = lab.private_s3s(Some((&s3_dir, s3_port)));
+    assert!(
+        !manifests(&client, &bucket)
+            .iter()
+            .any(|k| k.contains(".chain/")),
+        "a segment reached the store while it was down"
+    );
+    let h = start();
+    let end = put(&ep, "/down/end", "1");
+    common::wait_until(WAIT, "the restarted stream receiving", || received(&h, end));
+    let (code, _, err) = h.terminate();
+    assert_eq!(code, 0, "{err}");
+    let left = common::files_under(&spool);
+    assert!(left.is_empty(), "the spool kept {left:?}");
+    let local = download_manifests(&lab, &client, &bucket);
+    let bases = fulls(&local);
+    assert_eq!(bases.len(), 1, "one chain: {bases:?}");
+    let (_, segs) = segments(&local, &bases[0]);
+    assert_eq!(
+        segs[0]["last_revision"].as_i64(),
+        Some(last),
+        "the spooled segment comes first: {segs:#?}"
+    );
+    assert_eq!(contiguous(full_revision(&local, &bases[0]), &segs), end);
+    restore_matches(
+        &lab,
+        &[&to, "--endpoint-url", &server.endpoint, "--path-style"],
+        &s3_env(),
+        &keys,
+        &ep,
+        last,
+    );
+}
+
+/// A single-member etcd stopped under the stream and started again on its data dir: the watch
+/// breaks, reconnects to the same member (no failover, no new chain) from the revision after the
+/// last one received, and the chain goes on without a gap.
+#[test]
+fn a_restarted_single_etcd_member_resumes_the_watch_without_a_gap() {
+    let Some(lab) = lab() else { return };
+    let (mut etcd, peer) = lab.private_etcd_restartable();
+    let (ep, data, port) = (etcd.endpoint.clone(), etcd.dir.clone(), etcd.port);
+    populate_etcd(&ep, "/base", 50);
+    let keys = Keys::new(&lab);
+    let dir = lab.dir.path().join("stream");
+    let to = dir.to_str().unwrap();
+    let h = Held::spawn(stream_cmd(&lab, &keys, &ep, to, &["--segment-every", "1s"]));
+    common::wait_until(WAIT, "the stream's full backup", || fulls(&dir).len() == 1);
+    let base = fulls(&dir).remove(0);
+    let r1 = put(&ep, "/rs/before", "1");
+    common::wait_until(WAIT, "the write received", || received(&h, r1));
+    etcd.kill();
+    // down until the stream has failed to reconnect at least once (its log says so), whatever
+    // the time that takes on this machine
+    let broke = |h: &Held| h.stderr().matches(" broke: ").count();
+    common::wait_until(WAIT, "a reconnection failing while etcd is down", || {
+        broke(&h) >= 2
+    });
+    let _etcd = lab.restart_etcd(&data, port, peer);
+    let mut last = 0;
+    for i in 0..20 {
+        // the restarted member takes writes once it has elected itself (put_any retries)
+        last = put_any(
+            std::slice::from_ref(&ep),
+            &format!("/rs/after/{i}"),
+            &i.to_string(),
+        );
+    }
+    common::wait_until(WAIT, "the stream receiving after the restart", || {
+        received(&h, last)
+    });
+    let (code, _, err) = h.terminate();
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains(&format!("reconnecting from revision {}", r1 + 1)),
+        "{err}"
+    );
+    assert!(!err.contains("failing over"), "the same member: {err}");
+    assert_eq!(fulls(&dir), vec![base.clone()], "no new chain: {err}");
+    let (_, segs) = segments(&dir, &base);
+    assert_eq!(contiguous(full_revision(&dir, &base), &segs), last);
+    restore_matches(&lab, &[to], &[], &keys, &ep, r1);
+    restore_matches(&lab, &[to], &[], &keys, &ep, last);
 }

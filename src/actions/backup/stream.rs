@@ -37,6 +37,8 @@ use crate::signal::Shutdown;
 use crate::store::{self, Store};
 
 /// Largest watch response accepted (etcd's own limit for a request is 1.5 MiB by default).
+/// How long SIGTERM's last commit may take (main's grace period is 5 s).
+const SHUTDOWN_COMMIT: Duration = Duration::from_secs(3);
 const MAX_WATCH_MESSAGE: usize = 256 << 20;
 /// Reconnections in a row (one per second) before a lost watch fails the stream.
 const RECONNECTS: u32 = 10;
@@ -458,7 +460,19 @@ impl Stream<'_> {
                 biased;
                 _ = self.ctx.shutdown.requested() => {
                     self.seal(&mut c, &mut pending).await?;
-                    self.drain(&mut c, true).await?;
+                    // within the 5 s grace period: a store that does not answer (its client
+                    // retrying a dead server) leaves the sealed segments in the spool, exit 1
+                    match tokio::time::timeout(SHUTDOWN_COMMIT, self.drain(&mut c, true)).await {
+                        Ok(r) => r?,
+                        Err(_) => return Err(Error::failed(format!(
+                            "the store {} did not answer within {} s of the signal; {} sealed segments (to revision {}) stay in the spool {} and the next `kirt backup stream` commits them first",
+                            self.store.url(),
+                            SHUTDOWN_COMMIT.as_secs(),
+                            self.queue.len(),
+                            c.end,
+                            self.spool.dir.display()
+                        ))),
+                    }
                     return Ok(Next::Stopped(c));
                 }
                 _ = &mut full_due => {
@@ -613,14 +627,16 @@ impl Stream<'_> {
 
     /// Seals what is pending as the chain's next segment into the spool (object, signature,
     /// manifest last) and queues it for the store. A full spool fails the stream (exit 1): it
-    /// only fills while the store fails. A signal does not cut a seal short (SIGTERM means
+    /// only fills while the store fails (segments wait in it), so an empty queue takes any segment. A signal does not cut a seal short (SIGTERM means
     /// "commit and exit"; main's grace period bounds it).
     async fn seal(&mut self, c: &mut Chain, pending: &mut Pending) -> Result<()> {
         if pending.tally.is_empty() {
             return Ok(());
         }
         let used = self.spool.size().await?;
-        if used + pending.tally.size() > self.spool.max {
+        // nothing waiting: the store is not failing, and a segment larger than --spool-max (a
+        // backlog read at once after a restart) goes through the spool to the store
+        if !self.queue.is_empty() && used + pending.tally.size() > self.spool.max {
             self.metrics.failures += 1;
             self.metrics.spool_bytes = used;
             self.write_metrics(Some(c));

@@ -17,41 +17,60 @@ impl Lab {
         };
         let (port, peer) = (free_port(), free_port());
         let dir = self.dir.path().join(unique("etcd"));
-        let name = "private";
-        let child = Command::new(bin)
-            .args(["--name", name, "--data-dir"])
-            .arg(&dir)
-            .args([
-                "--listen-client-urls",
-                &format!("http://127.0.0.1:{port}"),
-                "--advertise-client-urls",
-                &format!("http://127.0.0.1:{port}"),
-            ])
-            .args([
-                "--listen-peer-urls",
-                &format!("http://127.0.0.1:{peer}"),
-                "--initial-advertise-peer-urls",
-                &format!("http://127.0.0.1:{peer}"),
-            ])
-            .args([
-                "--initial-cluster",
-                &format!("{name}=http://127.0.0.1:{peer}"),
-                "--quota-backend-bytes",
-                "4294967296",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start etcd");
-        let mut p = Proc {
-            child,
-            endpoint: format!("http://127.0.0.1:{port}"),
-            dir,
-            port,
-        };
-        wait_serving(&mut p.child, port, "private etcd");
-        p
+        spawn_etcd(&bin, &dir, port, peer)
     }
+
+    /// A 3.5 etcd for this test alone, and its peer port: stopped ([`Proc::kill`]), it starts
+    /// again on the same data dir and ports with [`Lab::restart_etcd`].
+    pub fn private_etcd_restartable(&self) -> (Proc, u16) {
+        let (port, peer) = (free_port(), free_port());
+        let dir = self.dir.path().join(unique("etcd"));
+        (self.restart_etcd(&dir, port, peer), peer)
+    }
+
+    /// The 3.5 etcd of [`Lab::private_etcd_restartable`] started (again) on its data dir and ports.
+    pub fn restart_etcd(&self, dir: &Path, port: u16, peer: u16) -> Proc {
+        let bin = Path::new(&self.get("KIRT_LAB_ETCD35_BIN")).join("etcd");
+        spawn_etcd(&bin, dir, port, peer)
+    }
+}
+
+/// A single-member etcd on 127.0.0.1, serving when this returns.
+fn spawn_etcd(bin: &Path, dir: &Path, port: u16, peer: u16) -> Proc {
+    let name = "private";
+    let child = Command::new(bin)
+        .args(["--name", name, "--data-dir"])
+        .arg(dir)
+        .args([
+            "--listen-client-urls",
+            &format!("http://127.0.0.1:{port}"),
+            "--advertise-client-urls",
+            &format!("http://127.0.0.1:{port}"),
+        ])
+        .args([
+            "--listen-peer-urls",
+            &format!("http://127.0.0.1:{peer}"),
+            "--initial-advertise-peer-urls",
+            &format!("http://127.0.0.1:{peer}"),
+        ])
+        .args([
+            "--initial-cluster",
+            &format!("{name}=http://127.0.0.1:{peer}"),
+            "--quota-backend-bytes",
+            "4294967296",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start etcd");
+    let mut p = Proc {
+        child,
+        endpoint: format!("http://127.0.0.1:{port}"),
+        dir: dir.to_path_buf(),
+        port,
+    };
+    wait_serving(&mut p.child, port, "private etcd");
+    p
 }
 
 impl Lab {
