@@ -447,11 +447,11 @@ fn max_rate_paces_the_snapshot_stream() {
     assert!(r.stderr().contains("bytes per second"), "{}", r.dump());
 }
 
-/// By default (`--nice`) every thread of kirt runs at nice 10 in the idle I/O class; with
-/// `--nice=false` at the priority it was started with (checked with /proc and ionice while kirt
+/// With `--nice` every thread of kirt runs at nice 10 in the idle I/O class; without it at the
+/// priority it was started with (checked with /proc and ionice while kirt
 /// holds after the stream, its workers started).
 #[test]
-fn backups_run_at_low_priority_unless_told_otherwise() {
+fn nice_lowers_cpu_and_io_priority_of_every_thread() {
     let Some(lab) = lab() else { return };
     let etcd = lab.private_etcd("3.5");
     populate_etcd(&etcd.endpoint, "/kirt-test", 200);
@@ -501,7 +501,7 @@ fn backups_run_at_low_priority_unless_told_otherwise() {
         assert!(!seen.is_empty());
         seen
     };
-    for (nice, io) in priorities(&[]) {
+    for (nice, io) in priorities(&["--nice"]) {
         assert_eq!((nice.as_str(), io.as_str()), ("10", "idle"));
     }
     // the test's own nice value, which kirt inherits
@@ -511,7 +511,7 @@ fn backups_run_at_low_priority_unless_told_otherwise() {
         .nth(16)
         .unwrap()
         .to_string();
-    for (nice, io) in priorities(&["--nice=false"]) {
+    for (nice, io) in priorities(&[]) {
         assert_eq!(nice, own);
         assert_ne!(io, "idle");
     }

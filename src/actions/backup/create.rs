@@ -101,17 +101,8 @@ pub struct BackupCreateSpec {
     #[arg(long, value_enum, value_name = "on|off", default_value_t = HashKv::Off)]
     pub hash_kv: HashKv,
     /// Run at low CPU priority (nice 10) and in the idle I/O class, so that etcd and the
-    /// apiserver beside it come first (the default: it halves the put latency a backup adds at
-    /// no cost in wall time, docs/backup.md); --nice=false keeps normal priority
-    #[arg(
-        long,
-        value_name = "true|false",
-        num_args = 0..=1,
-        require_equals = true,
-        default_value_t = true,
-        default_missing_value = "true",
-        action = clap::ArgAction::Set
-    )]
+    /// apiserver beside it come first
+    #[arg(long)]
     pub nice: bool,
     /// Cap the snapshot stream read from etcd, in bytes per second (e.g. 50MiB); 0: no cap
     #[arg(long, value_name = "BYTES/s", default_value = "0", value_parser = crate::units::parse_rate)]
@@ -149,7 +140,7 @@ impl Default for BackupCreateSpec {
             compression_level: COMPRESSION_LEVEL,
             threads: None,
             hash_kv: HashKv::Off,
-            nice: true,
+            nice: false,
             max_rate: 0,
             metrics_file: None,
             pushgateway: None,
