@@ -2,7 +2,7 @@
 //! lab apiserver; the stream only reads it), a namespace with ConfigMaps deleted by accident,
 //! `kirt restore --to-revision` just before the delete, and a kube-apiserver of the test's own on
 //! the restored member serving the namespace and its ConfigMaps with their data. `kirt drill
-//! --to-revision` drills the same point in time.
+//! --to-revision` drills the same point in time, and `--to-time` with its receive time.
 
 use std::time::Duration;
 
@@ -101,8 +101,8 @@ fn a_deleted_namespace_comes_back_through_a_point_in_time_restore() {
     drop(member);
 
     // the drill of the same point in time: its counts against the source read at that revision
-    let v = lab
-        .kirt([
+    let drill = |target: &[&str]| {
+        let mut args = vec![
             "drill",
             "--from",
             dir.to_str().unwrap(),
@@ -111,15 +111,13 @@ fn a_deleted_namespace_comes_back_through_a_point_in_time_restore() {
             &keys.age,
             "--trusted-key",
             &keys.trusted,
-            "--to-revision",
-            &before.to_string(),
-            "--apiserver-bin",
-            &format!("{}/kube-apiserver", lab.get("KIRT_LAB_KUBE_BIN")),
-            "-o",
-            "json",
-        ])
-        .ok()
-        .json();
+        ];
+        args.extend_from_slice(target);
+        let apiserver = format!("{}/kube-apiserver", lab.get("KIRT_LAB_KUBE_BIN"));
+        args.extend_from_slice(&["--apiserver-bin", &apiserver, "-o", "json"]);
+        lab.kirt(args).ok().json()
+    };
+    let v = drill(&["--to-revision", &before.to_string()]);
     assert_eq!(v["ok"], true, "{v:#}");
     assert_eq!(
         v["point_in_time"]["revision"].as_i64(),
@@ -143,4 +141,18 @@ fn a_deleted_namespace_comes_back_through_a_point_in_time_restore() {
         assert_eq!(row(res)["in_snapshot"].as_i64(), Some(at), "{res}: {v:#}");
         assert_eq!(row(res)["served"].as_i64(), Some(at), "{res}: {v:#}");
     }
+    // --to-time: the receive time of that revision reaches it (or a revision received at the
+    // same instant), and the drill passes there too
+    let time = v["point_in_time"]["time"].as_str().unwrap().to_string();
+    let t = drill(&["--to-time", &time]);
+    assert_eq!(t["ok"], true, "{t:#}");
+    assert_eq!(
+        t["point_in_time"]["time"].as_str(),
+        Some(time.as_str()),
+        "{t:#}"
+    );
+    assert!(
+        t["point_in_time"]["revision"].as_i64().unwrap() >= before,
+        "{t:#}"
+    );
 }
