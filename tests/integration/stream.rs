@@ -1,10 +1,10 @@
 //! `kirt backup stream` under failure: the member it watches killed (failover to another endpoint),
 //! the stream itself killed with SIGKILL and restarted, the S3 server down for 20 s (sealed
-//! segments spooled, then committed in order), SIGTERM while the store is down, a single-member
-//! etcd restarted under the stream, `/metrics` on a port, etcd 3.4, and `--full-every`. Every test
-//! checks the chain from the segments' manifests (each segment starts at the revision after the one
-//! before: no gap, no duplicate) and restores a revision, compared key by key with the live source
-//! at that revision.
+//! segments spooled, then committed in order), the spool full while the store is down, SIGTERM
+//! while the store is down, a single-member etcd restarted under the stream, `/metrics` on a
+//! port, etcd 3.4, and `--full-every`. Every test checks the chain from the segments' manifests
+//! (each segment starts at the revision after the one before: no gap, no duplicate) and restores
+//! a revision, compared key by key with the live source at that revision.
 //!
 //! Nothing waits on a clock for an outcome: the tests wait for kirt's own log lines and for
 //! manifests, then assert.
@@ -569,6 +569,126 @@ fn full_every_starts_a_second_chain_that_continues_the_first() {
     contiguous(full_revision(&dir, &second), &segs);
     restore_matches(&lab, &[dir.to_str().unwrap()], &[], &keys, &ep, r1);
     restore_matches(&lab, &[dir.to_str().unwrap()], &[], &keys, &ep, r2);
+}
+
+/// A value of `len` bytes that zstd cannot shrink much (hex of a xorshift sequence seeded by
+/// `seed`): the spool fills with what is written, not with what compresses away.
+fn incompressible(seed: u64, len: usize) -> String {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut s = String::with_capacity(len);
+    while s.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        s.push_str(&format!("{x:016x}"));
+    }
+    s.truncate(len);
+    s
+}
+
+/// Waits until `h` has exited on its own, then collects its exit code and stderr (the signal
+/// `Held::signal` sends then reaches a process that has already exited, and is ignored).
+fn exited(h: Held, what: &str) -> (i32, String) {
+    let pid = h.child.id();
+    common::wait_until(WAIT, what, || !crate::common::process::alive(pid));
+    let (code, _, err) = h.signal("TERM");
+    (code, err)
+}
+
+/// The store down while writes go on until `--spool-max` cannot take the next segment: exit 1,
+/// the message naming the spool, the store and its error; the spool kept; a restart with the
+/// store back commits the spool first, then reads the revisions it had not kept from etcd
+/// again: the chain is contiguous and nothing is lost.
+#[test]
+fn a_full_spool_fails_the_stream_and_a_restart_loses_nothing() {
+    let Some(lab) = lab() else { return };
+    let etcd = lab.private_etcd("3.5");
+    let ep = etcd.endpoint.clone();
+    populate_etcd(&ep, "/base", 50);
+    let keys = Keys::new(&lab);
+    let mut server = lab.private_s3s(None);
+    let (s3_dir, s3_port) = (server.dir.clone(), server.port);
+    let client = s3::client(&server.endpoint, PRIVATE_KEY.0, PRIVATE_KEY.1);
+    let bucket = common::unique("spoolfull");
+    s3::create_bucket(&client, &bucket);
+    let to = format!("s3://{bucket}/p");
+    let spool = lab.dir.path().join("spool");
+    let endpoint = format!("http://127.0.0.1:{s3_port}");
+    let start = || {
+        Held::spawn(s3_stream(
+            &lab,
+            &keys,
+            &ep,
+            &to,
+            &endpoint,
+            &spool,
+            &["--segment-every", "1s", "--spool-max", "32KiB"],
+        ))
+    };
+    let h = start();
+    common::wait_until(WAIT, "the full backup", || {
+        !manifests(&client, &bucket).is_empty()
+    });
+    server.kill();
+    let mut i = 0u64;
+    let mut last = 0;
+    let (code, err) = {
+        let pid = h.child.id();
+        common::wait_until(WAIT, "the stream failing on its full spool", || {
+            // 8 KiB a write (about 4 KiB once compressed), one write a poll: a few 1 s segments
+            // fill the 32 KiB spool (the stream only probes the dead store, briefly, each tick)
+            last = put(&ep, &format!("/full/{i}"), &incompressible(i, 8192));
+            i += 1;
+            !crate::common::process::alive(pid)
+        });
+        exited(h, "the stream's exit")
+    };
+    assert_eq!(code, 1, "{err}");
+    let spool_dir = spool.display().to_string();
+    assert!(
+        err.contains(&format!("the spool {spool_dir}")) && err.contains("is full"),
+        "{err}"
+    );
+    assert!(err.contains(&format!("while the store {to}")), "{err}");
+    assert!(!err.contains("no error recorded"), "{err}");
+    assert!(
+        !err.contains(", 0 segments waiting)"),
+        "segments were spooled before it filled: {err}"
+    );
+    assert!(
+        !err.contains(PRIVATE_KEY.1),
+        "the secret key in the log: {err}"
+    );
+    let kept = common::files_under(&spool);
+    assert!(
+        kept.iter()
+            .any(|f| f.to_string_lossy().ends_with(".seg.zst.age")),
+        "the spool was not kept: {kept:?}"
+    );
+    // the store back: the restart commits the spool, then reads the rest from etcd
+    let server = lab.private_s3s(Some((&s3_dir, s3_port)));
+    let h = start();
+    let end = put(&ep, "/full/end", "1");
+    assert!(end > last);
+    common::wait_until(WAIT, "the restarted stream receiving", || received(&h, end));
+    let (code, _, err) = h.terminate();
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("continuing the chain"), "{err}");
+    let left = common::files_under(&spool);
+    assert!(left.is_empty(), "the spool kept {left:?}");
+    let local = download_manifests(&lab, &client, &bucket);
+    let bases = fulls(&local);
+    assert_eq!(bases.len(), 1, "one chain: {bases:?}");
+    let (_, segs) = segments(&local, &bases[0]);
+    assert_eq!(contiguous(full_revision(&local, &bases[0]), &segs), end);
+    restore_matches(
+        &lab,
+        &[&to, "--endpoint-url", &server.endpoint, "--path-style"],
+        &s3_env(),
+        &keys,
+        &ep,
+        last,
+    );
 }
 
 /// SIGTERM while the store is down: what was received is sealed into the spool, the commit

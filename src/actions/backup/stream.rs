@@ -39,6 +39,10 @@ use crate::store::{self, Store};
 /// Largest watch response accepted (etcd's own limit for a request is 1.5 MiB by default).
 /// How long SIGTERM's last commit may take (main's grace period is 5 s).
 const SHUTDOWN_COMMIT: Duration = Duration::from_secs(3);
+/// While the store is failing, a drain first asks whether it answers, for at most this long: the
+/// S3 client's own retries against a dead store take many seconds, and the stream's loop (which
+/// seals segments) must not wait for them every tick.
+const STORE_PROBE: Duration = Duration::from_secs(2);
 const MAX_WATCH_MESSAGE: usize = 256 << 20;
 /// Reconnections in a row (one per second) before a lost watch fails the stream.
 const RECONNECTS: u32 = 10;
@@ -671,6 +675,18 @@ impl Stream<'_> {
     /// and when the spool no longer holds what was sealed (exit 3: the spool is emptied and a
     /// restart reads those revisions from etcd again).
     async fn drain(&mut self, c: &mut Chain, must: bool) -> Result<()> {
+        if !must && !self.queue.is_empty() && self.store_error.is_some() {
+            let answer = tokio::time::timeout(STORE_PROBE, self.store.check()).await;
+            if !matches!(answer, Ok(Ok(_))) {
+                if let Ok(Err(e)) = answer {
+                    self.store_error = Some(e.to_string());
+                }
+                tracing::debug!(error = ?self.store_error, "the store still fails; the sealed segments wait in the spool");
+                self.metrics.spool_bytes = self.spool.size().await.unwrap_or(0);
+                self.write_metrics(Some(c));
+                return Ok(());
+            }
+        }
         while let Some((key, sha)) = self.queue.front().cloned() {
             let sealed = match self.spool.read(&key).await {
                 Ok(s) if chain::sha256(&s.manifest_bytes) == sha => Ok(s),
