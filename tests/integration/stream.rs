@@ -289,16 +289,17 @@ fn value(text: &str, name: &str) -> f64 {
 #[test]
 fn an_s3_outage_is_spooled_then_committed_in_order() {
     let Some(lab) = lab() else { return };
-    let etcd = lab.private_etcd("3.5");
-    let ep = etcd.endpoint.clone();
-    populate_etcd(&ep, "/base", 50);
-    let keys = Keys::new(&lab);
-    let mut server = lab.private_s3s(None);
-    let (s3_dir, s3_port) = (server.dir.clone(), server.port);
-    let client = s3::client(&server.endpoint, PRIVATE_KEY.0, PRIVATE_KEY.1);
-    let bucket = common::unique("stream");
-    s3::create_bucket(&client, &bucket);
-    let to = format!("s3://{bucket}/p");
+    let Outage {
+        etcd: _etcd,
+        ep,
+        keys,
+        mut server,
+        s3_dir,
+        s3_port,
+        client,
+        bucket,
+        to,
+    } = Outage::new(&lab, "stream");
     let env = s3_env();
     let spool = lab.dir.path().join("spool");
     let port = common::free_port();
@@ -375,6 +376,43 @@ fn s3_env() -> [(&'static str, String); 2] {
     ]
 }
 
+/// What each store-outage test starts from: a private etcd 3.5 with 50 keys, the stream's keys,
+/// a private s3s-fs (the test kills and restarts it: its dir and port) and a fresh bucket on it.
+struct Outage {
+    etcd: common::process::Proc,
+    ep: String,
+    keys: Keys,
+    server: common::process::Proc,
+    s3_dir: std::path::PathBuf,
+    s3_port: u16,
+    client: aws_sdk_s3::Client,
+    bucket: String,
+    to: String,
+}
+
+impl Outage {
+    fn new(lab: &Lab, name: &str) -> Outage {
+        let etcd = lab.private_etcd("3.5");
+        let ep = etcd.endpoint.clone();
+        populate_etcd(&ep, "/base", 50);
+        let server = lab.private_s3s(None);
+        let client = s3::client(&server.endpoint, PRIVATE_KEY.0, PRIVATE_KEY.1);
+        let bucket = common::unique(name);
+        s3::create_bucket(&client, &bucket);
+        Outage {
+            ep,
+            keys: Keys::new(lab),
+            s3_dir: server.dir.clone(),
+            s3_port: server.port,
+            to: format!("s3://{bucket}/p"),
+            etcd,
+            server,
+            client,
+            bucket,
+        }
+    }
+}
+
 /// A stream to a private s3s-fs at `endpoint`, spooling into `spool`.
 fn s3_stream(
     lab: &Lab,
@@ -421,16 +459,17 @@ fn download_manifests(lab: &Lab, client: &aws_sdk_s3::Client, bucket: &str) -> s
 #[test]
 fn a_tampered_spool_is_refused_and_its_revisions_read_again() {
     let Some(lab) = lab() else { return };
-    let etcd = lab.private_etcd("3.5");
-    let ep = etcd.endpoint.clone();
-    populate_etcd(&ep, "/base", 50);
-    let keys = Keys::new(&lab);
-    let mut server = lab.private_s3s(None);
-    let (s3_dir, s3_port) = (server.dir.clone(), server.port);
-    let client = s3::client(&server.endpoint, PRIVATE_KEY.0, PRIVATE_KEY.1);
-    let bucket = common::unique("spool");
-    s3::create_bucket(&client, &bucket);
-    let to = format!("s3://{bucket}/p");
+    let Outage {
+        etcd: _etcd,
+        ep,
+        keys,
+        mut server,
+        s3_dir,
+        s3_port,
+        client,
+        bucket,
+        to,
+    } = Outage::new(&lab, "spool");
     let spool = lab.dir.path().join("spool");
     let start = |every: &str| {
         Held::spawn(s3_stream(
@@ -602,16 +641,17 @@ fn exited(h: Held, what: &str) -> (i32, String) {
 #[test]
 fn a_full_spool_fails_the_stream_and_a_restart_loses_nothing() {
     let Some(lab) = lab() else { return };
-    let etcd = lab.private_etcd("3.5");
-    let ep = etcd.endpoint.clone();
-    populate_etcd(&ep, "/base", 50);
-    let keys = Keys::new(&lab);
-    let mut server = lab.private_s3s(None);
-    let (s3_dir, s3_port) = (server.dir.clone(), server.port);
-    let client = s3::client(&server.endpoint, PRIVATE_KEY.0, PRIVATE_KEY.1);
-    let bucket = common::unique("spoolfull");
-    s3::create_bucket(&client, &bucket);
-    let to = format!("s3://{bucket}/p");
+    let Outage {
+        etcd: _etcd,
+        ep,
+        keys,
+        mut server,
+        s3_dir,
+        s3_port,
+        client,
+        bucket,
+        to,
+    } = Outage::new(&lab, "spoolfull");
     let spool = lab.dir.path().join("spool");
     let endpoint = format!("http://127.0.0.1:{s3_port}");
     let start = || {
@@ -697,16 +737,17 @@ fn a_full_spool_fails_the_stream_and_a_restart_loses_nothing() {
 #[test]
 fn sigterm_while_the_store_is_down_keeps_the_spool_for_the_restart() {
     let Some(lab) = lab() else { return };
-    let etcd = lab.private_etcd("3.5");
-    let ep = etcd.endpoint.clone();
-    populate_etcd(&ep, "/base", 50);
-    let keys = Keys::new(&lab);
-    let mut server = lab.private_s3s(None);
-    let (s3_dir, s3_port) = (server.dir.clone(), server.port);
-    let client = s3::client(&server.endpoint, PRIVATE_KEY.0, PRIVATE_KEY.1);
-    let bucket = common::unique("termdown");
-    s3::create_bucket(&client, &bucket);
-    let to = format!("s3://{bucket}/p");
+    let Outage {
+        etcd: _etcd,
+        ep,
+        keys,
+        mut server,
+        s3_dir,
+        s3_port,
+        client,
+        bucket,
+        to,
+    } = Outage::new(&lab, "termdown");
     let spool = lab.dir.path().join("spool");
     let endpoint = format!("http://127.0.0.1:{s3_port}");
     // nothing commits on its own (1h): what reaches the spool is what SIGTERM sealed
