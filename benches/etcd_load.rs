@@ -6,6 +6,9 @@
 //!   etcd_load ENDPOINT PUTS      → on SIGUSR1 prints the window since the last one and starts
 //!                                  a new one: `puts N P50 P99 MAX reads N P50 P99 MAX errors E`
 //!                                  (milliseconds); exits on SIGTERM
+//!   etcd_load ENDPOINT PUTS --trace FILE
+//!                                → as above, and each window's requests appended to FILE, one
+//!                                  line each (where a contender's latency comes from)
 //!   etcd_load ENDPOINT PUTS --puts-only --seconds S
 //!                                → puts alone (the stream bench, benches/stream.sh: every write
 //!                                  is a revision to stream), for S seconds, then prints the whole
@@ -21,16 +24,31 @@ struct Window {
     puts: Vec<f64>,
     reads: Vec<f64>,
     errors: u64,
+    /// `--trace`: every request as (put or read, start in Unix ms, latency ms, tick lag ms)
+    trace: Option<Vec<(char, f64, f64, f64)>>,
 }
 
-/// One request's latency (since `t`), or an error.
-fn record(w: &Mutex<Window>, kind: fn(&mut Window) -> &mut Vec<f64>, ok: bool, t: Instant) {
+/// One request's latency (since `t`), or an error; `lag` is how late its tick fired.
+fn record(w: &Mutex<Window>, put: bool, ok: bool, t: Instant, lag: f64, origin: (Instant, f64)) {
+    let (t0, epoch0) = origin;
     let ms = t.elapsed().as_secs_f64() * 1e3;
     let mut w = w.lock().unwrap();
     if ok {
-        kind(&mut w).push(ms);
+        if put {
+            w.puts.push(ms)
+        } else {
+            w.reads.push(ms)
+        }
     } else {
         w.errors += 1;
+    }
+    if let Some(trace) = w.trace.as_mut() {
+        trace.push((
+            if put { 'p' } else { 'r' },
+            epoch0 + (t - t0).as_secs_f64() * 1e3,
+            ms,
+            lag,
+        ));
     }
 }
 
@@ -74,7 +92,19 @@ async fn main() {
     let client = etcd_client::Client::connect([endpoint.as_str()], None)
         .await
         .expect("connect");
-    let window = Arc::new(Mutex::new(Window::default()));
+    let trace_path = take_value(&mut args, "--trace");
+    let window = Arc::new(Mutex::new(Window {
+        trace: trace_path.as_ref().map(|_| Vec::new()),
+        ..Window::default()
+    }));
+    let t0 = Instant::now();
+    // --trace start times are Unix milliseconds, to line up with other programs' logs
+    let epoch0 = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_secs_f64()
+        * 1e3;
+    let origin = (t0, epoch0);
     let mut usr1 = signal(SignalKind::user_defined1()).expect("SIGUSR1");
     let mut term = signal(SignalKind::terminate()).expect("SIGTERM");
     let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / puts.max(1) as f64));
@@ -86,14 +116,15 @@ async fn main() {
     tokio::pin!(end);
     loop {
         tokio::select! {
-            _ = tick.tick() => {
+            due = tick.tick() => {
                 n += 1;
+                let lag = due.elapsed().as_secs_f64() * 1e3;
                 let (mut kv, w, v) = (client.kv_client(), window.clone(), value.clone());
                 let key = format!("/bench-load/{:04}", n % 1000);
                 tokio::spawn(async move {
                     let t = Instant::now();
                     let ok = kv.put(key, v, None).await.is_ok();
-                    record(&w, |w| &mut w.puts, ok, t);
+                    record(&w, true, ok, t, lag, origin);
                 });
                 if !puts_only && n.is_multiple_of(2) {
                     let (mut kv, w) = (client.kv_client(), window.clone());
@@ -101,12 +132,19 @@ async fn main() {
                         let opts = etcd_client::GetOptions::new().with_prefix().with_limit(10);
                         let t = Instant::now();
                         let ok = kv.get("/bench-load/", Some(opts)).await.is_ok();
-                        record(&w, |w| &mut w.reads, ok, t);
+                        record(&w, false, ok, t, lag, origin);
                     });
                 }
             }
             _ = usr1.recv() => {
-                let mut w = std::mem::take(&mut *window.lock().unwrap());
+                let mut w = {
+                    let mut guard = window.lock().unwrap();
+                    let fresh = Window { trace: guard.trace.as_ref().map(|_| Vec::new()), ..Window::default() };
+                    std::mem::replace(&mut *guard, fresh)
+                };
+                if let (Some(path), Some(trace)) = (&trace_path, w.trace.take()) {
+                    append_trace(path, &trace);
+                }
                 println!("puts {} reads {} errors {}", summary(&mut w.puts), summary(&mut w.reads), w.errors);
             }
             _ = term.recv() => return,
@@ -118,6 +156,21 @@ async fn main() {
                 return;
             }
         }
+    }
+}
+
+/// `--trace FILE`: one line per request of the window, `KIND START LATENCY LAG` (p or r; Unix
+/// ms; ms; ms its tick fired late — the load's own scheduling delay), appended.
+fn append_trace(path: &str, trace: &[(char, f64, f64, f64)]) {
+    use std::io::Write;
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .expect("--trace file");
+    let mut out = std::io::BufWriter::new(file);
+    for (kind, start, ms, lag) in trace {
+        writeln!(out, "{kind} {start:.1} {ms:.2} {lag:.2}").expect("--trace write");
     }
 }
 

@@ -4,7 +4,8 @@
 # open loop, every request's latency recorded), each contender runs in turn on the same etcd:
 #   idle (nothing), etcdctl snapshot save, the plain reader (snapshot_limit read: the stream and
 #   nothing else), the shell pipeline (etcdctl save → zstd -T0 -3 → age → aws s3 cp), kirt backup
-#   create with its defaults, with --hash-kv on, with --nice (nice 10, idle I/O) and with --max-rate.
+#   create with its defaults, with --count-keys all, with --hash-kv on, with --nice (nice 10, idle
+#   I/O) and with --max-rate.
 # Prints per contender: wall time, client CPU (the contender's processes), etcd CPU (from
 # /proc/PID/stat, and above the load's own idle rate), put p50/p99/max and read p99 latency, and
 # the ratios of p99 to idle and to etcdctl. Targets (K16): kirt's default p99 ≤ etcdctl's (±10 %)
@@ -15,7 +16,10 @@
 #   (default 200/s), KIRT_BENCH_IMPACT_RATE kirt's --max-rate (default 50MiB/s),
 #   KIRT_BENCH_IMPACT_S3_DIR where the S3 server keeps objects (default: the bench's work dir, on
 #   the disk etcd fsyncs to; a tmpfs such as /dev/shm/kirt-impact models a store off the node,
-#   as in production, where the uploaded bytes never reach the etcd node's disk).
+#   as in production, where the uploaded bytes never reach the etcd node's disk),
+#   KIRT_BENCH_IMPACT_ETCD_DIR etcd's data dir (default: in the bench's work dir, on the disk; a
+#   tmpfs takes the disk's own latency out and leaves what the contenders cost etcd in CPU and
+#   locks, as on a dedicated fast disk).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CACHE="${KIRT_LAB_CACHE:-$HOME/.cache/kirt-lab}"
@@ -39,12 +43,16 @@ AWS="$CACHE/awscli/bin/aws"
 export AWS_ACCESS_KEY_ID=bench AWS_SECRET_ACCESS_KEY=bench-secret AWS_REGION=us-east-1 AWS_EC2_METADATA_DISABLED=true
 work=$(mktemp -d /tmp/kirt-bench-impact.XXXXXX)
 pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true
+  rm -rf "$work" "${ETCD_DIR:-$work}" # a directory of its own, even under KIRT_BENCH_IMPACT_ETCD_DIR
+}
 trap cleanup EXIT
 port() { python3 tests/lab/free-port.py "$work/ports"; }
 
 cp=$(port); pp=$(port); s3port=$(port)
-"$ETCD_BIN/etcd" --name i --data-dir "$work/etcd" --listen-client-urls "http://127.0.0.1:$cp" \
+ETCD_DIR=$(mktemp -d "${KIRT_BENCH_IMPACT_ETCD_DIR:-$work}/kirt-bench-etcd.XXXXXX")
+"$ETCD_BIN/etcd" --name i --data-dir "$ETCD_DIR" --listen-client-urls "http://127.0.0.1:$cp" \
   --advertise-client-urls "http://127.0.0.1:$cp" --listen-peer-urls "http://127.0.0.1:$pp" \
   --initial-advertise-peer-urls "http://127.0.0.1:$pp" --initial-cluster "i=http://127.0.0.1:$pp" \
   --quota-backend-bytes 8589934592 >"$work/etcd.log" 2>&1 & pids+=($!)
@@ -93,6 +101,7 @@ phase etcdctl "$ETCD_BIN/etcdctl" --endpoints "$EP" snapshot save "$work/snap.db
 phase reader "$LIMIT" read "$EP"
 phase pipeline bash -c "'$ETCD_BIN/etcdctl' --endpoints '$EP' snapshot save '$work/p.db' >/dev/null && zstd -q -T0 -3 -c '$work/p.db' | age -r '$R' | '$AWS' --endpoint-url '$S3' s3 cp - s3://bench/pipeline.zst.age"
 phase kirt "$KIRT" -q backup create --etcd-endpoints "$EP" "${kirt_s3[@]}"
+phase kirt-count-keys "$KIRT" -q backup create --etcd-endpoints "$EP" "${kirt_s3[@]}" --count-keys all
 phase kirt-hash-kv "$KIRT" -q backup create --etcd-endpoints "$EP" "${kirt_s3[@]}" --hash-kv on
 phase kirt-nice "$KIRT" -q backup create --etcd-endpoints "$EP" "${kirt_s3[@]}" --nice
 phase kirt-rate "$KIRT" -q backup create --etcd-endpoints "$EP" "${kirt_s3[@]}" --max-rate "$RATE"
@@ -132,7 +141,8 @@ ok = True
 for text, good in checks:
     print(f"  {text}: {'ok' if good else 'MISSED'}")
     ok &= good
-h, n, m = rows["kirt-hash-kv"], rows["kirt-nice"], rows["kirt-rate"]
+c, h, n, m = rows["kirt-count-keys"], rows["kirt-hash-kv"], rows["kirt-nice"], rows["kirt-rate"]
+print(f"  --count-keys all: p99 / idle {c['p99'] / idle['p99']:.2f}, max {c['max']:.0f} ms (default: {k['max']:.0f} ms)")
 print(f"  --hash-kv on costs etcd {h['above'] - k['above']:.2f} CPU-s more than the default (p99 / idle {h['p99'] / idle['p99']:.2f})")
 print(f"  --nice: p99 / idle {n['p99'] / idle['p99']:.2f}, wall {n['wall']:.1f} s (default: {k['wall']:.1f} s)")
 print(f"  --max-rate {rate}: p99 / idle {m['p99'] / idle['p99']:.2f}, etcd CPU above idle {m['above']:.2f}, wall {m['wall']:.1f} s")

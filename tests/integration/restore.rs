@@ -141,11 +141,7 @@ fn verify_and_trial_restore_pass_on_good_backups_of_both_versions() {
             let r = verify(&lab, b, &with_restore).ok();
             let v = r.json();
             let checks = v["checks"].as_array().unwrap();
-            for name in [
-                "keys at revision",
-                "resource keys at revision",
-                "restored revision >= recorded",
-            ] {
+            for name in ["resource keys at revision", "restored revision >= recorded"] {
                 let c = checks
                     .iter()
                     .find(|c| c["check"] == name)
@@ -154,28 +150,25 @@ fn verify_and_trial_restore_pass_on_good_backups_of_both_versions() {
             }
             let manifest: serde_json::Value =
                 serde_json::from_slice(&std::fs::read(b.manifest()).unwrap()).unwrap();
-            let keys = checks
-                .iter()
-                .find(|c| c["check"] == "keys at revision")
-                .unwrap();
-            assert_eq!(keys["actual"], manifest["etcd"]["key_count"].to_string());
-            // the default is --hash-kv off: nothing recorded, nothing claimed
+            // the defaults are --count-keys resources and --hash-kv off: no count of all keys
+            // and no HashKV recorded, none claimed
+            assert!(manifest["etcd"]["key_count"].is_null(), "{manifest:#}");
             assert!(manifest["etcd"]["hash_kv"].is_null(), "{manifest:#}");
-            assert!(
-                !checks.iter().any(|c| c["check"] == "HashKV at revision"),
-                "{v:#}"
-            );
+            for name in ["keys at revision", "HashKV at revision"] {
+                assert!(!checks.iter().any(|c| c["check"] == name), "{v:#}");
+            }
             assert_clean(&lab);
         }
     }
 }
 
 /// `--hash-kv on` records etcd's HashKV and the trial restore compares it: it catches a value
-/// that differs from what etcd held at the revision, which key counts cannot see. `--hash-kv
-/// off` records none (null in the manifest) and the trial restore compares key counts, in all
-/// and per resource: it catches a lost key.
+/// that differs from what etcd held at the revision, which key counts cannot see. `--count-keys
+/// all` records every live key and the trial restore compares that count: it catches a lost key
+/// anywhere. The defaults record neither (null in the manifest) and the trial restore compares
+/// the counts per resource prefix: it catches a lost Kubernetes object.
 #[test]
-fn hash_kv_modes_are_recorded_and_trial_restore_checks_what_each_claims() {
+fn evidence_modes_are_recorded_and_trial_restore_checks_what_each_claims() {
     let Some(lab) = lab() else { return };
     let etcd = lab.private_etcd("3.5");
     populate_etcd(&etcd.endpoint, "/kirt-test", 1_000);
@@ -210,10 +203,23 @@ fn hash_kv_modes_are_recorded_and_trial_restore_checks_what_each_claims() {
         &["--no-encrypt", "--hash-kv", "off"],
         "",
     );
+    let count = backup(
+        &lab,
+        &etcd.endpoint,
+        &dir,
+        "count",
+        &["--no-encrypt", "--count-keys", "all"],
+        "",
+    );
     let read = |b: &Backup| -> serde_json::Value {
         serde_json::from_slice(&std::fs::read(b.manifest()).unwrap()).unwrap()
     };
-    let (m_on, m_off) = (read(&on), read(&off));
+    let (m_on, m_off, m_count) = (read(&on), read(&off), read(&count));
+    // 1,000 keys under /kirt-test and the pod
+    assert_eq!(m_count["etcd"]["key_count"], 1_001, "{m_count:#}");
+    assert!(m_count["etcd"]["hash_kv"].is_null(), "{m_count:#}");
+    assert!(m_on["etcd"]["key_count"].is_null(), "{m_on:#}");
+    assert!(m_off["etcd"]["key_count"].is_null(), "{m_off:#}");
     assert_eq!(m_on["etcd"]["revision"], rev, "{m_on:#}");
     assert_eq!(m_on["etcd"]["hash_kv"], after, "{m_on:#}");
     assert!(m_on["etcd"]["compact_revision"].is_i64(), "{m_on:#}");
@@ -236,13 +242,22 @@ fn hash_kv_modes_are_recorded_and_trial_restore_checks_what_each_claims() {
             .map(|(n, _)| n)
             .collect()
     };
-    for (b, hashed) in [(&on, true), (&off, false)] {
+    for (b, hashed, counted) in [
+        (&on, true, false),
+        (&off, false, false),
+        (&count, false, true),
+    ] {
         let r = verify(&lab, b, &["--restore"]);
         assert_eq!(r.code(), 0, "{}", r.dump());
         let names: Vec<String> = checks(&r).into_iter().map(|(n, _)| n).collect();
         assert_eq!(
             names.contains(&"HashKV at revision".to_string()),
             hashed,
+            "{names:?}"
+        );
+        assert_eq!(
+            names.contains(&"keys at revision".to_string()),
+            counted,
             "{names:?}"
         );
         assert!(
@@ -263,17 +278,20 @@ fn hash_kv_modes_are_recorded_and_trial_restore_checks_what_each_claims() {
 
     // off: a key under /registry/pods/ the restore does not have
     let mut m = m_off.clone();
-    m["etcd"]["key_count"] = (m["etcd"]["key_count"].as_i64().unwrap() + 1).into();
     m["etcd"]["prefix_counts"]["pods"] = 2.into();
     std::fs::write(off.manifest(), serde_json::to_vec_pretty(&m).unwrap()).unwrap();
     let r = verify(&lab, &off, &["--restore"]);
     assert_eq!(r.code(), 3, "{}", r.dump());
-    assert_eq!(
-        failed(&r),
-        ["keys at revision", "resource keys at revision"],
-        "{}",
-        r.dump()
-    );
+    assert_eq!(failed(&r), ["resource keys at revision"], "{}", r.dump());
+    assert_clean(&lab);
+
+    // --count-keys all: a key outside every resource prefix the restore does not have
+    let mut m = m_count.clone();
+    m["etcd"]["key_count"] = 1_002.into();
+    std::fs::write(count.manifest(), serde_json::to_vec_pretty(&m).unwrap()).unwrap();
+    let r = verify(&lab, &count, &["--restore"]);
+    assert_eq!(r.code(), 3, "{}", r.dump());
+    assert_eq!(failed(&r), ["keys at revision"], "{}", r.dump());
     assert_clean(&lab);
 }
 

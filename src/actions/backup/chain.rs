@@ -701,7 +701,7 @@ mod tests {
             cluster_id: String::new(),
             member_id: String::new(),
             revision: 100,
-            key_count: 0,
+            key_count: Some(0),
             hash_kv: None,
             compact_revision: None,
             db_size: 0,

@@ -57,6 +57,31 @@ pub enum HashKv {
     On,
 }
 
+/// Which live keys the manifest counts at the revision (docs/backup.md). Each count is a walk of
+/// etcd's index under its lock: writes wait until it ends, about 0.35 s per million keys walked.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Default,
+    Serialize,
+    Deserialize,
+    clap::ValueEnum,
+    schemars::JsonSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum CountKeys {
+    /// The keys under each Kubernetes resource prefix (what drills compare), one walk each: the
+    /// largest resource sets the longest wait
+    #[default]
+    Resources,
+    /// Also every live key, in one walk of the whole keyspace: a lost key anywhere is caught,
+    /// and etcd's writes wait for all of it
+    All,
+}
+
 /// zstd workers when --threads is not given: leave a core to etcd, which usually shares the
 /// machine (a control-plane node), on machines with few cores.
 pub fn default_threads(cpus: u32) -> u32 {
@@ -100,6 +125,10 @@ pub struct BackupCreateSpec {
     /// restores by key counts and digests only (off)
     #[arg(long, value_enum, value_name = "on|off", default_value_t = HashKv::Off)]
     pub hash_kv: HashKv,
+    /// Count the keys under each Kubernetes resource prefix at the revision (resources), or
+    /// also every live key (all: one walk of the whole keyspace, etcd's writes wait meanwhile)
+    #[arg(long, value_enum, value_name = "resources|all", default_value_t = CountKeys::Resources)]
+    pub count_keys: CountKeys,
     /// Run at low CPU priority (nice 10) and in the idle I/O class, so that etcd and the
     /// apiserver beside it come first
     #[arg(long)]
@@ -140,6 +169,7 @@ impl Default for BackupCreateSpec {
             compression_level: COMPRESSION_LEVEL,
             threads: None,
             hash_kv: HashKv::Off,
+            count_keys: CountKeys::Resources,
             nice: false,
             max_rate: 0,
             metrics_file: None,
@@ -162,7 +192,8 @@ pub struct BackupResult {
     pub member: String,
     pub etcd_version: String,
     pub revision: i64,
-    pub key_count: i64,
+    /// Live keys at the revision (`--count-keys all`).
+    pub key_count: Option<i64>,
     pub snapshot_size: u64,
     pub stored_size: u64,
     /// sha256 of the stored object (as its manifest records it).
@@ -195,7 +226,13 @@ impl Render for BackupResult {
                 format!("{} (etcd {})", self.member, self.etcd_version),
             ),
             ("revision", self.revision.to_string()),
-            ("keys", self.key_count.to_string()),
+            (
+                "keys",
+                self.key_count
+                    .map_or("not counted (--count-keys all counts them)".into(), |n| {
+                        n.to_string()
+                    }),
+            ),
             ("snapshot", human_bytes(self.snapshot_size)),
             (
                 "stored",
@@ -363,34 +400,48 @@ impl Plan {
 /// contains at least this revision, so a restore can reproduce these counts (and the HashKV).
 struct AtRevision {
     revision: i64,
-    key_count: i64,
+    /// every live key (`--count-keys all`)
+    key_count: Option<i64>,
     prefix_counts: BTreeMap<String, i64>,
 }
 
-async fn read_revision(client: &etcd_client::Client, status: &MemberStatus) -> Result<AtRevision> {
+/// A count walks etcd's index over the range under its lock, and writes wait until it ends: the
+/// revision comes from a linearizable read of one key (no walk), the resource prefixes are
+/// counted one walk each, the whole keyspace only when asked (`--count-keys all`).
+async fn read_revision(
+    client: &etcd_client::Client,
+    status: &MemberStatus,
+    count_keys: CountKeys,
+) -> Result<AtRevision> {
     let etcd_err = |context: &str, e| Error::Etcd {
         endpoint: status.endpoint.clone(),
         context: context.into(),
         source: e,
     };
     let mut kv = client.kv_client();
-    let head = kv
-        .get(
-            "",
-            Some(GetOptions::new().with_all_keys().with_count_only()),
-        )
-        .await
-        .map_err(|e| etcd_err("reading the revision", e))?;
-    let revision = head
-        .header()
-        .map(|h| h.revision())
-        .unwrap_or(status.revision);
+    let (revision, key_count) = if count_keys == CountKeys::All {
+        let all = kv
+            .get(
+                "",
+                Some(GetOptions::new().with_all_keys().with_count_only()),
+            )
+            .await
+            .map_err(|e| etcd_err("counting keys", e))?;
+        (all.header().map(|h| h.revision()), Some(all.count()))
+    } else {
+        let one = kv
+            .get("/", None)
+            .await
+            .map_err(|e| etcd_err("reading the revision", e))?;
+        (one.header().map(|h| h.revision()), None)
+    };
+    let revision = revision.unwrap_or(status.revision);
     let prefix_counts = manifest::count_prefixes(&mut kv, revision)
         .await
         .map_err(|e| etcd_err("counting keys", e))?;
     Ok(AtRevision {
         revision,
-        key_count: head.count(),
+        key_count,
         prefix_counts,
     })
 }
@@ -476,7 +527,7 @@ async fn backup(
         lock,
     } = run;
     let endpoint = status.endpoint.clone();
-    let at = read_revision(client, &status).await?;
+    let at = read_revision(client, &status, spec.count_keys).await?;
     // HashKV walks the whole keyspace: run it beside the snapshot stream.
     let hash_task = (spec.hash_kv == HashKv::On).then(|| {
         let mut maint = client.maintenance_client();
@@ -487,7 +538,7 @@ async fn backup(
     let id = manifest::backup_id(started, at.revision);
     let encrypted = plan.enc_info.is_some();
     let object_key = manifest::object_key(&cluster, &id, encrypted);
-    tracing::info!(member = %endpoint, revision = at.revision, keys = at.key_count, object = %object_key, "streaming snapshot");
+    tracing::info!(member = %endpoint, revision = at.revision, keys = ?at.key_count, object = %object_key, "streaming snapshot");
 
     let job = Job {
         compression: plan.compression,

@@ -363,7 +363,7 @@ async fn entry(
         status,
         signature,
         revision: manifest.as_ref().map(|m| m.etcd.revision),
-        keys: manifest.as_ref().map(|m| m.etcd.key_count),
+        keys: manifest.as_ref().and_then(|m| m.etcd.key_count),
         snapshot_size: manifest.as_ref().map(|m| m.snapshot.size),
         stored_size: object.map(|o| o.size).unwrap_or(0),
         encrypted: object.map(|o| o.key.ends_with(".age")).unwrap_or(false),

@@ -83,7 +83,10 @@ pub struct EtcdInfo {
     /// Revision read before the snapshot started; the snapshot contains at least this revision,
     /// so key count, prefix counts and HashKV at it are reproducible from a restore.
     pub revision: i64,
-    pub key_count: i64,
+    /// Live keys at `revision` (`--count-keys all`, and every compacted backup); null when only
+    /// the resource prefixes were counted.
+    #[serde(default)]
+    pub key_count: Option<i64>,
     /// etcd's HashKV at `revision` (`--hash-kv on`); null with `--hash-kv off`, when a restore
     /// is checked by its key counts and the snapshot's digests instead.
     #[serde(default)]

@@ -580,6 +580,24 @@ impl Member {
         let from = base.manifest.etcd.revision;
         let mut client = self.client().await?;
         let mut leases = Leases::start(&mut client).await?;
+        // the base's live keys: as its manifest recorded them (`--count-keys all`), else as the
+        // restored member holds them at the base's revision
+        let base_keys = match base.manifest.etcd.key_count {
+            Some(n) => n,
+            None => client
+                .get(
+                    "",
+                    Some(
+                        GetOptions::new()
+                            .with_all_keys()
+                            .with_count_only()
+                            .with_revision(from),
+                    ),
+                )
+                .await
+                .map_err(|e| self.etcd.error("counting the base's keys", e))?
+                .count(),
+        };
         let mut key_delta = 0i64;
         let mut covered = Continuity::starting_at(from + 1);
         let mut i = 0;
@@ -646,7 +664,7 @@ impl Member {
                 .map_err(|e| self.etcd.error("counting keys", e))?;
             checks.push(Check::new(
                 "keys at the revision reached",
-                base.manifest.etcd.key_count + key_delta,
+                base_keys + key_delta,
                 at.count(),
             ));
         }

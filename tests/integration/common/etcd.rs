@@ -20,6 +20,29 @@ impl Lab {
         spawn_etcd(&bin, &dir, port, peer)
     }
 
+    /// A 3.5 etcd for this test alone that logs every request it serves (etcd's "took too long"
+    /// warning with a threshold of 1 ns), and the file it logs to.
+    pub fn private_etcd_logging_requests(&self) -> (Proc, PathBuf) {
+        let bin = Path::new(&self.get("KIRT_LAB_ETCD35_BIN")).join("etcd");
+        let (port, peer) = (free_port(), free_port());
+        let dir = self.dir.path().join(unique("etcd"));
+        let log = self
+            .dir
+            .path()
+            .join(unique("etcd-requests"))
+            .with_extension("log");
+        let file = std::fs::File::create(&log).expect("etcd log");
+        let p = spawn(
+            &bin,
+            &dir,
+            port,
+            peer,
+            &["--experimental-warning-apply-duration", "1ns"],
+            Stdio::from(file),
+        );
+        (p, log)
+    }
+
     /// A 3.5 etcd for this test alone, and its peer port: stopped ([`Proc::kill`]), it starts
     /// again on the same data dir and ports with [`Lab::restart_etcd`].
     pub fn private_etcd_restartable(&self) -> (Proc, u16) {
@@ -37,6 +60,10 @@ impl Lab {
 
 /// A single-member etcd on 127.0.0.1, serving when this returns.
 fn spawn_etcd(bin: &Path, dir: &Path, port: u16, peer: u16) -> Proc {
+    spawn(bin, dir, port, peer, &[], Stdio::null())
+}
+
+fn spawn(bin: &Path, dir: &Path, port: u16, peer: u16, extra: &[&str], stderr: Stdio) -> Proc {
     let name = "private";
     let child = Command::new(bin)
         .args(["--name", name, "--data-dir"])
@@ -59,8 +86,9 @@ fn spawn_etcd(bin: &Path, dir: &Path, port: u16, peer: u16) -> Proc {
             "--quota-backend-bytes",
             "4294967296",
         ])
+        .args(extra)
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(stderr)
         .spawn()
         .expect("start etcd");
     let mut p = Proc {
