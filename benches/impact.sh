@@ -4,7 +4,7 @@
 # open loop, every request's latency recorded), each contender runs in turn on the same etcd:
 #   idle (nothing), etcdctl snapshot save, the plain reader (snapshot_limit read: the stream and
 #   nothing else), the shell pipeline (etcdctl save → zstd -T0 -3 → age → aws s3 cp), kirt backup
-#   create with its defaults, with --count-keys all, with --hash-kv on, with --nice (nice 10, idle
+#   create with its defaults, with --count-keys all and off, with --hash-kv on, with --nice (nice 10, idle
 #   I/O) and with --max-rate.
 # Prints per contender: wall time, client CPU (the contender's processes), etcd CPU (from
 # /proc/PID/stat, and above the load's own idle rate), put p50/p99/max and read p99 latency, and
@@ -102,6 +102,7 @@ phase reader "$LIMIT" read "$EP"
 phase pipeline bash -c "'$ETCD_BIN/etcdctl' --endpoints '$EP' snapshot save '$work/p.db' >/dev/null && zstd -q -T0 -3 -c '$work/p.db' | age -r '$R' | '$AWS' --endpoint-url '$S3' s3 cp - s3://bench/pipeline.zst.age"
 phase kirt "$KIRT" -q backup create --etcd-endpoints "$EP" "${kirt_s3[@]}"
 phase kirt-count-keys "$KIRT" -q backup create --etcd-endpoints "$EP" "${kirt_s3[@]}" --count-keys all
+phase kirt-uncounted "$KIRT" -q backup create --etcd-endpoints "$EP" "${kirt_s3[@]}" --count-keys off
 phase kirt-hash-kv "$KIRT" -q backup create --etcd-endpoints "$EP" "${kirt_s3[@]}" --hash-kv on
 phase kirt-nice "$KIRT" -q backup create --etcd-endpoints "$EP" "${kirt_s3[@]}" --nice
 phase kirt-rate "$KIRT" -q backup create --etcd-endpoints "$EP" "${kirt_s3[@]}" --max-rate "$RATE"
@@ -141,8 +142,11 @@ ok = True
 for text, good in checks:
     print(f"  {text}: {'ok' if good else 'MISSED'}")
     ok &= good
-c, h, n, m = rows["kirt-count-keys"], rows["kirt-hash-kv"], rows["kirt-nice"], rows["kirt-rate"]
+c, u, h = rows["kirt-count-keys"], rows["kirt-uncounted"], rows["kirt-hash-kv"]
+n, m = rows["kirt-nice"], rows["kirt-rate"]
 print(f"  --count-keys all: p99 / idle {c['p99'] / idle['p99']:.2f}, max {c['max']:.0f} ms (default: {k['max']:.0f} ms)")
+print(f"  --count-keys off: p99 / idle {u['p99'] / idle['p99']:.2f}, p99 / etcdctl {u['p99'] / e['p99']:.2f}, "
+      f"etcd CPU above idle / reader {u['above'] / max(rd['above'], 0.01):.2f}, pipeline wall / its wall {pl['wall'] / u['wall']:.2f}")
 print(f"  --hash-kv on costs etcd {h['above'] - k['above']:.2f} CPU-s more than the default (p99 / idle {h['p99'] / idle['p99']:.2f})")
 print(f"  --nice: p99 / idle {n['p99'] / idle['p99']:.2f}, wall {n['wall']:.1f} s (default: {k['wall']:.1f} s)")
 print(f"  --max-rate {rate}: p99 / idle {m['p99'] / idle['p99']:.2f}, etcd CPU above idle {m['above']:.2f}, wall {m['wall']:.1f} s")

@@ -104,8 +104,8 @@ impl Default for DrillSpec {
 #[derive(Debug, Clone, Serialize)]
 pub struct ResourceCount {
     pub resource: String,
-    /// Recorded in the manifest, at the backup's revision.
-    pub at_backup: i64,
+    /// Recorded in the manifest, at the backup's revision (null: made with `--count-keys off`).
+    pub at_backup: Option<i64>,
     /// Keys in the restored etcd at that revision.
     pub restored: i64,
     /// Keys in the restored etcd at the snapshot's head.
@@ -140,7 +140,7 @@ impl Render for DrillReport {
         for r in &self.resources {
             t.row([
                 r.resource.clone(),
-                r.at_backup.to_string(),
+                r.at_backup.map_or("-".into(), |n| n.to_string()),
                 r.restored.to_string(),
                 r.served.to_string(),
                 if r.ok { "ok" } else { "MISMATCH" }.into(),
@@ -149,7 +149,11 @@ impl Render for DrillReport {
         for r in self.resources.iter().filter(|r| !r.ok) {
             t.note(format!(
                 "MISMATCH {}: {} at backup, {} restored at that revision; {} served, {} in the snapshot",
-                r.resource, r.at_backup, r.restored, r.served, r.in_snapshot
+                r.resource,
+                r.at_backup.map_or("not counted".into(), |n| n.to_string()),
+                r.restored,
+                r.served,
+                r.in_snapshot
             ));
         }
         for c in self.checks.iter().filter(|c| !c.ok) {
@@ -307,9 +311,10 @@ pub async fn run(ctx: &Ctx, spec: DrillSpec) -> Result<DrillReport> {
     Ok(report)
 }
 
-/// A drill compares with the counts the manifest recorded; without them it has nothing to check.
+/// A drill compares with the counts the manifest recorded; a manifest without them that does not
+/// say it was made with `--count-keys off` was not made by kirt, or was edited.
 fn has_counts(loc: &Located) -> Result<()> {
-    if loc.manifest.etcd.prefix_counts.is_empty() {
+    if loc.manifest.etcd.prefix_counts.is_empty() && !loc.manifest.etcd.uncounted() {
         return Err(Error::VerifyFailed(format!(
             "backup {}'s manifest records no per-resource counts: there is nothing to compare the restored cluster with (not made by kirt, or edited)",
             loc.entry.id
@@ -381,15 +386,18 @@ fn compare_counts(
 ) -> Vec<ResourceCount> {
     let mut resources = Vec::new();
     for (name, served) in served {
-        let (Some(&at_backup), Some(&restored), Some(&in_snapshot)) = (
-            m.etcd.prefix_counts.get(&name),
+        let (Some(&restored), Some(&in_snapshot)) = (
             observed.prefix_counts_at.get(&name),
             observed.prefix_counts_head.get(&name),
         ) else {
             continue;
         };
+        let at_backup = m.etcd.prefix_counts.get(&name).copied();
+        if at_backup.is_none() && !m.etcd.uncounted() {
+            continue;
+        }
         resources.push(ResourceCount {
-            ok: at_backup == restored && served == in_snapshot,
+            ok: at_backup.is_none_or(|a| a == restored) && served == in_snapshot,
             resource: name,
             at_backup,
             restored,
@@ -466,7 +474,7 @@ fn write_report(path: &Path, r: &DrillReport) -> Result<()> {
         md.push_str(&format!(
             "| {} | {} | {} | {} | {} |\n",
             c.resource,
-            c.at_backup,
+            c.at_backup.map_or("-".into(), |n| n.to_string()),
             c.restored,
             c.served,
             if c.ok { "ok" } else { "MISMATCH" }

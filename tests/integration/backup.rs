@@ -1145,7 +1145,7 @@ fn ranges_served(log: &Path) -> Vec<String> {
 /// etcd counts a range by walking its index under a lock that writes wait for (0.3-0.4 s per
 /// million keys): by default kirt reads its revision from one key and counts only under the
 /// Kubernetes resource prefixes, never the whole keyspace; `--count-keys all` adds exactly one
-/// count of everything. Checked on what etcd itself logged serving each request.
+/// count of everything, `--count-keys off` counts nothing. Checked on what etcd itself logged serving each request.
 #[test]
 fn only_count_keys_all_makes_etcd_count_the_whole_keyspace() {
     let Some(lab) = lab() else { return };
@@ -1154,7 +1154,7 @@ fn only_count_keys_all_makes_etcd_count_the_whole_keyspace() {
     let whole = r#"key:"\000" range_end:"\000" count_only:true"#;
     let dir = lab.dir.path().join("counted");
     let mut seen = ranges_served(&log).len();
-    for (mode, walks_all) in [("resources", false), ("all", true)] {
+    for (mode, walks_all) in [("off", false), ("resources", false), ("all", true)] {
         let r = lab
             .kirt([
                 "backup",
@@ -1180,6 +1180,13 @@ fn only_count_keys_all_makes_etcd_count_the_whole_keyspace() {
                 !r.contains("range_end") || r.starts_with(r#"key:"/registry/"#),
                 "{mode}: a walk outside the resource prefixes: {r}"
             );
+        }
+        if mode == "off" {
+            assert!(
+                ranges.iter().all(|r| !r.contains("range_end")),
+                "off: a count: {ranges:#?}"
+            );
+            continue;
         }
         assert!(
             ranges.iter().any(|r| r

@@ -211,10 +211,26 @@ fn evidence_modes_are_recorded_and_trial_restore_checks_what_each_claims() {
         &["--no-encrypt", "--count-keys", "all"],
         "",
     );
+    let none = backup(
+        &lab,
+        &etcd.endpoint,
+        &dir,
+        "none",
+        &["--no-encrypt", "--count-keys", "off"],
+        "",
+    );
     let read = |b: &Backup| -> serde_json::Value {
         serde_json::from_slice(&std::fs::read(b.manifest()).unwrap()).unwrap()
     };
     let (m_on, m_off, m_count) = (read(&on), read(&off), read(&count));
+    let m_none = read(&none);
+    assert_eq!(
+        m_none["etcd"]["prefix_counts"],
+        serde_json::json!({}),
+        "{m_none:#}"
+    );
+    assert_eq!(m_none["etcd"]["count_keys"], "off", "{m_none:#}");
+    assert_eq!(m_off["etcd"]["count_keys"], "resources", "{m_off:#}");
     // 1,000 keys under /kirt-test and the pod
     assert_eq!(m_count["etcd"]["key_count"], 1_001, "{m_count:#}");
     assert!(m_count["etcd"]["hash_kv"].is_null(), "{m_count:#}");
@@ -246,6 +262,7 @@ fn evidence_modes_are_recorded_and_trial_restore_checks_what_each_claims() {
         (&on, true, false),
         (&off, false, false),
         (&count, false, true),
+        (&none, false, false),
     ] {
         let r = verify(&lab, b, &["--restore"]);
         assert_eq!(r.code(), 0, "{}", r.dump());
@@ -260,8 +277,13 @@ fn evidence_modes_are_recorded_and_trial_restore_checks_what_each_claims() {
             counted,
             "{names:?}"
         );
-        assert!(
+        assert_eq!(
             names.contains(&"resource keys at revision".to_string()),
+            b.cluster != "none",
+            "{names:?}"
+        );
+        assert!(
+            names.contains(&"restored revision >= recorded".to_string()),
             "{names:?}"
         );
         assert_clean(&lab);
@@ -666,6 +688,63 @@ fn drill_restores_the_lab_and_counts_match_etcdctl_and_kubectl() {
         md.contains("RPO") && md.contains("RTO") && md.contains("passed"),
         "{md}"
     );
+}
+
+/// `--count-keys off`: etcd counts nothing at backup time, and the drill still compares what the
+/// scratch apiserver serves with what the restored member holds, per resource; no count "at
+/// backup" is claimed.
+#[test]
+fn a_drill_of_an_uncounted_backup_compares_what_the_apiserver_serves() {
+    let Some(lab) = lab() else { return };
+    let ns = lab.namespace("restore-uncounted");
+    lab.apply(
+        &ns,
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: uncounted}\ndata: {a: b}\n",
+    );
+    let (key, recipient) = age_key(&lab);
+    let dir = lab.dir.path().join("uncounted");
+    let b = backup(
+        &lab,
+        &lab.get("KIRT_LAB_ETCD"),
+        &dir,
+        "lab",
+        &["--recipient", &recipient, "--count-keys", "off"],
+        &key,
+    );
+    let r = lab
+        .kirt([
+            "drill",
+            "--allow-unsigned",
+            "--from",
+            dir.to_str().unwrap(),
+            &b.id,
+            "--identity",
+            &key,
+            "--apiserver-bin",
+            &format!("{}/kube-apiserver", lab.get("KIRT_LAB_KUBE_BIN")),
+            "-o",
+            "json",
+        ])
+        .ok();
+    let v = r.json();
+    assert_eq!(v["ok"], true, "{v:#}");
+    let resources = v["resources"].as_array().unwrap();
+    for res in ["namespaces", "configmaps", "secrets", "services"] {
+        let row = resources
+            .iter()
+            .find(|r| r["resource"] == res)
+            .unwrap_or_else(|| panic!("{res} missing: {v:#}"));
+        assert!(row["at_backup"].is_null(), "{row}");
+        assert_eq!(row["served"], row["in_snapshot"], "{row}");
+        assert!(row["served"].as_i64().unwrap() > 0, "{row}");
+    }
+    let checks: Vec<&str> = v["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["check"].as_str().unwrap())
+        .collect();
+    assert!(!checks.contains(&"resource keys at revision"), "{checks:?}");
 }
 
 /// A busy cluster: the snapshot holds writes made after the revision the manifest records. The

@@ -702,6 +702,7 @@ mod tests {
             member_id: String::new(),
             revision: 100,
             key_count: Some(0),
+            count_keys: None,
             hash_kv: None,
             compact_revision: None,
             db_size: 0,

@@ -373,6 +373,7 @@ async fn compact(
             member_id: base.manifest.etcd.member_id.clone(),
             revision: reached.revision,
             key_count: Some(head.count()),
+            count_keys: Some(super::create::CountKeys::All),
             hash_kv: Some(hash.hash()),
             compact_revision: Some(hash.compact_version()),
             db_size: status.db_size(),

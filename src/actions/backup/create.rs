@@ -73,6 +73,9 @@ pub enum HashKv {
 )]
 #[serde(rename_all = "lowercase")]
 pub enum CountKeys {
+    /// Nothing counted: etcd's writes never wait for kirt; a trial restore compares the revision
+    /// and the digests, a drill what the apiserver serves with what the restored member holds
+    Off,
     /// The keys under each Kubernetes resource prefix (what drills compare), one walk each: the
     /// largest resource sets the longest wait
     #[default]
@@ -125,9 +128,10 @@ pub struct BackupCreateSpec {
     /// restores by key counts and digests only (off)
     #[arg(long, value_enum, value_name = "on|off", default_value_t = HashKv::Off)]
     pub hash_kv: HashKv,
-    /// Count the keys under each Kubernetes resource prefix at the revision (resources), or
-    /// also every live key (all: one walk of the whole keyspace, etcd's writes wait meanwhile)
-    #[arg(long, value_enum, value_name = "resources|all", default_value_t = CountKeys::Resources)]
+    /// Count the keys under each Kubernetes resource prefix at the revision (resources), also
+    /// every live key (all: one walk of the whole keyspace, etcd's writes wait meanwhile), or
+    /// nothing (off)
+    #[arg(long, value_enum, value_name = "off|resources|all", default_value_t = CountKeys::Resources)]
     pub count_keys: CountKeys,
     /// Run at low CPU priority (nice 10) and in the idle I/O class, so that etcd and the
     /// apiserver beside it come first
@@ -407,7 +411,8 @@ struct AtRevision {
 
 /// A count walks etcd's index over the range under its lock, and writes wait until it ends: the
 /// revision comes from a linearizable read of one key (no walk), the resource prefixes are
-/// counted one walk each, the whole keyspace only when asked (`--count-keys all`).
+/// counted one walk each (unless `--count-keys off`), the whole keyspace only when asked
+/// (`--count-keys all`).
 async fn read_revision(
     client: &etcd_client::Client,
     status: &MemberStatus,
@@ -436,9 +441,13 @@ async fn read_revision(
         (one.header().map(|h| h.revision()), None)
     };
     let revision = revision.unwrap_or(status.revision);
-    let prefix_counts = manifest::count_prefixes(&mut kv, revision)
-        .await
-        .map_err(|e| etcd_err("counting keys", e))?;
+    let prefix_counts = if count_keys == CountKeys::Off {
+        BTreeMap::new()
+    } else {
+        manifest::count_prefixes(&mut kv, revision)
+            .await
+            .map_err(|e| etcd_err("counting keys", e))?
+    };
     Ok(AtRevision {
         revision,
         key_count,
@@ -593,6 +602,7 @@ async fn backup(
             member_id: status.member_id.clone(),
             revision: at.revision,
             key_count: at.key_count,
+            count_keys: Some(spec.count_keys),
             hash_kv: hash.as_ref().map(HashKvResponse::hash),
             compact_revision: hash.as_ref().map(HashKvResponse::compact_version),
             db_size: status.db_size,

@@ -87,6 +87,10 @@ pub struct EtcdInfo {
     /// the resource prefixes were counted.
     #[serde(default)]
     pub key_count: Option<i64>,
+    /// What was counted (`--count-keys`); absent in manifests written before kirt recorded it,
+    /// which counted everything.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub count_keys: Option<super::create::CountKeys>,
     /// etcd's HashKV at `revision` (`--hash-kv on`); null with `--hash-kv off`, when a restore
     /// is checked by its key counts and the snapshot's digests instead.
     #[serde(default)]
@@ -95,8 +99,17 @@ pub struct EtcdInfo {
     #[serde(default)]
     pub compact_revision: Option<i64>,
     pub db_size: i64,
-    /// Key counts under Kubernetes resource prefixes at `revision` (for drills).
+    /// Key counts under Kubernetes resource prefixes at `revision` (for drills); empty with
+    /// `--count-keys off`.
     pub prefix_counts: BTreeMap<String, i64>,
+}
+
+impl EtcdInfo {
+    /// Made with `--count-keys off`: no per-resource counts by design (an empty map otherwise
+    /// means the manifest was not made by kirt, or edited).
+    pub fn uncounted(&self) -> bool {
+        self.count_keys == Some(super::create::CountKeys::Off)
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

@@ -465,9 +465,9 @@ pub fn refuse_failed(loc: &Located, checks: &[Check]) -> Result<()> {
     )))
 }
 
-/// What a restored member must reproduce at the recorded revision: the keys per resource prefix,
-/// and what the backup recorded beyond them: all live keys (`--count-keys all`) and etcd's HashKV
-/// (`--hash-kv on`).
+/// What a restored member must reproduce at the recorded revision: the keys per resource prefix
+/// (unless the backup was made with `--count-keys off`), and what the backup recorded beyond
+/// them: all live keys (`--count-keys all`) and etcd's HashKV (`--hash-kv on`).
 pub fn keyspace_checks(m: &Manifest, observed: &Observed) -> Vec<Check> {
     let counts = |c: &std::collections::BTreeMap<String, i64>| {
         c.iter()
@@ -479,11 +479,13 @@ pub fn keyspace_checks(m: &Manifest, observed: &Observed) -> Vec<Check> {
     if let Some(recorded) = m.etcd.key_count {
         checks.push(Check::new("keys at revision", recorded, observed.key_count));
     }
-    checks.push(Check::new(
-        "resource keys at revision",
-        counts(&m.etcd.prefix_counts),
-        counts(&observed.prefix_counts_at),
-    ));
+    if !m.etcd.uncounted() {
+        checks.push(Check::new(
+            "resource keys at revision",
+            counts(&m.etcd.prefix_counts),
+            counts(&observed.prefix_counts_at),
+        ));
+    }
     if let Some(recorded) = m.etcd.hash_kv {
         let restored = observed.hash_kv.map_or("none".into(), |h| h.to_string());
         checks.push(Check::new("HashKV at revision", recorded, restored));
