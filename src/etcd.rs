@@ -181,6 +181,28 @@ impl EtcdOptions {
     }
 }
 
+/// The member's current revision, from a linearizable read of one key: etcd walks nothing.
+pub async fn head_revision(
+    kv: &mut etcd_client::KvClient,
+) -> std::result::Result<i64, etcd_client::Error> {
+    let r = kv.get("/", None).await?;
+    Ok(r.header().map_or(0, |h| h.revision()))
+}
+
+/// Live keys at `revision` (0: the head), counted by etcd without values. etcd walks its whole
+/// index for it under the lock its writes wait for (about 0.35 s per million keys): on a live
+/// member only when asked (`--count-keys all`).
+pub async fn count_all(
+    kv: &mut etcd_client::KvClient,
+    revision: i64,
+) -> std::result::Result<etcd_client::GetResponse, etcd_client::Error> {
+    let all = etcd_client::GetOptions::new()
+        .with_all_keys()
+        .with_count_only()
+        .with_revision(revision);
+    kv.get("", Some(all)).await
+}
+
 /// Which of the members that answered to stream a snapshot from, and why (for the manifest):
 /// a follower of the leader the members name, else the leader, else the first.
 pub fn choose_member(statuses: &[MemberStatus], unreachable: &[String]) -> Option<(usize, String)> {

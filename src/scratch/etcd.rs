@@ -6,8 +6,6 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
-use etcd_client::GetOptions;
-
 use super::{Pki, Ports, Server};
 use crate::error::{Error, Result};
 use crate::pipeline::{SnapshotDigest, TrailerCheck};
@@ -217,24 +215,11 @@ impl ScratchEtcd {
     /// Revision, live keys and (with `hash`) HashKV at `revision`.
     pub async fn observe(&self, revision: i64, hash: bool) -> Result<Observed> {
         let err = |what: &str, e: etcd_client::Error| self.error(what, e);
-        let mut c = self.client().await?;
-        let head = c
-            .get(
-                "",
-                Some(GetOptions::new().with_all_keys().with_count_only()),
-            )
+        let c = self.client().await?;
+        let head = crate::etcd::head_revision(&mut c.kv_client())
             .await
             .map_err(|e| err("revision", e))?;
-        let at = c
-            .get(
-                "",
-                Some(
-                    GetOptions::new()
-                        .with_all_keys()
-                        .with_count_only()
-                        .with_revision(revision),
-                ),
-            )
+        let at = crate::etcd::count_all(&mut c.kv_client(), revision)
             .await
             .map_err(|e| err("count at revision", e))?;
         let hash_kv = if hash {
@@ -252,7 +237,7 @@ impl ScratchEtcd {
             .await
             .map_err(|e| err("counting keys", e))?;
         Ok(Observed {
-            revision: head.header().map(|h| h.revision()).unwrap_or(0),
+            revision: head,
             key_count: at.count(),
             hash_kv,
             prefix_counts_at,

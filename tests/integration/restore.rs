@@ -187,38 +187,20 @@ fn evidence_modes_are_recorded_and_trial_restore_checks_what_each_claims() {
     });
     assert_ne!(before, after);
     let dir = lab.dir.path().join("hashkv");
-    let on = backup(
-        &lab,
-        &etcd.endpoint,
-        &dir,
-        "on",
-        &["--no-encrypt", "--hash-kv", "on"],
-        "",
-    );
-    let off = backup(
-        &lab,
-        &etcd.endpoint,
-        &dir,
-        "off",
-        &["--no-encrypt", "--hash-kv", "off"],
-        "",
-    );
-    let count = backup(
-        &lab,
-        &etcd.endpoint,
-        &dir,
-        "count",
-        &["--no-encrypt", "--count-keys", "all"],
-        "",
-    );
-    let none = backup(
-        &lab,
-        &etcd.endpoint,
-        &dir,
-        "none",
-        &["--no-encrypt", "--count-keys", "off"],
-        "",
-    );
+    let made = |cluster: &str, option: &str, value: &str| {
+        backup(
+            &lab,
+            &etcd.endpoint,
+            &dir,
+            cluster,
+            &["--no-encrypt", option, value],
+            "",
+        )
+    };
+    let on = made("on", "--hash-kv", "on");
+    let off = made("off", "--hash-kv", "off");
+    let count = made("count", "--count-keys", "all");
+    let none = made("none", "--count-keys", "off");
     let read = |b: &Backup| -> serde_json::Value {
         serde_json::from_slice(&std::fs::read(b.manifest()).unwrap()).unwrap()
     };

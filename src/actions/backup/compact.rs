@@ -11,7 +11,6 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use etcd_client::GetOptions;
 use serde::{Deserialize, Serialize};
 
 use super::create::{publish, stream_snapshot, Plan, Publication};
@@ -268,16 +267,7 @@ async fn compact(
     let member = &opened.member.etcd;
     let client = member.client().await?;
     let mut kv = client.kv_client();
-    let head = kv
-        .get(
-            "",
-            Some(
-                GetOptions::new()
-                    .with_all_keys()
-                    .with_count_only()
-                    .with_revision(reached.revision),
-            ),
-        )
+    let head = crate::etcd::count_all(&mut kv, reached.revision)
         .await
         .map_err(|e| member.error("counting keys", e))?;
     let prefix_counts = manifest::count_prefixes(&mut kv, reached.revision)
@@ -326,13 +316,7 @@ async fn compact(
     let digest = encoded.output;
     // the snapshot must hold exactly the revision reached: a lease of the scratch member that
     // expired meanwhile would have written one more
-    let after = kv
-        .get(
-            "",
-            Some(GetOptions::new().with_all_keys().with_count_only()),
-        )
-        .await
-        .map(|r| r.header().map_or(0, |h| h.revision()));
+    let after = crate::etcd::head_revision(&mut kv).await;
     let refusal = match after {
         _ if !digest.trailer_ok => Some(Error::VerifyFailed(
             "the replayed member's snapshot does not match its sha256 trailer; nothing was published"

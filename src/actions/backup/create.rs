@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use bytes::Bytes;
-use etcd_client::{GetOptions, HashKvResponse};
+use etcd_client::HashKvResponse;
 use serde::{Deserialize, Serialize};
 
 use super::lock::LockOptions;
@@ -425,20 +425,15 @@ async fn read_revision(
     };
     let mut kv = client.kv_client();
     let (revision, key_count) = if count_keys == CountKeys::All {
-        let all = kv
-            .get(
-                "",
-                Some(GetOptions::new().with_all_keys().with_count_only()),
-            )
+        let all = crate::etcd::count_all(&mut kv, 0)
             .await
             .map_err(|e| etcd_err("counting keys", e))?;
         (all.header().map(|h| h.revision()), Some(all.count()))
     } else {
-        let one = kv
-            .get("/", None)
+        let head = crate::etcd::head_revision(&mut kv)
             .await
             .map_err(|e| etcd_err("reading the revision", e))?;
-        (one.header().map(|h| h.revision()), None)
+        (Some(head).filter(|&r| r > 0), None)
     };
     let revision = revision.unwrap_or(status.revision);
     let prefix_counts = if count_keys == CountKeys::Off {

@@ -19,7 +19,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
 use std::sync::Arc;
 
-use etcd_client::{GetOptions, LeaseGrantOptions, PutOptions, Txn, TxnOp};
+use etcd_client::{LeaseGrantOptions, PutOptions, Txn, TxnOp};
 
 use super::chain::{self, ChainView, Segment};
 use super::segment::{Continuity, Event, Reader, Revision};
@@ -531,17 +531,14 @@ impl Member {
         .await?;
         let head = stop
             .guard("the scratch etcd was stopped", async {
-                let mut c = etcd.client().await?;
-                c.get(
-                    "",
-                    Some(GetOptions::new().with_all_keys().with_count_only()),
-                )
-                .await
-                .map_err(|e| etcd.error("reading its revision", e))
+                let c = etcd.client().await?;
+                crate::etcd::head_revision(&mut c.kv_client())
+                    .await
+                    .map_err(|e| etcd.error("reading its revision", e))
             })
             .await;
         let revision = match head {
-            Ok(h) => h.header().map(|h| h.revision()).unwrap_or(0),
+            Ok(r) => r,
             Err(e) => {
                 etcd.stop().await;
                 return Err(e);
@@ -584,16 +581,7 @@ impl Member {
         // restored member holds them at the base's revision
         let base_keys = match base.manifest.etcd.key_count {
             Some(n) => n,
-            None => client
-                .get(
-                    "",
-                    Some(
-                        GetOptions::new()
-                            .with_all_keys()
-                            .with_count_only()
-                            .with_revision(from),
-                    ),
-                )
+            None => crate::etcd::count_all(&mut client.kv_client(), from)
                 .await
                 .map_err(|e| self.etcd.error("counting the base's keys", e))?
                 .count(),
@@ -638,28 +626,14 @@ impl Member {
             applied?;
         }
         leases.stop();
-        let head = client
-            .get(
-                "",
-                Some(GetOptions::new().with_all_keys().with_count_only()),
-            )
+        let revision = crate::etcd::head_revision(&mut client.kv_client())
             .await
             .map_err(|e| self.etcd.error("reading its revision", e))?;
-        let revision = head.header().map(|h| h.revision()).unwrap_or(0);
         self.reached.revision = revision;
         let mut checks = vec![Check::new("revision reached", target, revision)];
         // live keys at the target = at the base's revision + what the chain created and deleted
         if covered.last().is_some_and(|l| l >= target) {
-            let at = client
-                .get(
-                    "",
-                    Some(
-                        GetOptions::new()
-                            .with_all_keys()
-                            .with_count_only()
-                            .with_revision(target),
-                    ),
-                )
+            let at = crate::etcd::count_all(&mut client.kv_client(), target)
                 .await
                 .map_err(|e| self.etcd.error("counting keys", e))?;
             checks.push(Check::new(
