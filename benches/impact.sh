@@ -4,8 +4,8 @@
 # open loop, every request's latency recorded), each contender runs in turn on the same etcd:
 #   idle (nothing), etcdctl snapshot save, the plain reader (snapshot_limit read: the stream and
 #   nothing else), the shell pipeline (etcdctl save → zstd -T0 -3 → age → aws s3 cp), kirt backup
-#   create with its defaults, with --count-keys all and off, with --hash-kv on, with --nice (nice 10, idle
-#   I/O) and with --max-rate.
+#   create with its defaults, with --count-keys all and off, with --hash-kv on, with --nice
+#   (nice 10, idle I/O) and with --max-rate.
 # Prints per contender: wall time, client CPU (the contender's processes), etcd CPU (from
 # /proc/PID/stat, and above the load's own idle rate), put p50/p99/max and read p99 latency, and
 # the ratios of p99 to idle and to etcdctl. Targets (K16): kirt's default p99 ≤ etcdctl's (±10 %)
