@@ -166,7 +166,8 @@ fn verify_and_trial_restore_pass_on_good_backups_of_both_versions() {
 /// that differs from what etcd held at the revision, which key counts cannot see. `--count-keys
 /// all` records every live key and the trial restore compares that count: it catches a lost key
 /// anywhere. The defaults record neither (null in the manifest) and the trial restore compares
-/// the counts per resource prefix: it catches a lost Kubernetes object.
+/// the counts per resource prefix: it catches a lost Kubernetes object. `--count-keys off`
+/// records no counts (and says so): the trial restore compares the revision and the digests.
 #[test]
 fn evidence_modes_are_recorded_and_trial_restore_checks_what_each_claims() {
     let Some(lab) = lab() else { return };
