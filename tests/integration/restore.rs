@@ -85,6 +85,24 @@ fn verify(lab: &Lab, b: &Backup, extra: &[&str]) -> Run {
     common::run(cmd, format!("kirt {}", args.join(" ")))
 }
 
+/// `kirt drill -o json` of `b` on the lab's kube-apiserver, accepting an unsigned manifest
+/// explicitly (`--allow-unsigned`).
+fn drill_unsigned(lab: &Lab, b: &Backup) -> Run {
+    lab.kirt([
+        "drill",
+        "--allow-unsigned",
+        "--from",
+        b.dir.to_str().unwrap(),
+        &b.id,
+        "--identity",
+        &b.key,
+        "--apiserver-bin",
+        &format!("{}/kube-apiserver", lab.get("KIRT_LAB_KUBE_BIN")),
+        "-o",
+        "json",
+    ])
+}
+
 /// Nothing left in the verify temp dir and no etcd running from it.
 fn assert_clean(lab: &Lab) {
     let tmp = lab.dir.path().join("tmp");
@@ -694,22 +712,7 @@ fn a_drill_of_an_uncounted_backup_compares_what_the_apiserver_serves() {
         &["--recipient", &recipient, "--count-keys", "off"],
         &key,
     );
-    let r = lab
-        .kirt([
-            "drill",
-            "--allow-unsigned",
-            "--from",
-            dir.to_str().unwrap(),
-            &b.id,
-            "--identity",
-            &key,
-            "--apiserver-bin",
-            &format!("{}/kube-apiserver", lab.get("KIRT_LAB_KUBE_BIN")),
-            "-o",
-            "json",
-        ])
-        .ok();
-    let v = r.json();
+    let v = drill_unsigned(&lab, &b).ok().json();
     assert_eq!(v["ok"], true, "{v:#}");
     let resources = v["resources"].as_array().unwrap();
     for res in ["namespaces", "configmaps", "secrets", "services"] {
@@ -793,19 +796,7 @@ fn drill_passes_when_the_snapshot_is_newer_than_the_recorded_revision() {
     });
     std::fs::write(&path, serde_json::to_vec_pretty(&m).unwrap()).unwrap();
     // the edited manifest is unsigned: this drill has to accept that explicitly
-    let r = lab.kirt([
-        "drill",
-        "--allow-unsigned",
-        "--from",
-        dir.to_str().unwrap(),
-        &b.id,
-        "--identity",
-        &key,
-        "--apiserver-bin",
-        &format!("{}/kube-apiserver", lab.get("KIRT_LAB_KUBE_BIN")),
-        "-o",
-        "json",
-    ]);
+    let r = drill_unsigned(&lab, &b);
     lab.kubectl(["delete", "crd", &crds[0], &crds[1]]).ok();
     let v = r.ok().json();
     assert_eq!(v["ok"], true, "{v:#}");
